@@ -1,0 +1,15 @@
+"""blockfs: a block store for large 3D volumes, written in parallel into a few shard files."""
+
+from .codec import Compression
+from .directory import Directory
+from .errors import (BlockCoordinateError, BlockfsError, BlockShapeError, ClosedError, CorruptBlockError,
+                     EntryOverflowError, FormatError, MissingShardError, ReadOnlyError, RegionError,
+                     UnsupportedCompressionError, UnsupportedDTypeError, VolumeExistsError, WriterError)
+
+__version__ = "1.0.0"
+
+__all__ = [
+    "BlockCoordinateError", "BlockShapeError", "BlockfsError", "ClosedError", "Compression", "CorruptBlockError",
+    "Directory", "EntryOverflowError", "FormatError", "MissingShardError", "ReadOnlyError", "RegionError",
+    "UnsupportedCompressionError", "UnsupportedDTypeError", "VolumeExistsError", "WriterError", "__version__",
+]

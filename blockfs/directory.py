@@ -1,0 +1,414 @@
+"""Directory: one blockfs volume, its index file and its shard files."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import multiprocessing
+import operator
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
+
+import numpy as np
+
+from . import format as fmt
+from .blocks import load_block, read_entries, store_block
+from .codec import Compression, check_compression
+from .errors import (BlockCoordinateError, BlockShapeError, ClosedError, FormatError, MissingShardError,
+                     ReadOnlyError, RegionError, VolumeExistsError)
+from .indexing import select
+from .storage import VolumeFiles, pread_exact, resolve_shard_path
+from .writer import WriterPool
+
+MODES = ("r", "r+")
+
+_executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
+
+
+def _read_pool() -> ThreadPoolExecutor:
+    """The thread pool that decompresses blocks, created anew in each process."""
+    global _executor, _executor_pid
+    if _executor is None or _executor_pid != os.getpid():
+        _executor, _executor_pid = ThreadPoolExecutor(os.cpu_count() or 1, "blockfs-read"), os.getpid()
+    return _executor
+
+
+def _positive(name: str, value: Any) -> int:
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.") from None
+    if number < 1:
+        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    return number
+
+
+def _check_metadata(metadata: dict | None) -> dict:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ValueError(f"metadata must be a dict of JSON values; got {type(metadata).__name__}.")
+    clash = sorted(set(metadata) & set(fmt.FORMAT_KEYS))
+    if clash:
+        raise ValueError(f"metadata keys {clash} are reserved by the blockfs format; rename them.")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be JSON-serialisable ({exc}); convert arrays with .tolist().") from None
+    return dict(metadata)
+
+
+def _reopen(path: str, mode: str) -> "Directory":
+    return Directory.open(path, mode)
+
+
+class Directory:
+    """A blockfs 1.0.0 volume: an index file mapping blocks to (shard, offset, size), and shards.
+
+    Coordinates passed to block calls are the block's first voxel in (x, y, z) order; arrays and
+    ``shape`` are in (z, y, x) order. Create a new volume with ``Directory(...).create()``, or
+    open an existing one with ``Directory.open(path, mode)``.
+    """
+
+    HEADER = fmt.MAGIC
+
+    def __init__(self, x_extent: int, y_extent: int, z_extent: int, dtype: Any, directory_filename: str,
+                 n_filenames: int | None = None, x_block_size: int = 64, y_block_size: int = 64,
+                 z_block_size: int = 64, n_offset_bits: int | None = None, n_size_bits: int | None = None,
+                 directory_offset: int | None = None, block_filenames: list[str] | None = None,
+                 x_stride: int | None = None, y_stride: int | None = None, z_stride: int | None = None,
+                 compression: Compression | str = Compression.zstd, compression_level: int = 5,
+                 metadata: dict | None = None):
+        where = str(directory_filename)
+        extents = tuple(_positive(n, v) for n, v in
+                        (("x_extent", x_extent), ("y_extent", y_extent), ("z_extent", z_extent)))
+        sizes = tuple(_positive(n, v) for n, v in
+                      (("x_block_size", x_block_size), ("y_block_size", y_block_size), ("z_block_size", z_block_size)))
+        dt = fmt.check_dtype(dtype)
+        compressor, level = check_compression(compression, compression_level, where)
+        if block_filenames is None:
+            count = _positive("n_filenames", multiprocessing.cpu_count() if n_filenames is None else n_filenames)
+            block_filenames = [f"{directory_filename}.{i}" for i in range(count)]
+        elif not block_filenames or not all(isinstance(n, (str, os.PathLike)) for n in block_filenames):
+            raise ValueError(f"{where}: block_filenames must be a non-empty list of paths; got {block_filenames!r}.")
+        defaults = fmt.default_strides(extents[0], extents[1], sizes[0], sizes[1])
+        strides = tuple(d if s is None else _positive(n, s) for n, s, d in
+                        zip(("x_stride", "y_stride", "z_stride"), (x_stride, y_stride, z_stride), defaults))
+        offset_bits, size_bits = fmt.default_bit_widths(extents, sizes, strides, dt.itemsize, len(block_filenames))
+        layout = fmt.Layout(
+            x_extent=extents[0], y_extent=extents[1], z_extent=extents[2], dtype=dt,
+            x_block_size=sizes[0], y_block_size=sizes[1], z_block_size=sizes[2],
+            n_offset_bits=offset_bits if n_offset_bits is None else _positive("n_offset_bits", n_offset_bits),
+            n_size_bits=size_bits if n_size_bits is None else _positive("n_size_bits", n_size_bits),
+            x_stride=strides[0], y_stride=strides[1], z_stride=strides[2],
+            block_filenames=tuple(os.fspath(n) for n in block_filenames),
+            compression=compressor, compression_level=level, metadata=_check_metadata(metadata))
+        if layout.n_offset_bits + layout.n_size_bits > fmt.MAX_ENTRY_BITS:
+            raise ValueError(f"{where}: n_offset_bits + n_size_bits = {layout.n_offset_bits + layout.n_size_bits} "
+                             f"exceeds {fmt.MAX_ENTRY_BITS}; choose narrower widths.")
+        self._setup(os.fspath(directory_filename), layout,
+                    len(fmt.encode_header(layout, directory_offset)), mode=None)
+
+    def _setup(self, path: str, layout: fmt.Layout, directory_offset: int, mode: str | None) -> None:
+        self.directory_filename = path
+        self._layout = layout
+        self.directory_offset = directory_offset
+        self._mode = mode
+        self._shard_candidates = [resolve_shard_path(path, name) for name in layout.block_filenames]
+        self._files: VolumeFiles | None = None
+        self._pool: WriterPool | None = None
+        self._closed = False
+        if mode is not None:
+            self._files = VolumeFiles(path, [p for p, _ in self._shard_candidates], writable=mode == "r+")
+
+    # -- creating and opening ------------------------------------------------------------------
+
+    def create(self, overwrite: bool = False) -> "Directory":
+        """Write a new, empty volume: the index file and empty shard files.
+
+        An existing volume (or any file) at these paths is an error unless ``overwrite=True``,
+        which replaces the index atomically first, then empties the shards.
+        """
+        self._check_open()
+        if self._mode is not None:
+            raise VolumeExistsError(f"{self.directory_filename}: this Directory is already created or opened.")
+        index = self.directory_filename
+        shards = [p for p, _ in self._shard_candidates]
+        existing = [p for p in [index, *shards] if os.path.exists(p)]
+        if existing and not overwrite:
+            raise VolumeExistsError(f"{existing[0]}: already exists; pass create(overwrite=True) to replace the "
+                                    "volume, or choose another directory_filename.")
+        header = fmt.encode_header(self._layout, self.directory_offset)
+        temporary = f"{index}.tmp-{os.getpid()}"
+        with open(temporary, "wb") as f:
+            f.write(header)
+        os.replace(temporary, index)
+        for path in shards:
+            with open(path, "wb"):
+                pass
+        self._mode = "r+"
+        self._files = VolumeFiles(index, shards, writable=True)
+        return self
+
+    @classmethod
+    def open(cls, directory_filename: str, mode: str = "r") -> "Directory":
+        """Open an existing volume: ``mode="r"`` to read, ``"r+"`` to read and write blocks."""
+        path = os.fspath(directory_filename)
+        if mode not in MODES:
+            raise ValueError(f"{path}: mode must be one of {MODES}; got {mode!r}.")
+        with open(path, "rb") as f:
+            head = f.read(fmt.PREAMBLE.size)
+            _, start = fmt.read_preamble(head, path)
+            head += f.read(start - fmt.PREAMBLE.size)
+        layout, start = fmt.decode_header(head, path)
+        self = cls.__new__(cls)
+        self._setup(path, layout, start, mode)
+        if mode == "r+":
+            self._check_writable_files()
+        return self
+
+    def _check_writable_files(self) -> None:
+        for path in [self.directory_filename] + [p for p, _ in self._shard_candidates]:
+            if os.path.exists(path) and not os.access(path, os.W_OK):
+                raise ReadOnlyError(f"{path}: not writable; open the volume with mode='r' to read it, "
+                                    "or make its files writable.")
+
+    def __reduce__(self) -> tuple:
+        if self._mode is None:
+            raise ValueError(f"{self.directory_filename}: create() the volume before passing it to other processes.")
+        return _reopen, (self.directory_filename, self._mode)
+
+    # -- attributes --------------------------------------------------------------------------
+
+    x_extent = property(lambda self: self._layout.x_extent)
+    y_extent = property(lambda self: self._layout.y_extent)
+    z_extent = property(lambda self: self._layout.z_extent)
+    x_block_size = property(lambda self: self._layout.x_block_size)
+    y_block_size = property(lambda self: self._layout.y_block_size)
+    z_block_size = property(lambda self: self._layout.z_block_size)
+    x_stride = property(lambda self: self._layout.x_stride)
+    y_stride = property(lambda self: self._layout.y_stride)
+    z_stride = property(lambda self: self._layout.z_stride)
+    n_offset_bits = property(lambda self: self._layout.n_offset_bits)
+    n_size_bits = property(lambda self: self._layout.n_size_bits)
+    compression_level = property(lambda self: self._layout.compression_level)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self._layout.dtype
+
+    @property
+    def compression(self) -> Compression:
+        return Compression(self._layout.compression)
+
+    @property
+    def block_filenames(self) -> list[str]:
+        """Shard names as stored in the index file."""
+        return list(self._layout.block_filenames)
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Application metadata: the JSON keys that are not part of the format."""
+        return dict(self._layout.metadata)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(z, y, x) extent of the volume."""
+        return self._layout.shape
+
+    @property
+    def mode(self) -> str | None:
+        """"r", "r+", or None before ``create()``."""
+        return self._mode
+
+    @property
+    def writers(self) -> list:
+        """The writer processes (each with ``q_in``) started by ``start_writer_processes()``."""
+        return self._pool.writers if self._pool is not None else []
+
+    def __repr__(self) -> str:
+        z, y, x = self._layout.block_shape
+        return (f"<blockfs.Directory {self.directory_filename!r} shape (z, y, x)={self.shape} {self.dtype.name} "
+                f"blocks {z}x{y}x{x} {self._layout.compression}:{self.compression_level} "
+                f"{len(self.block_filenames)} shards mode={self._mode}{' closed' if self._closed else ''}>")
+
+    def get_block_size(self, x: int, y: int, z: int) -> tuple[int, int, int]:
+        """Shape (z, y, x) of the block at (x, y, z), truncated at the volume's edges."""
+        self._entry(x, y, z)
+        return self._layout.block_shape_at(x, y, z)
+
+    def offsetof(self, x: int, y: int, z: int) -> int:
+        """Byte position in the index file of the entry for the block at (x, y, z)."""
+        return self.directory_offset + self._entry(x, y, z) * self._layout.entry_size
+
+    # -- writing -------------------------------------------------------------------------------
+
+    def start_writer_processes(self, queue_depth: int = 10) -> None:
+        """Start one writer process per shard; this process's writes then go through them.
+
+        At most ``queue_depth`` blocks wait per writer, so memory stays bounded.
+        """
+        self._check_writable()
+        if self._pool is None or not self._pool.is_owner:
+            self._pool = WriterPool(self.directory_filename, self._files.shard_paths, self._layout,
+                                    self.directory_offset, _positive("queue_depth", queue_depth))
+
+    def write_block(self, block: Any, x: int, y: int, z: int) -> None:
+        """Write one block (z, y, x array, cast to the volume's dtype) whose first voxel is (x, y, z).
+
+        From the process that started the writer processes, the block is queued to them; from any
+        other process (forked, spawned or unrelated) it is compressed and appended here, safely
+        alongside other writers.
+        """
+        self._check_writable()
+        entry = self._entry(x, y, z)
+        shape = self._layout.block_shape_at(x, y, z)
+        array = np.asarray(block)
+        if array.shape != shape:
+            raise BlockShapeError(f"{self.directory_filename}: the block at (x={x}, y={y}, z={z}) must have shape "
+                                  f"{shape} (z, y, x); got {array.shape}.")
+        if self._pool is not None and self._pool.is_owner:
+            self._pool.submit(np.array(array, dtype=self.dtype, order="C", copy=True), entry)
+        else:
+            store_block(self._files, self._layout, self.directory_offset, entry,
+                        np.ascontiguousarray(array, dtype=self.dtype))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        """Write a region made of whole blocks: ``d[z0:z1, y0:y1, x0:x1] = array``."""
+        sel = select(key, self.shape, self.directory_filename)
+        if not all(isinstance(w, slice) and w.step == 1 for w in sel.within) or not self._is_block_aligned(sel):
+            bz, by, bx = self._layout.block_shape
+            raise RegionError(
+                f"{self.directory_filename}: cannot write {key!r}: writes must cover whole blocks of the "
+                f"{bz}x{by}x{bx} (z, y, x) grid, starting at multiples of the block size and ending at one or "
+                f"at the volume's edge {self.shape}, with step 1.")
+        data = np.broadcast_to(np.asarray(value), sel.box_shape)
+        for z, y, x in self._blocks_in(sel.start, sel.stop):
+            dz, dy, dx = self._layout.block_shape_at(x, y, z)
+            oz, oy, ox = z - sel.start[0], y - sel.start[1], x - sel.start[2]
+            self.write_block(data[oz:oz + dz, oy:oy + dy, ox:ox + dx], x, y, z)
+
+    def _is_block_aligned(self, sel: Any) -> bool:
+        return all(a % b == 0 and (e % b == 0 or e == n) for a, e, b, n in
+                   zip(sel.start, sel.stop, self._layout.block_shape, self.shape))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read_block(self, x: int, y: int, z: int) -> np.ndarray:
+        """The block whose first voxel is (x, y, z), as a (z, y, x) array; zeros if never written."""
+        self._check_readable()
+        entry = self._entry(x, y, z)
+        offsets, sizes = read_entries(self._files, self._layout, self.directory_offset, entry, 1)
+        shape = self._layout.block_shape_at(x, y, z)
+        if not sizes[0]:
+            return np.zeros(shape, self.dtype)
+        return self._load(entry, int(offsets[0]), int(sizes[0]), shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        """Read any region with numpy basic indexing in (z, y, x) order; unwritten blocks read as 0."""
+        self._check_readable()
+        sel = select(key, self.shape, self.directory_filename)
+        return self._read_box(sel.start, sel.stop)[sel.within]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self[...]
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    def _read_box(self, start: tuple[int, ...], stop: tuple[int, ...]) -> np.ndarray:
+        out = np.zeros([b - a for a, b in zip(start, stop)], self.dtype)
+        if out.size == 0:
+            return out
+        origins = list(self._blocks_in(start, stop))
+        entries = np.array([self._layout.entry_index(x, y, z) for z, y, x in origins])
+        first = int(entries.min())
+        offsets, sizes = read_entries(self._files, self._layout, self.directory_offset, first,
+                                      int(entries.max()) - first + 1)
+
+        def fill(i: int) -> None:
+            z, y, x = origins[i]
+            k = entries[i] - first
+            block = self._load(int(entries[i]), int(offsets[k]), int(sizes[k]), self._layout.block_shape_at(x, y, z))
+            lo = [max(a, o) for a, o in zip(start, (z, y, x))]
+            hi = [min(b, o + n) for b, o, n in zip(stop, (z, y, x), block.shape)]
+            out[tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, start))] = \
+                block[tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, (z, y, x)))]
+
+        written = [i for i in range(len(origins)) if sizes[entries[i] - first]]
+        if len(written) == 1:
+            fill(written[0])
+        else:
+            for _ in _read_pool().map(fill, written):
+                pass
+        return out
+
+    def _load(self, entry: int, offset: int, size: int, shape: tuple[int, int, int]) -> np.ndarray:
+        try:
+            return load_block(self._files, self._layout, entry, offset, size, shape)
+        except FileNotFoundError:
+            shard = entry % len(self.block_filenames)
+            name = self.block_filenames[shard]
+            raise MissingShardError(
+                f"{self.directory_filename}: shard {name!r} holds written blocks but is missing "
+                f"(looked at {', '.join(self._shard_candidates[shard][1])}); restore it beside the directory "
+                "file or run blockfs-rebase.") from None
+
+    def _blocks_in(self, start: tuple[int, ...], stop: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
+        """First voxels (z, y, x) of the blocks that intersect a box."""
+        ranges = [range(a // b * b, e, b) for a, e, b in zip(start, stop, self._layout.block_shape)]
+        return itertools.product(*ranges)
+
+    # -- helpers and lifetime ------------------------------------------------------------------
+
+    def _entry(self, x: int, y: int, z: int) -> int:
+        lay = self._layout
+        try:
+            coords = [operator.index(c) for c in (x, y, z)]
+        except TypeError:
+            raise BlockCoordinateError(f"{self.directory_filename}: block coordinates must be integers; "
+                                       f"got (x={x!r}, y={y!r}, z={z!r}).") from None
+        for name, c, size, extent in zip("xyz", coords, (lay.x_block_size, lay.y_block_size, lay.z_block_size),
+                                         (lay.x_extent, lay.y_extent, lay.z_extent)):
+            if c % size or not 0 <= c < extent:
+                raise BlockCoordinateError(
+                    f"{self.directory_filename}: {name}={c} is not the first voxel of a block; {name} must be a "
+                    f"multiple of the block size {size} in [0, {extent}).")
+        return lay.entry_index(*coords)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{self.directory_filename}: the volume is closed; open it again with Directory.open().")
+
+    def _check_readable(self) -> None:
+        self._check_open()
+        if self._mode is None:
+            raise FormatError(f"{self.directory_filename}: the volume does not exist yet; call create() first.")
+
+    def _check_writable(self) -> None:
+        self._check_readable()
+        if self._mode != "r+":
+            raise ReadOnlyError(f"{self.directory_filename}: opened read-only; use Directory.open(path, mode='r+') "
+                                "to write blocks.")
+
+    def close(self) -> None:
+        """Wait for the writers to store every queued block, then release the files.
+
+        Raises :class:`WriterError` if a writer failed or died. Calling it again does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._pool is not None:
+                self._pool.close()
+        finally:
+            if self._files is not None:
+                self._files.close()
+
+    def __enter__(self) -> "Directory":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

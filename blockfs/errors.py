@@ -1,0 +1,61 @@
+"""The blockfs exception hierarchy.
+
+Every error subclasses :class:`BlockfsError` and the builtin it resembles, so callers may catch
+either. Messages name the file, the offending value and the fix.
+"""
+
+
+class BlockfsError(Exception):
+    """Base class of every error raised by blockfs."""
+
+
+class FormatError(BlockfsError, ValueError):
+    """A file is not a blockfs 1.0.0 directory file, or its header is damaged."""
+
+
+class UnsupportedDTypeError(BlockfsError, TypeError):
+    """The data type cannot be stored in a blockfs volume."""
+
+
+class UnsupportedCompressionError(BlockfsError, ValueError):
+    """The compressor is unknown or not built into this blosc."""
+
+
+class BlockShapeError(BlockfsError, ValueError):
+    """A block's shape does not match the block at the given coordinates."""
+
+
+class BlockCoordinateError(BlockfsError, IndexError):
+    """Block coordinates are not on the block grid or lie outside the volume."""
+
+
+class RegionError(BlockfsError, IndexError):
+    """An index or region cannot be read from or written to the volume."""
+
+
+class EntryOverflowError(BlockfsError, OverflowError):
+    """An offset or size does not fit the bits of an index entry."""
+
+
+class CorruptBlockError(BlockfsError, ValueError):
+    """An index entry points at bytes that are not a valid block."""
+
+
+class MissingShardError(BlockfsError, FileNotFoundError):
+    """A shard file that holds written blocks cannot be found."""
+
+
+class VolumeExistsError(BlockfsError, FileExistsError):
+    """A volume already exists where a new one was to be created."""
+
+
+class ReadOnlyError(BlockfsError, PermissionError):
+    """A write was attempted on a volume that is open read-only or not writable."""
+
+
+class WriterError(BlockfsError, RuntimeError):
+    """A writer process died or failed; its shard and the cause are in the message."""
+
+
+class ClosedError(BlockfsError, ValueError):
+    """The volume was used after close()."""

@@ -1,0 +1,244 @@
+"""The blockfs 1.0.0 on-disk format as constants and pure functions (see docs/FORMAT.md).
+
+The directory file is ``MAGIC``, two little-endian uint32 (the JSON length M and the offset D of
+the first entry), M bytes of UTF-8 JSON, then one fixed-size entry per block position. An entry is
+a little-endian unsigned integer holding the block's offset in its shard (low bits) and its
+compressed size (next bits).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .errors import EntryOverflowError, FormatError, UnsupportedDTypeError
+
+MAGIC = b"BlockFS\x00"
+VERSION = "1.0.0"
+PREAMBLE = struct.Struct("<8sII")
+BLOSC_MAX_OVERHEAD = 16
+MAX_ENTRY_BITS = 64
+#: Extra offset bits beyond the field's rule: room for about four copies of every block per shard.
+OFFSET_HEADROOM_BITS = 2
+COMPRESSORS = ("zstd", "blosclz", "lz4", "lz4hc", "zlib", "snappy")
+
+FORMAT_KEYS = (
+    "XBlockSize", "YBlockSize", "ZBlockSize", "XExtent", "YExtent", "ZExtent", "DType",
+    "NOffsetBits", "NSizeBits", "XStride", "YStride", "ZStride", "BlockFilenames",
+    "Compression", "CompressionLvl", "Version",
+)
+_INT_KEYS = tuple(k for k in FORMAT_KEYS if k not in ("DType", "BlockFilenames", "Compression", "Version"))
+
+
+def check_dtype(dtype: Any) -> np.dtype:
+    """Return ``dtype`` as a numpy dtype if blockfs can store it, else raise."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise UnsupportedDTypeError(f"dtype {dtype!r} is not a numpy dtype ({exc}); use e.g. 'uint16'.") from None
+    if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
+        raise UnsupportedDTypeError(f"dtype {dt!r} cannot be stored; use a numeric dtype such as 'uint16' or 'float32'.")
+    if not dt.isnative and dt.itemsize > 1:
+        raise UnsupportedDTypeError(f"dtype {dt.str!r} is not in native byte order; use {dt.newbyteorder('=').name!r}.")
+    return dt
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Everything the directory file's JSON says about a volume."""
+
+    x_extent: int
+    y_extent: int
+    z_extent: int
+    dtype: np.dtype
+    x_block_size: int
+    y_block_size: int
+    z_block_size: int
+    n_offset_bits: int
+    n_size_bits: int
+    x_stride: int
+    y_stride: int
+    z_stride: int
+    block_filenames: tuple[str, ...]
+    compression: str
+    compression_level: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def entry_size(self) -> int:
+        """Bytes per index entry."""
+        return (self.n_offset_bits + self.n_size_bits + 7) // 8
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Volume shape in (z, y, x) order."""
+        return (self.z_extent, self.y_extent, self.x_extent)
+
+    @property
+    def block_shape(self) -> tuple[int, int, int]:
+        """Full block shape in (z, y, x) order."""
+        return (self.z_block_size, self.y_block_size, self.x_block_size)
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Number of blocks along (z, y, x)."""
+        return tuple(-(-n // b) for n, b in zip(self.shape, self.block_shape))  # type: ignore[return-value]
+
+    @property
+    def n_entries(self) -> int:
+        """Number of entry positions the index can address (largest entry index + 1)."""
+        nz, ny, nx = self.grid
+        return (nx - 1) * self.x_stride + (ny - 1) * self.y_stride + (nz - 1) * self.z_stride + 1
+
+    @property
+    def max_block_bytes(self) -> int:
+        """Largest compressed size of one block: its voxels plus blosc's header overhead."""
+        return math.prod(self.block_shape) * self.dtype.itemsize + BLOSC_MAX_OVERHEAD
+
+    def entry_index(self, x: int, y: int, z: int) -> int:
+        """Entry index of the block whose first voxel is (x, y, z)."""
+        return (x // self.x_block_size * self.x_stride + y // self.y_block_size * self.y_stride
+                + z // self.z_block_size * self.z_stride)
+
+    def block_shape_at(self, x: int, y: int, z: int) -> tuple[int, int, int]:
+        """Shape (z, y, x) of the block at (x, y, z): full size, truncated at the volume's edges."""
+        return (min(self.z_block_size, self.z_extent - z), min(self.y_block_size, self.y_extent - y),
+                min(self.x_block_size, self.x_extent - x))
+
+    def with_filenames(self, names: tuple[str, ...]) -> "Layout":
+        """The same layout with other shard names."""
+        return replace(self, block_filenames=tuple(names))
+
+
+def default_strides(x_extent: int, y_extent: int, x_block_size: int, y_block_size: int) -> tuple[int, int, int]:
+    """Entry strides (x, y, z) as the field writes them: x fastest, then y, then z."""
+    y_stride = -(-x_extent // x_block_size)
+    return 1, y_stride, y_stride * -(-y_extent // y_block_size)
+
+
+def field_bit_widths(extents_xyz: tuple[int, int, int], block_sizes_xyz: tuple[int, int, int],
+                     strides_xyz: tuple[int, int, int], itemsize: int, n_files: int) -> tuple[int, int]:
+    """(NOffsetBits, NSizeBits) by the rule the earlier implementation used."""
+    block_bytes = math.prod(block_sizes_xyz) * itemsize + BLOSC_MAX_OVERHEAD
+    size_bits = int(math.floor(math.log2(block_bytes))) + 1
+    last = sum((n + b - 1) // b * s for n, b, s in zip(extents_xyz, block_sizes_xyz, strides_xyz))
+    offset_bits = int(math.floor(math.log2(max(1, last * block_bytes // n_files)))) + 1
+    return offset_bits, size_bits
+
+
+def default_bit_widths(extents_xyz: tuple[int, int, int], block_sizes_xyz: tuple[int, int, int],
+                       strides_xyz: tuple[int, int, int], itemsize: int, n_files: int) -> tuple[int, int]:
+    """(NOffsetBits, NSizeBits) this implementation writes: the field's rule with headroom.
+
+    Offsets get ``OFFSET_HEADROOM_BITS`` more bits and then whatever bits pad the entry to whole
+    bytes, never beyond ``MAX_ENTRY_BITS`` in all.
+    """
+    offset_bits, size_bits = field_bit_widths(extents_xyz, block_sizes_xyz, strides_xyz, itemsize, n_files)
+    total = -(-(offset_bits + OFFSET_HEADROOM_BITS + size_bits) // 8) * 8
+    return max(offset_bits, min(total, MAX_ENTRY_BITS) - size_bits), size_bits
+
+
+def encode_header(layout: Layout, directory_offset: int | None = None) -> bytes:
+    """The directory file's bytes before the first entry."""
+    doc: dict[str, Any] = dict(layout.metadata)
+    doc.update({
+        "XBlockSize": layout.x_block_size, "YBlockSize": layout.y_block_size, "ZBlockSize": layout.z_block_size,
+        "XExtent": layout.x_extent, "YExtent": layout.y_extent, "ZExtent": layout.z_extent,
+        "DType": layout.dtype.name, "NOffsetBits": layout.n_offset_bits, "NSizeBits": layout.n_size_bits,
+        "XStride": layout.x_stride, "YStride": layout.y_stride, "ZStride": layout.z_stride,
+        "BlockFilenames": list(layout.block_filenames), "Compression": layout.compression,
+        "CompressionLvl": layout.compression_level, "Version": VERSION,
+    })
+    text = json.dumps(doc).encode("utf-8")
+    start = PREAMBLE.size + len(text) if directory_offset is None else directory_offset
+    if start < PREAMBLE.size + len(text):
+        raise FormatError(f"directory_offset {directory_offset} is smaller than the header "
+                          f"({PREAMBLE.size + len(text)} bytes); pass directory_offset=None.")
+    return PREAMBLE.pack(MAGIC, len(text), start) + text + bytes(start - PREAMBLE.size - len(text))
+
+
+def read_preamble(data: bytes, path: str) -> tuple[int, int]:
+    """(M, D) from the first 16 bytes of a directory file."""
+    if len(data) < PREAMBLE.size:
+        raise FormatError(f"{path}: {len(data)} bytes is too short for a blockfs directory file "
+                          f"(at least {PREAMBLE.size}); is the file truncated?")
+    magic, json_len, start = PREAMBLE.unpack_from(data)
+    if magic != MAGIC:
+        raise FormatError(f"{path}: starts with {magic!r}, not {MAGIC!r}: not a blockfs directory file; "
+                          "pass the .blockfs index file, not a shard or another file.")
+    if start < PREAMBLE.size + json_len:
+        raise FormatError(f"{path}: first entry offset {start} lies inside the {json_len}-byte JSON header; "
+                          "the header is damaged.")
+    return json_len, start
+
+
+def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
+    """(Layout, D) from a directory file's leading bytes (at least its preamble and JSON)."""
+    json_len, start = read_preamble(data, path)
+    text = data[PREAMBLE.size:PREAMBLE.size + json_len]
+    if len(text) < json_len:
+        raise FormatError(f"{path}: the header announces {json_len} bytes of JSON but the file holds only "
+                          f"{len(text)}; the file is truncated.")
+    try:
+        doc = json.loads(text.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise FormatError(f"{path}: the JSON header does not parse ({exc}); the header is damaged.") from None
+    if not isinstance(doc, dict):
+        raise FormatError(f"{path}: the JSON header is a {type(doc).__name__}, not an object.")
+    missing = [k for k in FORMAT_KEYS if k not in doc and k != "Version"]
+    if missing:
+        raise FormatError(f"{path}: the JSON header lacks {', '.join(missing)}; not a complete blockfs header.")
+    for key in _INT_KEYS:
+        value = doc[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "CompressionLvl" else 1):
+            raise FormatError(f"{path}: {key} is {value!r}; it must be a positive integer.")
+    names = doc["BlockFilenames"]
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise FormatError(f"{path}: BlockFilenames is {names!r}; it must be a non-empty list of file names.")
+    if doc["Compression"] not in COMPRESSORS:
+        raise FormatError(f"{path}: Compression is {doc['Compression']!r}; expected one of {', '.join(COMPRESSORS)}.")
+    if doc["NOffsetBits"] + doc["NSizeBits"] > MAX_ENTRY_BITS:
+        raise FormatError(f"{path}: NOffsetBits + NSizeBits = {doc['NOffsetBits'] + doc['NSizeBits']} exceeds "
+                          f"{MAX_ENTRY_BITS}; such entries are not supported.")
+    if doc.get("Version", VERSION) != VERSION:
+        raise FormatError(f"{path}: Version is {doc['Version']!r}; this blockfs reads {VERSION!r}.")
+    try:
+        dtype = check_dtype(doc["DType"])
+    except UnsupportedDTypeError as exc:
+        raise FormatError(f"{path}: DType: {exc}") from None
+    layout = Layout(
+        x_extent=doc["XExtent"], y_extent=doc["YExtent"], z_extent=doc["ZExtent"], dtype=dtype,
+        x_block_size=doc["XBlockSize"], y_block_size=doc["YBlockSize"], z_block_size=doc["ZBlockSize"],
+        n_offset_bits=doc["NOffsetBits"], n_size_bits=doc["NSizeBits"],
+        x_stride=doc["XStride"], y_stride=doc["YStride"], z_stride=doc["ZStride"],
+        block_filenames=tuple(names), compression=doc["Compression"], compression_level=doc["CompressionLvl"],
+        metadata={k: v for k, v in doc.items() if k not in FORMAT_KEYS},
+    )
+    return layout, start
+
+
+def pack_entry(layout: Layout, offset: int, size: int, where: str) -> bytes:
+    """The bytes of one entry; raise if the offset or size does not fit its bits."""
+    if offset >= 1 << layout.n_offset_bits or size >= 1 << layout.n_size_bits:
+        field_name, value, bits = (("offset", offset, layout.n_offset_bits) if offset >= 1 << layout.n_offset_bits
+                                   else ("size", size, layout.n_size_bits))
+        raise EntryOverflowError(
+            f"{where}: block {field_name} {value} does not fit in {bits} bits; the shard has outgrown the index. "
+            "Copy the volume into a new one with wider NOffsetBits (n_offset_bits=) or more shards (n_filenames=).")
+    return (offset | size << layout.n_offset_bits).to_bytes(layout.entry_size, "little")
+
+
+def unpack_entries(raw: bytes, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, sizes) as uint64 arrays for consecutive entries in ``raw``."""
+    n = len(raw) // layout.entry_size
+    padded = np.zeros((n, 8), np.uint8)
+    padded[:, :layout.entry_size] = np.frombuffer(raw, np.uint8, n * layout.entry_size).reshape(n, layout.entry_size)
+    values = padded.view("<u8").ravel()
+    offsets = values & np.uint64((1 << layout.n_offset_bits) - 1)
+    sizes = (values >> np.uint64(layout.n_offset_bits)) & np.uint64((1 << layout.n_size_bits) - 1)
+    return offsets, sizes

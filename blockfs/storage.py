@@ -1,0 +1,142 @@
+"""File access for one volume: the index file and the shard files.
+
+All I/O is positioned (``os.pread``/``os.pwrite``), so threads share nothing, and file
+descriptors are opened per process, so forked children never share a file position or a lock
+with their parent. Appends to a shard hold an exclusive ``flock`` on it, which makes appends from
+unrelated processes safe.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import warnings
+from typing import Callable
+
+
+def resolve_shard_path(directory_path: str, name: str) -> tuple[str, list[str]]:
+    """Where shard ``name`` of the volume at ``directory_path`` is, and the places looked at.
+
+    An absolute name is used if it exists; a relative one is tried against the directory file's
+    folder, then the working directory. Otherwise the same base name beside the directory file is
+    used (with a warning if it exists). The first candidate is returned when nothing exists.
+    """
+    folder = os.path.dirname(os.path.abspath(directory_path))
+    candidates = [name] if os.path.isabs(name) else [os.path.join(folder, name), os.path.abspath(name)]
+    beside = os.path.join(folder, os.path.basename(name))
+    for path in candidates:
+        if os.path.exists(path):
+            return path, candidates
+    if os.path.exists(beside):
+        warnings.warn(f"{directory_path}: shard {name!r} not found; using {beside} beside the directory file "
+                      "(run blockfs-rebase to record the new location)", stacklevel=3)
+        return beside, candidates + [beside]
+    return candidates[0], candidates + [beside]
+
+
+class _PerProcessFds:
+    """File descriptors opened lazily and reopened after a fork."""
+
+    def __init__(self, flags: int):
+        self._flags = flags
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> int:
+        if self._pid != os.getpid():
+            self._fds, self._pid, self._lock = {}, os.getpid(), threading.Lock()
+        fd = self._fds.get(path)
+        if fd is None:
+            with self._lock:
+                fd = self._fds.get(path)
+                if fd is None:
+                    fd = self._fds[path] = os.open(path, self._flags | os.O_CLOEXEC)
+        return fd
+
+    def opened(self) -> dict[str, int]:
+        """The descriptors this process has opened, by path."""
+        return self._fds if self._pid == os.getpid() else {}
+
+    def close(self) -> None:
+        for fd in self.opened().values():
+            os.close(fd)
+        self._fds = {}
+
+
+def pread_exact(fd: int, size: int, offset: int) -> bytes:
+    """Up to ``size`` bytes at ``offset``: fewer only at the end of the file."""
+    data = os.pread(fd, size, offset)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` (a short write is continued, a failing one raises)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+class VolumeFiles:
+    """The index file and shard files of one volume, open for reading or for writing."""
+
+    def __init__(self, index_path: str, shard_paths: list[str], writable: bool):
+        self.index_path = index_path
+        self.shard_paths = shard_paths
+        self.writable = writable
+        self._fds = _PerProcessFds(os.O_RDWR if writable else os.O_RDONLY)
+        self._append_locks = [threading.Lock() for _ in shard_paths]
+
+    def index_fd(self) -> int:
+        return self._fds.get(self.index_path)
+
+    def shard_fd(self, shard: int) -> int:
+        return self._fds.get(self.shard_paths[shard])
+
+    def read_index(self, offset: int, size: int) -> bytes:
+        """Index bytes at ``offset``, zero-filled past the end of the file (unwritten entries)."""
+        data = pread_exact(self.index_fd(), size, offset)
+        return data + bytes(size - len(data))
+
+    def read_shard(self, shard: int, offset: int, size: int) -> bytes:
+        return pread_exact(self.shard_fd(shard), size, offset)
+
+    def append(self, shard: int, data: bytes, entry_at: int, make_entry: Callable[[int], bytes]) -> int:
+        """Append ``data`` to a shard, then point the index entry at ``entry_at`` to it.
+
+        Both happen under the shard's lock, so the last writer of a block wins everywhere.
+        ``make_entry(offset)`` may raise (an offset too large) before anything is written. A write
+        that fails part way is cut back off the shard. Returns the offset of ``data``.
+        """
+        fd = self.shard_fd(shard)
+        with self._append_locks[shard]:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                offset = os.fstat(fd).st_size
+                entry = make_entry(offset)
+                try:
+                    pwrite_all(fd, data, offset)
+                except BaseException:
+                    os.ftruncate(fd, offset)
+                    raise
+                pwrite_all(self.index_fd(), entry, entry_at)
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        return offset
+
+    def sync(self) -> None:
+        """fsync the shards, then the index, that this process has open."""
+        opened = self._fds.opened()
+        for path in self.shard_paths + [self.index_path]:
+            if path in opened:
+                os.fsync(opened[path])
+
+    def close(self) -> None:
+        self._fds.close()

@@ -1,0 +1,146 @@
+"""The writer process pool: one process per shard, fed by a bounded multiprocessing queue.
+
+The process that starts the pool owns it: its ``write_block`` calls enqueue (block, entry) to the
+writer of the block's shard, which compresses, appends and indexes it. A writer that fails records
+the cause in shared memory and stops; one that is killed is seen through its exit code. Either way the owner raises :class:`WriterError` on its next write and at ``close()``,
+never waits on a dead writer.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+from multiprocessing import util
+from typing import Any
+
+import numpy as np
+
+from .blocks import store_block
+from .errors import WriterError
+from .format import Layout
+from .storage import VolumeFiles
+
+#: How long one blocking step waits before checking the writers' health again, in seconds.
+POLL_SECONDS = 0.2
+_ERROR_BYTES = 4096
+
+
+def _context() -> Any:
+    """fork where the platform has it (no re-import of the caller's main module), else spawn."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _run_writer(q_in: Any, error: Any, index_path: str, shard_paths: list[str], layout: Layout,
+                directory_offset: int, owner_pid: int) -> None:
+    """Body of a writer process: store blocks until the ``None`` sentinel arrives."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the owner, which drains us
+    files = VolumeFiles(index_path, shard_paths, writable=True)
+    try:
+        while True:
+            try:
+                item = q_in.get(timeout=1.0)
+            except queue.Empty:
+                if os.getppid() != owner_pid:
+                    return
+                continue
+            if item is None:
+                return
+            block, entry = item
+            try:
+                store_block(files, layout, directory_offset, entry, block)
+            except Exception as exc:
+                error.value = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:_ERROR_BYTES - 1]
+                return
+    finally:
+        files.close()
+
+
+class BlockWriter:
+    """One writer process and its input queue (``q_in``) for one shard file."""
+
+    def __init__(self, ctx: Any, shard: int, shard_path: str, queue_depth: int, process_args: tuple):
+        self.shard = shard
+        self.shard_path = shard_path
+        self.q_in = ctx.Queue(maxsize=queue_depth)
+        self._error = ctx.RawArray("c", _ERROR_BYTES)
+        self.process = ctx.Process(target=_run_writer, args=(self.q_in, self._error, *process_args),
+                                   name=f"blockfs-writer-{shard}")
+
+    def failure(self) -> str | None:
+        """Why this writer stopped early, or None while it is healthy or after a clean stop."""
+        if self._error.value:
+            return f"writer for shard {self.shard_path} failed: {self._error.value.decode('utf-8', 'replace')}"
+        code = self.process.exitcode
+        if code:
+            cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            return f"writer for shard {self.shard_path} died ({cause}); blocks queued for it were not written"
+        return None
+
+    def put(self, item: tuple[np.ndarray, int] | None) -> None:
+        """Enqueue without ever waiting on a writer that has failed or stopped."""
+        while True:
+            self.raise_if_failed()
+            if self.process.exitcode is not None:
+                raise WriterError(f"writer for shard {self.shard_path} has stopped; the volume was closed")
+            try:
+                self.q_in.put(item, timeout=POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+    def raise_if_failed(self) -> None:
+        reason = self.failure()
+        if reason is not None:
+            self.q_in.cancel_join_thread()  # a dead reader must not hang our exit
+            raise WriterError(reason)
+
+
+class WriterPool:
+    """Writer processes for every shard of one volume, owned by the process that started them."""
+
+    def __init__(self, index_path: str, shard_paths: list[str], layout: Layout, directory_offset: int,
+                 queue_depth: int):
+        ctx = _context()
+        self.owner_pid = os.getpid()
+        args = (index_path, shard_paths, layout, directory_offset, self.owner_pid)
+        self.writers = [BlockWriter(ctx, i, path, queue_depth, args) for i, path in enumerate(shard_paths)]
+        for writer in self.writers:
+            writer.process.start()
+        self._finalizer = util.Finalize(None, self.close, kwargs={"quiet": True}, exitpriority=100)
+        self._closed = False
+
+    @property
+    def is_owner(self) -> bool:
+        """True in the process that started the pool (forked children write on their own)."""
+        return os.getpid() == self.owner_pid and not self._closed
+
+    def submit(self, block: np.ndarray, entry: int) -> None:
+        """Queue a block (which the pool now owns) for the writer of its shard."""
+        self.writers[entry % len(self.writers)].put((block, entry))
+
+    def close(self, quiet: bool = False) -> None:
+        """Stop every writer after it has stored what it was given; raise if any failed."""
+        if self._closed or os.getpid() != self.owner_pid:
+            return
+        self._closed = True
+        self._finalizer.cancel()
+        failures = []
+        for writer in self.writers:
+            try:
+                writer.put(None)
+            except WriterError as exc:
+                failures.append(str(exc))
+        for writer in self.writers:
+            while writer.process.is_alive():
+                writer.process.join(POLL_SECONDS)
+            reason = writer.failure()
+            if reason is not None:
+                writer.q_in.cancel_join_thread()
+                if reason not in failures:
+                    failures.append(reason)
+            writer.q_in.close()
+        if failures and not quiet:
+            raise WriterError("; ".join(failures))

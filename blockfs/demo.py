@@ -1,0 +1,93 @@
+"""The demo: write a ~1 GiB microscopy-like volume with parallel writers, read it back, verify.
+
+Run ``make demo`` (or ``python -m blockfs.demo --help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+from tqdm import tqdm
+
+from .directory import Directory
+from .sample import microscopy_block
+
+BLOCK = 64
+
+
+def _generate(origin: tuple[int, int, int]) -> tuple[tuple[int, int, int], np.ndarray]:
+    return origin, microscopy_block(origin, (BLOCK, BLOCK, BLOCK), seed=0)
+
+
+def _volume_bytes(d: Directory) -> int:
+    return sum(os.path.getsize(p) for p in [d.directory_filename, *d._files.shard_paths])
+
+
+def run(output: str, shape: tuple[int, int, int], silent: bool) -> dict[str, float | str]:
+    """Generate, write, read back and verify a sample volume; return the figures."""
+    origins = [(z, y, x) for z in range(0, shape[0], BLOCK) for y in range(0, shape[1], BLOCK)
+               for x in range(0, shape[2], BLOCK)]
+    expected = np.empty(shape, np.uint16)
+    with multiprocessing.get_context("fork").Pool() as pool:
+        for (z, y, x), block in tqdm(pool.imap_unordered(_generate, origins, chunksize=8), total=len(origins),
+                                     desc="generating", unit="block", disable=silent):
+            expected[z:z + BLOCK, y:y + BLOCK, x:x + BLOCK] = block
+    os.makedirs(output, exist_ok=True)
+    path = os.path.join(output, "sample.blockfs")
+    volume = Directory(shape[2], shape[1], shape[0], np.uint16, path, x_block_size=BLOCK, y_block_size=BLOCK,
+                       z_block_size=BLOCK, metadata={"voxel_size_um": [1.8, 1.8, 2.0], "source": "blockfs.demo"})
+    volume.create(overwrite=True)
+    start = time.perf_counter()
+    volume.start_writer_processes()
+    for z, y, x in tqdm(origins, desc="writing", unit="block", disable=silent):
+        volume.write_block(expected[z:z + BLOCK, y:y + BLOCK, x:x + BLOCK], x, y, z)
+    volume.close()
+    write_seconds = time.perf_counter() - start
+
+    reader = Directory.open(path)
+    start = time.perf_counter()
+    mismatched = 0
+    for z in tqdm(range(0, shape[0], BLOCK), desc="reading", unit="slab", disable=silent):
+        mismatched += int(np.count_nonzero(reader[z:z + BLOCK] != expected[z:z + BLOCK]))
+    read_seconds = time.perf_counter() - start
+    on_disk = _volume_bytes(reader)
+    reader.close()
+    if mismatched:
+        raise SystemExit(f"blockfs demo: {path}: {mismatched} voxels differ from what was written")
+    return {"path": path, "voxels": expected.size, "bytes": expected.nbytes, "on_disk": on_disk,
+            "write_seconds": write_seconds, "read_seconds": read_seconds, "shards": len(reader.block_filenames)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="blockfs-demo", description=__doc__.splitlines()[0],
+        epilog="example: python -m blockfs.demo --output demo-output --size-gib 0.25")
+    parser.add_argument("--output", default="demo-output", help="folder for the volume (default: %(default)s)")
+    parser.add_argument("--size-gib", type=float, default=1.0, help="approximate volume size (default: 1)")
+    parser.add_argument("--silent", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+    side = max(BLOCK, int(round((args.size_gib * 2**30 / 2 / 2) ** (1 / 3) / BLOCK)) * BLOCK)
+    shape = (side, 2 * side, side)
+    if shutil.disk_usage(os.path.dirname(os.path.abspath(args.output))).free < 2 * np.prod(shape) * 2:
+        print(f"blockfs-demo: {args.output}: not enough free disk for a {args.size_gib} GiB volume", file=sys.stderr)
+        return 1
+    r = run(args.output, shape, args.silent)
+    mb = r["bytes"] / 1e6
+    print(f"\nwrote and verified {r['voxels']:,} voxels (z, y, x = {shape}, uint16, 64^3 blocks, zstd 5, "
+          f"{r['shards']} shards)")
+    print(f"  data            {r['bytes'] / 2**20:,.0f} MiB uncompressed, {r['on_disk'] / 2**20:,.0f} MiB on disk "
+          f"(compression ratio {r['bytes'] / r['on_disk']:.2f})")
+    print(f"  write           {mb / r['write_seconds']:,.0f} MB/s ({r['write_seconds']:.1f} s, parallel writers)")
+    print(f"  read + verify   {mb / r['read_seconds']:,.0f} MB/s ({r['read_seconds']:.1f} s)")
+    print(f"  look at it:     {os.path.abspath(r['path'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -393,7 +393,7 @@ class Directory:
                                 "to write blocks.")
 
     def close(self) -> None:
-        """Wait for the writers to store every queued block, then release the files.
+        """Wait for the writers to store every queued block, fsync what was written, release the files.
 
         Raises :class:`WriterError` if a writer failed or died. Calling it again does nothing.
         """
@@ -405,6 +405,8 @@ class Directory:
                 self._pool.close()
         finally:
             if self._files is not None:
+                if self._files.writable:
+                    self._files.sync()
                 self._files.close()
 
     def __enter__(self) -> "Directory":

@@ -47,6 +47,7 @@ def _run_writer(q_in: Any, error: Any, index_path: str, shard_paths: list[str], 
                     return
                 continue
             if item is None:
+                files.sync()
                 return
             block, entry = item
             try:

@@ -1,0 +1,43 @@
+"""The ``blockfs`` command: one entry point for every tool, as subcommands."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+#: subcommand -> (module, function, one-line summary)
+SUBCOMMANDS = {
+    "info": ("blockfs.info", "main", "describe a volume: shape, blocks written, bytes on disk, metadata"),
+    "mv": ("blockfs.mv", "main", "move a volume into a folder, rewriting its shard names"),
+    "cp": ("blockfs.mv", "copy_main", "copy a volume into a folder, rewriting its shard names"),
+    "rebase": ("blockfs.rebase", "main", "point a hand-moved volume at the shard files beside it"),
+    "tif": ("blockfs.blockfs2tif", "main", "export one TIFF plane per z"),
+    "jp2k": ("blockfs.blockfs2jp2k", "main", "export one JPEG 2000 plane per z"),
+    "hdf5": ("blockfs.blockfs2hdf5", "main", "export to an HDF5 dataset (in parallel under mpiexec)"),
+    "from-tif": ("blockfs.tif2blockfs", "main", "import a z-stack of TIFF planes"),
+    "demo": ("blockfs.demo", "main", "write, read back and verify a sample volume"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, SUBCOMMANDS))
+    lines = [f"  {name:<{width}}  {summary}" for name, (_, _, summary) in SUBCOMMANDS.items()]
+    return ("usage: blockfs <command> [arguments]\n\ncommands:\n" + "\n".join(lines)
+            + "\n\n'blockfs <command> --help' describes one; e.g. blockfs info /data/brain.blockfs")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"blockfs: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, function, _ = SUBCOMMANDS[name]
+    return getattr(importlib.import_module(module), function)(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""What every console tool shares: error reporting as ``prog: file: reason``, progress bars."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, Iterable, Iterator, TypeVar
+
+from tqdm import tqdm
+
+from .errors import BlockfsError
+
+T = TypeVar("T")
+
+
+def describe(exc: BaseException) -> str:
+    """``file: reason`` for an error (blockfs messages already start with their file)."""
+    if isinstance(exc, OSError) and not isinstance(exc, BlockfsError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)
+
+
+def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],
+             argv: list[str] | None) -> int:
+    """Parse ``argv`` and run ``body``; a failure prints ``prog: file: reason`` and returns 1."""
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return body(args) or 0
+    except (BlockfsError, OSError, ValueError) as exc:
+        print(f"{parser.prog}: {describe(exc)}", file=sys.stderr)
+        return 1
+
+
+def progress(items: Iterable[T], silent: bool, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
+    """A tqdm progress bar over ``items`` unless ``silent``."""
+    return iter(tqdm(items, desc=desc, total=total, unit=unit, disable=silent))
+
+
+def add_silent(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--silent", action="store_true", help="do not show a progress bar")

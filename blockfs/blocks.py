@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import records
 from .codec import compress, decompress_into
 from .errors import CorruptBlockError
 from .format import Layout, pack_entry, unpack_entries
@@ -11,12 +12,13 @@ from .storage import VolumeFiles
 
 
 def store_block(files: VolumeFiles, layout: Layout, directory_offset: int, entry: int, block: np.ndarray) -> None:
-    """Compress a C-contiguous block and append it to its shard, then point its entry at it."""
-    data = compress(block, layout.compression, layout.compression_level)
+    """Compress a C-contiguous block and append it (after its record) to its shard, then index it."""
+    payload = compress(block, layout.compression, layout.compression_level)
+    head = records.encode(entry, payload) if layout.records else b""
     shard = entry % len(layout.block_filenames)
     where = f"{files.shard_paths[shard]} (entry {entry})"
-    files.append(shard, data, directory_offset + entry * layout.entry_size,
-                 lambda offset: pack_entry(layout, offset, len(data), where))
+    files.append(shard, head + payload, directory_offset + entry * layout.entry_size,
+                 lambda offset: pack_entry(layout, offset + len(head), len(payload), where))
 
 
 def read_entries(files: VolumeFiles, layout: Layout, directory_offset: int, first: int, count: int
@@ -27,14 +29,22 @@ def read_entries(files: VolumeFiles, layout: Layout, directory_offset: int, firs
 
 
 def load_block(files: VolumeFiles, layout: Layout, entry: int, offset: int, size: int,
-               shape: tuple[int, int, int]) -> np.ndarray:
-    """Read and decompress the block that an entry (offset, size) points at."""
+               shape: tuple[int, int, int], verify: bool) -> np.ndarray:
+    """Read and decompress the block that an entry (offset, size) points at.
+
+    With ``verify`` on a volume with records, the record before the payload must name this entry
+    and length and its CRC32C must match, else :class:`ChecksumError`.
+    """
     shard = entry % len(layout.block_filenames)
-    data = files.read_shard(shard, offset, size)
     where = f"{files.shard_paths[shard]}: block at offset {offset}, size {size} (entry {entry})"
-    if len(data) < size:
-        raise CorruptBlockError(f"{where} points past the end of the shard ({offset + len(data)} bytes); "
+    head = records.HEADER_SIZE if layout.records and verify else 0
+    if offset < head:
+        raise CorruptBlockError(f"{where}: no room for the block's record before it; the index is damaged.")
+    data = files.read_shard(shard, offset - head, size + head)
+    if len(data) < size + head:
+        raise CorruptBlockError(f"{where} points past the end of the shard ({offset - head + len(data)} bytes); "
                                 "the shard is truncated or the index is damaged (run blockfs check).")
+    payload = records.verify(data, entry, size, where) if head else data
     out = np.empty(shape, layout.dtype)
-    decompress_into(data, out, where)
+    decompress_into(payload, out, where)
     return out

@@ -8,6 +8,8 @@ import sys
 #: subcommand -> (module, function, one-line summary)
 SUBCOMMANDS = {
     "info": ("blockfs.info", "main", "describe a volume: shape, blocks written, bytes on disk, metadata"),
+    "check": ("blockfs.check", "main", "verify every block; exit status 0 only for a healthy volume"),
+    "repair": ("blockfs.repair", "main", "rebuild the index from the block records in the shards"),
     "mv": ("blockfs.mv", "main", "move a volume into a folder, rewriting its shard names"),
     "cp": ("blockfs.mv", "copy_main", "copy a volume into a folder, rewriting its shard names"),
     "rebase": ("blockfs.rebase", "main", "point a hand-moved volume at the shard files beside it"),

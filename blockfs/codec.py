@@ -13,6 +13,8 @@ import numpy as np
 
 from .errors import CorruptBlockError, UnsupportedCompressionError
 
+BLOSC_HEADER_BYTES = 16
+
 blosc.set_releasegil(True)
 blosc.set_nthreads(1)
 
@@ -46,15 +48,20 @@ def compress(block: np.ndarray, compressor: str, level: int) -> bytes:
                               shuffle=blosc.SHUFFLE, cname=compressor)
 
 
-def decompress_into(data: bytes, out: np.ndarray, where: str) -> None:
-    """Decompress one blosc buffer into the C-contiguous array ``out``; raise if it does not fit."""
+def decompress_into(data: bytes | memoryview, out: np.ndarray, where: str) -> None:
+    """Decompress one blosc buffer into the C-contiguous array ``out``; raise if it does not fit.
+
+    The buffer's own header must agree with its length and with ``out``, so damaged bytes raise
+    instead of being read past their end.
+    """
     try:
-        nbytes, _, _ = blosc.get_cbuffer_sizes(data)
+        nbytes, cbytes, _ = blosc.get_cbuffer_sizes(bytes(data[:BLOSC_HEADER_BYTES]))
     except Exception as exc:  # blosc raises its own untyped error for bad headers
         raise CorruptBlockError(f"{where}: not a blosc buffer ({exc}).") from None
-    if nbytes != out.nbytes:
-        raise CorruptBlockError(f"{where}: block decompresses to {nbytes} bytes, expected {out.nbytes} "
-                                f"for shape {out.shape} of {out.dtype}.")
+    if len(data) < BLOSC_HEADER_BYTES or cbytes != len(data) or nbytes != out.nbytes:
+        raise CorruptBlockError(
+            f"{where}: the blosc header says {cbytes} compressed bytes decompressing to {nbytes}, but the block "
+            f"is {len(data)} bytes and should decompress to {out.nbytes} (shape {out.shape}, {out.dtype}).")
     try:
         blosc.decompress_ptr(data, out.ctypes.data)
     except Exception as exc:

@@ -16,8 +16,8 @@ import numpy as np
 from . import format as fmt
 from .blocks import load_block, read_entries, store_block
 from .codec import Compression, check_compression
-from .errors import (BlockCoordinateError, BlockShapeError, ClosedError, FormatError, MissingShardError,
-                     ReadOnlyError, RegionError, VolumeExistsError)
+from .errors import (BlockCoordinateError, BlockShapeError, ChecksumError, ClosedError, FormatError,
+                     MissingShardError, ReadOnlyError, RegionError, VolumeExistsError)
 from .indexing import select
 from .storage import VolumeFiles, pread_exact, resolve_shard_path
 from .writer import WriterPool
@@ -51,7 +51,7 @@ def _check_metadata(metadata: dict | None) -> dict:
         return {}
     if not isinstance(metadata, dict):
         raise ValueError(f"metadata must be a dict of JSON values; got {type(metadata).__name__}.")
-    clash = sorted(set(metadata) & set(fmt.FORMAT_KEYS))
+    clash = sorted(set(metadata) & set(fmt.RESERVED_KEYS))
     if clash:
         raise ValueError(f"metadata keys {clash} are reserved by the blockfs format; rename them.")
     try:
@@ -61,8 +61,8 @@ def _check_metadata(metadata: dict | None) -> dict:
     return dict(metadata)
 
 
-def _reopen(path: str, mode: str) -> "Directory":
-    return Directory.open(path, mode)
+def _reopen(path: str, mode: str, verify: bool, durable: bool) -> "Directory":
+    return Directory.open(path, mode, verify=verify, durable=durable)
 
 
 class Directory:
@@ -71,6 +71,10 @@ class Directory:
     Coordinates passed to block calls are the block's first voxel in (x, y, z) order; arrays and
     ``shape`` are in (z, y, x) order. Create a new volume with ``Directory(...).create()``, or
     open an existing one with ``Directory.open(path, mode)``.
+
+    Beyond the classic arguments: ``records`` writes a checksummed record before each block
+    (readers of plain 1.0.0 are unaffected), ``verify`` checks those records on every read, and
+    ``durable=False`` skips the fsync at close() for scratch volumes.
     """
 
     HEADER = fmt.MAGIC
@@ -81,7 +85,7 @@ class Directory:
                  directory_offset: int | None = None, block_filenames: list[str] | None = None,
                  x_stride: int | None = None, y_stride: int | None = None, z_stride: int | None = None,
                  compression: Compression | str = Compression.zstd, compression_level: int = 5,
-                 metadata: dict | None = None):
+                 metadata: dict | None = None, records: bool = True, verify: bool = True, durable: bool = True):
         where = str(directory_filename)
         extents = tuple(_positive(n, v) for n, v in
                         (("x_extent", x_extent), ("y_extent", y_extent), ("z_extent", z_extent)))
@@ -105,15 +109,19 @@ class Directory:
             n_size_bits=size_bits if n_size_bits is None else _positive("n_size_bits", n_size_bits),
             x_stride=strides[0], y_stride=strides[1], z_stride=strides[2],
             block_filenames=tuple(os.fspath(n) for n in block_filenames),
-            compression=compressor, compression_level=level, metadata=_check_metadata(metadata))
+            compression=compressor, compression_level=level, metadata=_check_metadata(metadata),
+            records=bool(records))
         if layout.n_offset_bits + layout.n_size_bits > fmt.MAX_ENTRY_BITS:
             raise ValueError(f"{where}: n_offset_bits + n_size_bits = {layout.n_offset_bits + layout.n_size_bits} "
                              f"exceeds {fmt.MAX_ENTRY_BITS}; choose narrower widths.")
         self._setup(os.fspath(directory_filename), layout,
-                    len(fmt.encode_header(layout, directory_offset)), mode=None)
+                    len(fmt.encode_header(layout, directory_offset)), None, verify, durable)
 
-    def _setup(self, path: str, layout: fmt.Layout, directory_offset: int, mode: str | None) -> None:
+    def _setup(self, path: str, layout: fmt.Layout, directory_offset: int, mode: str | None, verify: bool,
+               durable: bool) -> None:
         self.directory_filename = path
+        self.verify = verify
+        self.durable = durable
         self._layout = layout
         self.directory_offset = directory_offset
         self._mode = mode
@@ -154,7 +162,8 @@ class Directory:
         return self
 
     @classmethod
-    def open(cls, directory_filename: str, mode: str = "r") -> "Directory":
+    def open(cls, directory_filename: str, mode: str = "r", verify: bool = True, durable: bool = True
+             ) -> "Directory":
         """Open an existing volume: ``mode="r"`` to read, ``"r+"`` to read and write blocks."""
         path = os.fspath(directory_filename)
         if mode not in MODES:
@@ -165,7 +174,7 @@ class Directory:
             head += f.read(start - fmt.PREAMBLE.size)
         layout, start = fmt.decode_header(head, path)
         self = cls.__new__(cls)
-        self._setup(path, layout, start, mode)
+        self._setup(path, layout, start, mode, verify, durable)
         if mode == "r+":
             self._check_writable_files()
         return self
@@ -179,7 +188,7 @@ class Directory:
     def __reduce__(self) -> tuple:
         if self._mode is None:
             raise ValueError(f"{self.directory_filename}: create() the volume before passing it to other processes.")
-        return _reopen, (self.directory_filename, self._mode)
+        return _reopen, (self.directory_filename, self._mode, self.verify, self.durable)
 
     # -- attributes --------------------------------------------------------------------------
 
@@ -220,6 +229,21 @@ class Directory:
         return self._layout.shape
 
     @property
+    def layout(self) -> fmt.Layout:
+        """Everything the directory file's header says, as one immutable value."""
+        return self._layout
+
+    @property
+    def shard_paths(self) -> list[str]:
+        """Where the shard files are, as resolved when the volume was opened."""
+        return [path for path, _ in self._shard_candidates]
+
+    @property
+    def records(self) -> bool:
+        """Whether each block carries a checksummed record (see docs/FORMAT.md)."""
+        return self._layout.records
+
+    @property
     def mode(self) -> str | None:
         """"r", "r+", or None before ``create()``."""
         return self._mode
@@ -254,7 +278,7 @@ class Directory:
         self._check_writable()
         if self._pool is None or not self._pool.is_owner:
             self._pool = WriterPool(self.directory_filename, self._files.shard_paths, self._layout,
-                                    self.directory_offset, _positive("queue_depth", queue_depth))
+                                    self.directory_offset, _positive("queue_depth", queue_depth), self.durable)
 
     def write_block(self, block: Any, x: int, y: int, z: int) -> None:
         """Write one block (z, y, x array, cast to the volume's dtype) whose first voxel is (x, y, z).
@@ -346,7 +370,15 @@ class Directory:
 
     def _load(self, entry: int, offset: int, size: int, shape: tuple[int, int, int]) -> np.ndarray:
         try:
-            return load_block(self._files, self._layout, entry, offset, size, shape)
+            try:
+                return load_block(self._files, self._layout, entry, offset, size, shape, self.verify)
+            except ChecksumError:
+                # A writer may have repointed the entry since we read it: retry once with the new one.
+                offsets, sizes = read_entries(self._files, self._layout, self.directory_offset, entry, 1)
+                if (int(offsets[0]), int(sizes[0])) == (offset, size) or not sizes[0]:
+                    raise
+                return load_block(self._files, self._layout, entry, int(offsets[0]), int(sizes[0]), shape,
+                                  self.verify)
         except FileNotFoundError:
             shard = entry % len(self.block_filenames)
             name = self.block_filenames[shard]
@@ -405,7 +437,7 @@ class Directory:
                 self._pool.close()
         finally:
             if self._files is not None:
-                if self._files.writable:
+                if self._files.writable and self.durable:
                     self._files.sync()
                 self._files.close()
 

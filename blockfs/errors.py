@@ -59,3 +59,7 @@ class WriterError(BlockfsError, RuntimeError):
 
 class ClosedError(BlockfsError, ValueError):
     """The volume was used after close()."""
+
+
+class ChecksumError(CorruptBlockError):
+    """A block's record or bytes fail their checksum, or the record belongs to another block."""

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from . import records
 from .errors import EntryOverflowError, FormatError, UnsupportedDTypeError
 
 MAGIC = b"BlockFS\x00"
@@ -32,6 +33,9 @@ FORMAT_KEYS = (
     "NOffsetBits", "NSizeBits", "XStride", "YStride", "ZStride", "BlockFilenames",
     "Compression", "CompressionLvl", "Version",
 )
+#: Keys of this implementation's extensions: an old reader takes them for application metadata.
+EXTENSION_KEYS = (records.METADATA_KEY,)
+RESERVED_KEYS = FORMAT_KEYS + EXTENSION_KEYS
 _INT_KEYS = tuple(k for k in FORMAT_KEYS if k not in ("DType", "BlockFilenames", "Compression", "Version"))
 
 
@@ -68,6 +72,8 @@ class Layout:
     compression: str
     compression_level: int
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: Whether every block's payload is preceded by a checksummed record (an extension).
+    records: bool = False
 
     @property
     def entry_size(self) -> int:
@@ -109,6 +115,13 @@ class Layout:
         """Shape (z, y, x) of the block at (x, y, z): full size, truncated at the volume's edges."""
         return (min(self.z_block_size, self.z_extent - z), min(self.y_block_size, self.y_extent - y),
                 min(self.x_block_size, self.x_extent - x))
+
+    def block_entries(self) -> tuple[np.ndarray, np.ndarray]:
+        """(entry index, first voxel (x, y, z)) of every block position, as arrays, z-major order."""
+        nz, ny, nx = self.grid
+        gz, gy, gx = (a.ravel() for a in np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij"))
+        entries = gx * self.x_stride + gy * self.y_stride + gz * self.z_stride
+        return entries, np.stack([gx * self.x_block_size, gy * self.y_block_size, gz * self.z_block_size], axis=1)
 
     def with_filenames(self, names: tuple[str, ...]) -> "Layout":
         """The same layout with other shard names."""
@@ -154,6 +167,8 @@ def encode_header(layout: Layout, directory_offset: int | None = None) -> bytes:
         "BlockFilenames": list(layout.block_filenames), "Compression": layout.compression,
         "CompressionLvl": layout.compression_level, "Version": VERSION,
     })
+    if layout.records:
+        doc[records.METADATA_KEY] = records.METADATA_VALUE
     text = json.dumps(doc).encode("utf-8")
     start = PREAMBLE.size + len(text) if directory_offset is None else directory_offset
     if start < PREAMBLE.size + len(text):
@@ -207,6 +222,10 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
                           f"{MAX_ENTRY_BITS}; such entries are not supported.")
     if doc.get("Version", VERSION) != VERSION:
         raise FormatError(f"{path}: Version is {doc['Version']!r}; this blockfs reads {VERSION!r}.")
+    has_records = records.METADATA_KEY in doc
+    if has_records and doc[records.METADATA_KEY] != records.METADATA_VALUE:
+        raise FormatError(f"{path}: {records.METADATA_KEY} is {doc[records.METADATA_KEY]!r}; this blockfs reads "
+                          f"{records.METADATA_VALUE!r}. Upgrade blockfs to read this volume.")
     try:
         dtype = check_dtype(doc["DType"])
     except UnsupportedDTypeError as exc:
@@ -217,7 +236,7 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
         n_offset_bits=doc["NOffsetBits"], n_size_bits=doc["NSizeBits"],
         x_stride=doc["XStride"], y_stride=doc["YStride"], z_stride=doc["ZStride"],
         block_filenames=tuple(names), compression=doc["Compression"], compression_level=doc["CompressionLvl"],
-        metadata={k: v for k, v in doc.items() if k not in FORMAT_KEYS},
+        metadata={k: v for k, v in doc.items() if k not in RESERVED_KEYS}, records=has_records,
     )
     return layout, start
 
@@ -242,3 +261,11 @@ def unpack_entries(raw: bytes, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     offsets = values & np.uint64((1 << layout.n_offset_bits) - 1)
     sizes = (values >> np.uint64(layout.n_offset_bits)) & np.uint64((1 << layout.n_size_bits) - 1)
     return offsets, sizes
+
+
+def pack_entries(offsets: np.ndarray, sizes: np.ndarray, layout: Layout) -> bytes:
+    """The bytes of consecutive entries; every offset and size must fit its bits."""
+    if offsets.size and (int(offsets.max()) >> layout.n_offset_bits or int(sizes.max()) >> layout.n_size_bits):
+        raise EntryOverflowError(f"an offset or size does not fit {layout.n_offset_bits}/{layout.n_size_bits} bits")
+    values = offsets.astype(np.uint64) | (sizes.astype(np.uint64) << np.uint64(layout.n_offset_bits))
+    return values.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :layout.entry_size].tobytes()

@@ -34,7 +34,7 @@ def _context() -> Any:
 
 
 def _run_writer(q_in: Any, error: Any, index_path: str, shard_paths: list[str], layout: Layout,
-                directory_offset: int, owner_pid: int) -> None:
+                directory_offset: int, durable: bool, owner_pid: int) -> None:
     """Body of a writer process: store blocks until the ``None`` sentinel arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the owner, which drains us
     files = VolumeFiles(index_path, shard_paths, writable=True)
@@ -47,7 +47,8 @@ def _run_writer(q_in: Any, error: Any, index_path: str, shard_paths: list[str], 
                     return
                 continue
             if item is None:
-                files.sync()
+                if durable:
+                    files.sync()
                 return
             block, entry = item
             try:
@@ -103,10 +104,10 @@ class WriterPool:
     """Writer processes for every shard of one volume, owned by the process that started them."""
 
     def __init__(self, index_path: str, shard_paths: list[str], layout: Layout, directory_offset: int,
-                 queue_depth: int):
+                 queue_depth: int, durable: bool):
         ctx = _context()
         self.owner_pid = os.getpid()
-        args = (index_path, shard_paths, layout, directory_offset, self.owner_pid)
+        args = (index_path, shard_paths, layout, directory_offset, durable, self.owner_pid)
         self.writers = [BlockWriter(ctx, i, path, queue_depth, args) for i, path in enumerate(shard_paths)]
         for writer in self.writers:
             writer.process.start()

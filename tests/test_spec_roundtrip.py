@@ -107,6 +107,10 @@ def check_bytes(directory_file: Path, expected_names: list[str], itemsize: int) 
     assert sum(map(len, shards)) > sum(b - a for ranges in used for a, b in ranges)
 
 
+#: The extension key announcing block records: a plain 1.0.0 reader sees it as application metadata.
+RECORDS_KEY = {"BlockfsRecords": {"version": 1, "header_size": 32, "checksum": "crc32c"}}
+
+
 def write_volume(path: Path, truth: np.ndarray, block: tuple[int, int, int], n_filenames: int,
                  compression: Compression, parallel: bool = False) -> np.ndarray:
     """Write ``truth`` block by block and return what must read back.
@@ -155,7 +159,7 @@ def test_written_volume_decodes_by_spec(dtype: str, compression: Compression, ge
     assert volume.shape == shape
     assert volume.tobytes() == expected.tobytes()
     assert np.dtype(dtype).kind != "f" or np.isnan(volume).any()
-    assert metadata == METADATA
+    assert metadata == {**METADATA, **RECORDS_KEY}
     check_bytes(path, [f"{path}.{i}" for i in range(n_filenames)], np.dtype(dtype).itemsize)
 
 
@@ -168,7 +172,7 @@ def test_writer_processes_write_plain_volumes(tmp_path: Path) -> None:
 
     volume, metadata = read_volume(path)
     assert volume.tobytes() == expected.tobytes()
-    assert metadata == METADATA
+    assert metadata == {**METADATA, **RECORDS_KEY}
     check_bytes(path, [f"{path}.{i}" for i in range(3)], 2)
 
 

@@ -1,0 +1,199 @@
+"""``blockfs check``: verify every block of a volume and report each problem with its block."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import records
+from .blocks import load_block, read_entries
+from .cli_support import add_silent, progress, run_tool
+from .directory import Directory
+from .errors import ChecksumError, CorruptBlockError
+from .repair import latest_records
+from .storage import VolumeFiles
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a volume, and where."""
+
+    kind: str
+    detail: str
+    block: tuple[int, int, int] | None = None
+    entry: int | None = None
+    shard: str | None = None
+    offset: int | None = None
+
+    def __str__(self) -> str:
+        where = [f"block (x={self.block[0]}, y={self.block[1]}, z={self.block[2]})" if self.block else "",
+                 f"entry {self.entry}" if self.entry is not None else "",
+                 f"{self.shard} at offset {self.offset}" if self.shard and self.offset is not None else self.shard or ""]
+        return f"{self.kind}: {', '.join(w for w in where if w)}: {self.detail}"
+
+
+@dataclass
+class ShardUsage:
+    """How much of one shard the index points at."""
+
+    name: str
+    path: str
+    exists: bool
+    size: int = 0
+    referenced: int = 0
+
+    @property
+    def unreferenced(self) -> int:
+        return self.size - self.referenced
+
+
+@dataclass
+class Report:
+    """The result of checking a volume."""
+
+    volume: str
+    records: bool
+    blocks_total: int
+    blocks_written: int
+    shards: list[ShardUsage]
+    problems: list[Problem] = field(default_factory=list)
+    #: Shard bytes that are neither a block nor a record (interrupted writes): harmless, reported.
+    damaged: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"volume": self.volume, "healthy": self.healthy, "records": self.records,
+                "blocks_total": self.blocks_total, "blocks_written": self.blocks_written,
+                "unreferenced_bytes": sum(s.unreferenced for s in self.shards),
+                "shards": [dict(asdict(s), unreferenced=s.unreferenced) for s in self.shards],
+                "problems": [asdict(p) for p in self.problems], "unrecognised_bytes": self.damaged}
+
+
+def _union_length(starts: np.ndarray, ends: np.ndarray) -> int:
+    """Bytes covered by the union of [start, end) ranges sorted by start."""
+    if not starts.size:
+        return 0
+    reach = np.maximum.accumulate(ends)
+    previous = np.concatenate([[0], reach[:-1]])
+    return int(np.maximum(0, ends - np.maximum(starts, previous)).sum())
+
+
+def check_volume(path: str, silent: bool = True) -> Report:
+    """Check a volume's index, shards and every written block."""
+    with Directory.open(path) as volume:
+        layout, shard_paths = volume.layout, volume.shard_paths
+        files = VolumeFiles(path, shard_paths, writable=False)
+        offsets, sizes = read_entries(files, layout, volume.directory_offset, 0, layout.n_entries)
+    head = records.HEADER_SIZE if layout.records else 0
+    n_shards = len(shard_paths)
+    entries, origins = layout.block_entries()
+    report = Report(path, layout.records, len(entries), int(np.count_nonzero(sizes[entries])),
+                    [ShardUsage(name, p, os.path.exists(p), os.path.getsize(p) if os.path.exists(p) else 0)
+                     for name, p in zip(layout.block_filenames, shard_paths)])
+    stray = np.setdiff1d(np.flatnonzero(sizes), entries)
+    report.problems += [Problem("stray-entry", "a non-empty entry that belongs to no block position", entry=int(e))
+                        for e in stray]
+
+    written = np.flatnonzero(sizes[entries])
+    block_entry = entries[written]
+    block_offset, block_size = offsets[block_entry].astype(np.int64), sizes[block_entry].astype(np.int64)
+    block_shard = block_entry % n_shards
+    shard_size = np.array([s.size for s in report.shards], np.int64)[block_shard]
+    shard_exists = np.array([s.exists for s in report.shards], bool)[block_shard]
+    bad = np.zeros(written.size, bool)
+
+    def flag(mask: np.ndarray, kind: str, detail: str) -> None:
+        for i in np.flatnonzero(mask & ~bad):
+            report.problems.append(Problem(kind, detail, tuple(int(c) for c in origins[written[i]]),
+                                           int(block_entry[i]), shard_paths[block_shard[i]], int(block_offset[i])))
+        bad[:] |= mask
+
+    flag(~shard_exists, "missing-shard", "the shard file holding this block does not exist")
+    flag((block_offset + block_size > shard_size) | (block_offset < head), "past-end",
+         "the entry points outside its shard")
+    starts, ends = block_offset - head, block_offset + block_size
+    for shard, usage in enumerate(report.shards):
+        mine = np.flatnonzero(block_shard == shard)
+        order = mine[np.argsort(starts[mine], kind="stable")]
+        usage.referenced = min(usage.size, _union_length(starts[order], ends[order]))
+        overlapping = np.zeros(written.size, bool)
+        overlapping[order[1:]] = starts[order[1:]] < np.maximum.accumulate(ends[order])[:-1]
+        flag(overlapping, "overlap", "the block's bytes overlap another block's")
+
+    def verify(i: int) -> Problem | None:
+        x, y, z = (int(c) for c in origins[written[i]])
+        try:
+            load_block(files, layout, int(block_entry[i]), int(block_offset[i]), int(block_size[i]),
+                       layout.block_shape_at(x, y, z), verify=True)
+        except CorruptBlockError as exc:
+            kind = "checksum" if isinstance(exc, ChecksumError) else "undecodable"
+            return Problem(kind, str(exc), (x, y, z), int(block_entry[i]),
+                           shard_paths[block_shard[i]], int(block_offset[i]))
+        return None
+
+    if layout.records:
+        _compare_with_records(report, layout, shard_paths, offsets, sizes, origins, entries, silent)
+
+    todo = np.flatnonzero(~bad)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        found = progress(pool.map(verify, todo), silent, "checking", total=len(todo), unit="block")
+        report.problems += [p for p in found if p is not None]
+    files.close()
+    report.problems.sort(key=lambda p: (p.entry if p.entry is not None else -1, p.kind))
+    return report
+
+
+def _compare_with_records(report: Report, layout: Any, shard_paths: list[str], offsets: np.ndarray,
+                          sizes: np.ndarray, origins: np.ndarray, entries: np.ndarray, silent: bool) -> None:
+    """Flag blocks whose newest complete record is not the one the index points at."""
+    found, report.damaged = latest_records(layout, shard_paths, silent)
+    origin_of = dict(zip(entries.tolist(), map(tuple, origins.tolist())))
+    for entry, (offset, size) in found.items():
+        if (int(offsets[entry]), int(sizes[entry])) != (offset, size):
+            shard = shard_paths[entry % len(shard_paths)]
+            report.problems.append(Problem(
+                "unindexed-record", f"the shard holds a newer complete copy of this block ({size} bytes) than the "
+                "index points at (an interrupted write or a damaged index); run blockfs repair",
+                origin_of[entry], entry, shard, offset))
+
+
+def print_report(report: Report) -> None:
+    for problem in report.problems:
+        print(f"{report.volume}: {problem}")
+    for line in report.damaged:
+        print(f"{report.volume}: note: {line}")
+    lost = sum(s.unreferenced for s in report.shards)
+    total = sum(s.size for s in report.shards)
+    print(f"{report.volume}: {report.blocks_written} of {report.blocks_total} blocks written; "
+          f"{'block records with CRC32C' if report.records else 'no block records (checked by decompressing)'}; "
+          f"{lost:,} of {total:,} shard bytes unreferenced (old copies of rewritten blocks or interrupted writes)")
+    print(f"{report.volume}: {'healthy' if report.healthy else f'{len(report.problems)} problem(s)'}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="blockfs check", description="Verify every block of a volume; exit status 0 only if it is healthy.",
+        epilog="example:\n  blockfs check /data/brain.blockfs\n  blockfs check --json /data/brain.blockfs | jq .problems",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("volume", help="the volume's directory (index) file")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_silent(parser)
+
+    def body(args: argparse.Namespace) -> int:
+        report = check_volume(args.volume, silent=args.silent or args.json)
+        if args.json:
+            print(json.dumps(report.to_json(), indent=1))
+        else:
+            print_report(report)
+        return 0 if report.healthy else 1
+
+    return run_tool(parser, body, argv)

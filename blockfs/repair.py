@@ -1,0 +1,131 @@
+"""``blockfs repair``: rebuild a volume's index from the block records in its shards.
+
+For each block position the last complete, CRC-valid record in its shard wins (appends are
+serialised, so the last one in a shard is the newest). Torn or damaged stretches are reported and
+skipped. The new index is written beside the old one and renamed into place; the old one is kept
+as a backup. A volume whose index already agrees with its records is left untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import format as fmt
+from . import records
+from .blocks import read_entries
+from .cli_support import add_silent, progress, run_tool
+from .directory import Directory
+from .errors import FormatError
+from .storage import VolumeFiles
+
+
+@dataclass
+class RepairResult:
+    """What a repair found and did."""
+
+    volume: str
+    blocks_indexed: int = 0
+    entries_changed: int = 0
+    backup: str | None = None
+    damaged: list[str] = field(default_factory=list)
+
+
+def latest_records(layout: fmt.Layout, shard_paths: list[str], silent: bool = True
+                   ) -> tuple[dict[int, tuple[int, int]], list[str]]:
+    """The last sound record of each entry, as {entry: (payload offset, length)}, and the damage seen."""
+    entries, _ = layout.block_entries()
+    valid = np.zeros(layout.n_entries, bool)
+    valid[entries] = True
+    found: dict[int, tuple[int, int]] = {}
+    damaged: list[str] = []
+    for shard, path in progress(list(enumerate(shard_paths)), silent, "scanning shards", unit="shard"):
+        if not os.path.exists(path) or os.path.getsize(path) == 0:
+            continue
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            for offset, record, length in records.scan(data, path):
+                if record is None:
+                    damaged.append(f"{path}: {length} bytes at offset {offset} are not a complete block record "
+                                   "(an interrupted write or damage)")
+                elif record.entry >= valid.size or not valid[record.entry] or record.entry % len(shard_paths) != shard:
+                    damaged.append(f"{path}: the record at offset {offset} names entry {record.entry}, which does "
+                                   "not belong in this shard")
+                else:
+                    found[record.entry] = (offset + records.HEADER_SIZE, record.length)
+    return found, damaged
+
+
+def _backup_path(path: str) -> str:
+    candidate, n = f"{path}.bak", 1
+    while os.path.exists(candidate):
+        candidate, n = f"{path}.bak{n}", n + 1
+    return candidate
+
+
+def repair_volume(path: str, silent: bool = True) -> RepairResult:
+    """Rebuild the index of the volume at ``path`` from its shard records."""
+    with Directory.open(path) as volume:
+        layout, shard_paths, start = volume.layout, volume.shard_paths, volume.directory_offset
+    if not layout.records:
+        raise FormatError(f"{path}: this volume was written without block records, so its index cannot be rebuilt "
+                          "from the shards; use blockfs check to find damaged blocks.")
+    result = RepairResult(path)
+    found, result.damaged = latest_records(layout, shard_paths, silent)
+    offsets = np.zeros(layout.n_entries, np.uint64)
+    sizes = np.zeros(layout.n_entries, np.uint64)
+    if found:
+        keys = np.fromiter(found, np.int64, len(found))
+        offsets[keys], sizes[keys] = np.array(list(found.values()), np.uint64).T
+    result.blocks_indexed = len(found)
+
+    files = VolumeFiles(path, shard_paths, writable=False)
+    old_offsets, old_sizes = read_entries(files, layout, start, 0, layout.n_entries)
+    files.close()
+    changed = (old_sizes != sizes) | ((sizes > 0) & (old_offsets != offsets))
+    result.entries_changed = int(np.count_nonzero(changed))
+    if not result.entries_changed:
+        return result
+
+    with open(path, "rb") as f:
+        header = f.read(start)
+    temporary = f"{path}.repair-{os.getpid()}"
+    with open(temporary, "wb") as f:
+        f.write(header + fmt.pack_entries(offsets, sizes, layout))
+        f.flush()
+        os.fsync(f.fileno())
+    result.backup = _backup_path(path)
+    os.link(path, result.backup)
+    os.replace(temporary, path)
+    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="blockfs repair", description=__doc__.split("\n\n")[0],
+        epilog="Stop every writer first. The old index is kept as <volume>.bak.\n\n"
+               "example:\n  blockfs repair /data/brain.blockfs && blockfs check /data/brain.blockfs",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("volume", help="the volume's directory (index) file")
+    add_silent(parser)
+
+    def body(args: argparse.Namespace) -> int:
+        result = repair_volume(args.volume, silent=args.silent)
+        for line in result.damaged:
+            print(f"blockfs repair: {line}; skipped")
+        if result.entries_changed:
+            print(f"{args.volume}: rebuilt the index from {result.blocks_indexed} block records; "
+                  f"{result.entries_changed} entries changed; the old index is {result.backup}")
+        else:
+            print(f"{args.volume}: the index agrees with the {result.blocks_indexed} block records; nothing changed")
+        return 0
+
+    return run_tool(parser, body, argv)

@@ -26,6 +26,8 @@ BLOSC_MAX_OVERHEAD = 16
 MAX_ENTRY_BITS = 64
 #: Extra offset bits beyond the field's rule: room for about four copies of every block per shard.
 OFFSET_HEADROOM_BITS = 2
+#: Largest integer a header value may hold, so that all arithmetic stays within int64.
+MAX_HEADER_INT = 2**40
 COMPRESSORS = ("zstd", "blosclz", "lz4", "lz4hc", "zlib", "snappy")
 
 FORMAT_KEYS = (
@@ -210,8 +212,9 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
         raise FormatError(f"{path}: the JSON header lacks {', '.join(missing)}; not a complete blockfs header.")
     for key in _INT_KEYS:
         value = doc[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "CompressionLvl" else 1):
-            raise FormatError(f"{path}: {key} is {value!r}; it must be a positive integer.")
+        if (not isinstance(value, int) or isinstance(value, bool)
+                or not (0 if key == "CompressionLvl" else 1) <= value <= MAX_HEADER_INT):
+            raise FormatError(f"{path}: {key} is {value!r}; it must be a positive integer below 2**{MAX_HEADER_INT.bit_length()}.")
     names = doc["BlockFilenames"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise FormatError(f"{path}: BlockFilenames is {names!r}; it must be a non-empty list of file names.")
@@ -238,6 +241,9 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
         block_filenames=tuple(names), compression=doc["Compression"], compression_level=doc["CompressionLvl"],
         metadata={k: v for k, v in doc.items() if k not in RESERVED_KEYS}, records=has_records,
     )
+    if start + layout.n_entries * layout.entry_size > 2**62:
+        raise FormatError(f"{path}: the index would span {layout.n_entries} entries; the extents, block sizes or "
+                          "strides in the header are damaged.")
     return layout, start
 
 

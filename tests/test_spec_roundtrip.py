@@ -181,3 +181,52 @@ def test_application_keys_must_not_be_format_keys(key: str, tmp_path: Path) -> N
     with pytest.raises(ValueError, match=key):
         Directory(10, 10, 10, "uint8", str(tmp_path / "volume.blockfs"), n_filenames=1, metadata={key: "x"})
     assert not list(tmp_path.iterdir())
+
+
+def records_by_spec(path: Path) -> int:
+    """Check every entry's block record by docs/FORMAT.md section 10 alone; return how many."""
+    import crc32c
+
+    index = path.read_bytes()
+    m, d = struct.unpack_from("<II", index, 8)
+    meta = json.loads(index[16:16 + m])
+    assert meta["BlockfsRecords"] == {"version": 1, "header_size": 32, "checksum": "crc32c"}
+    off_bits, size_bits = meta["NOffsetBits"], meta["NSizeBits"]
+    entry_size = math.ceil((off_bits + size_bits) / 8)
+    names = meta["BlockFilenames"]
+    shards = [Path(n if Path(n).is_absolute() else path.parent / n).read_bytes() for n in names]
+    checked = 0
+    for e in range((len(index) - d) // entry_size):
+        v = int.from_bytes(index[d + e * entry_size:d + (e + 1) * entry_size], "little")
+        offset, size = v & ((1 << off_bits) - 1), v >> off_bits
+        if not size:
+            continue
+        shard = shards[e % len(names)]
+        magic, version, header_size, entry, length, crc, head_crc = struct.unpack_from("<4sHHQQII", shard, offset - 32)
+        assert (magic, version, header_size, entry, length) == (b"BFRC", 1, 32, e, size)
+        assert crc32c.crc32c(shard[offset - 32:offset - 4]) == head_crc
+        assert crc32c.crc32c(shard[offset:offset + size]) == crc
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_block_records_follow_the_spec(parallel: bool, tmp_path: Path) -> None:
+    shape, block = GEOMETRIES["aniso"]
+    truth = sample_volume(shape, np.dtype("uint16"), 2)
+    path = tmp_path / "volume.blockfs"
+    write_volume(path, truth, block, 3, Compression.zstd, parallel=parallel)
+    n_blocks = len(list(block_origins(shape, block)))
+    assert records_by_spec(path) == n_blocks - 3  # three blocks are left unwritten
+
+
+def test_records_can_be_turned_off(tmp_path: Path) -> None:
+    path = tmp_path / "plain.blockfs"
+    d = Directory(20, 20, 20, "uint8", str(path), n_filenames=1, x_block_size=8, y_block_size=8, z_block_size=8,
+                  records=False)
+    d.create()
+    d.write_block(np.ones((8, 8, 8), np.uint8), 0, 0, 0)
+    d.close()
+    volume, metadata = read_volume(path)
+    assert metadata == {} and volume[:8, :8, :8].min() == 1
+    assert Path(f"{path}.0").read_bytes()[:4] != b"BFRC"

@@ -2,14 +2,16 @@
 
 from .codec import Compression
 from .directory import Directory
-from .errors import (BlockCoordinateError, BlockfsError, BlockShapeError, ClosedError, CorruptBlockError,
-                     EntryOverflowError, FormatError, MissingShardError, ReadOnlyError, RegionError,
-                     UnsupportedCompressionError, UnsupportedDTypeError, VolumeExistsError, WriterError)
+from .errors import (BlockCoordinateError, BlockfsError, BlockShapeError, ChecksumError, ClosedError,
+                     CorruptBlockError, EntryOverflowError, FormatError, InvalidArgumentError, MissingShardError,
+                     ReadOnlyError, RegionError, UnsupportedCompressionError, UnsupportedDTypeError,
+                     VolumeExistsError, WriterError)
 
 __version__ = "1.0.0"
 
 __all__ = [
-    "BlockCoordinateError", "BlockShapeError", "BlockfsError", "ClosedError", "Compression", "CorruptBlockError",
-    "Directory", "EntryOverflowError", "FormatError", "MissingShardError", "ReadOnlyError", "RegionError",
-    "UnsupportedCompressionError", "UnsupportedDTypeError", "VolumeExistsError", "WriterError", "__version__",
+    "BlockCoordinateError", "BlockShapeError", "BlockfsError", "ChecksumError", "ClosedError", "Compression",
+    "CorruptBlockError", "Directory", "EntryOverflowError", "FormatError", "InvalidArgumentError",
+    "MissingShardError", "ReadOnlyError", "RegionError", "UnsupportedCompressionError", "UnsupportedDTypeError",
+    "VolumeExistsError", "WriterError", "__version__",
 ]

@@ -17,7 +17,7 @@ from . import format as fmt
 from .blocks import load_block, read_entries, store_block
 from .codec import Compression, check_compression
 from .errors import (BlockCoordinateError, BlockShapeError, ChecksumError, ClosedError, FormatError,
-                     MissingShardError, ReadOnlyError, RegionError, VolumeExistsError)
+                     InvalidArgumentError, MissingShardError, ReadOnlyError, RegionError, VolumeExistsError)
 from .indexing import select
 from .storage import VolumeFiles, pread_exact, resolve_shard_path
 from .writer import WriterPool
@@ -40,9 +40,9 @@ def _positive(name: str, value: Any) -> int:
     try:
         number = operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.") from None
+        raise InvalidArgumentError(f"{name} must be a positive integer; got {value!r}.") from None
     if number < 1:
-        raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        raise InvalidArgumentError(f"{name} must be a positive integer; got {value!r}.")
     return number
 
 
@@ -50,14 +50,14 @@ def _check_metadata(metadata: dict | None) -> dict:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
-        raise ValueError(f"metadata must be a dict of JSON values; got {type(metadata).__name__}.")
+        raise InvalidArgumentError(f"metadata must be a dict of JSON values; got {type(metadata).__name__}.")
     clash = sorted(set(metadata) & set(fmt.RESERVED_KEYS))
     if clash:
-        raise ValueError(f"metadata keys {clash} are reserved by the blockfs format; rename them.")
+        raise InvalidArgumentError(f"metadata keys {clash} are reserved by the blockfs format; rename them.")
     try:
         json.dumps(metadata)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"metadata must be JSON-serialisable ({exc}); convert arrays with .tolist().") from None
+        raise InvalidArgumentError(f"metadata must be JSON-serialisable ({exc}); convert arrays with .tolist().") from None
     return dict(metadata)
 
 
@@ -91,13 +91,14 @@ class Directory:
                         (("x_extent", x_extent), ("y_extent", y_extent), ("z_extent", z_extent)))
         sizes = tuple(_positive(n, v) for n, v in
                       (("x_block_size", x_block_size), ("y_block_size", y_block_size), ("z_block_size", z_block_size)))
-        dt = fmt.check_dtype(dtype)
+        dt = fmt.check_dtype(dtype, where)
         compressor, level = check_compression(compression, compression_level, where)
         if block_filenames is None:
             count = _positive("n_filenames", multiprocessing.cpu_count() if n_filenames is None else n_filenames)
             block_filenames = [f"{directory_filename}.{i}" for i in range(count)]
         elif not block_filenames or not all(isinstance(n, (str, os.PathLike)) for n in block_filenames):
-            raise ValueError(f"{where}: block_filenames must be a non-empty list of paths; got {block_filenames!r}.")
+            raise InvalidArgumentError(f"{where}: block_filenames must be a non-empty list of paths; "
+                                       f"got {block_filenames!r}.")
         defaults = fmt.default_strides(extents[0], extents[1], sizes[0], sizes[1])
         strides = tuple(d if s is None else _positive(n, s) for n, s, d in
                         zip(("x_stride", "y_stride", "z_stride"), (x_stride, y_stride, z_stride), defaults))
@@ -112,10 +113,12 @@ class Directory:
             compression=compressor, compression_level=level, metadata=_check_metadata(metadata),
             records=bool(records))
         if layout.n_offset_bits + layout.n_size_bits > fmt.MAX_ENTRY_BITS:
-            raise ValueError(f"{where}: n_offset_bits + n_size_bits = {layout.n_offset_bits + layout.n_size_bits} "
+            raise InvalidArgumentError(f"{where}: n_offset_bits + n_size_bits = {layout.n_offset_bits + layout.n_size_bits} "
                              f"exceeds {fmt.MAX_ENTRY_BITS}; choose narrower widths.")
         self._setup(os.fspath(directory_filename), layout,
                     len(fmt.encode_header(layout, directory_offset)), None, verify, durable)
+        # A new volume's shards go where the caller names them: relative names from the working directory.
+        self._shard_candidates = [(os.path.abspath(name), [os.path.abspath(name)]) for name in layout.block_filenames]
 
     def _setup(self, path: str, layout: fmt.Layout, directory_offset: int, mode: str | None, verify: bool,
                durable: bool) -> None:
@@ -167,7 +170,7 @@ class Directory:
         """Open an existing volume: ``mode="r"`` to read, ``"r+"`` to read and write blocks."""
         path = os.fspath(directory_filename)
         if mode not in MODES:
-            raise ValueError(f"{path}: mode must be one of {MODES}; got {mode!r}.")
+            raise InvalidArgumentError(f"{path}: mode must be one of {MODES}; got {mode!r}.")
         with open(path, "rb") as f:
             head = f.read(fmt.PREAMBLE.size)
             _, start = fmt.read_preamble(head, path)
@@ -297,8 +300,11 @@ class Directory:
         if self._pool is not None and self._pool.is_owner:
             self._pool.submit(np.array(array, dtype=self.dtype, order="C", copy=True), entry)
         else:
-            store_block(self._files, self._layout, self.directory_offset, entry,
-                        np.ascontiguousarray(array, dtype=self.dtype))
+            try:
+                store_block(self._files, self._layout, self.directory_offset, entry,
+                            np.ascontiguousarray(array, dtype=self.dtype))
+            except FileNotFoundError:
+                raise self._missing_shard(entry) from None
 
     def __setitem__(self, key: Any, value: Any) -> None:
         """Write a region made of whole blocks: ``d[z0:z1, y0:y1, x0:x1] = array``."""
@@ -309,7 +315,11 @@ class Directory:
                 f"{self.directory_filename}: cannot write {key!r}: writes must cover whole blocks of the "
                 f"{bz}x{by}x{bx} (z, y, x) grid, starting at multiples of the block size and ending at one or "
                 f"at the volume's edge {self.shape}, with step 1.")
-        data = np.broadcast_to(np.asarray(value), sel.box_shape)
+        try:
+            data = np.broadcast_to(np.asarray(value), sel.box_shape)
+        except ValueError:
+            raise BlockShapeError(f"{self.directory_filename}: cannot write an array of shape {np.shape(value)} to "
+                                  f"the region {key!r} of shape {sel.box_shape} (z, y, x).") from None
         for z, y, x in self._blocks_in(sel.start, sel.stop):
             dz, dy, dx = self._layout.block_shape_at(x, y, z)
             oz, oy, ox = z - sel.start[0], y - sel.start[1], x - sel.start[2]
@@ -380,12 +390,14 @@ class Directory:
                 return load_block(self._files, self._layout, entry, int(offsets[0]), int(sizes[0]), shape,
                                   self.verify)
         except FileNotFoundError:
-            shard = entry % len(self.block_filenames)
-            name = self.block_filenames[shard]
-            raise MissingShardError(
-                f"{self.directory_filename}: shard {name!r} holds written blocks but is missing "
-                f"(looked at {', '.join(self._shard_candidates[shard][1])}); restore it beside the directory "
-                "file or run blockfs-rebase.") from None
+            raise self._missing_shard(entry) from None
+
+    def _missing_shard(self, entry: int) -> MissingShardError:
+        shard = entry % len(self.block_filenames)
+        return MissingShardError(
+            f"{self.directory_filename}: shard {self.block_filenames[shard]!r} of entry {entry} is missing "
+            f"(looked at {', '.join(self._shard_candidates[shard][1])}); restore it beside the directory "
+            "file or run blockfs-rebase.")
 
     def _blocks_in(self, start: tuple[int, ...], stop: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
         """First voxels (z, y, x) of the blocks that intersect a box."""

@@ -9,6 +9,10 @@ class BlockfsError(Exception):
     """Base class of every error raised by blockfs."""
 
 
+class InvalidArgumentError(BlockfsError, ValueError):
+    """An argument has a value blockfs cannot use."""
+
+
 class FormatError(BlockfsError, ValueError):
     """A file is not a blockfs 1.0.0 directory file, or its header is damaged."""
 

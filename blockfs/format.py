@@ -41,16 +41,18 @@ RESERVED_KEYS = FORMAT_KEYS + EXTENSION_KEYS
 _INT_KEYS = tuple(k for k in FORMAT_KEYS if k not in ("DType", "BlockFilenames", "Compression", "Version"))
 
 
-def check_dtype(dtype: Any) -> np.dtype:
-    """Return ``dtype`` as a numpy dtype if blockfs can store it, else raise."""
+def check_dtype(dtype: Any, where: str) -> np.dtype:
+    """Return ``dtype`` as a numpy dtype if blockfs can store it, else raise naming ``where``."""
     try:
         dt = np.dtype(dtype)
     except TypeError as exc:
-        raise UnsupportedDTypeError(f"dtype {dtype!r} is not a numpy dtype ({exc}); use e.g. 'uint16'.") from None
+        raise UnsupportedDTypeError(f"{where}: dtype {dtype!r} is not a numpy dtype ({exc}); use e.g. 'uint16'.") from None
     if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
-        raise UnsupportedDTypeError(f"dtype {dt!r} cannot be stored; use a numeric dtype such as 'uint16' or 'float32'.")
+        raise UnsupportedDTypeError(f"{where}: dtype {dt!r} cannot be stored; use a numeric dtype such as 'uint16' "
+                                    "or 'float32'.")
     if not dt.isnative and dt.itemsize > 1:
-        raise UnsupportedDTypeError(f"dtype {dt.str!r} is not in native byte order; use {dt.newbyteorder('=').name!r}.")
+        raise UnsupportedDTypeError(f"{where}: dtype {dt.str!r} is not in native byte order; use "
+                                    f"{dt.newbyteorder('=').name!r}.")
     return dt
 
 
@@ -230,9 +232,9 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
         raise FormatError(f"{path}: {records.METADATA_KEY} is {doc[records.METADATA_KEY]!r}; this blockfs reads "
                           f"{records.METADATA_VALUE!r}. Upgrade blockfs to read this volume.")
     try:
-        dtype = check_dtype(doc["DType"])
+        dtype = check_dtype(doc["DType"], path)
     except UnsupportedDTypeError as exc:
-        raise FormatError(f"{path}: DType: {exc}") from None
+        raise FormatError(f"{exc} (the header's DType)") from None
     layout = Layout(
         x_extent=doc["XExtent"], y_extent=doc["YExtent"], z_extent=doc["ZExtent"], dtype=dtype,
         x_block_size=doc["XBlockSize"], y_block_size=doc["YBlockSize"], z_block_size=doc["ZBlockSize"],

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .cli_support import run_tool
+from . import records
 from .format import Layout, unpack_entries
 from .relocate import DirectoryFile, locate_shards, read_directory_file
 from .storage import pread_exact
@@ -100,6 +101,10 @@ def describe_volume(path: str) -> dict[str, Any]:
             "blocks": int(scan.shard_blocks[i]), "block_bytes": int(scan.shard_bytes[i]),
             "looked_at": None if shard.exists else list(shard.looked_at),
         })
+    # Bytes that entries account for in each shard: the payloads, and their records if any.
+    overhead = records.HEADER_SIZE if lay.records else 0
+    for s in shards:
+        s["referenced_bytes"] = s["block_bytes"] + s["blocks"] * overhead
     present = [s for s in shards if s["exists"]]
     distinct_sizes = {s["path"]: s["size"] for s in present}
     shard_total = sum(distinct_sizes.values())
@@ -128,7 +133,8 @@ def describe_volume(path: str) -> dict[str, Any]:
         "index_bytes": header.file_size,
         "shard_bytes": shard_total,
         "bytes_on_disk": header.file_size + shard_total,
-        "unreferenced_bytes": sum(s["size"] - s["block_bytes"] for s in present if s["size"] >= s["block_bytes"]),
+        "unreferenced_bytes": sum(max(0, s["size"] - s["referenced_bytes"]) for s in present),
+        "block_records": lay.records,
         "shards": shards,
         "missing_shards": [s["name"] for s in shards if not s["exists"]],
         "metadata": dict(lay.metadata),
@@ -159,7 +165,8 @@ def format_text(info: dict[str, Any]) -> str:
         f"volume        {info['path']}",
         f"shape         {z} x {y} x {x} (z, y, x) voxels, {info['dtype']}",
         f"blocks        {bz} x {by} x {bx} (z, y, x) voxels; grid {gz} x {gy} x {gx} = {total}",
-        f"compression   {info['compression']}, level {info['compression_level']}",
+        f"compression   {info['compression']}, level {info['compression_level']}; "
+        f"block records {'yes (checksummed)' if info['block_records'] else 'no'}",
         f"entries       NOffsetBits {info['n_offset_bits']}, NSizeBits {info['n_size_bits']} "
         f"({info['entry_size']} bytes each); strides x {sx}, y {sy}, z {sz}; first at byte {info['directory_offset']}",
         f"written       {written} of {total} blocks ({100 * written / total:.1f}%)",

@@ -36,12 +36,14 @@ example:
       /archive must exist), and records the shards' new absolute paths in the directory file.
 
 The index, bit widths and application metadata are kept exactly. An existing volume (the
-directory file or any shard file) at the destination is never overwritten. {detail}
+directory file or any shard file) at the destination is never overwritten.
+{detail}
 """
 
 DETAILS = {
-    True: ("moves", "Nothing of the source remains afterwards; if the move fails part way, the source "
-                    "is left whole and readable."),
+    True: ("moves", "Nothing of the source remains afterwards. Within one file system the shards are\n"
+                    "hard-linked, else copied; the source is removed only once the new volume is\n"
+                    "complete, so a move that fails part way leaves the source whole and readable."),
     False: ("copies", "The source is left untouched."),
 }
 

@@ -24,6 +24,7 @@ def resolve_shard_path(directory_path: str, name: str) -> tuple[str, list[str]]:
     """
     folder = os.path.dirname(os.path.abspath(directory_path))
     candidates = [name] if os.path.isabs(name) else [os.path.join(folder, name), os.path.abspath(name)]
+    candidates = list(dict.fromkeys(candidates))
     beside = os.path.join(folder, os.path.basename(name))
     for path in candidates:
         if os.path.exists(path):
@@ -32,7 +33,7 @@ def resolve_shard_path(directory_path: str, name: str) -> tuple[str, list[str]]:
         warnings.warn(f"{directory_path}: shard {name!r} not found; using {beside} beside the directory file "
                       "(run blockfs-rebase to record the new location)", stacklevel=3)
         return beside, candidates + [beside]
-    return candidates[0], candidates + [beside]
+    return candidates[0], list(dict.fromkeys(candidates + [beside]))
 
 
 class _PerProcessFds:

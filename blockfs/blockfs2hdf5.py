@@ -1,0 +1,406 @@
+"""blockfs2hdf5 (also ``blockfs2hdf``): export a volume to one HDF5 dataset, in parallel under mpiexec.
+
+Every rank opens the volume read-only and the HDF5 file through h5py's MPI driver. The dataset
+(shape (z, y, x), chunks equal to the block size) is created collectively, then written one
+*row* at a time: a z-slab of block depth, one block high and the whole x extent wide, so that
+every write covers whole chunks and a rank holds one row in memory. Rows are dealt to the ranks
+round-robin, and every rank makes the same number of collective writes (a rank without a row in
+the last round writes an empty selection), which parallel HDF5 requires once a filter is on.
+
+A failure that one rank meets while reading (a missing shard, a damaged block) is shared with the
+others at the end of the round, so that all of them stop together: the partly written dataset is
+deleted, a file this run created is removed, and the message is printed once. Anything else that
+goes wrong on one rank alone is printed and the communicator is aborted, so that no rank waits
+forever.
+
+The export runs serially, on rank 0 only when started by mpiexec, and says so once, when mpi4py
+is missing, when h5py is built without parallel HDF5, or when a filter that HDF5 may skip for a
+chunk is asked for (lzf, szip, plugins; see :func:`skippable_filters`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .cli_support import add_silent, describe, progress, run_tool
+from .directory import Directory
+from .errors import BlockfsError
+
+PROG = "blockfs2hdf5"
+
+#: attribute holding the volume's block size (z, y, x); the application metadata keys sit beside it
+BLOCK_SIZE_ATTR = "blockfs_block_size_zyx"
+
+#: errors reported as ``file: reason``; anything else is a bug and, in parallel, aborts with a traceback
+EXPECTED = (BlockfsError, OSError, ValueError, TypeError, KeyError)
+
+#: environment variables in which MPI launchers pass a process its rank and the number of ranks
+LAUNCHER_RANK = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
+LAUNCHER_SIZE = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+#: HDF5's deflate (gzip) filter: flagged optional, but its output buffer always fits, so never skipped
+H5Z_FILTER_DEFLATE = 1
+
+
+class DatasetExistsError(BlockfsError, FileExistsError):
+    """The HDF5 file already holds an object under the dataset's name."""
+
+
+class ExportError(BlockfsError, RuntimeError):
+    """The export failed on at least one rank; every rank stops, and the message is printed once."""
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Who takes part: the communicator (None when writing serially), this rank and their number."""
+
+    comm: Any
+    rank: int
+    size: int
+
+    @property
+    def parallel(self) -> bool:
+        return self.comm is not None
+
+    def agree(self, error: str | None) -> None:
+        """Share this rank's error (or None) with every rank; all raise :class:`ExportError` if any failed."""
+        errors = self.comm.allgather(error) if self.parallel else [error]
+        first = next((e for e in errors if e), None)
+        if first is not None:
+            raise ExportError(first)
+
+    def attempt(self, step: Callable[[], Any], file: str | None = None, action: str | None = None) -> Any:
+        """Run ``step`` on every rank; if it fails with an expected error on any, all raise together.
+
+        A message that does not start with ``file`` gets ``file: action:`` in front of it.
+        """
+        result, error = None, None
+        try:
+            result = step()
+        except EXPECTED as exc:
+            error = describe(exc)
+            if file is not None and not error.startswith(f"{file}:"):
+                error = f"{file}: {action}: {error}"
+        self.agree(error)
+        return result
+
+
+SOLO = Ranks(None, 0, 1)
+
+
+def _launcher_rank() -> tuple[int, int]:
+    """(rank, size) that mpiexec or srun passed in the environment; (0, 1) when not started by one."""
+    def first(names: tuple[str, ...], default: int) -> int:
+        for name in names:
+            try:
+                return int(os.environ[name])
+            except (KeyError, ValueError):
+                continue
+        return default
+    return first(LAUNCHER_RANK, 0), first(LAUNCHER_SIZE, 1)
+
+
+def find_ranks() -> tuple[Ranks, str | None]:
+    """All ranks through MPI when mpi4py and a parallel h5py are there; else (ranks, why not)."""
+    import h5py
+
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as exc:
+        rank, size = _launcher_rank()
+        return Ranks(None, rank, size), f"mpi4py is not available ({exc})"
+    world = MPI.COMM_WORLD
+    if not h5py.get_config().mpi:
+        return (Ranks(None, world.Get_rank(), world.Get_size()),
+                f"h5py {h5py.version.version} is built without parallel HDF5")
+    return Ranks(world, world.Get_rank(), world.Get_size()), None
+
+
+def serially(ranks: Ranks, reason: str) -> Ranks | None:
+    """Say once why the export runs serially; rank 0 then works alone (SOLO), the others get None."""
+    if ranks.rank == 0:
+        where = f"on rank 0 of {ranks.size}" if ranks.size > 1 else "in one process"
+        print(f"{PROG}: note: {reason}; writing serially {where}", file=sys.stderr, flush=True)
+        return SOLO
+    return None
+
+
+def parse_filter(text: str) -> str | int:
+    """--compression: a filter name (gzip, lzf, szip) or a registered HDF5 filter number."""
+    return int(text) if text.isdigit() else text
+
+
+def parse_filter_options(text: str) -> int | tuple[Any, ...]:
+    """--compression-opts: an integer (the gzip level) or a comma-separated tuple (e.g. ``nn,8`` for szip)."""
+    def item(part: str) -> int | str:
+        part = part.strip()
+        try:
+            return int(part)
+        except ValueError:
+            return part
+    parts = [item(p) for p in text.split(",")]
+    if len(parts) == 1 and isinstance(parts[0], int):
+        return parts[0]
+    return tuple(parts)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Write a blockfs volume into a dataset of an HDF5 file, with chunks equal to the block "
+                    "size. Started by mpiexec, the ranks write in parallel through h5py's MPI driver (h5py must "
+                    "be built with parallel HDF5); otherwise the export runs serially.",
+        epilog="example:\n"
+               "  mpiexec -n 4 blockfs2hdf /data/brain.blockfs /data/brain.h5 /raw/channel0 --compression gzip\n\n"
+               "The application metadata of the volume becomes attributes of the dataset (JSON text), and\n"
+               f"{BLOCK_SIZE_ATTR} records the block size. An existing dataset is never replaced.\n"
+               "lzf, szip and plugin filters are written serially (parallel HDF5 mislabels chunks they skip).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("src", metavar="BLOCKFS_FILE", help="the volume's directory file")
+    parser.add_argument("dest", metavar="HDF5_FILE", help="the HDF5 file; created if missing, else added to")
+    parser.add_argument("name", metavar="DATASET",
+                        help="the dataset to create, e.g. /raw/channel0 (missing groups are created)")
+    parser.add_argument("--compression", type=parse_filter, metavar="FILTER",
+                        help="HDF5 compression filter: gzip, lzf, szip or a registered filter number (default: none)")
+    parser.add_argument("--compression-opts", type=parse_filter_options, metavar="OPTS",
+                        help="options of the filter, e.g. 0-9 for gzip (default 4), or nn,8 for szip")
+    add_silent(parser)
+    return parser
+
+
+def rows(shape: tuple[int, int, int], block: tuple[int, int, int]) -> list[tuple[int, int, int, int]]:
+    """(z0, z1, y0, y1) of every row: one block deep and high, the whole x extent wide."""
+    (nz, ny, _), (bz, by, _) = shape, block
+    return [(z, min(z + bz, nz), y, min(y + by, ny)) for z in range(0, nz, bz) for y in range(0, ny, by)]
+
+
+def chunk_shape(shape: tuple[int, int, int], block: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The block size clipped to the volume's shape (an HDF5 chunk may not exceed a fixed dimension)."""
+    return tuple(min(b, s) for b, s in zip(block, shape))  # type: ignore[return-value]
+
+
+def dataset_options(args: argparse.Namespace, volume: Directory) -> dict[str, Any]:
+    """Keyword arguments of ``create_dataset`` for the volume."""
+    block = (volume.z_block_size, volume.y_block_size, volume.x_block_size)
+    options: dict[str, Any] = {"shape": volume.shape, "dtype": volume.dtype, "chunks": chunk_shape(volume.shape, block)}
+    if args.compression is not None:
+        options["compression"] = args.compression
+        if args.compression_opts is not None:
+            options["compression_opts"] = args.compression_opts
+    return options
+
+
+def _describe_filter(args: argparse.Namespace) -> str:
+    if args.compression is None:
+        return "no compression"
+    opts = "" if args.compression_opts is None else f" (options {args.compression_opts!r})"
+    return f"compression {args.compression!r}{opts}"
+
+
+def skippable_filters(args: argparse.Namespace, options: dict[str, Any]) -> list[str]:
+    """Make the dataset in a file in memory (reporting bad names and options before ``dest`` is touched),
+    and return the names of its filters that HDF5 may skip for a chunk.
+
+    HDF5 stores a chunk unfiltered when an optional filter fails on it (lzf and szip fail when the
+    chunk does not shrink) and records that in the chunk's filter mask. Parallel HDF5 1.10 writes a
+    zero mask instead, so the chunk is later "decompressed" and cannot be read (measured with HDF5
+    1.10.8: lzf and szip on incompressible data). Deflate is flagged optional too, but its output
+    buffer always fits, so it never fails this way.
+    """
+    import h5py
+    from h5py import h5z
+
+    name = args.name
+    if not name.strip("/"):
+        raise ValueError(f"{args.dest}: {name!r} does not name a dataset; give a path such as /raw/channel0")
+    try:
+        with h5py.File(f"{PROG}-probe-{os.getpid()}", "w", driver="core", backing_store=False) as probe:
+            dcpl = probe.create_dataset(name, **options).id.get_create_plist()
+            pipeline = [dcpl.get_filter(i) for i in range(dcpl.get_nfilters())]
+    except EXPECTED as exc:
+        raise ValueError(f"{args.dest}: cannot make dataset {name} with {_describe_filter(args)}: {exc}") from None
+    return [label.decode(errors="replace") or str(code) for code, flags, _, label in pipeline
+            if flags & h5z.FLAG_OPTIONAL and code != H5Z_FILTER_DEFLATE]
+
+
+def check_destination(args: argparse.Namespace) -> bool:
+    """Before anything is written: ``dest`` can hold the dataset and does not yet. Returns whether it exists."""
+    import h5py
+
+    dest, name = args.dest, args.name
+    if not os.path.exists(dest):
+        folder = os.path.dirname(os.path.abspath(dest))
+        if not os.path.isdir(folder):
+            raise FileNotFoundError(f"{dest}: the folder {folder} does not exist; create it first")
+        return False
+    if os.path.isdir(dest):
+        raise IsADirectoryError(f"{dest}: is a folder; give the path of an HDF5 file")
+    if not h5py.is_hdf5(dest):
+        raise ValueError(f"{dest}: exists and is not an HDF5 file; choose another file name")
+    with h5py.File(dest, "r") as f:
+        if name in f:
+            raise DatasetExistsError(f"{dest}: dataset {name} exists; choose another name, or delete it first "
+                                     "(it is never overwritten)")
+    return True
+
+
+def open_file(dest: str, ranks: Ranks) -> Any:
+    """Open ``dest`` for appending on every rank; a rank that fails while others succeed aborts all."""
+    import h5py
+
+    f, error = None, None
+    try:
+        f = h5py.File(dest, "a", driver="mpio", comm=ranks.comm) if ranks.parallel else h5py.File(dest, "a")
+    except EXPECTED as exc:
+        error = describe(exc)
+    errors = ranks.comm.allgather(error) if ranks.parallel else [error]
+    if any(errors) and not all(errors):
+        raise RuntimeError(f"{dest}: opened on some ranks only: {next(e for e in errors if e)}")
+    ranks.agree(error)
+    return f
+
+
+def write_attributes(dset: Any, volume: Directory) -> None:
+    """The volume's application metadata (each value as JSON text) and its block size."""
+    for key, value in volume.metadata.items():
+        dset.attrs[key] = json.dumps(value)
+    dset.attrs[BLOCK_SIZE_ATTR] = np.array([volume.z_block_size, volume.y_block_size, volume.x_block_size], np.int64)
+
+
+class RowWriter:
+    """Writes one row into the dataset, or (in parallel) takes part in a round with nothing to write."""
+
+    def __init__(self, dset: Any, parallel: bool):
+        from h5py import h5fd, h5p, h5s
+
+        self._dset, self._h5s = dset, h5s
+        self._dxpl = None
+        if parallel:  # collective: required with filters, and every rank then calls once per round
+            self._dxpl = h5p.create(h5p.DATASET_XFER)
+            self._dxpl.set_dxpl_mpio(h5fd.MPIO_COLLECTIVE)
+        self._nothing = np.zeros(1, dset.dtype)
+
+    def write(self, origin: tuple[int, int, int] | None, data: np.ndarray | None) -> None:
+        fspace = self._dset.id.get_space()
+        if data is None:
+            fspace.select_none()
+            mspace = self._h5s.create_simple((1,))
+            mspace.select_none()
+            data = self._nothing
+        else:
+            fspace.select_hyperslab(origin, data.shape)
+            mspace = self._h5s.create_simple(data.shape)
+        self._dset.id.write(mspace, fspace, data, dxpl=self._dxpl)
+
+
+def rounds(work: list[tuple[int, int, int, int]], ranks: Ranks) -> Iterator[tuple[int, int, int, int] | None]:
+    """This rank's row in each round (None when it has none); every rank sees the same number of rounds."""
+    for start in range(0, len(work), ranks.size):
+        k = start + ranks.rank
+        yield work[k] if k < len(work) else None
+
+
+def write_rows(args: argparse.Namespace, volume: Directory, dset: Any, ranks: Ranks) -> None:
+    work = rows(volume.shape, (volume.z_block_size, volume.y_block_size, volume.x_block_size))
+    writer = RowWriter(dset, ranks.parallel)
+    n_rounds = -(-len(work) // ranks.size)
+    unit = "round" if ranks.size > 1 else "row"
+    for row in progress(rounds(work, ranks), args.silent or ranks.rank != 0, args.name, total=n_rounds, unit=unit):
+        data, error = None, None
+        if row is not None:
+            z0, z1, y0, y1 = row
+            try:
+                data = volume[z0:z1, y0:y1, :]
+            except EXPECTED as exc:
+                error = describe(exc)
+        ranks.agree(error)
+        writer.write(None if row is None else (row[0], row[2], 0), data)
+
+
+def export(args: argparse.Namespace, ranks: Ranks) -> None:
+    """Write the dataset; raises :class:`ExportError` on every rank if any rank failed."""
+    volume = ranks.attempt(lambda: Directory.open(args.src))
+    try:
+        options = dataset_options(args, volume)
+        skippable = ranks.attempt(lambda: skippable_filters(args, options))
+        if ranks.parallel and skippable:
+            solo = serially(ranks, f"parallel HDF5 mislabels chunks that the {', '.join(skippable)} filter "
+                                   "leaves uncompressed, which makes them unreadable")
+            if solo is None:
+                return
+            ranks = solo
+        existed = ranks.attempt(lambda: check_destination(args) if ranks.rank == 0 else None)
+        if ranks.parallel:
+            existed = ranks.comm.bcast(existed, root=0)
+        f = open_file(args.dest, ranks)
+        try:
+            dset = ranks.attempt(lambda: f.create_dataset(args.name, **options),
+                                 args.dest, f"cannot create dataset {args.name}")
+            try:
+                ranks.attempt(lambda: write_attributes(dset, volume),
+                              args.dest, f"cannot write the attributes of dataset {args.name}")
+                write_rows(args, volume, dset, ranks)
+            except ExportError:
+                del f[args.name]  # every rank is here: deleting is collective
+                raise
+        except ExportError:
+            f.close()
+            if not existed and ranks.rank == 0:
+                os.unlink(args.dest)
+            raise
+        except BaseException:
+            if not ranks.parallel:  # in parallel, closing is collective and the other ranks are elsewhere
+                f.close()
+            raise
+        f.close()
+    finally:
+        volume.close()
+
+
+def abort(ranks: Ranks, exc: BaseException) -> None:
+    """Print an error met on this rank alone and abort every rank: the others would wait for it forever."""
+    print(f"{PROG}: rank {ranks.rank} of {ranks.size}: {describe(exc)}", file=sys.stderr)
+    if not isinstance(exc, EXPECTED):
+        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    print(f"{PROG}: aborting all {ranks.size} ranks", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    ranks.comm.Abort(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = make_parser()
+
+    def body(args: argparse.Namespace) -> int:
+        if args.compression_opts is not None and args.compression is None:
+            parser.error("--compression-opts needs --compression")
+        ranks, reason = find_ranks()
+        if reason is not None:
+            solo = serially(ranks, reason)
+            if solo is None:
+                return 0  # started by mpiexec without parallel HDF5: rank 0 does all the work
+            ranks = solo
+        try:
+            export(args, ranks)
+        except ExportError:
+            if ranks.rank == 0:
+                raise
+            return 1
+        except Exception as exc:
+            if ranks.size == 1:
+                raise
+            abort(ranks, exc)
+        return 0
+
+    return run_tool(parser, body, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,166 @@
+"""What the plane exporters (blockfs2tif, blockfs2jp2k) share.
+
+Output patterns, their arguments, and the loop that reads the volume one slab at a time and
+writes the slab's planes in worker threads (zlib, OpenJPEG and file I/O release the GIL). Each
+plane is written under a hidden temporary name in its folder and renamed into place, so an
+interrupted export never leaves a truncated file under a plane's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .cli_support import add_silent, progress
+from .directory import Directory
+from .errors import BlockfsError
+from .planes import iter_slabs
+
+#: printf-style conversion fields: ``%%``, ``%d``, ``%04d``, ``%-5i`` ... (flags, width, precision, type)
+_FIELD = re.compile(r"%(?:%|[-+ #0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?([a-zA-Z]))")
+_INTEGER_TYPES = "diu"
+
+WritePlane = Callable[[str, np.ndarray], None]
+
+
+class PlaneExportError(BlockfsError, RuntimeError):
+    """An image library failed to write a plane; the plane's file and the cause are in the message."""
+
+
+def _suggest(pattern: str) -> str:
+    root, ext = os.path.splitext(_FIELD.sub("", pattern).replace("%", ""))
+    return re.sub(r"([_.-])\1+", r"\1", f"{root}_%04d{ext}")
+
+
+def check_pattern(pattern: str) -> str:
+    """Return ``pattern`` if it has exactly one printf-style integer field (``%d``, ``%04d``...) for z.
+
+    Otherwise raise ``ValueError`` naming the pattern and the fix, before any work is done.
+    """
+    fields = [m for m in _FIELD.finditer(pattern) if m.group(0) != "%%"]
+    if not fields:
+        raise ValueError(f"{pattern}: the output pattern has no %d-style field for the plane's z, so every plane "
+                         f"would go to one file; add one, e.g. {_suggest(pattern)}")
+    if len(fields) > 1 or fields[0].group(1) not in _INTEGER_TYPES or "*" in fields[0].group(0):
+        raise ValueError(f"{pattern}: the output pattern must have exactly one integer field for z (%d, %04d, ...) "
+                         f"and no other %-field (write a literal % as %%); e.g. {_suggest(pattern)}")
+    try:
+        first, second = pattern % 0, pattern % 1
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{pattern}: not a valid printf-style pattern ({exc}); write a literal % as %%, "
+                         f"e.g. {_suggest(pattern)}") from None
+    if first == second or not os.path.basename(first):
+        raise ValueError(f"{pattern}: the z field must be in the file name; e.g. {_suggest(pattern)}")
+    return pattern
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def add_export_arguments(parser: argparse.ArgumentParser, example: str, what: str) -> None:
+    """--input, --output-pattern, --n-workers and --silent, as every exporter has them."""
+    parser.add_argument("--input", required=True, metavar="BLOCKFS_FILE", help="the volume's directory file")
+    parser.add_argument("--output-pattern", required=True, metavar="PATTERN",
+                        help=f"file name of each {what} plane with one %%d-style field for its z, e.g. {example}; "
+                             "folders are created as needed and existing files of the same name are replaced")
+    parser.add_argument("--n-workers", type=positive_int, default=os.cpu_count() or 1, metavar="N",
+                        help="planes written at once, in threads (default: the number of CPUs, %(default)s)")
+    add_silent(parser)
+
+
+def _temporary_name(path: str) -> str:
+    """A hidden name beside ``path`` with the same suffix (image libraries choose formats by suffix)."""
+    folder, name = os.path.split(path)
+    stem, suffix = os.path.splitext(name)
+    return os.path.join(folder, f".{stem}.partial-{os.getpid()}{suffix}")
+
+
+def _check_writable(path: str) -> None:
+    """Create and remove the temporary file of ``path``: raise OSError naming ``path`` if that fails."""
+    try:
+        with open(_temporary_name(path), "wb"):
+            pass
+        os.unlink(_temporary_name(path))
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise OSError(exc.errno, exc.strerror, path) from None
+
+
+def _write_atomically(write_plane: WritePlane, path: str, plane: np.ndarray) -> None:
+    """Write one plane under a temporary name beside ``path`` (same suffix), then rename it."""
+    temporary = _temporary_name(path)
+    try:
+        write_plane(temporary, plane)
+        os.replace(temporary, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(exc, BlockfsError) or not isinstance(exc, Exception):
+            raise
+        if isinstance(exc, OSError) and exc.filename not in (None, temporary):
+            raise
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, path) from exc
+        raise PlaneExportError(f"{path}: {type(exc).__name__}: {exc}") from exc
+
+
+class _Folders:
+    """Creates each output folder once."""
+
+    def __init__(self) -> None:
+        self._made: set[str] = set()
+
+    def ensure(self, path: str) -> None:
+        folder = os.path.dirname(path) or "."
+        if folder not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
+
+
+def export_planes(directory: Directory, pattern: str, write_plane: WritePlane, n_workers: int, silent: bool,
+                  desc: str, depth: int | None = None) -> None:
+    """Write every z-plane of ``directory`` to ``pattern % z`` with ``write_plane(path, plane)``.
+
+    The volume is read ``depth`` planes at a time (one block depth by default, see
+    :func:`~blockfs.planes.iter_slabs`) and each slab's planes are written by ``n_workers``
+    threads before the next slab is read, so memory holds one slab and the planes being encoded.
+    """
+    check_pattern(pattern)
+    folders = _Folders()
+    folders.ensure(pattern % 0)  # an unwritable destination fails now, before anything is read
+    _check_writable(pattern % 0)
+
+    def written() -> Iterator[int]:
+        with ThreadPoolExecutor(n_workers, "blockfs-export") as pool:
+            for z0, slab in iter_slabs(directory, depth):
+                futures: list[Future[None]] = []
+                try:
+                    for i, plane in enumerate(slab):
+                        path = pattern % (z0 + i)
+                        folders.ensure(path)
+                        futures.append(pool.submit(_write_atomically, write_plane, path, plane))
+                    for i, future in enumerate(futures):
+                        future.result()
+                        yield z0 + i
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+
+    for _ in progress(written(), silent, desc, total=directory.z_extent, unit="plane"):
+        pass

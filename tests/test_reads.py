@@ -1,0 +1,329 @@
+"""Reading: from many threads, from forked children, while a writer adds blocks, and wherever a
+volume's files are found.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import struct
+import sys
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pytest
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fixtures import copy_volume, fixture_cases, require_fixtures  # noqa: E402
+
+from blockfs import Directory  # noqa: E402
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def make_volume(path: Path, missing_every: int = 5, **kwargs: Any) -> tuple[Directory, np.ndarray]:
+    """A closed uint16 volume of 90 x 70 x 50 (x, y, z) voxels in 32 x 16 x 12 blocks.
+
+    Every ``missing_every``-th block is left unwritten (it reads as zeros).
+    """
+    args: dict[str, Any] = dict(x_extent=90, y_extent=70, z_extent=50, dtype="uint16",
+                                directory_filename=str(path), n_filenames=3,
+                                x_block_size=32, y_block_size=16, z_block_size=12)
+    args.update(kwargs)
+    d = Directory(**args).create()
+    data = np.random.default_rng(2024).integers(0, 65535, d.shape, dtype=np.uint16)
+    with d:
+        for i, (x, y, z) in enumerate(block_origins(d)):
+            bz, by, bx = d.get_block_size(x, y, z)
+            if missing_every and i % missing_every == 0:
+                data[z:z + bz, y:y + by, x:x + bx] = 0
+            else:
+                d.write_block(data[z:z + bz, y:y + by, x:x + bx], x, y, z)
+    return d, data
+
+
+def block_origins(d: Directory) -> Iterator[tuple[int, int, int]]:
+    """(x, y, z) of the first voxel of every block of ``d``."""
+    for z in range(0, d.z_extent, d.z_block_size):
+        for y in range(0, d.y_extent, d.y_block_size):
+            for x in range(0, d.x_extent, d.x_block_size):
+                yield x, y, z
+
+
+def random_key(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[Any, ...]:
+    """A random basic index over ``shape``: slices (any step, either direction) and integers."""
+    key: list[Any] = []
+    for n in shape:
+        kind = rng.integers(0, 6)
+        if kind == 0:
+            key.append(int(rng.integers(-n, n)))
+        else:
+            a, b = sorted(int(v) for v in rng.integers(0, n + 1, 2))
+            step = int(rng.choice([1, 1, 1, 2, 3, 7, -1, -2, -5]))
+            key.append(slice(a, b, step) if step > 0 else slice(b, a if a else None, step))
+    return tuple(key)
+
+
+def rewrite_names(directory_file: Path, names: list[str]) -> None:
+    """Replace BlockFilenames in a directory file, keeping its entries (moved to the new D)."""
+    raw = directory_file.read_bytes()
+    json_len, start = struct.unpack_from("<II", raw, 8)
+    doc = json.loads(raw[16:16 + json_len])
+    doc["BlockFilenames"] = names
+    text = json.dumps(doc).encode("utf-8")
+    directory_file.write_bytes(b"BlockFS\x00" + struct.pack("<II", len(text), 16 + len(text)) + text + raw[start:])
+
+
+# -- threads -------------------------------------------------------------------------------------
+
+
+def test_reads_from_many_threads(tmp_path: Path) -> None:
+    d, data = make_volume(tmp_path / "threads.blockfs")
+    with Directory.open(d.directory_filename) as reader:
+
+        def work(seed: int) -> int:
+            rng = np.random.default_rng(seed)
+            for _ in range(25):
+                key = random_key(rng, data.shape)
+                np.testing.assert_array_equal(reader[key], data[key], strict=True, err_msg=f"key {key}")
+                x, y, z = (int(rng.integers(0, n // b + (n % b > 0))) * b for n, b in
+                           zip((90, 70, 50), (32, 16, 12)))
+                bz, by, bx = reader.get_block_size(x, y, z)
+                np.testing.assert_array_equal(reader.read_block(x, y, z), data[z:z + bz, y:y + by, x:x + bx],
+                                              strict=True)
+            return seed
+
+        with ThreadPoolExecutor(8) as pool:
+            assert sorted(pool.map(work, range(32))) == list(range(32))
+
+
+def test_whole_volume_reads_from_many_threads(tmp_path: Path) -> None:
+    d, data = make_volume(tmp_path / "whole.blockfs", missing_every=0)
+    with Directory.open(d.directory_filename) as reader:
+        with ThreadPoolExecutor(8) as pool:
+            for got in pool.map(lambda _: reader[...], range(16)):
+                np.testing.assert_array_equal(got, data, strict=True)
+
+
+def test_fixture_reads_from_many_threads() -> None:
+    folder = require_fixtures()
+    for case in fixture_cases():
+        expected = np.load(folder / case["expected_array"])
+        with Directory.open(str(folder / case["directory_file"])) as reader:
+
+            def work(seed: int) -> None:
+                rng = np.random.default_rng(seed)
+                for _ in range(10):
+                    key = random_key(rng, expected.shape)
+                    np.testing.assert_array_equal(reader[key], expected[key], strict=True, err_msg=f"key {key}")
+
+            with ThreadPoolExecutor(8) as pool:
+                list(pool.map(work, range(8)))
+
+
+# -- forked children -----------------------------------------------------------------------------
+
+_FORKED_VOLUME: Directory | None = None
+
+
+def _read_in_child(key: tuple[Any, ...]) -> tuple[int, np.ndarray]:
+    """Runs in a forked child: read a region from the Directory the parent opened."""
+    assert _FORKED_VOLUME is not None
+    return os.getpid(), _FORKED_VOLUME[key]
+
+
+def _fork_context() -> Any:
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("this platform cannot fork")
+    return multiprocessing.get_context("fork")
+
+
+def test_reads_in_forked_children(tmp_path: Path) -> None:
+    global _FORKED_VOLUME
+    ctx = _fork_context()
+    d, data = make_volume(tmp_path / "forked.blockfs")
+    rng = np.random.default_rng(99)
+    keys = [random_key(rng, data.shape) for _ in range(40)] + [(Ellipsis,)] * 4
+    with Directory.open(d.directory_filename) as reader:
+        # The parent has read (file descriptors and decompression threads exist) before forking.
+        np.testing.assert_array_equal(reader[...], data, strict=True)
+        _FORKED_VOLUME = reader
+        try:
+            with warnings.catch_warnings():
+                # Python 3.12+ warns about fork() in a process that has threads; that is the point here.
+                warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+                with ctx.Pool(2) as pool:
+                    results = pool.map(_read_in_child, keys, chunksize=1)
+        finally:
+            _FORKED_VOLUME = None
+        # The parent still reads after its children have used the inherited Directory.
+        np.testing.assert_array_equal(reader[::-1, 3:40, ::7], data[::-1, 3:40, ::7], strict=True)
+    assert {pid for pid, _ in results} - {os.getpid()}
+    for key, (pid, got) in zip(keys, results):
+        assert pid != os.getpid()
+        np.testing.assert_array_equal(got, data[key], strict=True, err_msg=f"key {key}")
+
+
+def test_pickled_directory_reads_in_forked_children(tmp_path: Path) -> None:
+    ctx = _fork_context()
+    d, data = make_volume(tmp_path / "pickled.blockfs")
+    with Directory.open(d.directory_filename) as reader:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
+            with ctx.Pool(2) as pool:
+                blocks = pool.starmap(Directory.read_block, [(reader, x, y, z) for x, y, z in block_origins(reader)])
+    for (x, y, z), block in zip(block_origins(d), blocks):
+        bz, by, bx = d.get_block_size(x, y, z)
+        np.testing.assert_array_equal(block, data[z:z + bz, y:y + by, x:x + bx], strict=True)
+
+
+# -- a live writer -------------------------------------------------------------------------------
+
+
+def test_reader_opened_before_writes_sees_them(tmp_path: Path) -> None:
+    path = str(tmp_path / "live.blockfs")
+    Directory(64, 32, 16, "uint16", path, n_filenames=1, x_block_size=16, y_block_size=16,
+              z_block_size=16).create().close()
+    rng = np.random.default_rng(1)
+    first, second, third = (rng.integers(0, 60000, (16, 16, 16), dtype=np.uint16) for _ in range(3))
+    with Directory.open(path) as reader:
+        assert not reader[...].any()
+        with Directory.open(path, "r+") as writer:
+            writer.write_block(first, 0, 0, 0)
+        np.testing.assert_array_equal(reader.read_block(0, 0, 0), first, strict=True)
+        # The reader now has the shard open; later appends to it are visible too.
+        with Directory.open(path, "r+") as writer:
+            writer.write_block(second, 48, 16, 0)
+            np.testing.assert_array_equal(reader.read_block(48, 16, 0), second, strict=True)
+            writer.write_block(third, 0, 0, 0)  # a rewrite: the entry moves to the new copy
+            np.testing.assert_array_equal(reader.read_block(0, 0, 0), third, strict=True)
+        expected = np.zeros((16, 32, 64), np.uint16)
+        expected[:, :16, :16] = third
+        expected[:, 16:, 48:] = second
+        np.testing.assert_array_equal(reader[...], expected, strict=True)
+
+
+def test_reader_sees_region_writes_of_a_live_writer(tmp_path: Path) -> None:
+    path = str(tmp_path / "live-region.blockfs")
+    with Directory(40, 30, 20, "float32", path, n_filenames=2, x_block_size=8, y_block_size=8, z_block_size=8
+                   ).create() as writer:
+        reader = Directory.open(path)
+        try:
+            expected = np.zeros(writer.shape, np.float32)
+            rng = np.random.default_rng(5)
+            for z0 in range(0, 20, 8):
+                for x0 in range(0, 40, 16):
+                    patch = rng.random((min(8, 20 - z0), 30, min(16, 40 - x0)), dtype=np.float32)
+                    writer[z0:z0 + 8, :, x0:x0 + 16] = patch
+                    expected[z0:z0 + 8, :, x0:x0 + 16] = patch
+                    np.testing.assert_array_equal(reader[...], expected, strict=True)
+        finally:
+            reader.close()
+
+
+# -- where the shards are ------------------------------------------------------------------------
+
+
+def test_copied_fixture_opens_from_another_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = require_fixtures()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for case in fixture_cases():
+        directory_file = copy_volume(case, tmp_path / "copies" / case["name"])
+        expected = np.load(folder / case["expected_array"])
+        monkeypatch.chdir(elsewhere)
+        with Directory.open(str(directory_file)) as d:
+            assert d.block_filenames == case["block_files"]  # relative names, as stored
+            np.testing.assert_array_equal(d[...], expected, strict=True)
+        # A relative path to the directory file works as well.
+        monkeypatch.chdir(tmp_path)
+        with Directory.open(os.path.join("copies", case["name"], case["directory_file"])) as d:
+            np.testing.assert_array_equal(d[...], expected, strict=True)
+
+
+def test_stale_absolute_names_fall_back_beside_the_directory_file(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = tmp_path / "A", tmp_path / "B"
+    a.mkdir()
+    b.mkdir()
+    d, data = make_volume(a / "vol.blockfs")
+    assert all(os.path.isabs(name) for name in d.block_filenames)
+    for name in os.listdir(a):
+        os.rename(a / name, b / name)
+    assert not list(a.iterdir())
+
+    with pytest.warns(UserWarning, match=r"vol\.blockfs\.[0-2]") as record:
+        moved = Directory.open(str(b / "vol.blockfs"))
+    for i in range(3):  # one warning per shard, naming the stale name and the file used instead
+        assert any(str(a / f"vol.blockfs.{i}") in str(w.message) and str(b / f"vol.blockfs.{i}") in str(w.message)
+                   for w in record)
+    with moved:
+        assert moved.block_filenames == d.block_filenames  # the stored names are not rewritten by reading
+        np.testing.assert_array_equal(moved[...], data, strict=True)
+
+    monkeypatch.chdir(b)
+    with pytest.warns(UserWarning):
+        moved = Directory.open("vol.blockfs")
+    with moved:
+        np.testing.assert_array_equal(moved[::-1, ::2, 5:], data[::-1, ::2, 5:], strict=True)
+
+
+def test_stale_absolute_names_of_a_fixture(tmp_path: Path) -> None:
+    folder = require_fixtures()
+    case = fixture_cases()[1]
+    directory_file = copy_volume(case, tmp_path / "new-home")
+    rewrite_names(directory_file, [f"/no/such/lab/share/{name}" for name in case["block_files"]])
+    with pytest.warns(UserWarning, match="/no/such/lab/share"):
+        d = Directory.open(str(directory_file))
+    with d:
+        np.testing.assert_array_equal(d[...], np.load(folder / case["expected_array"]), strict=True)
+
+
+def test_relative_names_resolve_against_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    d, data = make_volume(Path("rel.blockfs"))
+    assert d.directory_filename == "rel.blockfs"
+    assert d.block_filenames == [f"rel.blockfs.{i}" for i in range(3)]
+    assert all((tmp_path / f"rel.blockfs.{i}").is_file() for i in range(3))
+    with Directory.open("rel.blockfs") as again:
+        assert again.block_filenames == ["rel.blockfs.0", "rel.blockfs.1", "rel.blockfs.2"]
+        np.testing.assert_array_equal(again[...], data, strict=True)
+
+
+def test_relative_names_with_a_folder_written_by_the_earlier_implementation(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The earlier implementation, given "sub/vol.blockfs" from a working directory, stored shard
+    # names "sub/vol.blockfs.<i>": relative to that working directory, not to the index file.
+    folder = require_fixtures()
+    case = fixture_cases()[0]
+    directory_file = copy_volume(case, tmp_path / "sub")
+    rewrite_names(directory_file, [f"sub/{name}" for name in case["block_files"]])
+    expected = np.load(folder / case["expected_array"])
+
+    monkeypatch.chdir(tmp_path)
+    with Directory.open(os.path.join("sub", case["directory_file"])) as d:  # no warning: found against cwd
+        assert d.block_filenames == [f"sub/{name}" for name in case["block_files"]]
+        np.testing.assert_array_equal(d[...], expected, strict=True)
+
+    # From anywhere else, the same base names beside the index file are used, with a warning.
+    monkeypatch.chdir(tmp_path / "sub")
+    with pytest.warns(UserWarning):
+        d = Directory.open(case["directory_file"])
+    with d:
+        np.testing.assert_array_equal(d[...], expected, strict=True)
+
+
+def test_create_with_relative_path_in_a_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    d, data = make_volume(Path("sub") / "vol.blockfs")
+    assert d.block_filenames == [f"sub{os.sep}vol.blockfs.{i}" for i in range(3)]
+    assert all((tmp_path / "sub" / f"vol.blockfs.{i}").is_file() for i in range(3))
+    with Directory.open(os.path.join("sub", "vol.blockfs")) as again:
+        np.testing.assert_array_equal(again[...], data, strict=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import math
 import sys
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ from .export import add_export_arguments, check_pattern, export_planes
 JP2K_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 #: OpenJPEG's working memory while it encodes one plane, in bytes per voxel (measured: 8-10)
 ENCODER_BYTES_PER_VOXEL = 10
+#: OpenJPEG's default number of resolution levels; each halves the plane, so a side needs 2**(n-1) voxels
+DEFAULT_RESOLUTIONS = 6
 GB = 1e9
 
 EPILOG = """\
@@ -55,25 +58,27 @@ def plan(shape_zyx: tuple[int, int, int], dtype: np.dtype, z_block_size: int, n_
     if memory is None:
         workers = min(n_workers, most)
         return Plan(most, workers, most * plane + workers * encoder)
-    for depth in range(most, 0, -1):
-        workers = min(n_workers, depth)
-        while workers > 1 and depth * plane + workers * encoder > memory:
-            workers -= 1
-        if depth * plane + workers * encoder <= memory:
+    # Encoding is the slow part: keep the workers, and thin the slab (re-reading blocks) first.
+    for workers in range(min(n_workers, most), 0, -1):
+        depth = min(most, int(memory - workers * encoder) // plane)
+        if depth >= workers:
             return Plan(depth, workers, depth * plane + workers * encoder)
     need = plane + encoder
     raise ValueError(f"{where}: --memory {memory / GB:g} GB cannot hold one {shape_zyx[1]}x{shape_zyx[2]} "
                      f"{np.dtype(dtype).name} plane and its encoder (about {need / GB:.3g} GB); give at least that.")
 
 
+def resolutions(shape_yx: tuple[int, ...]) -> int:
+    """OpenJPEG's default of 6 resolution levels, fewer for planes under 32 voxels a side."""
+    return min(DEFAULT_RESOLUTIONS, int(math.log2(max(1, min(shape_yx)))) + 1)
+
+
 def write_jp2k(path: str, plane: np.ndarray, psnr: float | None) -> None:
     """One plane as JPEG 2000: lossless, or lossy at ``psnr`` dB."""
     import glymur
 
-    if psnr is None:
-        glymur.Jp2k(path, data=plane)
-    else:
-        glymur.Jp2k(path, data=plane, psnr=[psnr])
+    options = {} if psnr is None else {"psnr": [psnr]}
+    glymur.Jp2k(path, data=plane, numres=resolutions(plane.shape), **options)
 
 
 def check_glymur() -> None:

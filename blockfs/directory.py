@@ -447,10 +447,10 @@ class Directory:
         try:
             if self._pool is not None:
                 self._pool.close()
+            if self._files is not None and self._files.writable and self.durable:
+                self._files.sync()
         finally:
             if self._files is not None:
-                if self._files.writable and self.durable:
-                    self._files.sync()
                 self._files.close()
 
     def __enter__(self) -> "Directory":

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .cli_support import run_tool
 from . import records
+from .cli_support import run_tool
 from .format import Layout, unpack_entries
 from .relocate import DirectoryFile, locate_shards, read_directory_file
 from .storage import pread_exact

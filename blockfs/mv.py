@@ -185,9 +185,14 @@ def transfer(source: str, dest: str, move: bool, silent: bool = True, prog: str 
                 pass
         raise
     if move:
-        os.unlink(source)
-        for placement in placements:
-            os.unlink(placement.source)
+        for path in [source] + [p.source for p in placements]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise OSError(exc.errno, f"the volume is complete at {new_index}, but removing this source file "
+                                         f"failed ({exc.strerror}); remove it by hand", path) from None
         for folder in {os.path.dirname(os.path.abspath(p)) for p in [source] + [p.source for p in placements]}:
             fsync_folder(folder)
     return new_index

@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> int:
         changed = rebase(args.index_file, args.block_size, args.silent, parser.prog)
         if not args.silent:
-            state = "shard names now point beside it" if changed else "already points at the shards beside it; unchanged"
+            state = "shard names now point beside it" if changed else "already names the shards beside it; unchanged"
             print(f"{args.index_file}: {state}")
         return 0
 

@@ -8,8 +8,10 @@ unrelated processes safe.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import stat
 import threading
 import warnings
 from typing import Callable
@@ -124,20 +126,27 @@ class VolumeFiles:
                 entry = make_entry(offset)
                 try:
                     pwrite_all(fd, data, offset)
-                except BaseException:
-                    os.ftruncate(fd, offset)
-                    raise
-                pwrite_all(self.index_fd(), entry, entry_at)
+                except OSError as exc:
+                    with contextlib.suppress(OSError):  # best effort: the torn bytes are unindexed anyway
+                        os.ftruncate(fd, offset)
+                    raise OSError(exc.errno, exc.strerror, self.shard_paths[shard]) from None
+                try:
+                    pwrite_all(self.index_fd(), entry, entry_at)
+                except OSError as exc:
+                    raise OSError(exc.errno, exc.strerror, self.index_path) from None
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         return offset
 
     def sync(self) -> None:
-        """fsync the shards, then the index, that this process has open."""
+        """fsync the shards, then the index, that this process has open (regular files only)."""
         opened = self._fds.opened()
         for path in self.shard_paths + [self.index_path]:
-            if path in opened:
-                os.fsync(opened[path])
+            if path in opened and stat.S_ISREG(os.fstat(opened[path]).st_mode):
+                try:
+                    os.fsync(opened[path])
+                except OSError as exc:
+                    raise OSError(exc.errno, exc.strerror, path) from None
 
     def close(self) -> None:
         self._fds.close()

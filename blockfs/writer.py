@@ -46,12 +46,12 @@ def _run_writer(q_in: Any, error: Any, index_path: str, shard_paths: list[str], 
                 if os.getppid() != owner_pid:
                     return
                 continue
-            if item is None:
-                if durable:
-                    files.sync()
-                return
-            block, entry = item
             try:
+                if item is None:
+                    if durable:
+                        files.sync()
+                    return
+                block, entry = item
                 store_block(files, layout, directory_offset, entry, block)
             except Exception as exc:
                 error.value = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:_ERROR_BYTES - 1]

@@ -1,0 +1,308 @@
+"""Writing one volume from many producers: forked, spawned, forkserver and unrelated processes.
+
+Every test rebuilds the volume it expects (sample blocks are deterministic in their origin, seed
+and version) and compares every voxel of what reads back from a fresh read-only open.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import producers  # noqa: E402
+
+from blockfs import Directory  # noqa: E402
+from blockfs.sample import microscopy_block  # noqa: E402
+
+pytestmark = pytest.mark.timeout(120)
+
+SEED = 11
+#: (x, y, z) extents: 4 x 3 x 3 blocks of 64^3, the last ones truncated on every axis.
+EXTENTS = (200, 150, 130)
+POOL_SECONDS = 60
+
+
+def new_volume(tmp_path: Path, extents: tuple[int, int, int] = EXTENTS, name: str = "volume.blockfs",
+               **kwargs: Any) -> Directory:
+    d = Directory(*extents, np.uint16, str(tmp_path / name), n_filenames=2, x_block_size=64, y_block_size=64,
+                  z_block_size=64, **kwargs)
+    return d.create()
+
+
+def assert_volume_equals(path: str, expected: np.ndarray) -> None:
+    """Every voxel of the volume at ``path``, opened read-only afresh, equals ``expected``."""
+    with Directory.open(path, "r") as reader:
+        assert reader.shape == expected.shape
+        got = reader[:, :, :]
+    assert got.dtype == expected.dtype
+    mismatched = int(np.count_nonzero(got != expected))
+    assert mismatched == 0, f"{path}: {mismatched} of {expected.size} voxels differ"
+
+
+@contextlib.contextmanager
+def pool_of(method: str, processes: int = 2, **kwargs: Any) -> Iterator[Any]:
+    """A Pool of the given start method, joined on success and terminated on failure."""
+    pool = multiprocessing.get_context(method).Pool(processes, **kwargs)
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
+
+
+@contextlib.contextmanager
+def module_directory(d: Directory) -> Iterator[Directory]:
+    """Make ``d`` the module-level Directory of :mod:`producers` (the README pattern)."""
+    producers.DIRECTORY = d
+    try:
+        yield d
+    finally:
+        producers.DIRECTORY = None
+        d.close()
+
+
+# -- 1. the README pattern ---------------------------------------------------------------------
+
+def test_readme_pattern_fork_pool(tmp_path: Path) -> None:
+    d = new_volume(tmp_path)
+    with module_directory(d):
+        d.start_writer_processes()
+        assert len(d.writers) == 2
+        jobs = [(x, y, z, SEED) for x, y, z in producers.block_origins(d)]
+        with pool_of("fork", 2) as pool:
+            pids = pool.starmap_async(producers.write_sample, jobs).get(timeout=POOL_SECONDS)
+        d.close()
+    assert len(pids) == 36
+    assert os.getpid() not in pids, "the blocks must have been written by the pool workers"
+    assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
+
+
+# -- 2, 3. spawn and forkserver workers that receive the Directory through an initializer -----
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_pool_initializer_producers(tmp_path: Path, method: str) -> None:
+    d = new_volume(tmp_path)
+    try:
+        d.start_writer_processes()
+        origins = producers.block_origins(d)
+        mine = origins[::5]  # the owner writes some blocks through its writers meanwhile
+        theirs = [o for o in origins if o not in mine]
+        with pool_of(method, 2, initializer=producers.init, initargs=(d,)) as pool:
+            pid, mode, path = pool.apply_async(producers.describe_directory).get(timeout=POOL_SECONDS)
+            assert (mode, path) == ("r+", d.directory_filename) and pid != os.getpid()
+            result = pool.starmap_async(producers.write_sample, [(x, y, z, SEED) for x, y, z in theirs])
+            for x, y, z in mine:
+                d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
+            pids = result.get(timeout=POOL_SECONDS)
+        d.close()
+    finally:
+        d.close()
+    assert os.getpid() not in pids and len(pids) == len(theirs)
+    assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
+
+
+# -- 4. unrelated processes writing the same volume at the same time ------------------------------
+
+@pytest.mark.parametrize("use_writers", [True, False], ids=["writer-processes", "direct"])
+def test_three_unrelated_processes(tmp_path: Path, use_writers: bool) -> None:
+    d = new_volume(tmp_path)
+    d.close()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(producers.TESTS_DIR), str(producers.REPO_ROOT)]))
+    code = "import json, sys, producers; producers.unrelated_writer(**json.loads(sys.argv[1]))"
+    go_file = tmp_path / "go"
+    jobs = []
+    try:
+        for worker in range(3):
+            args = {"path": d.directory_filename, "worker": worker, "n_workers": 3, "seed": SEED,
+                    "use_writers": use_writers, "go_file": str(go_file),
+                    "ready_file": str(tmp_path / f"ready-{worker}")}
+            jobs.append(subprocess.Popen([sys.executable, "-c", code, json.dumps(args)], cwd=producers.REPO_ROOT,
+                                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / f"ready-{w}").exists() for w in range(3)):
+            assert all(job.poll() is None for job in jobs), "a writer job exited before it was ready"
+            assert time.monotonic() < deadline, "the writer jobs did not get ready"
+            time.sleep(0.01)
+        go_file.touch()  # all three are running: let them write at once
+        outputs = [job.communicate(timeout=60) for job in jobs]
+    finally:
+        for job in jobs:
+            if job.poll() is None:
+                job.kill()
+                job.communicate()
+    for job, (out, err) in zip(jobs, outputs):
+        assert job.returncode == 0, err
+        assert "wrote 12 blocks" in out
+    assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
+
+
+# -- 5. the same block written many times: the last write wins --------------------------------
+
+def test_last_write_wins_many_versions(tmp_path: Path) -> None:
+    versions = 300
+    d = new_volume(tmp_path)
+    origins = producers.block_origins(d)
+    owner_blocks = [origins[0], origins[3]]   # shards 0 and 1, through the writer processes
+    producer_blocks = [origins[1], origins[2]]  # shards 1 and 0, appended directly by forked workers
+    with module_directory(d):
+        d.start_writer_processes(queue_depth=4)
+        for x, y, z in origins[4:]:
+            d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
+        with pool_of("fork", 2) as pool:
+            result = pool.starmap_async(producers.write_versions,
+                                        [(x, y, z, SEED, versions) for x, y, z in producer_blocks], chunksize=1)
+            bases = {o: producers.sample_block(*o, d.get_block_size(*o), SEED) for o in owner_blocks}
+            for version in range(versions):
+                for (x, y, z), base in bases.items():
+                    d.write_block(producers.version_block(base, version), x, y, z)
+            pids = result.get(timeout=POOL_SECONDS)
+        d.close()
+    assert os.getpid() not in pids
+    # every version was appended (nothing was skipped or overwritten in place)
+    smallest = min(len(np.asarray(b).tobytes()) for b in bases.values()) // 8
+    assert all(os.path.getsize(p) > 2 * versions * smallest for p in (f"{d.directory_filename}.0",
+                                                                      f"{d.directory_filename}.1"))
+    last = {o: versions - 1 for o in owner_blocks + producer_blocks}
+    assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED, last))
+
+
+# -- 6. without writer processes, writes are synchronous ---------------------------------------
+
+def test_synchronous_writes_without_writer_processes(tmp_path: Path) -> None:
+    children_before = {p.pid for p in psutil.Process().children(recursive=True)}
+    d = new_volume(tmp_path)
+    reader = Directory.open(d.directory_filename, "r")
+    try:
+        assert d.writers == []
+        block = producers.sample_block(64, 0, 0, (64, 64, 64), SEED, version=5)
+        d.write_block(block, 64, 0, 0)
+        np.testing.assert_array_equal(reader.read_block(64, 0, 0), block)  # on disk when write_block returns
+
+        region = np.concatenate([producers.sample_block(x, 0, 0, (64, 64, 64), SEED) for x in (0, 64)], axis=2)
+        d[0:64, 0:64, 0:128] = region
+        np.testing.assert_array_equal(reader[0:64, 0:64, 0:128], region)
+        edge = producers.sample_block(192, 128, 128, (2, 22, 8), SEED)
+        d[128:130, 128:150, 192:200] = edge
+        np.testing.assert_array_equal(reader[128:, 128:, 192:], edge)
+
+        done = {(0, 0, 0), (64, 0, 0), (192, 128, 128)}
+        for x, y, z in producers.block_origins(d):
+            if (x, y, z) not in done:
+                d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
+        assert {p.pid for p in psutil.Process().children(recursive=True)} <= children_before, \
+            "writing without start_writer_processes() must not start processes"
+        np.testing.assert_array_equal(reader[:, :, :], producers.expected_volume(d, SEED))
+        d.close()
+    finally:
+        reader.close()
+        d.close()
+    assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
+
+
+# -- 7. memory is bounded by the queues --------------------------------------------------------
+
+class MemorySampler(threading.Thread):
+    """Peak RSS and USS of some processes, sampled every ``interval`` seconds."""
+
+    def __init__(self, pids: list[int], interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.processes = {pid: psutil.Process(pid) for pid in pids}
+        self.interval = interval
+        self.first: dict[int, int] = {}
+        self.peak_rss = dict.fromkeys(pids, 0)
+        self.peak_uss = dict.fromkeys(pids, 0)
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def sample(self) -> None:
+        for pid, process in self.processes.items():
+            try:
+                info = process.memory_full_info()
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue
+            self.first.setdefault(pid, info.rss)
+            self.peak_rss[pid] = max(self.peak_rss[pid], info.rss)
+            self.peak_uss[pid] = max(self.peak_uss[pid], info.uss)
+        self.samples += 1
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.sample()
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(10)
+        self.sample()
+
+
+def test_writer_memory_is_bounded(tmp_path: Path) -> None:
+    mib = 2**20
+    queue_depth = 4
+    d = new_volume(tmp_path, extents=(512, 512, 512))  # 512 blocks of 512 KiB: 256 MiB
+    origins = producers.block_origins(d)
+    bases = [microscopy_block((0, 0, 64 * i), (64, 64, 64), SEED) for i in range(8)]
+
+    def block(k: int) -> np.ndarray:
+        return producers.version_block(bases[k % len(bases)], k)
+
+    try:
+        d.start_writer_processes(queue_depth=queue_depth)
+        writer_pids = [w.process.pid for w in d.writers]
+        sampler = MemorySampler([os.getpid(), *writer_pids])
+        sampler.sample()
+        main_before = sampler.first[os.getpid()]
+        sampler.start()
+        start = time.perf_counter()
+        for k, (x, y, z) in enumerate(origins):
+            d.write_block(block(k), x, y, z)
+        d.close()
+        seconds = time.perf_counter() - start
+        sampler.stop()
+    finally:
+        d.close()
+    written = len(origins) * 64**3 * 2
+    assert written == 256 * mib
+    assert sampler.samples >= 5, "too few memory samples to say anything"
+    main_growth = sampler.peak_rss[os.getpid()] - main_before
+    report = (f"{written / mib:.0f} MiB in {seconds:.1f} s; main +{main_growth / mib:.0f} MiB; writers peak RSS "
+              f"{[round(sampler.peak_rss[p] / mib) for p in writer_pids]} MiB, peak USS "
+              f"{[round(sampler.peak_uss[p] / mib) for p in writer_pids]} MiB, growth "
+              f"{[round((sampler.peak_rss[p] - sampler.first[p]) / mib) for p in writer_pids]} MiB")
+    for pid in writer_pids:
+        assert sampler.peak_rss[pid] < 300 * mib, report
+        # a writer that kept its blocks would grow by its half of the data (128 MiB)
+        assert sampler.peak_rss[pid] - sampler.first[pid] < 64 * mib, report
+    # unbounded queues would buffer most of the 256 MiB in this process's feeder threads
+    in_flight = queue_depth * len(writer_pids) * 64**3 * 2
+    assert main_growth < 4 * in_flight + 16 * mib, report
+    assert seconds < 30, report
+
+    with Directory.open(d.directory_filename, "r") as reader:
+        for z in range(0, 512, 64):
+            slab = reader[z:z + 64]
+            expected = np.empty_like(slab)
+            for k, (x, y, bz) in enumerate(origins):
+                if bz == z:
+                    expected[:, y:y + 64, x:x + 64] = block(k)
+            mismatched = int(np.count_nonzero(slab != expected))
+            assert mismatched == 0, f"slab z={z}: {mismatched} voxels differ"

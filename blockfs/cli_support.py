@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, Iterable, Iterator, TypeVar
 
@@ -26,6 +27,9 @@ def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return body(args) or 0
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): not a failure
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (BlockfsError, OSError, ValueError) as exc:
         print(f"{parser.prog}: {describe(exc)}", file=sys.stderr)
         return 1
@@ -34,6 +38,11 @@ def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace
 def progress(items: Iterable[T], silent: bool, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:
     """A tqdm progress bar over ``items`` unless ``silent``."""
     return iter(tqdm(items, desc=desc, total=total, unit=unit, disable=silent))
+
+
+def byte_progress(total: int, silent: bool, desc: str) -> tqdm:
+    """A tqdm progress bar counting bytes (use as a context manager; ``update(n)`` per chunk)."""
+    return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=silent, desc=desc)
 
 
 def add_silent(parser: argparse.ArgumentParser) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from .cli_support import add_silent, run_tool
+from .cli_support import add_silent, byte_progress, run_tool
 from .errors import MissingShardError, VolumeExistsError
 from .relocate import NO_LINK_ERRNOS, fsync_folder, locate_shards, read_directory_file, relocate
 
@@ -163,8 +163,7 @@ def transfer(source: str, dest: str, move: bool, silent: bool = True, prog: str 
     made: list[str] = []
     total = sum(p.size for p in placements) + os.path.getsize(source)
     try:
-        with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=silent,
-                  desc=f"{prog}: {'moving' if move else 'copying'}") as bar:
+        with byte_progress(total, silent, f"{prog}: {'moving' if move else 'copying'}") as bar:
             for placement in placements:
                 _place(placement, move, bar)
                 made.append(placement.target)

@@ -16,9 +16,7 @@ import argparse
 import os
 import sys
 
-from tqdm import tqdm
-
-from .cli_support import add_silent, run_tool
+from .cli_support import add_silent, byte_progress, run_tool
 from .errors import MissingShardError
 from .relocate import DEFAULT_BUFFER_SIZE, read_directory_file, relocate
 
@@ -81,8 +79,7 @@ def rebase(path: str, buffer_size: int = DEFAULT_BUFFER_SIZE, silent: bool = Tru
                          "cannot both be found beside the directory file; nothing was changed.")
     if all(_points_at(name, target) for name, target in zip(header.names, targets)):
         return False
-    with tqdm(total=header.index_bytes, unit="B", unit_scale=True, unit_divisor=1024, disable=silent,
-              desc=f"{prog}: copying the index") as bar:
+    with byte_progress(header.index_bytes, silent, f"{prog}: copying the index") as bar:
         return relocate(path, targets, buffer_size=buffer_size, on_bytes=bar.update)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 import multiprocessing
 import operator
 import os
@@ -19,7 +18,7 @@ from .codec import Compression, check_compression
 from .errors import (BlockCoordinateError, BlockShapeError, ChecksumError, ClosedError, FormatError,
                      InvalidArgumentError, MissingShardError, ReadOnlyError, RegionError, VolumeExistsError)
 from .indexing import select
-from .storage import VolumeFiles, pread_exact, resolve_shard_path
+from .storage import VolumeFiles, resolve_shard_path
 from .writer import WriterPool
 
 MODES = ("r", "r+")
@@ -156,10 +155,17 @@ class Directory:
         temporary = f"{index}.tmp-{os.getpid()}"
         with open(temporary, "wb") as f:
             f.write(header)
-        os.replace(temporary, index)
-        for path in shards:
-            with open(path, "wb"):
-                pass
+        os.replace(temporary, index)  # first, so an old index never points into emptied shards
+        made = [index]
+        try:
+            for path in shards:
+                with open(path, "wb"):
+                    made.append(path)
+        except OSError:
+            if not existing:  # leave nothing half-made behind, so a re-run can start over
+                for path in made:
+                    os.remove(path)
+            raise
         self._mode = "r+"
         self._files = VolumeFiles(index, shards, writable=True)
         return self

@@ -67,3 +67,19 @@ class ClosedError(BlockfsError, ValueError):
 
 class ChecksumError(CorruptBlockError):
     """A block's record or bytes fail their checksum, or the record belongs to another block."""
+
+
+class PlaneError(BlockfsError, ValueError):
+    """A plane does not fit the volume a PlaneWriter writes (shape or dtype)."""
+
+
+class PlaneCountError(PlaneError):
+    """A PlaneWriter received more or fewer planes than its z range holds."""
+
+
+class PlaneMismatchError(BlockfsError, ValueError):
+    """A TIFF file of a stack differs from the others in shape or dtype, or is not one 2-D plane."""
+
+
+class PlaneExportError(BlockfsError, RuntimeError):
+    """An image library failed to write a plane; the plane's file and the cause are in the message."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from .cli_support import add_silent, progress
 from .directory import Directory
-from .errors import BlockfsError
+from .errors import BlockfsError, PlaneExportError
 from .planes import iter_slabs
 
 #: printf-style conversion fields: ``%%``, ``%d``, ``%04d``, ``%-5i`` ... (flags, width, precision, type)
@@ -28,9 +28,6 @@ _INTEGER_TYPES = "diu"
 
 WritePlane = Callable[[str, np.ndarray], None]
 
-
-class PlaneExportError(BlockfsError, RuntimeError):
-    """An image library failed to write a plane; the plane's file and the cause are in the message."""
 
 
 def _suggest(pattern: str) -> str:

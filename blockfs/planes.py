@@ -14,15 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .directory import Directory
-from .errors import BlockfsError
-
-
-class PlaneError(BlockfsError, ValueError):
-    """A plane does not fit the volume a :class:`PlaneWriter` writes (shape or dtype)."""
-
-
-class PlaneCountError(PlaneError):
-    """A :class:`PlaneWriter` received more or fewer planes than its z range holds."""
+from .errors import PlaneCountError, PlaneError
 
 
 def _z_range(directory: Directory, z_start: int, z_stop: int | None) -> tuple[int, int]:

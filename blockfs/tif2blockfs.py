@@ -19,7 +19,7 @@ import tifffile
 from .cli_support import add_silent, progress, run_tool
 from .codec import Compression
 from .directory import Directory
-from .errors import BlockfsError, VolumeExistsError
+from .errors import PlaneMismatchError, VolumeExistsError
 from .export import positive_int
 from .planes import PlaneWriter
 
@@ -31,9 +31,6 @@ reads /data/tiff/img_0000.tiff, img_0001.tiff, ... as z = 0, 1, ... (quote the p
 shell leaves it alone) and writes /data/brain.blockfs and its shards brain.blockfs.0, .1, ...
 """
 
-
-class PlaneMismatchError(BlockfsError, ValueError):
-    """A TIFF file of the stack differs from the others in shape or dtype, or is not one 2-D plane."""
 
 
 @dataclass(frozen=True)
@@ -52,9 +49,9 @@ class Plane:
         return f"{'x'.join(map(str, self.shape))} {self.dtype.name}"
 
 
-def natural_key(path: str) -> list[int | str]:
-    """Sort key comparing runs of digits as numbers: img_2.tif before img_10.tif."""
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+def natural_key(path: str) -> tuple[list[int | str], str]:
+    """Sort key comparing runs of digits as numbers: img_2.tif before img_10.tif (then img_02.tif)."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)], path
 
 
 def find_planes(patterns: list[str]) -> list[str]:
@@ -63,7 +60,9 @@ def find_planes(patterns: list[str]) -> list[str]:
              if os.path.isfile(path)}
     if not found:
         shown = " ".join(patterns)
-        raise FileNotFoundError(2, "no file matches; give a glob such as \"/data/tiff/img_*.tif\" (quoted)", shown)
+        folders = [p for p in patterns if os.path.isdir(p)]
+        example = os.path.join(folders[0], "*.tif") if folders else "/data/tiff/img_*.tif"
+        raise FileNotFoundError(2, f"no file matches; give a glob of the planes such as \"{example}\" (quoted)", shown)
     return sorted(found, key=natural_key)
 
 
@@ -95,11 +94,12 @@ def check_stack(planes: list[Plane]) -> Plane:
     odd = [p for p in planes if p.kind != common.kind]
     if odd:
         first = odd[0]
-        others = f" (and {len(odd) - 1} more)" if len(odd) > 1 else ""
+        more = len(odd) - 1
+        others = f"; {more} more file{'s differ' if more > 1 else ' differs'} too" if more else ""
         raise PlaneMismatchError(
-            f"{first.path}: the plane is {first.describe()} (y x dtype), but {counts[common.kind]} of the "
-            f"{len(planes)} planes, e.g. {os.path.basename(common.path)}, are {common.describe()}{others}; every "
-            "plane of the stack must have the same shape and dtype.")
+            f"{first.path}: the plane is {first.describe()} (y x dtype{others}), but {counts[common.kind]} of the "
+            f"{len(planes)} planes, e.g. {os.path.basename(common.path)}, are {common.describe()}; every plane of "
+            "the stack must have the same shape and dtype.")
     return common
 
 

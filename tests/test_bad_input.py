@@ -27,7 +27,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this 
 from fixtures import copy_volume, fixture_cases, require_fixtures  # noqa: E402
 
 from blockfs import (  # noqa: E402
-    BlockCoordinateError, BlockfsError, BlockShapeError, CorruptBlockError, Directory, EntryOverflowError,
+    BlockCoordinateError, BlockShapeError, CorruptBlockError, Directory, EntryOverflowError,
     FormatError, MissingShardError, ReadOnlyError, RegionError, UnsupportedCompressionError,
     UnsupportedDTypeError, VolumeExistsError,
 )

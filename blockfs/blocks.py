@@ -11,14 +11,26 @@ from .format import Layout, pack_entry, unpack_entries
 from .storage import VolumeFiles
 
 
-def store_block(files: VolumeFiles, layout: Layout, directory_offset: int, entry: int, block: np.ndarray) -> None:
-    """Compress a C-contiguous block and append it (after its record) to its shard, then index it."""
+def encode_block(layout: Layout, entry: int, block: np.ndarray) -> tuple[bytes, int]:
+    """(the bytes to append for a C-contiguous block, the payload's offset within them)."""
     payload = compress(block, layout.compression, layout.compression_level)
-    head = records.encode(entry, payload) if layout.records else b""
+    if not layout.records:
+        return payload, 0
+    return records.encode(entry, payload) + payload, records.HEADER_SIZE
+
+
+def append_block(files: VolumeFiles, layout: Layout, directory_offset: int, entry: int, data: bytes,
+                 payload_at: int) -> None:
+    """Append encoded block bytes to the block's shard, then point its index entry at the payload."""
     shard = entry % len(layout.block_filenames)
     where = f"{files.shard_paths[shard]} (entry {entry})"
-    files.append(shard, head + payload, directory_offset + entry * layout.entry_size,
-                 lambda offset: pack_entry(layout, offset + len(head), len(payload), where))
+    files.append(shard, data, directory_offset + entry * layout.entry_size,
+                 lambda offset: pack_entry(layout, offset + payload_at, len(data) - payload_at, where))
+
+
+def store_block(files: VolumeFiles, layout: Layout, directory_offset: int, entry: int, block: np.ndarray) -> None:
+    """Compress a C-contiguous block and append it (after its record) to its shard, then index it."""
+    append_block(files, layout, directory_offset, entry, *encode_block(layout, entry, block))
 
 
 def read_entries(files: VolumeFiles, layout: Layout, directory_offset: int, first: int, count: int

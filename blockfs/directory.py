@@ -304,7 +304,7 @@ class Directory:
             raise BlockShapeError(f"{self.directory_filename}: the block at (x={x}, y={y}, z={z}) must have shape "
                                   f"{shape} (z, y, x); got {array.shape}.")
         if self._pool is not None and self._pool.is_owner:
-            self._pool.submit(np.array(array, dtype=self.dtype, order="C", copy=True), entry)
+            self._pool.submit(array, entry)
         else:
             try:
                 store_block(self._files, self._layout, self.directory_offset, entry,

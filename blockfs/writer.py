@@ -1,9 +1,12 @@
 """The writer process pool: one process per shard, fed by a bounded multiprocessing queue.
 
-The process that starts the pool owns it: its ``write_block`` calls enqueue (block, entry) to the
-writer of the block's shard, which compresses, appends and indexes it. A writer that fails records
-the cause in shared memory and stops; one that is killed is seen through its exit code. Either way the owner raises :class:`WriterError` on its next write and at ``close()``,
-never waits on a dead writer.
+The process that starts the pool owns it. Its ``write_block`` copies the block into a free slot of
+the writer's shared memory and queues (slot, shape, entry) on the writer's ``q_in``; the writer
+compresses straight from the slot, hands the slot back, then appends and indexes the block. So a
+block crosses between processes as one memory copy, and at most ``queue_depth + 2`` blocks per
+writer are in flight. A writer that fails records the cause in shared memory and stops; one that
+is killed is seen through its exit code. Either way the owner raises :class:`WriterError` on its
+next write and at ``close()``, and never waits on a dead writer.
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ import multiprocessing
 import os
 import queue
 import signal
-from multiprocessing import util
+from multiprocessing import shared_memory, util
 from typing import Any
 
 import numpy as np
 
-from .blocks import store_block
+from .blocks import append_block, encode_block
 from .errors import WriterError
 from .format import Layout
 from .storage import VolumeFiles
@@ -33,8 +36,13 @@ def _context() -> Any:
     return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
-def _run_writer(q_in: Any, error: Any, index_path: str, shard_paths: list[str], layout: Layout,
-                directory_offset: int, durable: bool, owner_pid: int) -> None:
+def _slot_view(memory: shared_memory.SharedMemory, layout: Layout, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The block-shaped array in one slot (room for one full block) of a writer's shared memory."""
+    return np.ndarray(shape, layout.dtype, buffer=memory.buf, offset=slot * layout.max_block_bytes)
+
+
+def _run_writer(q_in: Any, free: Any, memory: shared_memory.SharedMemory, error: Any, index_path: str,
+                shard_paths: list[str], layout: Layout, directory_offset: int, durable: bool, owner_pid: int) -> None:
     """Body of a writer process: store blocks until the ``None`` sentinel arrives."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the owner, which drains us
     files = VolumeFiles(index_path, shard_paths, writable=True)
@@ -51,8 +59,10 @@ def _run_writer(q_in: Any, error: Any, index_path: str, shard_paths: list[str], 
                     if durable:
                         files.sync()
                     return
-                block, entry = item
-                store_block(files, layout, directory_offset, entry, block)
+                slot, shape, entry = item
+                data, payload_at = encode_block(layout, entry, _slot_view(memory, layout, slot, shape))
+                free.put(slot)
+                append_block(files, layout, directory_offset, entry, data, payload_at)
             except Exception as exc:
                 error.value = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:_ERROR_BYTES - 1]
                 return
@@ -61,15 +71,22 @@ def _run_writer(q_in: Any, error: Any, index_path: str, shard_paths: list[str], 
 
 
 class BlockWriter:
-    """One writer process and its input queue (``q_in``) for one shard file."""
+    """One writer process, its input queue ``q_in`` and its shared block slots, for one shard."""
 
-    def __init__(self, ctx: Any, shard: int, shard_path: str, queue_depth: int, process_args: tuple):
+    def __init__(self, ctx: Any, shard: int, shard_path: str, queue_depth: int, layout: Layout,
+                 process_args: tuple):
         self.shard = shard
         self.shard_path = shard_path
         self.q_in = ctx.Queue(maxsize=queue_depth)
+        self._free = ctx.Queue()
+        self._layout = layout
+        n_slots = queue_depth + 2
+        self._memory = shared_memory.SharedMemory(create=True, size=n_slots * layout.max_block_bytes)
+        for slot in range(n_slots):
+            self._free.put(slot)
         self._error = ctx.RawArray("c", _ERROR_BYTES)
-        self.process = ctx.Process(target=_run_writer, args=(self.q_in, self._error, *process_args),
-                                   name=f"blockfs-writer-{shard}")
+        self.process = ctx.Process(target=_run_writer, args=(self.q_in, self._free, self._memory, self._error,
+                                                              *process_args), name=f"blockfs-writer-{shard}")
 
     def failure(self) -> str | None:
         """Why this writer stopped early, or None while it is healthy or after a clean stop."""
@@ -81,23 +98,40 @@ class BlockWriter:
             return f"writer for shard {self.shard_path} died ({cause}); blocks queued for it were not written"
         return None
 
-    def put(self, item: tuple[np.ndarray, int] | None) -> None:
-        """Enqueue without ever waiting on a writer that has failed or stopped."""
+    def _wait(self, take: Any) -> Any:
+        """Run a blocking ``take(timeout)`` without ever waiting on a writer that failed or stopped."""
         while True:
             self.raise_if_failed()
             if self.process.exitcode is not None:
                 raise WriterError(f"writer for shard {self.shard_path} has stopped; the volume was closed")
             try:
-                self.q_in.put(item, timeout=POLL_SECONDS)
-                return
-            except queue.Full:
+                return take(POLL_SECONDS)
+            except (queue.Full, queue.Empty):
                 continue
+
+    def submit(self, block: np.ndarray, entry: int) -> None:
+        """Copy ``block`` (cast to the volume's dtype) into a free slot and queue it."""
+        slot = self._wait(lambda timeout: self._free.get(timeout=timeout))
+        _slot_view(self._memory, self._layout, slot, block.shape)[...] = block
+        self._wait(lambda timeout: self.q_in.put((slot, block.shape, entry), timeout=timeout))
+
+    def stop(self) -> None:
+        """Queue the sentinel that makes the writer sync and exit."""
+        self._wait(lambda timeout: self.q_in.put(None, timeout=timeout))
 
     def raise_if_failed(self) -> None:
         reason = self.failure()
         if reason is not None:
             self.q_in.cancel_join_thread()  # a dead reader must not hang our exit
             raise WriterError(reason)
+
+    def release(self) -> None:
+        """Free the queues and the shared memory once the process has ended."""
+        for q in (self.q_in, self._free):
+            q.cancel_join_thread()
+            q.close()
+        self._memory.close()
+        self._memory.unlink()
 
 
 class WriterPool:
@@ -108,7 +142,8 @@ class WriterPool:
         ctx = _context()
         self.owner_pid = os.getpid()
         args = (index_path, shard_paths, layout, directory_offset, durable, self.owner_pid)
-        self.writers = [BlockWriter(ctx, i, path, queue_depth, args) for i, path in enumerate(shard_paths)]
+        self.writers = [BlockWriter(ctx, i, path, queue_depth, layout, args)
+                        for i, path in enumerate(shard_paths)]
         for writer in self.writers:
             writer.process.start()
         self._finalizer = util.Finalize(None, self.close, kwargs={"quiet": True}, exitpriority=100)
@@ -120,8 +155,8 @@ class WriterPool:
         return os.getpid() == self.owner_pid and not self._closed
 
     def submit(self, block: np.ndarray, entry: int) -> None:
-        """Queue a block (which the pool now owns) for the writer of its shard."""
-        self.writers[entry % len(self.writers)].put((block, entry))
+        """Queue a block for the writer of its shard (the block is copied; the caller keeps it)."""
+        self.writers[entry % len(self.writers)].submit(block, entry)
 
     def close(self, quiet: bool = False) -> None:
         """Stop every writer after it has stored what it was given; raise if any failed."""
@@ -132,17 +167,15 @@ class WriterPool:
         failures = []
         for writer in self.writers:
             try:
-                writer.put(None)
+                writer.stop()
             except WriterError as exc:
                 failures.append(str(exc))
         for writer in self.writers:
             while writer.process.is_alive():
                 writer.process.join(POLL_SECONDS)
             reason = writer.failure()
-            if reason is not None:
-                writer.q_in.cancel_join_thread()
-                if reason not in failures:
-                    failures.append(reason)
-            writer.q_in.close()
+            if reason is not None and reason not in failures:
+                failures.append(reason)
+            writer.release()
         if failures and not quiet:
             raise WriterError("; ".join(failures))

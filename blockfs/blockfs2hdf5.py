@@ -30,9 +30,9 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .cli_support import add_silent, describe, progress, run_tool
+from .cli_support import add_silent, byte_progress, describe, run_tool
 from .directory import Directory
-from .errors import BlockfsError
+from .errors import BlockfsError, DatasetExistsError, ExportError
 
 PROG = "blockfs2hdf5"
 
@@ -48,14 +48,6 @@ LAUNCHER_SIZE = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
 #: HDF5's deflate (gzip) filter: flagged optional, but its output buffer always fits, so never skipped
 H5Z_FILTER_DEFLATE = 1
-
-
-class DatasetExistsError(BlockfsError, FileExistsError):
-    """The HDF5 file already holds an object under the dataset's name."""
-
-
-class ExportError(BlockfsError, RuntimeError):
-    """The export failed on at least one rank; every rank stops, and the message is printed once."""
 
 
 @dataclass(frozen=True)
@@ -176,7 +168,11 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def rows(shape: tuple[int, int, int], block: tuple[int, int, int]) -> list[tuple[int, int, int, int]]:
+#: a row of the work: (z0, z1, y0, y1), the whole x extent
+Row = tuple[int, int, int, int]
+
+
+def rows(shape: tuple[int, int, int], block: tuple[int, int, int]) -> list[Row]:
     """(z0, z1, y0, y1) of every row: one block deep and high, the whole x extent wide."""
     (nz, ny, _), (bz, by, _) = shape, block
     return [(z, min(z + bz, nz), y, min(y + by, ny)) for z in range(0, nz, bz) for y in range(0, ny, by)]
@@ -301,28 +297,34 @@ class RowWriter:
         self._dset.id.write(mspace, fspace, data, dxpl=self._dxpl)
 
 
-def rounds(work: list[tuple[int, int, int, int]], ranks: Ranks) -> Iterator[tuple[int, int, int, int] | None]:
-    """This rank's row in each round (None when it has none); every rank sees the same number of rounds."""
+def rounds(work: list[Row], ranks: Ranks) -> Iterator[tuple[list[Row], Row | None]]:
+    """Each round's rows, and this rank's among them (None when it has none).
+
+    Every rank sees the same number of rounds, so every rank makes the same collective calls.
+    """
     for start in range(0, len(work), ranks.size):
-        k = start + ranks.rank
-        yield work[k] if k < len(work) else None
+        batch = work[start:start + ranks.size]
+        yield batch, batch[ranks.rank] if ranks.rank < len(batch) else None
 
 
 def write_rows(args: argparse.Namespace, volume: Directory, dset: Any, ranks: Ranks) -> None:
+    """Every row, round by round; rank 0's bar counts the voxel bytes that all ranks wrote."""
     work = rows(volume.shape, (volume.z_block_size, volume.y_block_size, volume.x_block_size))
     writer = RowWriter(dset, ranks.parallel)
-    n_rounds = -(-len(work) // ranks.size)
-    unit = "round" if ranks.size > 1 else "row"
-    for row in progress(rounds(work, ranks), args.silent or ranks.rank != 0, args.name, total=n_rounds, unit=unit):
-        data, error = None, None
-        if row is not None:
-            z0, z1, y0, y1 = row
-            try:
-                data = volume[z0:z1, y0:y1, :]
-            except EXPECTED as exc:
-                error = describe(exc)
-        ranks.agree(error)
-        writer.write(None if row is None else (row[0], row[2], 0), data)
+    row_bytes = volume.shape[2] * volume.dtype.itemsize
+    total = int(np.prod(volume.shape)) * volume.dtype.itemsize
+    with byte_progress(total, args.silent or ranks.rank != 0, f"{PROG}: {args.name}") as bar:
+        for batch, row in rounds(work, ranks):
+            data, error = None, None
+            if row is not None:
+                z0, z1, y0, y1 = row
+                try:
+                    data = volume[z0:z1, y0:y1, :]
+                except EXPECTED as exc:
+                    error = describe(exc)
+            ranks.agree(error)
+            writer.write(None if row is None else (row[0], row[2], 0), data)
+            bar.update(sum((z1 - z0) * (y1 - y0) * row_bytes for z0, z1, y0, y1 in batch))
 
 
 def export(args: argparse.Namespace, ranks: Ranks) -> None:

@@ -81,5 +81,9 @@ class PlaneMismatchError(BlockfsError, ValueError):
     """A TIFF file of a stack differs from the others in shape or dtype, or is not one 2-D plane."""
 
 
-class PlaneExportError(BlockfsError, RuntimeError):
-    """An image library failed to write a plane; the plane's file and the cause are in the message."""
+class ExportError(BlockfsError, RuntimeError):
+    """An export could not write its output (a plane file, an HDF5 dataset); the file and cause are named."""
+
+
+class DatasetExistsError(BlockfsError, FileExistsError):
+    """The HDF5 file already holds an object under the dataset's name."""

@@ -19,7 +19,7 @@ import numpy as np
 
 from .cli_support import add_silent, progress
 from .directory import Directory
-from .errors import BlockfsError, PlaneExportError
+from .errors import BlockfsError, ExportError
 from .planes import iter_slabs
 
 #: printf-style conversion fields: ``%%``, ``%d``, ``%04d``, ``%-5i`` ... (flags, width, precision, type)
@@ -113,7 +113,7 @@ def _write_atomically(write_plane: WritePlane, path: str, plane: np.ndarray) -> 
             raise
         if isinstance(exc, OSError) and exc.errno is not None:
             raise OSError(exc.errno, exc.strerror, path) from exc
-        raise PlaneExportError(f"{path}: {type(exc).__name__}: {exc}") from exc
+        raise ExportError(f"{path}: {type(exc).__name__}: {exc}") from exc
 
 
 class _Folders:

@@ -9,9 +9,12 @@ voxel by voxel.
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +137,29 @@ def unrelated_writer(path: str, worker: int, n_workers: int, seed: int, use_writ
             written += 1
     d.close()
     print(f"worker {worker} pid {os.getpid()} wrote {written} blocks", flush=True)
+
+
+@contextlib.contextmanager
+def pool_of(method: str, processes: int = 2, **kwargs: Any) -> Iterator[Any]:
+    """A Pool of the given start method, joined on success and terminated on failure."""
+    pool = multiprocessing.get_context(method).Pool(processes, **kwargs)
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        pool.join()
+        raise
+    pool.close()
+    pool.join()
+
+
+@contextlib.contextmanager
+def module_directory(d: Directory) -> Iterator[Directory]:
+    """Make ``d`` the module-level Directory of this module (the README pattern); close it after."""
+    global DIRECTORY
+    DIRECTORY = d
+    try:
+        yield d
+    finally:
+        DIRECTORY = None
+        d.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import multiprocessing
 import os
 import shutil
 import signal
@@ -18,7 +17,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -105,30 +103,6 @@ def block_visible(path: str, origin: tuple[int, int, int], block: np.ndarray) ->
     with Directory.open(path, "r") as reader:
         x, y, z = origin
         return np.array_equal(reader.read_block(x, y, z), block)
-
-
-@contextlib.contextmanager
-def fork_pool(processes: int = 2) -> Iterator[Any]:
-    pool = multiprocessing.get_context("fork").Pool(processes)
-    try:
-        yield pool
-    except BaseException:
-        pool.terminate()
-        pool.join()
-        raise
-    pool.close()
-    pool.join()
-
-
-@contextlib.contextmanager
-def module_directory(d: Directory) -> Iterator[Directory]:
-    producers.DIRECTORY = d
-    try:
-        yield d
-    finally:
-        producers.DIRECTORY = None
-        with contextlib.suppress(WriterError):
-            d.close()
 
 
 def close_raises(d: Directory, *fragments: str) -> str:
@@ -380,11 +354,11 @@ def test_unwritable_shard(tmp_path: Path, how: str) -> None:
 
 def test_readme_pattern_survives_killed_writer(tmp_path: Path) -> None:
     d = new_volume(tmp_path, extents=(200, 150, 130))
-    with module_directory(d):
+    with producers.module_directory(d):
         d.start_writer_processes()
         victim = d.writers[0]
         jobs = [(x, y, z, SEED) for x, y, z in producers.block_origins(d)]
-        with fork_pool(2) as pool:
+        with producers.pool_of("fork", 2) as pool:
             result = pool.starmap_async(producers.write_sample, jobs, chunksize=2)
             os.kill(victim.process.pid, signal.SIGKILL)
             pids = result.get(timeout=POOL_SECONDS)  # the producers append directly: they finish
@@ -403,12 +377,12 @@ def test_readme_pattern_with_unwritable_shard(tmp_path: Path) -> None:
     os.remove(shard0)
     os.mkdir(shard0)
     origins = producers.block_origins(d)
-    with module_directory(d):
+    with producers.module_directory(d):
         d.start_writer_processes()
         first = next(o for o in origins if shard_of(d, *o) == 0)
         d.write_block(sample(d, *first), *first)  # the owner's writer fails on it
         wait_until(lambda: d.writers[0].failure() is not None, DETECT_SECONDS, "the writer reports its failure")
-        with fork_pool(2) as pool:
+        with producers.pool_of("fork", 2) as pool:
             # chunksize=1: a failed task must not take the healthy shard's blocks of its chunk with it
             result = pool.starmap_async(producers.write_sample, [(x, y, z, SEED) for x, y, z in origins],
                                         chunksize=1)

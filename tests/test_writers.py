@@ -6,15 +6,12 @@ and version) and compares every voxel of what reads back from a fresh read-only 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import multiprocessing
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,40 +52,15 @@ def assert_volume_equals(path: str, expected: np.ndarray) -> None:
     assert mismatched == 0, f"{path}: {mismatched} of {expected.size} voxels differ"
 
 
-@contextlib.contextmanager
-def pool_of(method: str, processes: int = 2, **kwargs: Any) -> Iterator[Any]:
-    """A Pool of the given start method, joined on success and terminated on failure."""
-    pool = multiprocessing.get_context(method).Pool(processes, **kwargs)
-    try:
-        yield pool
-    except BaseException:
-        pool.terminate()
-        pool.join()
-        raise
-    pool.close()
-    pool.join()
-
-
-@contextlib.contextmanager
-def module_directory(d: Directory) -> Iterator[Directory]:
-    """Make ``d`` the module-level Directory of :mod:`producers` (the README pattern)."""
-    producers.DIRECTORY = d
-    try:
-        yield d
-    finally:
-        producers.DIRECTORY = None
-        d.close()
-
-
 # -- 1. the README pattern ---------------------------------------------------------------------
 
 def test_readme_pattern_fork_pool(tmp_path: Path) -> None:
     d = new_volume(tmp_path)
-    with module_directory(d):
+    with producers.module_directory(d):
         d.start_writer_processes()
         assert len(d.writers) == 2
         jobs = [(x, y, z, SEED) for x, y, z in producers.block_origins(d)]
-        with pool_of("fork", 2) as pool:
+        with producers.pool_of("fork", 2) as pool:
             pids = pool.starmap_async(producers.write_sample, jobs).get(timeout=POOL_SECONDS)
         d.close()
     assert len(pids) == 36
@@ -106,7 +78,7 @@ def test_pool_initializer_producers(tmp_path: Path, method: str) -> None:
         origins = producers.block_origins(d)
         mine = origins[::5]  # the owner writes some blocks through its writers meanwhile
         theirs = [o for o in origins if o not in mine]
-        with pool_of(method, 2, initializer=producers.init, initargs=(d,)) as pool:
+        with producers.pool_of(method, 2, initializer=producers.init, initargs=(d,)) as pool:
             pid, mode, path = pool.apply_async(producers.describe_directory).get(timeout=POOL_SECONDS)
             assert (mode, path) == ("r+", d.directory_filename) and pid != os.getpid()
             result = pool.starmap_async(producers.write_sample, [(x, y, z, SEED) for x, y, z in theirs])
@@ -163,11 +135,11 @@ def test_last_write_wins_many_versions(tmp_path: Path) -> None:
     origins = producers.block_origins(d)
     owner_blocks = [origins[0], origins[3]]   # shards 0 and 1, through the writer processes
     producer_blocks = [origins[1], origins[2]]  # shards 1 and 0, appended directly by forked workers
-    with module_directory(d):
+    with producers.module_directory(d):
         d.start_writer_processes(queue_depth=4)
         for x, y, z in origins[4:]:
             d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
-        with pool_of("fork", 2) as pool:
+        with producers.pool_of("fork", 2) as pool:
             result = pool.starmap_async(producers.write_versions,
                                         [(x, y, z, SEED, versions) for x, y, z in producer_blocks], chunksize=1)
             bases = {o: producers.sample_block(*o, d.get_block_size(*o), SEED) for o in owner_blocks}

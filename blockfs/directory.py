@@ -60,6 +60,11 @@ def _check_metadata(metadata: dict | None) -> dict:
     return dict(metadata)
 
 
+def _from_layout(name: str) -> property:
+    """A read-only attribute that mirrors one field of the volume's header."""
+    return property(lambda self: getattr(self._layout, name), doc=f"The header's {name}.")
+
+
 def _reopen(path: str, mode: str, verify: bool, durable: bool) -> "Directory":
     return Directory.open(path, mode, verify=verify, durable=durable)
 
@@ -201,18 +206,18 @@ class Directory:
 
     # -- attributes --------------------------------------------------------------------------
 
-    x_extent = property(lambda self: self._layout.x_extent)
-    y_extent = property(lambda self: self._layout.y_extent)
-    z_extent = property(lambda self: self._layout.z_extent)
-    x_block_size = property(lambda self: self._layout.x_block_size)
-    y_block_size = property(lambda self: self._layout.y_block_size)
-    z_block_size = property(lambda self: self._layout.z_block_size)
-    x_stride = property(lambda self: self._layout.x_stride)
-    y_stride = property(lambda self: self._layout.y_stride)
-    z_stride = property(lambda self: self._layout.z_stride)
-    n_offset_bits = property(lambda self: self._layout.n_offset_bits)
-    n_size_bits = property(lambda self: self._layout.n_size_bits)
-    compression_level = property(lambda self: self._layout.compression_level)
+    x_extent = _from_layout("x_extent")
+    y_extent = _from_layout("y_extent")
+    z_extent = _from_layout("z_extent")
+    x_block_size = _from_layout("x_block_size")
+    y_block_size = _from_layout("y_block_size")
+    z_block_size = _from_layout("z_block_size")
+    x_stride = _from_layout("x_stride")
+    y_stride = _from_layout("y_stride")
+    z_stride = _from_layout("z_stride")
+    n_offset_bits = _from_layout("n_offset_bits")
+    n_size_bits = _from_layout("n_size_bits")
+    compression_level = _from_layout("compression_level")
 
     @property
     def dtype(self) -> np.dtype:

@@ -50,6 +50,9 @@ def load_block(files: VolumeFiles, layout: Layout, entry: int, offset: int, size
     shard = entry % len(layout.block_filenames)
     where = f"{files.shard_paths[shard]}: block at offset {offset}, size {size} (entry {entry})"
     head = records.HEADER_SIZE if layout.records and verify else 0
+    if size > layout.max_block_bytes:
+        raise CorruptBlockError(f"{where}: {size} bytes is more than a block can compress to "
+                                f"({layout.max_block_bytes}); the index is damaged.")
     if offset < head:
         raise CorruptBlockError(f"{where}: no room for the block's record before it; the index is damaged.")
     data = files.read_shard(shard, offset - head, size + head)

@@ -161,8 +161,8 @@ def _compare_with_records(report: Report, layout: Any, shard_paths: list[str], o
         if (int(offsets[entry]), int(sizes[entry])) != (offset, size):
             shard = shard_paths[entry % len(shard_paths)]
             report.problems.append(Problem(
-                "unindexed-record", f"the shard holds a newer complete copy of this block ({size} bytes) than the "
-                "index points at (an interrupted write or a damaged index); run blockfs repair",
+                "unindexed-record", f"the shard's last complete copy of this block ({size} bytes) is not the one "
+                "the index points at (an interrupted write, or a damaged index or block); run blockfs repair",
                 origin_of[entry], entry, shard, offset))
 
 

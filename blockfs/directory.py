@@ -7,7 +7,7 @@ import json
 import multiprocessing
 import operator
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Iterator
 
 import numpy as np
@@ -184,8 +184,12 @@ class Directory:
             raise InvalidArgumentError(f"{path}: mode must be one of {MODES}; got {mode!r}.")
         with open(path, "rb") as f:
             head = f.read(fmt.PREAMBLE.size)
-            _, start = fmt.read_preamble(head, path)
-            head += f.read(start - fmt.PREAMBLE.size)
+            json_len, start = fmt.read_preamble(head, path)
+            size = os.fstat(f.fileno()).st_size
+            if start > size:
+                raise FormatError(f"{path}: the header says the index starts at byte {start}, but the file has "
+                                  f"{size} bytes; the file is truncated or its header is damaged.")
+            head += f.read(json_len)
         layout, start = fmt.decode_header(head, path)
         self = cls.__new__(cls)
         self._setup(path, layout, start, mode, verify, durable)
@@ -385,8 +389,10 @@ class Directory:
         if len(written) == 1:
             fill(written[0])
         else:
-            for _ in _read_pool().map(fill, written):
-                pass
+            futures = [_read_pool().submit(fill, i) for i in written]
+            wait(futures)  # all of them, so no read is still running when an error reaches the caller
+            for future in futures:
+                future.result()
         return out
 
     def _load(self, entry: int, offset: int, size: int, shape: tuple[int, int, int]) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -44,8 +45,10 @@ _INT_KEYS = tuple(k for k in FORMAT_KEYS if k not in ("DType", "BlockFilenames",
 def check_dtype(dtype: Any, where: str) -> np.dtype:
     """Return ``dtype`` as a numpy dtype if blockfs can store it, else raise naming ``where``."""
     try:
-        dt = np.dtype(dtype)
-    except TypeError as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            dt = np.dtype(dtype)
+    except Exception as exc:  # numpy's parser raises TypeError, ValueError or SyntaxError
         raise UnsupportedDTypeError(f"{where}: dtype {dtype!r} is not a numpy dtype ({exc}); use e.g. 'uint16'.") from None
     if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
         raise UnsupportedDTypeError(f"{where}: dtype {dt!r} cannot be stored; use a numeric dtype such as 'uint16' "
@@ -205,8 +208,8 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
                           f"{len(text)}; the file is truncated.")
     try:
         doc = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FormatError(f"{path}: the JSON header does not parse ({exc}); the header is damaged.") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, absurd nesting or numbers
+        raise FormatError(f"{path}: the JSON header does not parse ({str(exc)[:200]}); the header is damaged.") from None
     if not isinstance(doc, dict):
         raise FormatError(f"{path}: the JSON header is a {type(doc).__name__}, not an object.")
     missing = [k for k in FORMAT_KEYS if k not in doc and k != "Version"]
@@ -220,6 +223,8 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
     names = doc["BlockFilenames"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise FormatError(f"{path}: BlockFilenames is {names!r}; it must be a non-empty list of file names.")
+    if doc["CompressionLvl"] > 9:
+        raise FormatError(f"{path}: CompressionLvl is {doc['CompressionLvl']}; blosc levels run from 0 to 9.")
     if doc["Compression"] not in COMPRESSORS:
         raise FormatError(f"{path}: Compression is {doc['Compression']!r}; expected one of {', '.join(COMPRESSORS)}.")
     if doc["NOffsetBits"] + doc["NSizeBits"] > MAX_ENTRY_BITS:
@@ -231,6 +236,8 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
     if has_records and doc[records.METADATA_KEY] != records.METADATA_VALUE:
         raise FormatError(f"{path}: {records.METADATA_KEY} is {doc[records.METADATA_KEY]!r}; this blockfs reads "
                           f"{records.METADATA_VALUE!r}. Upgrade blockfs to read this volume.")
+    if not isinstance(doc["DType"], str):
+        raise FormatError(f"{path}: DType is {doc['DType']!r}; it must be a numpy dtype name such as \"uint16\".")
     try:
         dtype = check_dtype(doc["DType"], path)
     except UnsupportedDTypeError as exc:

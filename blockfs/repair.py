@@ -33,6 +33,8 @@ class RepairResult:
     entries_changed: int = 0
     backup: str | None = None
     damaged: list[str] = field(default_factory=list)
+    #: First voxels (x, y, z) of blocks that had an entry but no complete copy: they now read as zeros.
+    lost: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def latest_records(layout: fmt.Layout, shard_paths: list[str], silent: bool = True
@@ -87,6 +89,9 @@ def repair_volume(path: str, silent: bool = True) -> RepairResult:
     files.close()
     changed = (old_sizes != sizes) | ((sizes > 0) & (old_offsets != offsets))
     result.entries_changed = int(np.count_nonzero(changed))
+    entries, origins = layout.block_entries()
+    dropped = (old_sizes[entries] > 0) & (sizes[entries] == 0)
+    result.lost = [(int(x), int(y), int(z)) for x, y, z in origins[dropped]]
     if not result.entries_changed:
         return result
 
@@ -121,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         result = repair_volume(args.volume, silent=args.silent)
         for line in result.damaged:
             print(f"blockfs repair: {line}; skipped")
+        for x, y, z in result.lost:
+            print(f"blockfs repair: {args.volume}: block (x={x}, y={y}, z={z}) has no complete copy in its shard; "
+                  "it now reads as zeros")
         if result.entries_changed:
             print(f"{args.volume}: rebuilt the index from {result.blocks_indexed} block records; "
                   f"{result.entries_changed} entries changed; the old index is {result.backup}")

@@ -63,9 +63,10 @@ class _PerProcessFds:
         return self._fds if self._pid == os.getpid() else {}
 
     def close(self) -> None:
-        for fd in self.opened().values():
+        with self._lock:
+            opened, self._fds = self.opened(), {}
+        for fd in opened.values():
             os.close(fd)
-        self._fds = {}
 
 
 def pread_exact(fd: int, size: int, offset: int) -> bytes:
@@ -127,16 +128,26 @@ class VolumeFiles:
                 try:
                     pwrite_all(fd, data, offset)
                 except OSError as exc:
-                    with contextlib.suppress(OSError):  # best effort: the torn bytes are unindexed anyway
-                        os.ftruncate(fd, offset)
+                    self._cut_back(fd, offset)
                     raise OSError(exc.errno, exc.strerror, self.shard_paths[shard]) from None
+                previous = self.read_index(entry_at, len(entry))
                 try:
                     pwrite_all(self.index_fd(), entry, entry_at)
                 except OSError as exc:
+                    # Leave no trace: the old entry back (in case part was written), the block cut off.
+                    with contextlib.suppress(OSError):
+                        pwrite_all(self.index_fd(), previous, entry_at)
+                    self._cut_back(fd, offset)
                     raise OSError(exc.errno, exc.strerror, self.index_path) from None
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
         return offset
+
+    @staticmethod
+    def _cut_back(fd: int, size: int) -> None:
+        """Best effort: drop bytes a failed append left at the end of a shard."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, size)
 
     def sync(self) -> None:
         """fsync the shards, then the index, that this process has open (regular files only)."""

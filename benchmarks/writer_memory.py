@@ -1,11 +1,12 @@
 """Memory of the write path: 1 GiB of sample blocks through the writer processes.
 
 The main process generates 64^3 uint16 microscopy-like blocks one at a time (never the whole
-volume) and hands each to ``write_block``, which queues it to the writer of its shard. A sampler
-thread records the resident set size (RSS) of the main process and of every writer process every
-50 ms. The queues bound what is in flight to ``queue_depth x n_writers x block bytes``, so the
-main process should grow by about that much, and each writer by about one block's worth,
-whatever the volume's size.
+volume) and hands each to ``write_block``, which copies it into a free slot of its writer's shared
+memory. A sampler thread records the resident set size (RSS) of the main process and of every
+writer process every 50 ms. Each writer has ``queue_depth + 2`` slots of one block, so what is in
+flight is bounded by ``(queue_depth + 2) x n_writers x block bytes``: the main process (which
+touches every slot) should grow by about that much, each writer by its own slots plus a
+block's compression buffers, whatever the volume's size.
 
 Run on demand (not part of the test suite):
 
@@ -109,7 +110,7 @@ def run(folder: str, gib: float, shards: int, queue_depth: int, interval: float,
 
     total = len(origins) * block_bytes
     on_disk = sum(os.path.getsize(p) for p in [path, *(f"{path}.{i}" for i in range(shards))])
-    bound = queue_depth * shards * block_bytes
+    bound = (queue_depth + 2) * shards * block_bytes
     print(f"volume          {z_extent} x {y_extent} x {x_extent} (z, y, x) uint16, {len(origins)} blocks of "
           f"{BLOCK}^3, {shards} shards, zstd 5, queue_depth {queue_depth}")
     print(f"total bytes     {total:,} ({total / 2**30:.2f} GiB uncompressed, {on_disk / MIB:,.0f} MiB on disk, "
@@ -123,8 +124,8 @@ def run(folder: str, gib: float, shards: int, queue_depth: int, interval: float,
         growth = sampler.peak[name] - sampler.first[name]
         print(f"peak RSS        {name:<9} {sampler.peak[name] / MIB:7.1f} MiB "
               f"(at start {sampler.first[name] / MIB:6.1f} MiB, growth {growth / MIB:+6.1f} MiB)")
-    print(f"bound           queue_depth x n_writers x block bytes = {queue_depth} x {shards} x {block_bytes:,} "
-          f"= {bound:,} bytes ({bound / MIB:.1f} MiB) in flight")
+    print(f"bound           (queue_depth + 2) x n_writers x block bytes = ({queue_depth} + 2) x {shards} x "
+          f"{block_bytes:,} = {bound:,} bytes ({bound / MIB:.1f} MiB) of shared slots")
 
     if verify:
         mismatched = 0

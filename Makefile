@@ -20,7 +20,11 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 
-.PHONY: install system-packages demo test clean
+BENCH_VENV ?= .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed
+BENCH_ARGS ?=
+
+.PHONY: install system-packages demo test bench clean
 
 install: $(STAMP)
 
@@ -69,5 +73,16 @@ demo: install
 test: install
 	$(PY) -m pytest
 
+$(BENCH_STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q -U pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e . zarr tensorstore h5py hdf5plugin psutil
+	touch $@
+
+# Speed and memory against the machine's limits and the peers, on demand (~10-15 min; not in `make test`).
+# BENCH_ARGS=--quick for a short look; BENCH_ARGS="--sizes 256M,1G,4G" adds the 4 GiB point.
+bench: $(BENCH_STAMP)
+	$(BENCH_VENV)/bin/python -m benchmarks $(BENCH_ARGS)
+
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .hypothesis
+	rm -rf $(VENV) $(BENCH_VENV) demo-output .pytest_cache .hypothesis

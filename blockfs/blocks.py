@@ -40,12 +40,13 @@ def read_entries(files: VolumeFiles, layout: Layout, directory_offset: int, firs
     return unpack_entries(raw, layout)
 
 
-def load_block(files: VolumeFiles, layout: Layout, entry: int, offset: int, size: int,
-               shape: tuple[int, int, int], verify: bool) -> np.ndarray:
-    """Read and decompress the block that an entry (offset, size) points at.
+def load_block(files: VolumeFiles, layout: Layout, entry: int, offset: int, size: int, out: np.ndarray,
+               verify: bool) -> None:
+    """Read the block that an entry (offset, size) points at and decompress it into ``out``.
 
-    With ``verify`` on a volume with records, the record before the payload must name this entry
-    and length and its CRC32C must match, else :class:`ChecksumError`.
+    ``out`` is a C-contiguous array of the block's shape. With ``verify`` on a volume with records,
+    the record before the payload must name this entry and length and its CRC32C must match, else
+    :class:`ChecksumError`.
     """
     shard = entry % len(layout.block_filenames)
     where = f"{files.shard_paths[shard]}: block at offset {offset}, size {size} (entry {entry})"
@@ -60,6 +61,4 @@ def load_block(files: VolumeFiles, layout: Layout, entry: int, offset: int, size
         raise CorruptBlockError(f"{where} points past the end of the shard ({offset - head + len(data)} bytes); "
                                 "the shard is truncated or the index is damaged (run blockfs check).")
     payload = records.verify(data, entry, size, where) if head else data
-    out = np.empty(shape, layout.dtype)
     decompress_into(payload, out, where)
-    return out

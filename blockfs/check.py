@@ -133,7 +133,7 @@ def check_volume(path: str, silent: bool = True) -> Report:
         x, y, z = (int(c) for c in origins[written[i]])
         try:
             load_block(files, layout, int(block_entry[i]), int(block_offset[i]), int(block_size[i]),
-                       layout.block_shape_at(x, y, z), verify=True)
+                       np.empty(layout.block_shape_at(x, y, z), layout.dtype), verify=True)
         except CorruptBlockError as exc:
             kind = "checksum" if isinstance(exc, ChecksumError) else "undecodable"
             return Problem(kind, str(exc), (x, y, z), int(block_entry[i]),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import math
 import json
 import multiprocessing
 import operator
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Iterator
 
@@ -58,6 +60,18 @@ def _check_metadata(metadata: dict | None) -> dict:
     except (TypeError, ValueError) as exc:
         raise InvalidArgumentError(f"metadata must be JSON-serialisable ({exc}); convert arrays with .tolist().") from None
     return dict(metadata)
+
+
+_scratch = threading.local()
+
+
+def _block_scratch(shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
+    """This thread's reusable array for decompressing a block of ``shape`` before copying it out."""
+    size = math.prod(shape) * dtype.itemsize
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _scratch.buffer = np.empty(size, np.uint8)
+    return buffer[:size].view(dtype).reshape(shape)
 
 
 def _from_layout(name: str) -> property:
@@ -187,8 +201,9 @@ class Directory:
             json_len, start = fmt.read_preamble(head, path)
             size = os.fstat(f.fileno()).st_size
             if start > size:
-                raise FormatError(f"{path}: the header says the index starts at byte {start}, but the file has "
-                                  f"{size} bytes; the file is truncated or its header is damaged.")
+                raise FormatError(f"{path}: the header announces {json_len} bytes of JSON and entries from byte "
+                                  f"{start}, but the file has {size} bytes; the file is truncated or its header is "
+                                  "damaged.")
             head += f.read(json_len)
         layout, start = fmt.decode_header(head, path)
         self = cls.__new__(cls)
@@ -352,9 +367,10 @@ class Directory:
         entry = self._entry(x, y, z)
         offsets, sizes = read_entries(self._files, self._layout, self.directory_offset, entry, 1)
         shape = self._layout.block_shape_at(x, y, z)
-        if not sizes[0]:
-            return np.zeros(shape, self.dtype)
-        return self._load(entry, int(offsets[0]), int(sizes[0]), shape)
+        out = np.zeros(shape, self.dtype) if not sizes[0] else np.empty(shape, self.dtype)
+        if sizes[0]:
+            self._load(entry, int(offsets[0]), int(sizes[0]), out)
+        return out
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read any region with numpy basic indexing in (z, y, x) order; unwritten blocks read as 0."""
@@ -379,7 +395,8 @@ class Directory:
         def fill(i: int) -> None:
             z, y, x = origins[i]
             k = entries[i] - first
-            block = self._load(int(entries[i]), int(offsets[k]), int(sizes[k]), self._layout.block_shape_at(x, y, z))
+            block = _block_scratch(self._layout.block_shape_at(x, y, z), self.dtype)
+            self._load(int(entries[i]), int(offsets[k]), int(sizes[k]), block)
             lo = [max(a, o) for a, o in zip(start, (z, y, x))]
             hi = [min(b, o + n) for b, o, n in zip(stop, (z, y, x), block.shape)]
             out[tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, start))] = \
@@ -395,17 +412,17 @@ class Directory:
                 future.result()
         return out
 
-    def _load(self, entry: int, offset: int, size: int, shape: tuple[int, int, int]) -> np.ndarray:
+    def _load(self, entry: int, offset: int, size: int, out: np.ndarray) -> None:
+        """Decompress the block of ``entry`` at (offset, size) into ``out``."""
         try:
             try:
-                return load_block(self._files, self._layout, entry, offset, size, shape, self.verify)
+                load_block(self._files, self._layout, entry, offset, size, out, self.verify)
             except ChecksumError:
                 # A writer may have repointed the entry since we read it: retry once with the new one.
                 offsets, sizes = read_entries(self._files, self._layout, self.directory_offset, entry, 1)
                 if (int(offsets[0]), int(sizes[0])) == (offset, size) or not sizes[0]:
                     raise
-                return load_block(self._files, self._layout, entry, int(offsets[0]), int(sizes[0]), shape,
-                                  self.verify)
+                load_block(self._files, self._layout, entry, int(offsets[0]), int(sizes[0]), out, self.verify)
         except FileNotFoundError:
             raise self._missing_shard(entry) from None
 

@@ -80,6 +80,25 @@ def pread_exact(fd: int, size: int, offset: int) -> bytes:
     return data
 
 
+_scratch = threading.local()
+
+
+def pread_into_scratch(fd: int, size: int, offset: int) -> memoryview:
+    """Up to ``size`` bytes at ``offset`` in this thread's reusable buffer (fewer only at the end of
+    the file). The view is valid until this thread's next call: use it, don't keep it."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _scratch.buffer = bytearray(size)
+    view = memoryview(buffer)[:size]
+    done = 0
+    while done < size:
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if not n:
+            break
+        done += n
+    return view[:done]
+
+
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """Write all of ``data`` at ``offset`` (a short write is continued, a failing one raises)."""
     view = memoryview(data)
@@ -109,8 +128,9 @@ class VolumeFiles:
         data = pread_exact(self.index_fd(), size, offset)
         return data + bytes(size - len(data))
 
-    def read_shard(self, shard: int, offset: int, size: int) -> bytes:
-        return pread_exact(self.shard_fd(shard), size, offset)
+    def read_shard(self, shard: int, offset: int, size: int) -> memoryview:
+        """Shard bytes in this thread's reusable buffer; see :func:`pread_into_scratch`."""
+        return pread_into_scratch(self.shard_fd(shard), size, offset)
 
     def append(self, shard: int, data: bytes, entry_at: int, make_entry: Callable[[int], bytes]) -> int:
         """Append ``data`` to a shard, then point the index entry at ``entry_at`` to it.

@@ -1,0 +1,126 @@
+"""Run the benchmark suite: ``python -m benchmarks [--sizes 256M,1G] [--repeats 3] [--quick] ...``."""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+
+from . import blockfs_bench, limits, peers, report
+from .data import KINDS, make_dataset, parse_size, size_label
+
+CATEGORIES = ("limits", "write", "read", "peers")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    wrong = [t for t in items if t not in allowed]
+    if wrong or not items:
+        raise argparse.ArgumentTypeError(
+            f"{what} must be a comma-separated list of {', '.join(allowed)}; got {text!r}.")
+    return items
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="blockfs speed and memory against the limits of this machine and the peers, in one run.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  python -m benchmarks --quick --output ''\n"
+               "  python -m benchmarks --sizes 256M,1G,4G --repeats 3\n"
+               "  python -m benchmarks --only write,read --sizes 1G --data microscopy")
+    parser.add_argument("--sizes", help="data sizes, e.g. 256M,1G,4G (default: 256M,1G; 64M with --quick)")
+    parser.add_argument("--repeats", type=int, help="repeats per figure; the median is reported (default: 3; 1 "
+                                                    "with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a quick look: 64 MiB, 1 repeat, fewer write configs")
+    parser.add_argument("--only", type=lambda t: _list(t, CATEGORIES, "--only"), default=list(CATEGORIES),
+                        help=f"what to run, from {','.join(CATEGORIES)} (limits always run: every ratio needs "
+                             "them; default: all)")
+    parser.add_argument("--data", type=lambda t: _list(t, tuple(KINDS), "--data"), default=list(KINDS),
+                        help="data kinds (default: microscopy,random)")
+    parser.add_argument("--peers", type=lambda t: _list(t, peers.PEERS, "--peers"), default=list(peers.PEERS),
+                        help="peers to run (default: those installed of zarr,tensorstore,h5py)")
+    parser.add_argument("--output", default=os.path.join(ROOT, "docs", "performance.md"),
+                        help="Markdown report to write; '' to only print (default: docs/performance.md)")
+    parser.add_argument("--scratch", default=tempfile.gettempdir(),
+                        help="folder for the volumes (default: %(default)s); a temporary folder inside it is "
+                             "removed at the end")
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = [parse_size(s) for s in (args.sizes or ("64M" if args.quick else "256M,1G")).split(",")]
+    except ValueError as exc:
+        parser.error(str(exc))
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1; got {args.repeats}.")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    command = "python -m benchmarks" + ("" if argv is None and len(sys.argv) == 1 else
+                                        " " + shlex.join(sys.argv[1:] if argv is None else argv))
+    missing = [p for p in args.peers if not peers.available(p)]
+    if "peers" in args.only and missing:
+        _log(f"benchmarks: peers not installed, skipped: {', '.join(missing)} (pip install zarr tensorstore h5py "
+             "hdf5plugin)")
+    peer_names = [p for p in args.peers if p not in missing]
+    folder = tempfile.mkdtemp(prefix="blockfs-bench-", dir=args.scratch)
+    run = report.Run(command, args.sizes, args.repeats, args.data, args.scratch)
+    start = time.perf_counter()
+    n_random, n_regions = 1000, 30 if args.quick else 100
+    try:
+        _log(f"benchmarks: sizes {', '.join(size_label(n) for n in args.sizes)}, {args.repeats} repeats, "
+             f"scratch {folder}")
+        run.memcpy = limits.memcpy_mbps(args.repeats)
+        for nbytes in args.sizes:
+            for kind in args.data:
+                _log(f"{size_label(nbytes)} {kind}: making blocks")
+                ds = make_dataset(kind, nbytes)
+                meter = limits.LimitMeter(ds, folder)
+                lim = run.limits[(kind, ds.nbytes)] = meter.measure(args.repeats)
+                _log(f"  limits: compress {lim.compress:,.0f} MB/s ({lim.compress_how}), decompress "
+                     f"{lim.decompress:,.0f} MB/s ({lim.decompress_how}), ratio {lim.ratio:.2f}, disk "
+                     f"{lim.disk_raw:,.0f} / fsync {lim.disk_fsync_raw:,.0f} MB/s compressed")
+                if "write" in args.only:
+                    for config in blockfs_bench.matrix(args.quick, kind):
+                        run.writes.append(blockfs_bench.write_benchmark(ds, folder, config, args.repeats, _log))
+                        meter.sample_compress()
+                if "read" in args.only:
+                    meter.sample_decompress()
+                    run.reads[(kind, ds.nbytes)] = blockfs_bench.read_benchmark(
+                        ds, folder, args.repeats, n_random, n_regions, _log)
+                    meter.sample_decompress()
+                if "peers" in args.only:
+                    for name in peer_names:
+                        run.peers.append(peers.run_peer(name, ds, folder, args.repeats, n_random, _log))
+                        meter.sample_compress()
+                        meter.sample_decompress()
+                _log(f"  limits over the section: compress {lim.compress:,.0f} MB/s, decompress "
+                     f"{lim.decompress:,.0f} MB/s, one block {lim.block_decompress_us:.0f} us")
+                del ds, meter
+                gc.collect()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    run.seconds = time.perf_counter() - start
+    run.load_end = os.getloadavg()
+    text = report.render(run)
+    print(text)
+    if args.output:
+        report.write(args.output, text)
+        _log(f"benchmarks: wrote {args.output} ({run.seconds / 60:.1f} minutes)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

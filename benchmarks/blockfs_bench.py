@@ -1,0 +1,326 @@
+"""blockfs on the benchmark data: the write matrix, the reads, and the memory of both.
+
+Writes go through the two ways the README shows:
+
+- ``main``: the process that called ``start_writer_processes()`` calls ``write_block`` (from 1, 2
+  or 4 producer threads); blocks are queued to one writer process per shard;
+- ``pool``: a fork ``multiprocessing.Pool`` of N producers calls ``write_block`` on a module-level
+  Directory (after ``start_writer_processes()``, as in the README); each producer compresses and
+  appends its blocks itself.
+
+Each timed write runs from ``start_writer_processes()`` to the end of ``close()``. The volume is
+created (empty) before the clock starts and is ``durable=False`` unless the row says otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from blockfs import Directory
+
+from .data import BLOCK, BLOCK_BYTES, DTYPE, Dataset
+from .measure import MB, PeakRss, median, percentile
+
+QUEUE_DEPTH = 10
+REGION = 100
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+#: The Directory and blocks that forked producers use: set before the Pool forks.
+_state: dict[str, object] = {}
+
+
+@dataclass(frozen=True)
+class WriteConfig:
+    mode: str  # "main" or "pool"
+    producers: int
+    shards: int
+    durable: bool = False
+
+    @property
+    def label(self) -> str:
+        how = "main process" if self.mode == "main" else "fork Pool"
+        return f"{how}, {self.producers} producer{'s' if self.producers > 1 else ''}, {self.shards} shard" \
+               f"{'s' if self.shards > 1 else ''}{', durable' if self.durable else ''}"
+
+
+@dataclass
+class WriteResult:
+    kind: str
+    nbytes: int
+    config: WriteConfig
+    seconds: list[float] = field(default_factory=list)
+    owner_growth: int = 0
+    writer_growth: int = 0
+    producer_growth: int = 0
+    on_disk: int = 0
+    files: int = 0
+
+    @property
+    def mbps(self) -> float:
+        return self.nbytes / median(self.seconds) / MB
+
+    memory_bound: int = 0  # bytes the owner may hold for blocks in flight (main process only)
+
+
+def matrix(quick: bool, kind: str) -> list[WriteConfig]:
+    """The write configurations to run for one data kind."""
+    if quick:
+        configs = [WriteConfig("main", 1, 1), WriteConfig("main", 1, 2), WriteConfig("pool", 2, 2)]
+        if kind != "microscopy":
+            return [WriteConfig("main", 1, 2)]
+        return configs + [WriteConfig("main", 1, 2, durable=True)]
+    if kind != "microscopy":
+        return [WriteConfig("main", 1, 2), WriteConfig("main", 2, 4), WriteConfig("pool", 2, 2)]
+    configs = [WriteConfig(mode, producers, shards) for mode in ("main", "pool") for producers in (1, 2, 4)
+               for shards in (1, 2, 4, 8)]
+    return configs + [WriteConfig("main", 1, 2, durable=True)]
+
+
+def new_volume(ds: Dataset, path: str, shards: int, durable: bool) -> Directory:
+    z, y, x = ds.shape
+    d = Directory(x, y, z, DTYPE, path, n_filenames=shards, durable=durable)
+    d.create(overwrite=True)
+    return d
+
+
+def volume_files(path: str, shards: int) -> list[str]:
+    return [path] + [f"{path}.{i}" for i in range(shards)]
+
+
+def remove_volume(path: str, shards: int) -> None:
+    for name in volume_files(path, shards):
+        if os.path.exists(name):
+            os.unlink(name)
+
+
+def _pool_write(i: int, x: int, y: int, z: int) -> None:
+    _state["volume"].write_block(_state["blocks"][i], x, y, z)
+
+
+def _write_from_threads(d: Directory, ds: Dataset, producers: int) -> None:
+    failures: list[BaseException] = []
+
+    def produce(first: int) -> None:
+        try:
+            for i in range(first, len(ds.blocks), producers):
+                z, y, x = ds.origins[i]
+                d.write_block(ds.blocks[i], x, y, z)
+        except BaseException as exc:  # re-raised below, in the calling thread
+            failures.append(exc)
+
+    if producers == 1:
+        produce(0)
+    else:
+        threads = [threading.Thread(target=produce, args=(k,), name=f"producer-{k}") for k in range(producers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    if failures:
+        raise failures[0]
+
+
+def in_flight_bound(d: Directory, producers: int) -> int:
+    """Bytes of blocks the owner may hold in flight: what the writers' queues (or shared-memory
+    slots) can take, plus one block being copied by each producer thread.
+
+    With shared-memory slots (``queue_depth + 2`` per writer) that is the slots' size; with pickled
+    blocks through a pipe it is ``queue_depth + 1`` blocks per writer (one more being pickled).
+    """
+    total = 0
+    for writer in d.writers:
+        memory = getattr(writer, "_memory", None)
+        total += memory.size if memory is not None else (QUEUE_DEPTH + 1) * BLOCK_BYTES
+    return total + producers * BLOCK_BYTES
+
+
+def write_once(ds: Dataset, path: str, config: WriteConfig) -> tuple[float, PeakRss, int]:
+    """Write every block of ``ds`` into a new volume at ``path``; (seconds, memory samples, bound)."""
+    d = new_volume(ds, path, config.shards, config.durable)
+    sampler = PeakRss(0.02)
+    sampler.watch("owner", os.getpid())
+    sampler.start()
+    try:
+        start = time.perf_counter()
+        d.start_writer_processes(queue_depth=QUEUE_DEPTH)
+        for k, writer in enumerate(d.writers):
+            process = getattr(writer, "process", None)
+            if process is not None and process.pid is not None:
+                sampler.watch(f"writer {k}", process.pid)
+        bound = in_flight_bound(d, config.producers) if config.mode == "main" else 0
+        if config.mode == "main":
+            _write_from_threads(d, ds, config.producers)
+        else:
+            writers = {getattr(getattr(w, "process", None), "pid", None) for w in d.writers}
+            _state.update(volume=d, blocks=ds.blocks)
+            args = [(i, x, y, z) for i, (z, y, x) in enumerate(ds.origins)]
+            try:
+                with multiprocessing.get_context("fork").Pool(config.producers) as pool:
+                    for child in multiprocessing.active_children():
+                        if child.pid not in writers:
+                            sampler.watch(f"producer {child.pid}", child.pid)
+                    pool.starmap(_pool_write, args)
+            finally:
+                _state.clear()
+        d.close()
+        seconds = time.perf_counter() - start
+    finally:
+        sampler.stop()
+        d.close()
+    return seconds, sampler, bound
+
+
+def write_benchmark(ds: Dataset, folder: str, config: WriteConfig, repeats: int, log) -> WriteResult:
+    result = WriteResult(ds.kind, ds.nbytes, config)
+    path = os.path.join(folder, "write.blockfs")
+    for _ in range(repeats):
+        seconds, sampler, result.memory_bound = write_once(ds, path, config)
+        result.seconds.append(seconds)
+        result.owner_growth = max(result.owner_growth, sampler.growth("owner"))
+        result.writer_growth = max(result.writer_growth, sampler.max_growth("writer"))
+        result.producer_growth = max(result.producer_growth, sampler.max_growth("producer"))
+        result.files = len(volume_files(path, config.shards))
+        result.on_disk = sum(os.path.getsize(p) for p in volume_files(path, config.shards))
+        remove_volume(path, config.shards)
+    log(f"  write {config.label}: {result.mbps:,.0f} MB/s (owner +{result.owner_growth / 2**20:.1f} MiB, "
+        f"writer +{result.writer_growth / 2**20:.1f} MiB)")
+    return result
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReadResult:
+    kind: str
+    nbytes: int
+    shards: int
+    full: list[float] = field(default_factory=list)
+    full_unverified: list[float] = field(default_factory=list)
+    blockwise: list[float] = field(default_factory=list)
+    random_us: list[float] = field(default_factory=list)
+    random_unverified_us: list[float] = field(default_factory=list)
+    region_ms: list[float] = field(default_factory=list)
+    region_bytes: int = 0
+    reader_full: dict = field(default_factory=dict)
+    reader_blocks: dict = field(default_factory=dict)
+    correct: bool = False
+
+    def mbps(self, seconds: list[float]) -> float:
+        return self.nbytes / median(seconds) / MB
+
+    @property
+    def verify_cost(self) -> float:
+        """Extra time of a verified full read over an unverified one, in percent."""
+        return (median(self.full) / median(self.full_unverified) - 1) * 100
+
+    @property
+    def region_mbps(self) -> float:
+        return self.region_bytes / (median(self.region_ms) / 1000) / MB
+
+
+def _time_calls(calls, action) -> list[float]:
+    """Microseconds of ``action(*args)`` for each args in ``calls``."""
+    times = []
+    for args in calls:
+        start = time.perf_counter_ns()
+        action(*args)
+        times.append((time.perf_counter_ns() - start) / 1000)
+    return times
+
+
+def read_benchmark(ds: Dataset, folder: str, repeats: int, n_random: int, n_regions: int, log) -> ReadResult:
+    """Reads of a volume written with one shard per core from the main process (writing is untimed)."""
+    shards = os.cpu_count() or 1
+    path = os.path.join(folder, "read.blockfs")
+    write_once(ds, path, WriteConfig("main", 1, shards))
+    result = ReadResult(ds.kind, ds.nbytes, shards)
+    verified, unverified = Directory.open(path), Directory.open(path, verify=False)
+    try:
+        result.correct = ds.matches(verified[:, :, :])
+        for _ in range(repeats):
+            for d, times in ((verified, result.full), (unverified, result.full_unverified)):
+                start = time.perf_counter()
+                data = d[:, :, :]
+                times.append(time.perf_counter() - start)
+                del data
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for z, y, x in ds.origins:
+                verified.read_block(x, y, z)
+            result.blockwise.append(time.perf_counter() - start)
+
+        rng = np.random.default_rng(1)
+        picks = [ds.origins[i][::-1] for i in rng.integers(0, len(ds.origins), n_random)]
+        _time_calls(picks[:100], verified.read_block)  # warm up
+        result.random_us = _time_calls(picks, verified.read_block)
+        _time_calls(picks[:100], unverified.read_block)
+        result.random_unverified_us = _time_calls(picks, unverified.read_block)
+
+        size = [min(REGION, n) for n in ds.shape]
+        result.region_bytes = int(np.prod(size)) * DTYPE.itemsize
+        starts = [tuple(int(rng.integers(0, n - s + 1)) for n, s in zip(ds.shape, size)) for _ in range(n_regions)]
+        boxes = [(tuple(slice(a, a + s) for a, s in zip(st, size)),) for st in starts]
+        _time_calls(boxes[:5], verified.__getitem__)
+        result.region_ms = [t / 1000 for t in _time_calls(boxes, verified.__getitem__)]
+    finally:
+        verified.close()
+        unverified.close()
+    result.reader_full = reader_rss(path, "full")
+    result.reader_blocks = reader_rss(path, "blocks")
+    remove_volume(path, shards)
+    log(f"  read: full {result.mbps(result.full):,.0f} MB/s (unverified {result.mbps(result.full_unverified):,.0f}), "
+        f"block by block {result.mbps(result.blockwise):,.0f} MB/s, read_block median "
+        f"{median(result.random_us):.0f} us p99 {percentile(result.random_us, 99):.0f} us, "
+        f"100^3 regions {median(result.region_ms):.2f} ms{'' if result.correct else ', DATA MISMATCH'}")
+    return result
+
+
+def reader_rss(path: str, what: str) -> dict:
+    """Peak RSS of a fresh process that opens the volume and reads it whole (``full``) or block by block."""
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from benchmarks.blockfs_bench import reader_child; "
+            "reader_child(sys.argv[2], sys.argv[3])")
+    done = subprocess.run([sys.executable, "-c", code, ROOT, path, what], capture_output=True, text=True, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"{path}: the reader process for a {what} read failed (exit status "
+                           f"{done.returncode}):\n{done.stderr.strip()}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _high_water_mark() -> int:
+    """Peak RSS of this process in bytes (VmHWM: unlike ru_maxrss it starts afresh at exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def reader_child(path: str, what: str) -> None:
+    """Body of :func:`reader_rss`: print {"baseline": bytes, "peak": bytes, "output": bytes} as JSON."""
+    d = Directory.open(path)
+    d.read_block(0, 0, 0)
+    d[0:BLOCK + 1, 0:BLOCK + 1, 0:BLOCK + 1]  # starts the read thread pool
+    baseline = _high_water_mark()
+    output = 0
+    if what == "full":
+        data = d[:, :, :]
+        output = data.nbytes
+    else:
+        z_extent, y_extent, x_extent = d.shape
+        for z in range(0, z_extent, BLOCK):
+            for y in range(0, y_extent, BLOCK):
+                for x in range(0, x_extent, BLOCK):
+                    d.read_block(x, y, z)
+    peak = _high_water_mark()
+    d.close()
+    print(json.dumps({"baseline": baseline, "peak": peak, "output": output}))

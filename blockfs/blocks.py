@@ -7,7 +7,7 @@ import numpy as np
 from . import records
 from .codec import compress, decompress_into
 from .errors import CorruptBlockError
-from .format import Layout, pack_entry, unpack_entries
+from .format import Layout, pack_entry, unpack_entries, unpack_entry
 from .storage import VolumeFiles
 
 
@@ -38,6 +38,11 @@ def read_entries(files: VolumeFiles, layout: Layout, directory_offset: int, firs
     """(offsets, sizes) of ``count`` consecutive entries from entry ``first``, read in one call."""
     raw = files.read_index(directory_offset + first * layout.entry_size, count * layout.entry_size)
     return unpack_entries(raw, layout)
+
+
+def read_entry(files: VolumeFiles, layout: Layout, directory_offset: int, entry: int) -> tuple[int, int]:
+    """(offset, size) of one entry; (0, 0) when it lies past the end of the index file."""
+    return unpack_entry(files.read_index(directory_offset + entry * layout.entry_size, layout.entry_size), layout)
 
 
 def load_block(files: VolumeFiles, layout: Layout, entry: int, offset: int, size: int, out: np.ndarray,

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import format as fmt
-from .blocks import load_block, read_entries, store_block
+from .blocks import load_block, read_entries, read_entry, store_block
 from .codec import Compression, check_compression
 from .errors import (BlockCoordinateError, BlockShapeError, ChecksumError, ClosedError, FormatError,
                      InvalidArgumentError, MissingShardError, ReadOnlyError, RegionError, VolumeExistsError)
@@ -365,11 +365,11 @@ class Directory:
         """The block whose first voxel is (x, y, z), as a (z, y, x) array; zeros if never written."""
         self._check_readable()
         entry = self._entry(x, y, z)
-        offsets, sizes = read_entries(self._files, self._layout, self.directory_offset, entry, 1)
+        offset, size = read_entry(self._files, self._layout, self.directory_offset, entry)
         shape = self._layout.block_shape_at(x, y, z)
-        out = np.zeros(shape, self.dtype) if not sizes[0] else np.empty(shape, self.dtype)
-        if sizes[0]:
-            self._load(entry, int(offsets[0]), int(sizes[0]), out)
+        out = np.empty(shape, self.dtype) if size else np.zeros(shape, self.dtype)
+        if size:
+            self._load(entry, offset, size, out)
         return out
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -419,10 +419,10 @@ class Directory:
                 load_block(self._files, self._layout, entry, offset, size, out, self.verify)
             except ChecksumError:
                 # A writer may have repointed the entry since we read it: retry once with the new one.
-                offsets, sizes = read_entries(self._files, self._layout, self.directory_offset, entry, 1)
-                if (int(offsets[0]), int(sizes[0])) == (offset, size) or not sizes[0]:
+                now = read_entry(self._files, self._layout, self.directory_offset, entry)
+                if now == (offset, size) or not now[1]:
                     raise
-                load_block(self._files, self._layout, entry, int(offsets[0]), int(sizes[0]), out, self.verify)
+                load_block(self._files, self._layout, entry, *now, out, self.verify)
         except FileNotFoundError:
             raise self._missing_shard(entry) from None
 

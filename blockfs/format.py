@@ -267,6 +267,12 @@ def pack_entry(layout: Layout, offset: int, size: int, where: str) -> bytes:
     return (offset | size << layout.n_offset_bits).to_bytes(layout.entry_size, "little")
 
 
+def unpack_entry(raw: bytes, layout: Layout) -> tuple[int, int]:
+    """(offset, size) of one entry's bytes."""
+    value = int.from_bytes(raw, "little")
+    return value & ((1 << layout.n_offset_bits) - 1), (value >> layout.n_offset_bits) & ((1 << layout.n_size_bits) - 1)
+
+
 def unpack_entries(raw: bytes, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, sizes) as uint64 arrays for consecutive entries in ``raw``."""
     n = len(raw) // layout.entry_size

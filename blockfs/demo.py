@@ -26,7 +26,7 @@ def _generate(origin: tuple[int, int, int]) -> tuple[tuple[int, int, int], np.nd
 
 
 def _volume_bytes(d: Directory) -> int:
-    return sum(os.path.getsize(p) for p in [d.directory_filename, *d._files.shard_paths])
+    return sum(os.path.getsize(p) for p in [d.directory_filename, *d.shard_paths])
 
 
 def run(output: str, shape: tuple[int, int, int], silent: bool) -> dict[str, float | str]:

@@ -37,7 +37,6 @@ import fixtures  # noqa: E402
 from crash_writer import DTYPE, block_content, block_origins  # noqa: E402
 
 from blockfs import BlockfsError, Directory, records  # noqa: E402
-from blockfs import directory as directory_module  # noqa: E402
 from blockfs import format as fmt  # noqa: E402
 from blockfs.check import check_volume  # noqa: E402
 from blockfs.errors import ChecksumError  # noqa: E402
@@ -455,16 +454,6 @@ def damaged_index(path: Path, data: st.DataObject) -> Iterator[bytes]:
         path.write_bytes(pristine)
 
 
-def settle_reads() -> None:
-    """Wait until the read thread pool is idle. A region read that fails returns while the pool
-    may still be reading other blocks of it, and closing the volume races with them (a library
-    bug, pinned by test_close_after_a_failed_region_read); the tests wait for them first."""
-    workers = os.cpu_count() or 1
-    barrier = threading.Barrier(workers)  # all workers must be free to pass it together
-    for future in [directory_module._read_pool().submit(barrier.wait, 30) for _ in range(workers)]:
-        future.result()
-
-
 def read_every_block(path: Path, exact: bool) -> dict[tuple[int, int, int], str]:
     """Read each block alone and the volume as a whole; {origin: "right" | "zeros" | "error" | "other"}.
 
@@ -486,7 +475,6 @@ def read_every_block(path: Path, exact: bool) -> dict[tuple[int, int, int], str]
                 outcome[origin] = "other"
         whole = call(lambda: volume[:, :, :], BlockfsError)
         if not isinstance(whole, np.ndarray):
-            settle_reads()
         if isinstance(whole, np.ndarray):
             assert "error" not in outcome.values(), "a block that fails alone must fail within a region"
             for x, y, z in outcome:

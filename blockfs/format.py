@@ -12,7 +12,7 @@ import json
 import math
 import struct
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -129,10 +129,6 @@ class Layout:
         gz, gy, gx = (a.ravel() for a in np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij"))
         entries = gx * self.x_stride + gy * self.y_stride + gz * self.z_stride
         return entries, np.stack([gx * self.x_block_size, gy * self.y_block_size, gz * self.z_block_size], axis=1)
-
-    def with_filenames(self, names: tuple[str, ...]) -> "Layout":
-        """The same layout with other shard names."""
-        return replace(self, block_filenames=tuple(names))
 
 
 def default_strides(x_extent: int, y_extent: int, x_block_size: int, y_block_size: int) -> tuple[int, int, int]:

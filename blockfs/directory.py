@@ -9,6 +9,7 @@ import multiprocessing
 import operator
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Iterator
 
@@ -20,7 +21,7 @@ from .codec import Compression, check_compression
 from .errors import (BlockCoordinateError, BlockShapeError, ChecksumError, ClosedError, FormatError,
                      InvalidArgumentError, MissingShardError, ReadOnlyError, RegionError, VolumeExistsError)
 from .indexing import select
-from .storage import VolumeFiles, resolve_shard_path
+from .storage import VolumeFiles, resolve_shard_path, shadowing_copy
 from .writer import WriterPool
 
 MODES = ("r", "r+")
@@ -208,6 +209,12 @@ class Directory:
         layout, start = fmt.decode_header(head, path)
         self = cls.__new__(cls)
         self._setup(path, layout, start, mode, verify, durable)
+        for name, (found, _) in zip(layout.block_filenames, self._shard_candidates):
+            copy = shadowing_copy(path, name, found)
+            if copy is not None:
+                warnings.warn(f"{path}: shard {name!r} lies outside this volume's folder, though {copy} sits beside "
+                              "it; if the volume was copied (cp -r), it is using the original's shards. Run "
+                              f"blockfs-rebase {path} to use its own.", stacklevel=2)
         if mode == "r+":
             self._check_writable_files()
         return self

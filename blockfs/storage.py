@@ -38,6 +38,18 @@ def resolve_shard_path(directory_path: str, name: str) -> tuple[str, list[str]]:
     return candidates[0], list(dict.fromkeys(candidates + [beside]))
 
 
+def shadowing_copy(directory_path: str, name: str, found: str) -> str | None:
+    """The shard file beside the directory file when an absolute ``name`` resolved elsewhere.
+
+    That is what a volume copied with ``cp -r`` looks like: its stored names still reach the
+    original's shards, while its own copies sit unused beside it.
+    """
+    beside = os.path.join(os.path.dirname(os.path.abspath(directory_path)), os.path.basename(name))
+    if not os.path.isabs(name) or not os.path.exists(found) or not os.path.exists(beside):
+        return None
+    return None if os.path.samefile(found, beside) else beside
+
+
 class _PerProcessFds:
     """File descriptors opened lazily and reopened after a fork."""
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import shutil
 import struct
 import sys
 import warnings
@@ -272,6 +273,22 @@ def test_stale_absolute_names_fall_back_beside_the_directory_file(tmp_path: Path
         moved = Directory.open("vol.blockfs")
     with moved:
         np.testing.assert_array_equal(moved[::-1, ::2, 5:], data[::-1, ::2, 5:], strict=True)
+
+
+def test_a_cp_r_copy_warns_that_it_uses_the_originals_shards(tmp_path: Path) -> None:
+    (tmp_path / "A").mkdir()
+    original, data = make_volume(tmp_path / "A" / "vol.blockfs")
+    shutil.copytree(tmp_path / "A", tmp_path / "B")
+    copy = tmp_path / "B" / "vol.blockfs"
+    with pytest.warns(UserWarning, match="blockfs-rebase") as record:
+        d = Directory.open(str(copy))
+    assert len(record) == 3 and all(str(tmp_path / "B" / f"vol.blockfs.{i}") in str(w.message)
+                                    for i, w in enumerate(record))
+    with d:
+        np.testing.assert_array_equal(d[...], data, strict=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the original, whose names point at its own shards, opens quietly
+        Directory.open(original.directory_filename).close()
 
 
 def test_stale_absolute_names_of_a_fixture(tmp_path: Path) -> None:

@@ -45,13 +45,13 @@ def read_entry(files: VolumeFiles, layout: Layout, directory_offset: int, entry:
     return unpack_entry(files.read_index(directory_offset + entry * layout.entry_size, layout.entry_size), layout)
 
 
-def load_block(files: VolumeFiles, layout: Layout, entry: int, offset: int, size: int, out: np.ndarray,
-               verify: bool) -> None:
-    """Read the block that an entry (offset, size) points at and decompress it into ``out``.
+def read_payload(files: VolumeFiles, layout: Layout, entry: int, offset: int, size: int, verify: bool
+                 ) -> memoryview:
+    """The stored (compressed) bytes that an entry (offset, size) points at.
 
-    ``out`` is a C-contiguous array of the block's shape. With ``verify`` on a volume with records,
-    the record before the payload must name this entry and length and its CRC32C must match, else
-    :class:`ChecksumError`.
+    The view lies in this thread's reusable buffer: use it before this thread's next read. With
+    ``verify`` on a volume with records, the record before the payload must name this entry and
+    length and its CRC32C must match, else :class:`ChecksumError`.
     """
     shard = entry % len(layout.block_filenames)
     where = f"{files.shard_paths[shard]}: block at offset {offset}, size {size} (entry {entry})"
@@ -65,5 +65,15 @@ def load_block(files: VolumeFiles, layout: Layout, entry: int, offset: int, size
     if len(data) < size + head:
         raise CorruptBlockError(f"{where} points past the end of the shard ({offset - head + len(data)} bytes); "
                                 "the shard is truncated or the index is damaged (run blockfs check).")
-    payload = records.verify(data, entry, size, where) if head else data
-    decompress_into(payload, out, where)
+    return records.verify(data, entry, size, where) if head else data
+
+
+def load_block(files: VolumeFiles, layout: Layout, entry: int, offset: int, size: int, out: np.ndarray,
+               verify: bool) -> None:
+    """Read the block that an entry (offset, size) points at and decompress it into ``out``.
+
+    ``out`` is a C-contiguous array of the block's shape; see :func:`read_payload` for ``verify``.
+    """
+    payload = read_payload(files, layout, entry, offset, size, verify)
+    shard = entry % len(layout.block_filenames)
+    decompress_into(payload, out, f"{files.shard_paths[shard]}: block at offset {offset}, size {size} (entry {entry})")

@@ -16,7 +16,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from . import format as fmt
-from .blocks import load_block, read_entries, read_entry, store_block
+from .blocks import load_block, read_entries, read_entry, read_payload, store_block
 from .codec import Compression, check_compression
 from .errors import (BlockCoordinateError, BlockShapeError, ChecksumError, ClosedError, FormatError,
                      InvalidArgumentError, MissingShardError, ReadOnlyError, RegionError, VolumeExistsError)
@@ -379,6 +379,19 @@ class Directory:
             self._load(entry, offset, size, out)
         return out
 
+    def read_block_payload(self, x: int, y: int, z: int) -> bytes | None:
+        """The stored (blosc-compressed) bytes of the block at (x, y, z); None if never written.
+
+        On a volume with records the bytes are checked against their record's CRC32C (unless the
+        volume was opened with ``verify=False``). A full-size block's payload is a valid zarr v2
+        chunk with a blosc compressor.
+        """
+        self._check_readable()
+        entry = self._entry(x, y, z)
+        return self._with_retry(entry, read_entry(self._files, self._layout, self.directory_offset, entry),
+                                lambda offset, size: bytes(read_payload(self._files, self._layout, entry, offset,
+                                                                        size, self.verify)))
+
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read any region with numpy basic indexing in (z, y, x) order; unwritten blocks read as 0."""
         self._check_readable()
@@ -421,15 +434,26 @@ class Directory:
 
     def _load(self, entry: int, offset: int, size: int, out: np.ndarray) -> None:
         """Decompress the block of ``entry`` at (offset, size) into ``out``."""
+        self._with_retry(entry, (offset, size), lambda o, s: load_block(self._files, self._layout, entry, o, s, out,
+                                                                        self.verify))
+
+    def _with_retry(self, entry: int, where: tuple[int, int], read: Any) -> Any:
+        """``read(offset, size)`` of an entry's block; None if it was never written.
+
+        A writer may repoint the entry between reading it and reading the block: a checksum error
+        is retried once with the entry as it is now.
+        """
+        offset, size = where
+        if not size:
+            return None
         try:
             try:
-                load_block(self._files, self._layout, entry, offset, size, out, self.verify)
+                return read(offset, size)
             except ChecksumError:
-                # A writer may have repointed the entry since we read it: retry once with the new one.
                 now = read_entry(self._files, self._layout, self.directory_offset, entry)
                 if now == (offset, size) or not now[1]:
                     raise
-                load_block(self._files, self._layout, entry, *now, out, self.verify)
+                return read(*now)
         except FileNotFoundError:
             raise self._missing_shard(entry) from None
 

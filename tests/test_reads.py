@@ -344,3 +344,48 @@ def test_create_with_relative_path_in_a_folder(tmp_path: Path, monkeypatch: pyte
     assert all((tmp_path / "sub" / f"vol.blockfs.{i}").is_file() for i in range(3))
     with Directory.open(os.path.join("sub", "vol.blockfs")) as again:
         np.testing.assert_array_equal(again[...], data, strict=True)
+
+
+# -- stored bytes ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("records", [True, False])
+def test_read_block_payload_is_the_stored_blosc_buffer(tmp_path: Path, records: bool) -> None:
+    import blosc
+
+    d, expected = make_volume(tmp_path / "v.blockfs", missing_every=0, records=records)
+    d = Directory.open(str(tmp_path / "v.blockfs"))
+    for z, y, x in [(0, 0, 0), (12, 16, 32), (48, 64, 64)]:
+        payload = d.read_block_payload(x, y, z)
+        entry = d.offsetof(x, y, z)
+        with open(d.directory_filename, "rb") as f:
+            f.seek(entry)
+            value = int.from_bytes(f.read(d.layout.entry_size), "little")
+        offset, size = value & ((1 << d.n_offset_bits) - 1), value >> d.n_offset_bits
+        with open(d.shard_paths[d.layout.entry_index(x, y, z) % 3], "rb") as f:
+            f.seek(offset)
+            assert payload == f.read(size)
+        block = np.frombuffer(blosc.decompress(payload), d.dtype).reshape(d.get_block_size(x, y, z))
+        np.testing.assert_array_equal(block, expected[z:z + 12, y:y + 16, x:x + 32])
+
+
+def test_read_block_payload_of_an_unwritten_block_is_none(tmp_path: Path) -> None:
+    make_volume(tmp_path / "v.blockfs", missing_every=1)
+    assert Directory.open(str(tmp_path / "v.blockfs")).read_block_payload(0, 0, 0) is None
+
+
+def test_read_block_payload_checks_the_record(tmp_path: Path) -> None:
+    from blockfs import ChecksumError
+
+    make_volume(tmp_path / "v.blockfs", missing_every=0)
+    d = Directory.open(str(tmp_path / "v.blockfs"))
+    with open(d.directory_filename, "rb") as f:
+        f.seek(d.offsetof(0, 0, 0))
+        offset = int.from_bytes(f.read(d.layout.entry_size), "little") & ((1 << d.n_offset_bits) - 1)
+    with open(d.shard_paths[0], "r+b") as f:
+        f.seek(offset + 100)
+        byte = f.read(1)
+        f.seek(offset + 100)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    with pytest.raises(ChecksumError):
+        d.read_block_payload(0, 0, 0)

@@ -1,0 +1,88 @@
+"""A pyramid folder: ``info`` plus one blockfs volume per level, as precomputed-tif lays it out.
+
+    <root>/info                              JSON: data type, and one "scale" per level
+    <root>/1_1_1/precomputed.blockfs         level 1, full resolution (factor 1)
+    <root>/{f}_{f}_{f}/precomputed.blockfs   level with factor f = 2**(level - 1)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..directory import Directory
+from ..errors import FormatError
+
+INFO_NAME = "info"
+LEVEL_FILE = "precomputed.blockfs"
+
+
+def level_key(factor: int) -> str:
+    """The folder name (and ``info`` key) of the level downsampled by ``factor`` on every axis."""
+    return f"{factor}_{factor}_{factor}"
+
+
+def level_path(root: str | os.PathLike, factor: int) -> str:
+    """The index file of the level with ``factor`` under a pyramid folder."""
+    return os.path.join(os.fspath(root), level_key(factor), LEVEL_FILE)
+
+
+def is_pyramid(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder with a pyramid ``info`` file."""
+    return os.path.isfile(os.path.join(os.fspath(path), INFO_NAME))
+
+
+def read_info(root: str | os.PathLike) -> dict[str, Any]:
+    """The ``info`` JSON of a pyramid folder, checked for the keys a reader needs."""
+    path = os.path.join(os.fspath(root), INFO_NAME)
+    try:
+        with open(path, "rb") as f:
+            info = json.loads(f.read().decode("utf-8"))
+    except ValueError as exc:
+        raise FormatError(f"{path}: not a JSON pyramid info file ({exc}); rebuild it with blockfs pyramid.") from None
+    scales = info.get("scales") if isinstance(info, dict) else None
+    if not isinstance(scales, list) or not scales or not all(
+            isinstance(s, dict) and isinstance(s.get("key"), str) and isinstance(s.get("resolution"), list)
+            for s in scales):
+        raise FormatError(f"{path}: 'scales' must be a non-empty list of objects with 'key' and 'resolution'; "
+                          "rebuild the info file with blockfs pyramid.")
+    return info
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """An opened pyramid folder: its ``info`` and each level as a read-only volume, finest first."""
+
+    root: str
+    info: dict[str, Any]
+    levels: tuple[Directory, ...]
+
+    @property
+    def keys(self) -> list[str]:
+        """Each level's folder name, e.g. ``"2_2_2"``."""
+        return [scale["key"] for scale in self.info["scales"]]
+
+    @property
+    def resolutions_nm(self) -> list[tuple[float, float, float]]:
+        """Each level's voxel size in nanometres, (x, y, z)."""
+        return [tuple(float(r) for r in scale["resolution"]) for scale in self.info["scales"]]  # type: ignore[misc]
+
+    @property
+    def voxel_size_um(self) -> tuple[float, float, float]:
+        """Level 1's voxel size in micrometres, (x, y, z)."""
+        return tuple(r / 1000 for r in self.resolutions_nm[0])  # type: ignore[return-value]
+
+
+def open_pyramid(root: str | os.PathLike, verify: bool = True) -> Pyramid:
+    """Open every level of the pyramid folder ``root`` read-only."""
+    info = read_info(root)
+    levels = []
+    for scale in info["scales"]:
+        path = os.path.join(os.fspath(root), scale["key"], LEVEL_FILE)
+        if not os.path.exists(path):
+            raise FormatError(f"{path}: level {scale['key']!r} named in the pyramid's info file is missing; "
+                              "rebuild it with blockfs pyramid --resume.")
+        levels.append(Directory.open(path, verify=verify))
+    return Pyramid(os.fspath(root), info, tuple(levels))

@@ -86,3 +86,34 @@ def open_pyramid(root: str | os.PathLike, verify: bool = True) -> Pyramid:
                               "rebuild it with blockfs pyramid --resume.")
         levels.append(Directory.open(path, verify=verify))
     return Pyramid(os.fspath(root), info, tuple(levels))
+
+
+def make_info(dtype: str, kind: str, shape_zyx: tuple[int, int, int], block_zyx: tuple[int, int, int],
+              voxel_size_um: tuple[float, float, float], levels: int) -> dict[str, Any]:
+    """The ``info`` JSON of a pyramid of ``levels`` levels, as precomputed-tif writes it (all triples x, y, z).
+
+    ``kind`` is ``"image"`` or ``"segmentation"``; ``voxel_size_um`` is level 1's (x, y, z) voxel size.
+    """
+    scales = []
+    for level in range(1, levels + 1):
+        factor = 2 ** (level - 1)
+        scales.append({
+            "key": level_key(factor),
+            "size": [-(-n // factor) for n in reversed(shape_zyx)],
+            "resolution": [round(v * 1000 * factor, 6) for v in voxel_size_um],
+            "chunk_sizes": [list(reversed(block_zyx))],
+            "encoding": "raw",
+            "voxel_offset": [0, 0, 0],
+        })
+    return {"data_type": dtype, "num_channels": 1, "type": kind, "scales": scales}
+
+
+def write_info(root: str | os.PathLike, info: dict[str, Any]) -> None:
+    """Write ``info`` into the pyramid folder ``root`` atomically (a reader sees no file or the whole file)."""
+    path = os.path.join(os.fspath(root), INFO_NAME)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)

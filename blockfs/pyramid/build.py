@@ -1,0 +1,181 @@
+"""Building a pyramid in one pass, in octree order, in bounded memory, in parallel over subtrees.
+
+``build_pyramid`` does it all. For splitting the work across machines (e.g. MPI ranks sharing the
+destination's file system) its steps are public: :func:`make_plan`, :func:`prepare` once,
+:func:`build_tasks` on any share of :func:`pending` tasks anywhere, then :func:`finish` once.
+
+Memory: a task descends the octree depth first. At each level on its path it holds one block of
+accumulators (the block being assembled from its eight children), plus, transiently, one level-1
+block, its accumulators and a finished output block: at most about ``(task level + 6) x block
+voxels x 8`` bytes per worker, whatever the volume's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from ..codec import decompress_into
+from ..directory import Directory
+from ..errors import WriterError
+from . import state
+from .folder import make_info, write_info
+from .plan import Index, Plan, make_plan
+from .reduce import Method, footprint_counts
+
+Leaf = Callable[[Index], "np.ndarray | None"]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """A finished task: its block of the task level, and how many level-1 block positions it covered."""
+
+    index: Index
+    level1_blocks: int
+
+
+class _Builder:
+    """Builds blocks from ``leaf_level`` up, writing every block of levels 2 and above that it completes."""
+
+    def __init__(self, plan: Plan, leaf_level: int, leaf: Leaf, volumes: dict[int, Directory]):
+        self.plan, self.leaf_level, self.leaf, self.volumes = plan, leaf_level, leaf, volumes
+        self.method: Method = plan.method_for()
+
+    def reduced(self, level: int, index: Index) -> np.ndarray | None:
+        """The accumulators that block ``index`` of ``level`` gives the level above; None if nothing is under it."""
+        if level == self.leaf_level:
+            return self.leaf(index)
+        plan = self.plan
+        acc: np.ndarray | None = None
+        half = [b // 2 for b in plan.block]
+        for octant, child in plan.children(level, index):
+            part = self.reduced(level - 1, child)
+            if part is None:
+                continue
+            if acc is None:
+                acc = np.zeros(plan.block_shape(level, index), self.method.acc_dtype)
+            z, y, x = (o * h for o, h in zip(octant, half))
+            acc[z:z + part.shape[0], y:y + part.shape[1], x:x + part.shape[2]] = part
+        if acc is None:
+            return None
+        origin = plan.origin(level, index)
+        block = self.method.finish(acc, lambda: footprint_counts(origin, acc.shape, plan.factor(level), plan.shape))
+        self.volumes[level].write_block(block, origin[2], origin[1], origin[0])
+        del block
+        return self.method.reduce(acc) if level < plan.levels else acc[:0, :0, :0]
+
+
+def _level1_leaf(plan: Plan, volume: Directory, method: Method) -> Leaf:
+    def leaf(index: Index) -> np.ndarray | None:
+        z, y, x = plan.origin(1, index)
+        payload = volume.read_block_payload(x, y, z)
+        if payload is None:
+            return None
+        block = np.empty(plan.block_shape(1, index), plan.dtype)
+        decompress_into(payload, block, f"{volume.directory_filename}: block at (x={x}, y={y}, z={z})")
+        return method.reduce(method.accumulate(block))
+
+    return leaf
+
+
+def run_task(plan: Plan, index: Index) -> TaskResult:
+    """Build the subtree under block ``index`` of the task level and record it in the journal.
+
+    Writes go straight to the shards from this process (``Directory.write_block`` on a volume
+    opened ``r+``); every level is closed (fsynced) before the task is recorded as done.
+    """
+    with contextlib.ExitStack() as stack:
+        source = stack.enter_context(Directory.open(plan.path(1)))
+        volumes = {level: stack.enter_context(Directory.open(plan.path(level), "r+"))
+                   for level in range(2, plan.task_level + 1)}
+        builder = _Builder(plan, 1, _level1_leaf(plan, source, plan.method_for()), volumes)
+        reduced = builder.reduced(plan.task_level, index)
+    state.record_done(plan, index, reduced)
+    return TaskResult(index, plan.level1_blocks_under(plan.task_level, index))
+
+
+def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None) -> Iterator[TaskResult]:
+    """Run ``tasks`` on ``n_workers`` processes (all cores by default), yielding each as it finishes.
+
+    With one worker the tasks run in this process. A worker that dies (killed, out of memory)
+    raises :class:`WriterError`; the tasks done so far stay recorded for ``--resume``.
+    """
+    tasks = list(tasks)
+    n_workers = min(n_workers or os.cpu_count() or 1, max(1, len(tasks)))
+    if n_workers == 1:
+        for index in tasks:
+            yield run_task(plan, index)
+        return
+    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        futures = [pool.submit(run_task, plan, index) for index in tasks]
+        try:
+            for future in as_completed(futures):
+                yield future.result()
+        except BrokenProcessPool as exc:
+            raise WriterError(f"{plan.dest}: a pyramid worker process died ({exc}); the finished tasks are "
+                              "recorded: continue with --resume.") from None
+        finally:
+            for future in futures:
+                future.cancel()
+
+
+def pending(plan: Plan) -> list[Index]:
+    """The tasks not yet done."""
+    done = set(state.finished(plan))
+    return [t for t in plan.tasks if t not in done]
+
+
+def prepare(plan: Plan, overwrite: bool = False, resume: bool = False, n_shards: int | None = None) -> Plan:
+    """Check and set up ``plan.dest``; returns the plan to run (a resumed build keeps its task level)."""
+    if state.check_destination(plan.dest, overwrite, resume):
+        task_level = state.stored_task_level(plan)
+        plan = make_plan(plan.source, plan.dest, plan.levels, plan.method, plan.voxel_size_um, task_level=task_level)
+    state.start(plan, n_shards or os.cpu_count() or 1)
+    return plan
+
+
+def finish(plan: Plan) -> None:
+    """Build the levels above the task level from the journal, write ``info``, remove the journal."""
+    if plan.task_level < plan.levels:
+        with contextlib.ExitStack() as stack:
+            volumes = {level: stack.enter_context(Directory.open(plan.path(level), "r+"))
+                       for level in range(plan.task_level + 1, plan.levels + 1)}
+            builder = _Builder(plan, plan.task_level, functools.partial(state.load_done, plan), volumes)
+            for index in plan.blocks(plan.levels):
+                builder.reduced(plan.levels, index)
+    kind = "segmentation" if plan.method == "mode" else "image"
+    write_info(plan.dest, make_info(plan.dtype, kind, plan.shape, plan.block, plan.voxel_size_um, plan.levels))
+    state.remove_journal(plan)
+
+
+def build_pyramid(source: str | os.PathLike, dest: str | os.PathLike, levels: int | None = None,
+                  method: str = "mean", voxel_size_um: tuple[float, float, float] | None = None,
+                  n_workers: int | None = None, overwrite: bool = False, resume: bool = False,
+                  silent: bool = True) -> str:
+    """Build a pyramid of the volume ``source`` (its directory file) in the folder ``dest``; return ``dest``.
+
+    ``levels`` defaults to the number of levels until the coarsest fits in one block;
+    ``voxel_size_um`` (x, y, z) to the source's ``voxel_size_um`` metadata, else 1, 1, 1. An
+    existing pyramid in ``dest`` is an error unless ``overwrite``; an interrupted build is an
+    error unless ``resume`` (continue it) or ``overwrite`` (start again).
+    """
+    n_workers = n_workers or os.cpu_count() or 1
+    plan = prepare(make_plan(source, dest, levels, method, voxel_size_um, n_workers), overwrite, resume, n_workers)
+    todo = pending(plan)
+    total = sum(plan.level1_blocks_under(plan.task_level, t) for t in plan.tasks)
+    done = total - sum(plan.level1_blocks_under(plan.task_level, t) for t in todo)
+    with tqdm(total=total, initial=done, unit="block", disable=silent,
+              desc=f"blockfs pyramid: {plan.levels} levels, level-1 blocks") as bar:
+        for result in build_tasks(plan, todo, n_workers):
+            bar.update(result.level1_blocks)
+    finish(plan)
+    return plan.dest

@@ -1,0 +1,132 @@
+"""Downsampling by 2 on every axis, one block at a time, for each method.
+
+A level is built from the level below as *accumulators*: for ``mean`` the exact sum of the
+level-1 voxels under each voxel (int64 for integers, float64 for floats), for the other methods
+the voxel values themselves. ``reduce`` turns a block's accumulators into the accumulators of the
+coarser voxels it covers (2x2x2 cells; a cell cut by the volume's edge uses its in-bounds voxels
+only), and ``finish`` turns accumulators into the level's voxels. For ``mean`` the divisor of
+each voxel is the number of in-bounds level-1 voxels under it, so every level is the exact mean
+of its footprint, rounded half to even for integers: what tensorstore's ``downsample`` driver
+computes with ``method="mean"``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InvalidArgumentError
+
+METHODS = ("mean", "max", "mode", "stride")
+_OFFSETS = list(itertools.product((0, 1), repeat=3))
+
+
+def _cells(acc: np.ndarray) -> list[np.ndarray]:
+    """The eight strided views of a block, one per corner of the 2x2x2 cells (first one the largest)."""
+    return [acc[dz::2, dy::2, dx::2] for dz, dy, dx in _OFFSETS]
+
+
+def _head(out: np.ndarray, view: np.ndarray) -> np.ndarray:
+    return out[:view.shape[0], :view.shape[1], :view.shape[2]]
+
+
+def _sum(acc: np.ndarray) -> np.ndarray:
+    first, *rest = _cells(acc)
+    out = first.copy()
+    for view in rest:
+        _head(out, view)[...] += view
+    return out
+
+
+def _max(acc: np.ndarray) -> np.ndarray:
+    first, *rest = _cells(acc)
+    out = first.copy()
+    for view in rest:
+        np.maximum(_head(out, view), view, out=_head(out, view))
+    return out
+
+
+def _stride(acc: np.ndarray) -> np.ndarray:
+    return acc[::2, ::2, ::2].copy()
+
+
+def _mode(acc: np.ndarray) -> np.ndarray:
+    """The most frequent in-bounds value of each 2x2x2 cell; ties go to the smallest value."""
+    views = _cells(acc)
+    shape = views[0].shape
+    values = np.zeros((8,) + shape, acc.dtype)
+    valid = np.zeros((8,) + shape, bool)
+    for i, view in enumerate(views):
+        _head(values[i], view)[...] = view
+        _head(valid[i], view)[...] = True
+    best, best_count = values[0].copy(), np.zeros(shape, np.int8)
+    for i in range(8):
+        count = np.zeros(shape, np.int8)
+        for j in range(8):
+            count += (values[j] == values[i]) & valid[j]
+        better = valid[i] & ((count > best_count) | ((count == best_count) & (values[i] < best)))
+        best = np.where(better, values[i], best)
+        best_count = np.where(better, count, best_count)
+    return best
+
+
+def footprint_counts(origin: tuple[int, ...], shape: tuple[int, ...], factor: int,
+                     extent: tuple[int, ...]) -> np.ndarray:
+    """How many in-bounds level-1 voxels lie under each voxel of a block of a level with ``factor``.
+
+    ``origin`` and ``shape`` are the block's (z, y, x) first voxel and shape in that level,
+    ``extent`` the level-1 volume's (z, y, x) shape.
+    """
+    axes = []
+    for o, n, e in zip(origin, shape, extent):
+        v = np.arange(o, o + n, dtype=np.int64)
+        axes.append(np.minimum((v + 1) * factor, e) - v * factor)
+    return axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+
+
+def _mean_finish(dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    if dtype.kind == "f":
+        return lambda acc, counts: (acc / counts).astype(dtype)
+
+    def finish(acc: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        quotient, remainder = np.divmod(acc, counts)
+        twice = 2 * remainder
+        quotient += (twice > counts) | ((twice == counts) & (quotient % 2 == 1))  # half to even
+        return quotient.astype(dtype)
+
+    return finish
+
+
+class Method:
+    """One downsampling method for one dtype: accumulator type, reduction and finishing."""
+
+    def __init__(self, name: str, dtype: np.dtype):
+        if name not in METHODS:
+            raise InvalidArgumentError(f"method must be one of {', '.join(METHODS)}; got {name!r}.")
+        if dtype.kind not in "iuf":
+            raise InvalidArgumentError(f"a pyramid needs an integer or floating-point volume; got {dtype.name}.")
+        self.name, self.dtype = name, dtype
+        self.acc_dtype = (np.dtype(np.float64) if dtype.kind == "f" else np.dtype(np.int64)) \
+            if name == "mean" else dtype
+        self.reduce: Callable[[np.ndarray], np.ndarray] = {"mean": _sum, "max": _max, "mode": _mode,
+                                                            "stride": _stride}[name]
+        self._finish = _mean_finish(dtype) if name == "mean" else None
+
+    def check_sums(self, footprint: int, where: str) -> None:
+        """Raise if 64-bit sums of ``footprint`` voxels could overflow (mean of wide integers)."""
+        if self.name == "mean" and self.dtype.kind in "iu":
+            info = np.iinfo(self.dtype)
+            if max(abs(int(info.min)), int(info.max)) * footprint >= 2**63:
+                raise InvalidArgumentError(
+                    f"{where}: the mean of up to {footprint} {self.dtype.name} voxels may overflow 64-bit sums; "
+                    "use fewer levels or another method (max, mode, stride).")
+
+    def accumulate(self, block: np.ndarray) -> np.ndarray:
+        """A level-1 block as accumulators."""
+        return block.astype(self.acc_dtype, copy=False)
+
+    def finish(self, acc: np.ndarray, counts: Callable[[], np.ndarray]) -> np.ndarray:
+        """A block's voxels from its accumulators; ``counts()`` gives the in-bounds footprint sizes."""
+        return acc if self._finish is None else self._finish(acc, counts())

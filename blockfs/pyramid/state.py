@@ -1,0 +1,190 @@
+"""A pyramid folder while it is built: the journal, level 1 placed, empty coarser levels.
+
+Order of work, so that nothing looks finished before it is:
+
+1. ``DEST/.pyramid-build/plan.json`` (the journal: the build's parameters) marks DEST half-built;
+2. level 1 is placed (hard links of the source's shards, else copies; its directory file rewritten
+   to name them absolutely) and the coarser levels are created empty; ``ready`` records that;
+3. each finished task leaves ``done/<task>.npy`` (its contribution to the level above);
+4. the levels above the task level are built, ``info`` is written (atomically), the journal removed.
+
+A folder with ``info`` is finished; one with a journal and no ``info`` is half-built, and
+``--resume`` continues it from the tasks not yet done.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+
+import numpy as np
+
+from ..cli_support import byte_progress
+from ..directory import Directory
+from ..errors import InvalidArgumentError, VolumeExistsError
+from ..mv import Placement, _place
+from ..relocate import fsync_folder, locate_shards, read_directory_file, relocate
+from .folder import INFO_NAME, LEVEL_FILE, is_pyramid
+from .plan import Index, Plan
+
+JOURNAL = ".pyramid-build"
+PLAN_FILE = "plan.json"
+READY_FILE = "ready"
+DONE = "done"
+_LEVEL_FOLDER = re.compile(r"^\d+_\d+_\d+$")
+#: Plan values that a resumed build must share with the interrupted one.
+RESUME_KEYS = ("source", "shape", "block", "dtype", "method", "levels", "voxel_size_um")
+
+
+def journal(plan: Plan, *parts: str) -> str:
+    return os.path.join(plan.dest, JOURNAL, *parts)
+
+
+def done_path(plan: Plan, index: Index) -> str:
+    return journal(plan, DONE, plan.task_key(index) + ".npy")
+
+
+def is_half_built(dest: str) -> bool:
+    return os.path.isdir(os.path.join(dest, JOURNAL)) and not is_pyramid(dest)
+
+
+def _plan_record(plan: Plan) -> dict:
+    record = {key: getattr(plan, key) for key in RESUME_KEYS + ("task_level",)}
+    return json.loads(json.dumps(record))  # tuples as lists, as they come back from the file
+
+
+def stored_task_level(plan: Plan) -> int:
+    """The task level of the interrupted build in ``plan.dest``; raise if its parameters differ."""
+    path = journal(plan, PLAN_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            stored = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise InvalidArgumentError(f"{path}: the journal of the interrupted build is unreadable ({exc}); "
+                                   "rebuild with --overwrite.") from None
+    wanted = _plan_record(plan)
+    differ = [f"{key} {stored.get(key)!r} (now {wanted[key]!r})" for key in RESUME_KEYS if stored.get(key) != wanted[key]]
+    if differ:
+        raise InvalidArgumentError(f"{plan.dest}: the interrupted build had {', '.join(differ)}; resume with the "
+                                   "same source and options, or rebuild with --overwrite.")
+    return int(stored["task_level"])
+
+
+def clear(dest: str) -> None:
+    """Remove a pyramid (finished or not) from ``dest``: ``info`` first, then the levels and the journal."""
+    info = os.path.join(dest, INFO_NAME)
+    if os.path.exists(info):
+        os.unlink(info)
+        fsync_folder(dest)
+    for name in os.listdir(dest):
+        if _LEVEL_FOLDER.match(name) or name == JOURNAL:
+            shutil.rmtree(os.path.join(dest, name))
+
+
+def check_destination(dest: str, overwrite: bool, resume: bool) -> bool:
+    """Whether to resume; clears DEST for ``overwrite``; raises when DEST holds something else."""
+    if not os.path.exists(dest):
+        if not os.path.isdir(os.path.dirname(dest)):
+            raise FileNotFoundError(2, "its parent folder does not exist; create it first", dest)
+        return False
+    if not os.path.isdir(dest):
+        raise NotADirectoryError(20, "exists and is not a folder; a pyramid is a folder", dest)
+    if is_pyramid(dest):
+        if not overwrite:
+            raise VolumeExistsError(f"{dest}: a finished pyramid is already there; pass --overwrite (overwrite=True) "
+                                    "to rebuild it, or choose another folder.")
+        clear(dest)
+        return False
+    if is_half_built(dest):
+        if resume:
+            return True
+        if not overwrite:
+            raise VolumeExistsError(f"{dest}: holds an interrupted pyramid build; pass --resume to continue it or "
+                                    "--overwrite to start again.")
+        clear(dest)
+        return False
+    if os.listdir(dest):
+        raise VolumeExistsError(f"{dest}: the folder is not empty and holds no pyramid; choose an empty or new "
+                                "folder.")
+    return False
+
+
+def place_level1(plan: Plan) -> None:
+    """Put the source at level 1: its shards hard-linked (else copied), its directory file rewritten."""
+    target = plan.path(1)
+    folder = os.path.dirname(target)
+    shutil.rmtree(folder, ignore_errors=True)  # a placement cut short by an interruption
+    os.makedirs(folder)
+    header = read_directory_file(plan.source)
+    placements = [Placement(s.path, os.path.join(folder, os.path.basename(s.path)), 0)
+                  for s in locate_shards(plan.source, header.names) if s.exists]
+    if len(placements) != len(header.names) or len({p.target for p in placements}) != len(placements):
+        raise InvalidArgumentError(f"{plan.source}: its shard files must all exist and have distinct base names "
+                                   "to become level 1 (run blockfs check on it).")
+    if any(os.path.basename(p.target) == LEVEL_FILE for p in placements):
+        raise InvalidArgumentError(f"{plan.source}: a shard is named {LEVEL_FILE}, the name of level 1's directory "
+                                   "file; rename the volume with blockfs-mv first.")
+    with byte_progress(0, True, "") as bar:
+        for placement in placements:
+            _place(placement, True, bar)  # a hard link within one file system, else a copy
+    fsync_folder(folder)
+    relocate(plan.source, [p.target for p in placements], target, exclusive=True)
+
+
+def create_levels(plan: Plan, n_shards: int) -> None:
+    """Create levels 2..N empty, with the source's block size, compression and records."""
+    for level in range(2, plan.levels + 1):
+        z, y, x = plan.level_shape(level)
+        factor = plan.factor(level)
+        metadata = {**plan.metadata, "voxel_size_um": [v * factor for v in plan.voxel_size_um],
+                    "pyramid": {"level": level, "factor": factor, "method": plan.method}}
+        path = plan.path(level)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        bz, by, bx = plan.block
+        Directory(x, y, z, plan.dtype, path, n_filenames=max(1, min(n_shards, plan.n_blocks(level))),
+                  x_block_size=bx, y_block_size=by, z_block_size=bz, compression=plan.compression,
+                  compression_level=plan.compression_level, metadata=metadata, records=plan.records
+                  ).create(overwrite=True).close()
+
+
+def start(plan: Plan, n_shards: int) -> None:
+    """Make ``plan.dest`` ready for the tasks (after :func:`check_destination`), unless it already is."""
+    if os.path.exists(journal(plan, READY_FILE)):
+        return
+    os.makedirs(journal(plan, DONE), exist_ok=True)
+    with open(journal(plan, PLAN_FILE), "w", encoding="utf-8") as f:
+        json.dump(_plan_record(plan), f)
+    fsync_folder(journal(plan))
+    place_level1(plan)
+    create_levels(plan, n_shards)
+    with open(journal(plan, READY_FILE), "w"):
+        pass
+    fsync_folder(journal(plan))
+
+
+def record_done(plan: Plan, index: Index, reduced: np.ndarray | None) -> None:
+    """Record a finished task and its contribution to the level above (an empty array: nothing written)."""
+    path = done_path(plan, index)
+    temporary = f"{path}.tmp-{os.getpid()}"
+    with open(temporary, "wb") as f:
+        np.save(f, np.empty(0, plan.dtype) if reduced is None else reduced)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+
+
+def load_done(plan: Plan, index: Index) -> np.ndarray | None:
+    reduced = np.load(done_path(plan, index))
+    return None if reduced.size == 0 else reduced
+
+
+def finished(plan: Plan) -> list[Index]:
+    """The tasks already done in an interrupted build."""
+    return [t for t in plan.tasks if os.path.exists(done_path(plan, t))]
+
+
+def remove_journal(plan: Plan) -> None:
+    shutil.rmtree(journal(plan))
+    fsync_folder(plan.dest)

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "jp2k": ("blockfs.blockfs2jp2k", "main", "export one JPEG 2000 plane per z"),
     "hdf5": ("blockfs.blockfs2hdf5", "main", "export to an HDF5 dataset (in parallel under mpiexec)"),
     "from-tif": ("blockfs.tif2blockfs", "main", "import a z-stack of TIFF planes"),
+    "pyramid": ("blockfs.pyramid.cli", "main", "build a multi-resolution pyramid folder for Neuroglancer, in one pass"),
     "demo": ("blockfs.demo", "main", "write, read back and verify a sample volume"),
 }
 

@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Describe a blockfs volume: shape, dtype, blocks, compression, shards (and which are "
                     "missing), blocks written, bytes on disk, compression ratio, application metadata.",
         epilog=EPILOG)
-    parser.add_argument("index_file", help="the volume's directory (.blockfs) file")
+    parser.add_argument("index_file", help="the volume's directory (.blockfs) file, or a pyramid folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     return parser
 
@@ -206,8 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
 
     def body(args: argparse.Namespace) -> int:
-        info = describe_volume(args.index_file)
-        print(json.dumps(info, indent=1) if args.json else format_text(info))
+        describe, text = describe_volume, format_text
+        if os.path.isdir(args.index_file):  # a pyramid folder
+            from .pyramid.describe import describe_pyramid as describe, format_pyramid as text
+        info = describe(args.index_file)
+        print(json.dumps(info, indent=1) if args.json else text(info))
         return 0
 
     return run_tool(parser, body, argv)

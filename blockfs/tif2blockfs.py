@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=[c.value for c in Compression], help="blosc compressor (default: %(default)s)")
     parser.add_argument("--level", type=int, default=5, choices=range(10), metavar="0-9",
                         help="compression level (default: %(default)s)")
+    parser.add_argument("--pyramid", type=positive_int, metavar="LEVELS",
+                        help="then build a pyramid of LEVELS levels in OUTPUT's name with .pyramid for .blockfs "
+                             "(level 1 hard-linked; see blockfs pyramid)")
     add_silent(parser)
     return parser
 
@@ -202,6 +205,11 @@ def _run(args: argparse.Namespace) -> int:
             directory.close()
         _remove_volume(directory)  # ours and half written: a re-run starts clean
         raise
+    if args.pyramid:
+        from .pyramid.build import build_pyramid
+        dest = build_pyramid(output, os.path.splitext(output)[0] + ".pyramid", args.pyramid,
+                             n_workers=args.n_workers, silent=args.silent)
+        print(f"tif2blockfs: pyramid in {dest}")
     return 0
 
 

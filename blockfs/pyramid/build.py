@@ -6,14 +6,15 @@ destination's file system) its steps are public: :func:`make_plan`, :func:`prepa
 
 Memory: a task descends the octree depth first. At each level on its path it holds one block of
 accumulators (the block being assembled from its eight children), plus, transiently, one level-1
-block, its accumulators and a finished output block: at most about ``(task level + 6) x block
-voxels x 8`` bytes per worker, whatever the volume's size.
+block, its accumulators, a finished output block and its compressed bytes: see
+:func:`worker_memory_bound`, whatever the volume's size.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -33,6 +34,16 @@ from .plan import Index, Plan, make_plan
 from .reduce import Method, footprint_counts
 
 Leaf = Callable[[Index], "np.ndarray | None"]
+
+
+#: Blocks of 8-byte voxels a worker holds beyond the accumulators of its path: the level-1 block and
+#: its accumulators, the child's reduction, and the temporaries of finishing one output block.
+TRANSIENT_BLOCKS = 8
+
+
+def worker_memory_bound(block_shape: tuple[int, int, int], levels: int) -> int:
+    """Bytes a worker needs at most beyond the interpreter: (levels + 8) blocks of 8-byte voxels."""
+    return (levels + TRANSIENT_BLOCKS) * math.prod(block_shape) * 8
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,91 @@
+"""kill -9 during a pyramid build, then --resume: the result equals an uninterrupted build."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from blockfs import Directory
+from blockfs.pyramid import open_pyramid
+from blockfs.pyramid.build import build_pyramid
+from blockfs.pyramid.plan import make_plan
+
+pytestmark = pytest.mark.timeout(240)
+SHAPE, BLOCK = (128, 256, 256), 16
+
+
+def blockfs(*args: object, **kwargs) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("blockfs")
+    return subprocess.Popen([str(exe), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+
+
+def make_source(path: Path) -> None:
+    d = Directory(SHAPE[2], SHAPE[1], SHAPE[0], np.uint16, str(path), n_filenames=2, x_block_size=BLOCK,
+                  y_block_size=BLOCK, z_block_size=BLOCK).create()
+    d.start_writer_processes()
+    for z, y, x in itertools.product(*(range(0, n, BLOCK) for n in SHAPE)):
+        if (x + y) % 96:  # some columns of blocks stay unwritten
+            d.write_block(np.random.default_rng([z, y, x]).integers(0, 4000, (BLOCK,) * 3, dtype=np.uint16), x, y, z)
+    d.close()
+
+
+def entries(dest: Path, keys: list[str]) -> dict[str, bytes]:
+    """The index entries of the task-level blocks that finished tasks wrote."""
+    out = {}
+    for key in keys:
+        level, iz, iy, ix = map(int, key.split("_"))
+        f = 2 ** (level - 1)
+        with Directory.open(str(dest / f"{f}_{f}_{f}" / "precomputed.blockfs")) as d:
+            at = d.offsetof(ix * BLOCK, iy * BLOCK, iz * BLOCK)
+        with open(dest / f"{f}_{f}_{f}" / "precomputed.blockfs", "rb") as index:
+            index.seek(at)
+            out[key] = index.read(d.layout.entry_size)
+    return out
+
+
+def test_kill_during_build_then_resume_equals_an_uninterrupted_build(tmp_path: Path) -> None:
+    source, dest, reference = tmp_path / "source.blockfs", tmp_path / "pyramid", tmp_path / "reference"
+    make_source(source)
+    build_pyramid(source, reference, n_workers=2)
+    done = dest / ".pyramid-build" / "done"
+    process = blockfs("pyramid", source, dest, "--n-workers", 2, "--silent", start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (done.is_dir() and len(os.listdir(done)) >= 4) and time.monotonic() < deadline:
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.005)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the build and its workers, at once
+        process.communicate(timeout=60)
+    finished = sorted(p.removesuffix(".npy") for p in os.listdir(done) if p.endswith(".npy"))
+    plan = make_plan(source, dest, n_workers=2)
+    assert not (dest / "info").exists(), "an interrupted build must not look finished"
+    assert 4 <= len(finished) < len(plan.tasks) and plan.task_level >= 2
+    before = entries(dest, finished)
+
+    refused = blockfs("pyramid", source, dest, "--silent")
+    _, err = refused.communicate(timeout=60)
+    assert refused.returncode == 1 and "--resume" in err and "--overwrite" in err, err
+
+    resumed = blockfs("pyramid", source, dest, "--n-workers", 2, "--resume", "--silent")
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    assert entries(dest, finished) == before  # the finished subtrees were not built again
+    assert not (dest / ".pyramid-build").exists()
+    assert json.loads((dest / "info").read_text()) == json.loads((reference / "info").read_text())
+    ours, theirs = open_pyramid(dest), open_pyramid(reference)
+    for level, (a, b) in enumerate(zip(ours.levels, theirs.levels), 1):
+        np.testing.assert_array_equal(a[...], b[...], err_msg=f"level {level}")
+        written = [[x.read_block_payload(*o) is not None for o in itertools.product(
+            *(range(0, n, BLOCK) for n in reversed(x.shape)))] for x in (a, b)]
+        assert written[0] == written[1], f"level {level}: different blocks written"

@@ -93,7 +93,7 @@ def _level1_leaf(plan: Plan, volume: Directory, method: Method) -> Leaf:
             return None
         block = np.empty(plan.block_shape(1, index), plan.dtype)
         decompress_into(payload, block, f"{volume.directory_filename}: block at (x={x}, y={y}, z={z})")
-        return method.reduce(method.accumulate(block))
+        return method.reduce(block)
 
     return leaf
 

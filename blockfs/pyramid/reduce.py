@@ -1,13 +1,14 @@
 """Downsampling by 2 on every axis, one block at a time, for each method.
 
 A level is built from the level below as *accumulators*: for ``mean`` the exact sum of the
-level-1 voxels under each voxel (int64 for integers, float64 for floats), for the other methods
-the voxel values themselves. ``reduce`` turns a block's accumulators into the accumulators of the
-coarser voxels it covers (2x2x2 cells; a cell cut by the volume's edge uses its in-bounds voxels
-only), and ``finish`` turns accumulators into the level's voxels. For ``mean`` the divisor of
-each voxel is the number of in-bounds level-1 voxels under it, so every level is the exact mean
-of its footprint, rounded half to even for integers: what tensorstore's ``downsample`` driver
-computes with ``method="mean"``.
+level-1 voxels under each voxel (float64, exact for the integer sums it accepts, see
+:meth:`Method.check_sums`), for the other methods the voxel values themselves. ``reduce`` turns a
+block of values or accumulators into the accumulators of the coarser voxels it covers (2x2x2
+cells; a cell cut by the volume's edge uses its in-bounds voxels only), and ``finish`` turns
+accumulators into the level's voxels. For ``mean`` the divisor of each voxel is the number of
+in-bounds level-1 voxels under it, so every level is the exact mean of its footprint, rounded
+half to even for integers: what tensorstore's ``downsample`` driver computes with
+``method="mean"``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,13 @@ def _head(out: np.ndarray, view: np.ndarray) -> np.ndarray:
     return out[:view.shape[0], :view.shape[1], :view.shape[2]]
 
 
+#: Integer sums below this are exact in float64, and so is their mean's rounding half to even.
+EXACT_SUM = 2**52
+
+
 def _sum(acc: np.ndarray) -> np.ndarray:
     first, *rest = _cells(acc)
-    out = first.copy()
+    out = first.astype(np.float64)
     for view in rest:
         _head(out, view)[...] += view
     return out
@@ -73,28 +78,27 @@ def _mode(acc: np.ndarray) -> np.ndarray:
 
 
 def footprint_counts(origin: tuple[int, ...], shape: tuple[int, ...], factor: int,
-                     extent: tuple[int, ...]) -> np.ndarray:
+                     extent: tuple[int, ...]) -> np.ndarray | float:
     """How many in-bounds level-1 voxels lie under each voxel of a block of a level with ``factor``.
 
     ``origin`` and ``shape`` are the block's (z, y, x) first voxel and shape in that level,
-    ``extent`` the level-1 volume's (z, y, x) shape.
+    ``extent`` the level-1 volume's (z, y, x) shape. A block inside the volume gets one number.
     """
+    if all((o + n) * factor <= e for o, n, e in zip(origin, shape, extent)):
+        return float(factor ** 3)
     axes = []
     for o, n, e in zip(origin, shape, extent):
         v = np.arange(o, o + n, dtype=np.int64)
-        axes.append(np.minimum((v + 1) * factor, e) - v * factor)
+        axes.append((np.minimum((v + 1) * factor, e) - v * factor).astype(np.float64))
     return axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
 
 
-def _mean_finish(dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    if dtype.kind == "f":
-        return lambda acc, counts: (acc / counts).astype(dtype)
-
-    def finish(acc: np.ndarray, counts: np.ndarray) -> np.ndarray:
-        quotient, remainder = np.divmod(acc, counts)
-        twice = 2 * remainder
-        quotient += (twice > counts) | ((twice == counts) & (quotient % 2 == 1))  # half to even
-        return quotient.astype(dtype)
+def _mean_finish(dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray | float], np.ndarray]:
+    def finish(acc: np.ndarray, counts: np.ndarray | float) -> np.ndarray:
+        mean = acc / counts
+        if dtype.kind != "f":
+            np.rint(mean, out=mean)  # half to even; exact, as the sums are below EXACT_SUM
+        return mean.astype(dtype)
 
     return finish
 
@@ -108,25 +112,20 @@ class Method:
         if dtype.kind not in "iuf":
             raise InvalidArgumentError(f"a pyramid needs an integer or floating-point volume; got {dtype.name}.")
         self.name, self.dtype = name, dtype
-        self.acc_dtype = (np.dtype(np.float64) if dtype.kind == "f" else np.dtype(np.int64)) \
-            if name == "mean" else dtype
+        self.acc_dtype = np.dtype(np.float64) if name == "mean" else dtype
         self.reduce: Callable[[np.ndarray], np.ndarray] = {"mean": _sum, "max": _max, "mode": _mode,
                                                             "stride": _stride}[name]
         self._finish = _mean_finish(dtype) if name == "mean" else None
 
     def check_sums(self, footprint: int, where: str) -> None:
-        """Raise if 64-bit sums of ``footprint`` voxels could overflow (mean of wide integers)."""
+        """Raise if the sums of ``footprint`` integer voxels could be too large to stay exact (mean only)."""
         if self.name == "mean" and self.dtype.kind in "iu":
             info = np.iinfo(self.dtype)
-            if max(abs(int(info.min)), int(info.max)) * footprint >= 2**63:
+            if max(abs(int(info.min)), int(info.max)) * footprint >= EXACT_SUM:
                 raise InvalidArgumentError(
-                    f"{where}: the mean of up to {footprint} {self.dtype.name} voxels may overflow 64-bit sums; "
-                    "use fewer levels or another method (max, mode, stride).")
+                    f"{where}: the mean of up to {footprint} {self.dtype.name} voxels needs sums beyond 2^52, "
+                    "where they are no longer exact; use fewer levels or another method (max, mode, stride).")
 
-    def accumulate(self, block: np.ndarray) -> np.ndarray:
-        """A level-1 block as accumulators."""
-        return block.astype(self.acc_dtype, copy=False)
-
-    def finish(self, acc: np.ndarray, counts: Callable[[], np.ndarray]) -> np.ndarray:
+    def finish(self, acc: np.ndarray, counts: Callable[[], np.ndarray | float]) -> np.ndarray:
         """A block's voxels from its accumulators; ``counts()`` gives the in-bounds footprint sizes."""
         return acc if self._finish is None else self._finish(acc, counts())

@@ -11,10 +11,10 @@ import sys
 import tempfile
 import time
 
-from . import blockfs_bench, limits, peers, report
+from . import blockfs_bench, limits, peers, pyramid_bench, report
 from .data import KINDS, make_dataset, parse_size, size_label
 
-CATEGORIES = ("limits", "write", "read", "peers")
+CATEGORIES = ("limits", "write", "read", "peers", "pyramid")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                         run.peers.append(peers.run_peer(name, ds, folder, args.repeats, n_random, _log))
                         meter.sample_compress()
                         meter.sample_decompress()
+                if "pyramid" in args.only and kind == pyramid_bench.KIND:
+                    run.pyramids.append(pyramid_bench.run(ds, folder, args.repeats, _log))
                 _log(f"  limits over the section: compress {lim.compress:,.0f} MB/s, decompress "
                      f"{lim.decompress:,.0f} MB/s, one block {lim.block_decompress_us:.0f} us")
                 del ds, meter

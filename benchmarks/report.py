@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import blosc
 import psutil
 
-from . import goals
+from . import goals, pyramid_bench
 from .blockfs_bench import QUEUE_DEPTH, ReadResult, WriteResult
 from .data import BLOCK_BYTES, size_label
 from .limits import Limits
@@ -38,6 +38,7 @@ class Run:
     writes: list[WriteResult] = field(default_factory=list)
     reads: dict[tuple[str, int], ReadResult] = field(default_factory=dict)
     peers: list[dict] = field(default_factory=list)
+    pyramids: list[pyramid_bench.PyramidResult] = field(default_factory=list)
     load_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
     load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -278,6 +279,7 @@ def render(run: Run) -> str:
     out += _table(["size", "data", "store", "how it writes", "write MB/s", "x compress", "full read MB/s",
                    "x decompress", "random chunk median / p99 us", "on disk MiB", "files", "read back equal"], rows)
 
+    out += pyramid_bench.render(run.pyramids)
     where, judged = goals.evaluate(run)
     if not judged:
         return "\n".join(out + ["## Goals", "", f"Not judged: {where}.", ""])

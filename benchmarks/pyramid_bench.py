@@ -1,0 +1,301 @@
+"""Pyramid builds: ``blockfs pyramid`` (one pass) against its limit, a level-by-level build, tensorstore.
+
+For one data set (the microscopy-like volume), with the same levels (5) and the same exact mean:
+
+- one pass: ``build_pyramid`` in a fresh process (so its workers are small forks), timed inside it;
+  a sampler records the peak resident set size of its worker processes;
+- limit: decompress every level-1 block plus compress every output block, on all cores (threads,
+  one blosc thread per call, GIL released), from payloads and arrays held in memory;
+- level by level: each level read back from the one below and written with the same library
+  (``Directory`` slicing and ``write_block``), a fork pool over the blocks of each level;
+- tensorstore: its ``downsample`` driver (``mean``) over level 1 stored as zarr3 sharded, writing each
+  level into a zarr3 sharded store (64^3 chunks, blosc zstd 5); level 1 is stored before the clock
+  starts. Its levels are read back and compared with ours, voxel for voxel.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import itertools
+import json
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import blosc
+import numpy as np
+import psutil
+
+from blockfs import Directory
+from blockfs.pyramid import open_pyramid
+from blockfs.pyramid.build import worker_memory_bound
+from blockfs.pyramid.reduce import Method, footprint_counts
+
+from .data import BLOCK, BLOCK_SHAPE, Dataset, size_label
+from .limits import chunk_ranges, compress_block
+from .measure import MB, MIB, median
+from .peers import SHARD
+
+LEVELS = 5
+KIND = "microscopy"
+LIMIT_RATIO = 1.25
+LEVEL_BY_LEVEL_RATIO = 3.0
+TENSORSTORE_RATIO = 2.0
+FLAT = 0.10
+
+BUILD = """
+import json, sys, time
+from blockfs.pyramid.build import build_pyramid
+start = time.perf_counter()
+build_pyramid(sys.argv[1], sys.argv[2], levels=int(sys.argv[3]), overwrite=True)
+print(json.dumps({"seconds": time.perf_counter() - start}))
+"""
+
+
+@dataclass
+class PyramidResult:
+    nbytes: int
+    shape: tuple[int, int, int]
+    one_pass: list[float] = field(default_factory=list)
+    limit_decompress: list[float] = field(default_factory=list)
+    limit_compress: list[float] = field(default_factory=list)
+    level_by_level: list[float] = field(default_factory=list)
+    tensorstore: list[float] = field(default_factory=list)
+    tensorstore_note: str = ""
+    tensorstore_equal: bool | None = None
+    worker_peak_rss: int = 0
+    worker_bound: int = 0
+    output_blocks: int = 0
+
+    @property
+    def limit(self) -> float:
+        return median(self.limit_decompress) + median(self.limit_compress)
+
+
+def _peak_children_rss(process: psutil.Process, done: threading.Event, peak: list[int]) -> None:
+    while not done.wait(0.01):
+        try:
+            children = process.children(recursive=True)
+        except psutil.NoSuchProcess:
+            return
+        for child in children:
+            try:
+                peak[0] = max(peak[0], child.memory_info().rss)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+                pass
+
+
+def one_pass(source: str, dest: str) -> tuple[float, int]:
+    """(seconds, peak RSS of a worker) of ``build_pyramid`` in a fresh process."""
+    process = psutil.Popen([sys.executable, "-c", BUILD, source, dest, str(LEVELS)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    done, peak = threading.Event(), [0]
+    sampler = threading.Thread(target=_peak_children_rss, args=(process, done, peak), daemon=True)
+    sampler.start()
+    out, err = process.communicate(timeout=3600)
+    done.set()
+    sampler.join()
+    if process.returncode:
+        raise RuntimeError(f"blockfs pyramid failed: {err}")
+    return json.loads(out)["seconds"], peak[0]
+
+
+def _parallel(work, items: list, threads: int) -> float:
+    """Seconds to run ``work(item)`` over ``items`` in ``threads`` threads, in contiguous chunks."""
+    def chunk(span: tuple[int, int]) -> None:
+        for i in range(*span):
+            work(items[i])
+
+    with ThreadPoolExecutor(threads) as executor:
+        start = time.perf_counter()
+        list(executor.map(chunk, chunk_ranges(len(items), threads * 4)))
+        return time.perf_counter() - start
+
+
+def limit(source: str, dest: str, threads: int) -> tuple[float, float, int]:
+    """(seconds to decompress every level-1 block, to compress every output block, output blocks)."""
+    level1 = Directory.open(source)
+    payloads = [level1.read_block_payload(x, y, z) for z, y, x in itertools.product(
+        *(range(0, n, BLOCK) for n in level1.shape))]
+    outs: dict[int, np.ndarray] = {}
+
+    def decompress(payload: bytes) -> None:
+        buffer = outs.setdefault(threading.get_ident(), np.empty(BLOCK_SHAPE, level1.dtype))
+        blosc.decompress_ptr(payload, buffer.ctypes.data)
+
+    decompress_seconds = _parallel(decompress, payloads, threads)
+    blocks = []
+    for volume in open_pyramid(dest).levels[1:]:
+        for z, y, x in itertools.product(*(range(0, n, BLOCK) for n in volume.shape)):
+            blocks.append(np.ascontiguousarray(volume[z:z + BLOCK, y:y + BLOCK, x:x + BLOCK]))
+    return decompress_seconds, _parallel(compress_block, blocks, threads), len(blocks)
+
+
+_opened: dict[tuple[str, str], Directory] = {}
+
+
+def _volume(path: str, mode: str) -> Directory:
+    """A pool worker's volume, opened once per process."""
+    if (path, mode) not in _opened:
+        _opened[(path, mode)] = Directory.open(path, mode)
+    return _opened[(path, mode)]
+
+
+def _downsample_block(args: tuple[str, str, tuple[int, int, int]]) -> None:
+    below_path, path, (z, y, x) = args
+    below = _volume(below_path, "r")
+    region = below[2 * z:2 * z + 2 * BLOCK, 2 * y:2 * y + 2 * BLOCK, 2 * x:2 * x + 2 * BLOCK]
+    method = Method("mean", below.dtype)
+    acc = method.reduce(region)
+    block = method.finish(acc, lambda: footprint_counts((z, y, x), acc.shape, 2, below.shape))
+    _volume(path, "r+").write_block(block, x, y, z)
+
+
+def level_by_level(source: str, folder: str, processes: int) -> float:
+    """Seconds to build levels 2..LEVELS, each from the one below, with a fork pool over its blocks."""
+    shutil.rmtree(folder, ignore_errors=True)
+    os.makedirs(folder)
+    below = Directory.open(source)
+    start = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        for level in range(2, LEVELS + 1):
+            shape = tuple(-(-n // 2) for n in below.shape)
+            path = os.path.join(folder, f"level{level}.blockfs")
+            Directory(shape[2], shape[1], shape[0], below.dtype, path, n_filenames=processes, x_block_size=BLOCK,
+                      y_block_size=BLOCK, z_block_size=BLOCK).create().close()
+            origins = itertools.product(*(range(0, n, BLOCK) for n in shape))
+            pool.map(_downsample_block, [(below.directory_filename, path, o) for o in origins], chunksize=4)
+            below = Directory.open(path)
+    return time.perf_counter() - start
+
+
+def _zarr3(ts, path: str, shape: tuple[int, ...], create: bool):
+    spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": path}}
+    if not create:
+        return ts.open({**spec, "open": True}).result()
+    inner = [{"name": "bytes", "configuration": {"endian": "little"}},
+             {"name": "blosc", "configuration": {"cname": "zstd", "clevel": 5, "shuffle": "shuffle", "typesize": 2,
+                                                 "blocksize": 0}}]
+    metadata = {"shape": list(shape), "data_type": "uint16", "fill_value": 0,
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [min(SHARD, -(-n // BLOCK) * BLOCK)
+                                                                                   for n in shape]}},
+                "codecs": [{"name": "sharding_indexed",
+                            "configuration": {"chunk_shape": [BLOCK] * 3, "codecs": inner,
+                                              "index_codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                                                               {"name": "crc32c"}]}}]}
+    return ts.open({**spec, "metadata": metadata, "create": True, "delete_existing": True}).result()
+
+
+def tensorstore_build(ds: Dataset, folder: str, ours: str, repeats: int) -> tuple[list[float], bool, str]:
+    """(seconds per repeat, levels equal to ours, library) for tensorstore's downsample driver."""
+    import tensorstore as ts
+
+    level1 = _zarr3(ts, os.path.join(folder, "level1"), ds.shape, True)
+    level1.write(ds.volume()).result()
+    level1 = _zarr3(ts, os.path.join(folder, "level1"), ds.shape, False)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for level in range(2, LEVELS + 1):
+            view = ts.downsample(level1, [2 ** (level - 1)] * 3, "mean")
+            out = _zarr3(ts, os.path.join(folder, f"level{level}"), view.shape, True)
+            with ts.Transaction() as txn:
+                out.with_transaction(txn).write(view).result()
+        times.append(time.perf_counter() - start)
+    levels = open_pyramid(ours).levels
+    equal = all(np.array_equal(_zarr3(ts, os.path.join(folder, f"level{level}"), (), False).read().result(),
+                               levels[level - 1][...]) for level in range(2, LEVELS + 1))
+    return times, equal, f"tensorstore {importlib.metadata.version('tensorstore')}"
+
+
+def run(ds: Dataset, folder: str, repeats: int, log) -> PyramidResult:
+    """All pyramid figures for one data set."""
+    threads = os.cpu_count() or 1
+    work = os.path.join(folder, "pyramid")
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    source, dest = os.path.join(work, "source.blockfs"), os.path.join(work, "pyramid")
+    volume = Directory(ds.shape[2], ds.shape[1], ds.shape[0], np.uint16, source, x_block_size=BLOCK,
+                       y_block_size=BLOCK, z_block_size=BLOCK).create()
+    volume.start_writer_processes()
+    for (z, y, x), block in zip(ds.origins, ds.blocks):
+        volume.write_block(block, x, y, z)
+    volume.close()
+    result = PyramidResult(ds.nbytes, ds.shape, worker_bound=worker_memory_bound(BLOCK_SHAPE, LEVELS))
+    for _ in range(repeats):
+        seconds, peak = one_pass(source, dest)
+        result.one_pass.append(seconds)
+        result.worker_peak_rss = max(result.worker_peak_rss, peak)
+    log(f"  pyramid: one pass {median(result.one_pass):.2f} s, worker peak RSS {peak / MIB:.0f} MiB")
+    for _ in range(repeats):
+        d, c, result.output_blocks = limit(source, dest, threads)
+        result.limit_decompress.append(d)
+        result.limit_compress.append(c)
+    log(f"  pyramid: limit {result.limit:.2f} s (decompress {median(result.limit_decompress):.2f} s + compress "
+        f"{median(result.limit_compress):.2f} s)")
+    for _ in range(repeats):
+        result.level_by_level.append(level_by_level(source, os.path.join(work, "level-by-level"), threads))
+    log(f"  pyramid: level by level {median(result.level_by_level):.2f} s")
+    try:
+        result.tensorstore, result.tensorstore_equal, result.tensorstore_note = tensorstore_build(
+            ds, os.path.join(work, "tensorstore"), dest, repeats)
+        log(f"  pyramid: tensorstore {median(result.tensorstore):.2f} s, levels equal to ours: "
+            f"{result.tensorstore_equal}")
+    except ImportError:
+        result.tensorstore_note = "not installed (pip install tensorstore)"
+    finally:
+        ds.drop_volume()
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _goal(name: str, target: str, measured: str, met: bool | None) -> list[str]:
+    status = "not measured" if met is None else ("met" if met else "missed")
+    return [f"| {name} | {target} | {measured} | **{status}** |"]
+
+
+def render(results: list[PyramidResult]) -> list[str]:
+    """The report's pyramid section (empty when no pyramid was built)."""
+    if not results:
+        return []
+    out = ["## Pyramid (`blockfs pyramid`, 5 levels, mean)", "",
+           "One pass = `build_pyramid` in a fresh process on all cores; limit = decompress every level-1 block "
+           "+ compress every output block on all cores; level by level = each level read back from the one "
+           "below, same library, fork pool; tensorstore = its `downsample` driver (mean) over level 1 stored "
+           "as zarr3 sharded, writing zarr3 sharded levels. Worker RSS = the peak resident set of a worker "
+           "process (including the interpreter and what it shares with its parent).", "",
+           "| size | one pass s | limit s | x limit | level by level s | x faster | tensorstore s | x faster | "
+           "tensorstore levels equal | worker peak RSS MiB | stated bound (beyond the interpreter) MiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        ours = median(r.one_pass)
+        theirs = median(r.tensorstore) if r.tensorstore else None
+        out.append(f"| {size_label(r.nbytes)} | {ours:.2f} | {r.limit:.2f} | {ours / r.limit:.2f} | "
+                   f"{median(r.level_by_level):.2f} | {median(r.level_by_level) / ours:.1f} | "
+                   f"{f'{theirs:.2f}' if theirs else r.tensorstore_note} | "
+                   f"{f'{theirs / ours:.1f}' if theirs else '-'} | {r.tensorstore_equal} | "
+                   f"{r.worker_peak_rss / MIB:.0f} | {r.worker_bound / MIB:.0f} |")
+    judged = next((r for r in results if r.nbytes == 2**30), results[-1])
+    ours = median(judged.one_pass)
+    out += ["", f"Goals, judged at {size_label(judged.nbytes)} ({judged.nbytes / ours / MB:,.0f} MB/s of level 1):",
+            "", "| goal | target | measured | status |", "|---|---|---|---|"]
+    out += _goal("one pass vs its limit", f"<= {LIMIT_RATIO}x", f"{ours / judged.limit:.2f}x",
+                 ours <= LIMIT_RATIO * judged.limit)
+    lbl = median(judged.level_by_level)
+    out += _goal("faster than level by level", f">= {LEVEL_BY_LEVEL_RATIO:.0f}x", f"{lbl / ours:.1f}x",
+                 lbl >= LEVEL_BY_LEVEL_RATIO * ours)
+    ts_seconds = median(judged.tensorstore) if judged.tensorstore else None
+    out += _goal("faster than tensorstore downsample", f">= {TENSORSTORE_RATIO:.0f}x",
+                 f"{ts_seconds / ours:.1f}x" if ts_seconds else judged.tensorstore_note,
+                 None if ts_seconds is None else ts_seconds >= TENSORSTORE_RATIO * ours)
+    peaks = [r.worker_peak_rss for r in results]
+    flat = None if len(results) < 2 else max(peaks) <= (1 + FLAT) * min(peaks)
+    out += _goal("worker peak RSS flat across sizes", f"within {FLAT:.0%}",
+                 ", ".join(f"{size_label(r.nbytes)}: {r.worker_peak_rss / MIB:.0f} MiB" for r in results), flat)
+    return out + [""]

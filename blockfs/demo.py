@@ -1,4 +1,4 @@
-"""The demo: write a ~1 GiB microscopy-like volume with parallel writers, read it back, verify.
+"""The demo: write a ~1 GiB microscopy-like volume with parallel writers, read it back, verify, build its pyramid.
 
 Run ``make demo`` (or ``python -m blockfs.demo --help``).
 """
@@ -16,6 +16,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .directory import Directory
+from .pyramid import open_pyramid
+from .pyramid.build import build_pyramid
 from .sample import microscopy_block
 
 BLOCK = 64
@@ -60,8 +62,13 @@ def run(output: str, shape: tuple[int, int, int], silent: bool) -> dict[str, flo
     reader.close()
     if mismatched:
         raise SystemExit(f"blockfs demo: {path}: {mismatched} voxels differ from what was written")
+    start = time.perf_counter()
+    pyramid = build_pyramid(path, os.path.join(output, "pyramid"), overwrite=True, silent=silent)
+    pyramid_seconds = time.perf_counter() - start
     return {"path": path, "voxels": expected.size, "bytes": expected.nbytes, "on_disk": on_disk,
-            "write_seconds": write_seconds, "read_seconds": read_seconds, "shards": len(reader.block_filenames)}
+            "write_seconds": write_seconds, "read_seconds": read_seconds, "shards": len(reader.block_filenames),
+            "pyramid": pyramid, "pyramid_seconds": pyramid_seconds,
+            "levels": [v.shape for v in open_pyramid(pyramid).levels]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +92,10 @@ def main(argv: list[str] | None = None) -> int:
           f"(compression ratio {r['bytes'] / r['on_disk']:.2f})")
     print(f"  write           {mb / r['write_seconds']:,.0f} MB/s ({r['write_seconds']:.1f} s, parallel writers)")
     print(f"  read + verify   {mb / r['read_seconds']:,.0f} MB/s ({r['read_seconds']:.1f} s)")
+    print(f"  pyramid         {len(r['levels'])} levels (mean), {mb / r['pyramid_seconds']:,.0f} MB/s "
+          f"({r['pyramid_seconds']:.1f} s); coarsest {' x '.join(map(str, r['levels'][-1]))} (z, y, x)")
     print(f"  look at it:     {os.path.abspath(r['path'])}")
+    print(f"  pyramid folder: {r['pyramid']}  (blockfs info {r['pyramid']})")
     return 0
 
 

@@ -194,3 +194,41 @@ def test_from_tif_builds_a_pyramid(tmp_path: Path) -> None:
     levels = open_pyramid(dest).levels
     for volume, reference in zip(levels, ref.levels(data, "mean", 3)):
         np.testing.assert_array_equal(volume[...], reference)
+
+
+def test_level1_is_copied_from_another_file_system(tmp_path: Path) -> None:
+    """/dev/shm (tmpfs) and the test folder are different file systems: level 1 is a copy there."""
+    shm = Path("/dev/shm")
+    if not (shm.is_dir() and os.access(shm, os.W_OK)) or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.fail("this test needs a writable /dev/shm on another file system than the test folder")
+    folder = Path(__import__("tempfile").mkdtemp(dir=shm))
+    try:
+        source = folder / "source.blockfs"
+        expected = ref.write_volume(source, ref.sample(SHAPE, "uint16"), BLOCK, missing)
+        dest = tmp_path / "pyramid"
+        build_pyramid(source, dest, levels=2, n_workers=2)
+        level1 = Directory.open(str(dest / "1_1_1" / "precomputed.blockfs"))
+        for ours, theirs in zip(level1.shard_paths, Directory.open(str(source)).shard_paths):
+            assert Path(ours).parent == dest / "1_1_1" and Path(ours).read_bytes() == Path(theirs).read_bytes()
+            assert os.stat(ours).st_dev != os.stat(theirs).st_dev
+        np.testing.assert_array_equal(level1[...], expected)
+    finally:
+        __import__("shutil").rmtree(folder)
+
+
+def test_unusable_sources_and_folders_are_named(tmp_path: Path) -> None:
+    odd = tmp_path / "odd.blockfs"
+    ref.write_volume(odd, ref.sample((8, 8, 8), "uint8"), (3, 4, 4))
+    code, _, err = call("pyramid", odd, tmp_path / "p", "--silent")
+    assert code == 1 and str(odd) in err and "even" in err
+    wide = tmp_path / "wide.blockfs"
+    ref.write_volume(wide, ref.sample((8, 8, 8), "int64"), (4, 4, 4))
+    code, _, err = call("pyramid", wide, tmp_path / "p", "--silent", "--levels", "3")
+    assert code == 1 and "2^52" in err and "max" in err
+    assert call("pyramid", wide, tmp_path / "p", "--silent", "--method", "max")[0] == 0
+    half = tmp_path / "half"
+    (half / ".pyramid-build").mkdir(parents=True)
+    code, _, err = call("info", half)
+    assert code == 1 and "--resume" in err
+    code, _, err = call("pyramid", wide, tmp_path / "missing" / "p", "--silent", "--method", "max")
+    assert code == 1 and "parent folder" in err

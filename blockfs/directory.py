@@ -523,3 +523,10 @@ class Directory:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+    # -- interop (needs the [interop] extra) ------------------------------------------------------
+
+    def to_dask(self) -> Any:
+        """A lazy dask array of the volume, one chunk per block; see :mod:`blockfs.interop.dask_io`."""
+        from .interop.dask_io import to_dask
+        return to_dask(self)

@@ -162,3 +162,25 @@ def test_console_script_shows_progress(pyramid, tmp_path):
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert result.returncode == 0, result.stderr
     assert "to-zarr: 100%" in result.stderr and "111/111" in result.stderr
+
+
+def test_from_zarr_passes_foreign_blosc_chunks_through(tmp_path):
+    zarr = need("zarr")
+    numcodecs = need("numcodecs")
+    data = np.random.default_rng(2).integers(0, 3000, (32, 40, 48), dtype=np.uint16)
+    for name, kwargs in [("v2", {"zarr_format": 2, "compressors": numcodecs.Blosc("lz4", 3, numcodecs.Blosc.SHUFFLE)}),
+                         ("v3", {"shards": (32, 32, 32),
+                                 "compressors": zarr.codecs.BloscCodec(cname="lz4", clevel=3, shuffle="shuffle")})]:
+        source = tmp_path / f"{name}.zarr"
+        array = zarr.create_array(source, shape=data.shape, dtype=data.dtype, chunks=(16, 16, 16), **kwargs)
+        array[...] = data
+        dest = tmp_path / f"{name}.blockfs"
+        assert blockfs_main(["from-zarr", str(source), str(dest), "--silent"]) == 0
+        volume = Directory.open(dest)
+        np.testing.assert_array_equal(volume[...], data)
+        assert volume.compression.value == "lz4" and volume.compression_level == 3
+        payload = volume.read_block_payload(16, 16, 16)
+        if name == "v2":
+            assert payload == (source / "1.1.1").read_bytes()
+        else:
+            assert payload in (source / "c" / "0" / "0" / "0").read_bytes()

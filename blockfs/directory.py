@@ -554,5 +554,5 @@ class Directory:
 
     def to_dask(self) -> Any:
         """A lazy dask array of the volume, one chunk per block; see :mod:`blockfs.interop.dask_io`."""
-        from .interop.dask_io import to_dask
-        return to_dask(self)
+        from .interop.tools import load
+        return load("dask_io").to_dask(self)

@@ -49,8 +49,8 @@ def test_to_dask_on_pyramid_levels_and_open_zarr_with_from_zarr(tmp_path):
 def test_to_dask_on_a_distributed_cluster(volume):
     distributed = need("distributed")
     path, expected = volume
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            distributed.Client(cluster) as client:
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    with cluster, distributed.Client(cluster) as client:
         array = Directory.open(path).to_dask()
         np.testing.assert_array_equal(client.compute(array).result(), expected)
         zarr_array = need("dask.array").from_zarr(blockfs.open_zarr(path))
@@ -87,8 +87,8 @@ def test_write_dask_on_a_distributed_cluster_with_retries(tmp_path):
     from blockfs.interop.dask_io import _write_chunk
     data, array = _input(da)
     path = tmp_path / "out.blockfs"
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \
-            distributed.Client(cluster):
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None)
+    with cluster, distributed.Client(cluster):
         blockfs.write_dask(array, path, z_block_size=BLOCK[0], y_block_size=BLOCK[1], x_block_size=BLOCK[2])
         # a retried task writes its blocks again: the result is the same volume
         blockfs.write_dask(array + 1, path, overwrite=True, z_block_size=BLOCK[0], y_block_size=BLOCK[1],

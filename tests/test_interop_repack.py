@@ -34,7 +34,8 @@ def pyramid(tmp_path_factory):
 
 def blocks(d: Directory):
     bz, by, bx = d.layout.block_shape
-    return [(x, y, z) for z in range(0, d.shape[0], bz) for y in range(0, d.shape[1], by) for x in range(0, d.shape[2], bx)]
+    return [(x, y, z) for z in range(0, d.shape[0], bz) for y in range(0, d.shape[1], by)
+            for x in range(0, d.shape[2], bx)]
 
 
 @pytest.mark.parametrize("zarr_format, shard_blocks", FORMS)
@@ -117,6 +118,7 @@ def test_from_zarr_round_trips_to_zarr_byte_for_byte_on_full_blocks(pyramid, tmp
 
 def test_from_zarr_transcodes_other_chunkings_and_codecs(tmp_path):
     zarr = need("zarr")
+    from blockfs.interop.unpack import from_zarr
     data = np.random.default_rng(1).integers(0, 1000, (30, 40, 50), dtype=np.uint16)
     data[:16] = 0  # blocks of zeros stay unwritten
     for name, kwargs in [("zstd-v3", {"chunks": (10, 20, 25), "shards": (20, 40, 50)}),
@@ -130,6 +132,22 @@ def test_from_zarr_transcodes_other_chunkings_and_codecs(tmp_path):
         np.testing.assert_array_equal(volume[...], data)
         assert volume.layout.block_shape == tuple(kwargs["chunks"])
         assert volume.read_block_payload(0, 0, 0) is None
+        other = from_zarr(source, tmp_path / f"{name}-16.blockfs", z_block_size=16, y_block_size=16, x_block_size=16)
+        assert other.layout.block_shape == (16, 16, 16) and other.read_block_payload(0, 0, 0) is None
+        np.testing.assert_array_equal(other[...], data)
+
+
+@pytest.mark.parametrize("zarr_format", ["2", "3"])
+def test_a_float_volume_with_odd_blocks_reads_the_same_in_tensorstore(tmp_path, zarr_format):
+    ts = need("tensorstore")
+    path, expected = make_volume(tmp_path, shape=(19, 23, 29), block=(8, 16, 12), dtype="float32",
+                                 missing=((12, 0, 8),))
+    dest = tmp_path / "f.zarr"
+    assert to_zarr(path, dest, zarr_format, "2" if zarr_format == "3" else None) == 0
+    store = ts.open({"driver": "zarr3" if zarr_format == "3" else "zarr",
+                     "kvstore": {"driver": "file", "path": str(dest / "0")}}, read=True).result()
+    assert store.dtype.numpy_dtype == np.float32
+    np.testing.assert_array_equal(store.read().result(), expected)
 
 
 def test_tools_refuse_an_existing_output_unless_overwrite(pyramid, tmp_path, capsys):
@@ -144,7 +162,7 @@ def test_tools_refuse_an_existing_output_unless_overwrite(pyramid, tmp_path, cap
     other = tmp_path / "notes"
     other.mkdir()
     assert to_zarr(root, other, "3", None, "--overwrite") == 1
-    assert "is not a zarr hierarchy" in capsys.readouterr().err
+    assert "is not what this tool writes" in capsys.readouterr().err
     target = tmp_path / "v.blockfs"
     assert blockfs_main(["from-zarr", str(dest), str(target), "--silent"]) == 0
     assert blockfs_main(["from-zarr", str(dest), str(target), "--silent"]) == 1
@@ -184,3 +202,32 @@ def test_from_zarr_passes_foreign_blosc_chunks_through(tmp_path):
             assert payload == (source / "1.1.1").read_bytes()
         else:
             assert payload in (source / "c" / "0" / "0" / "0").read_bytes()
+
+
+def test_bad_sources_and_arguments_are_named(tmp_path, capsys):
+    need("zarr")
+    assert blockfs_main(["from-zarr", str(tmp_path / "none.zarr"), str(tmp_path / "v.blockfs")]) == 1
+    assert "none.zarr: not a zarr array or group" in capsys.readouterr().err
+    assert to_zarr(tmp_path / "none.blockfs", tmp_path / "o.zarr") == 1
+    assert "none.blockfs" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        blockfs_main(["to-zarr", "a", "b", "--workers", "0"])
+    assert exit_info.value.code == 2 and "must be a positive whole number" in capsys.readouterr().err
+
+
+def test_a_missing_optional_package_is_named_with_the_extra(tmp_path):
+    path, _ = make_volume(tmp_path, shape=(8, 8, 8), block=(8, 8, 8))
+    code = ("import sys; sys.modules['zarr'] = sys.modules['dask'] = None\n"
+            "import blockfs\n"
+            f"volume = {str(path)!r}\n"
+            "for call in (lambda: blockfs.open_zarr(volume), lambda: blockfs.Directory.open(volume).to_dask()):\n"
+            "    try:\n"
+            "        call()\n"
+            "    except blockfs.MissingDependencyError as exc:\n"
+            "        print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 0, result.stderr
+    fix = "install it with pip install 'blockfs[interop]'."
+    assert result.stdout.splitlines() == [f"zarr: not installed, and blockfs.interop.store needs it; {fix}",
+                                          f"dask.array: not installed, and blockfs.interop.dask_io needs it; {fix}"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli_support import add_silent, run_tool
+from .tools import load
 
 TO_EPILOG = """\
 examples:
@@ -27,8 +28,14 @@ is transcoded block by block.
 """
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number; got {text!r}")
+    return int(text)
+
+
 def _workers(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--workers", type=int, default=None, metavar="N",
+    parser.add_argument("--workers", type=_positive, default=None, metavar="N",
                         help="threads copying blocks (default: the number of CPUs)")
     parser.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
     add_silent(parser)
@@ -45,9 +52,8 @@ def to_zarr_main(argv: list[str] | None = None) -> int:
     _workers(parser)
 
     def body(args: argparse.Namespace) -> None:
-        from .repack import to_zarr
-        to_zarr(args.source, args.dest, zarr_format=args.zarr_format, shard_blocks=args.shard_blocks,
-                overwrite=args.overwrite, workers=args.workers, silent=args.silent)
+        load("repack").to_zarr(args.source, args.dest, zarr_format=args.zarr_format, shard_blocks=args.shard_blocks,
+                               overwrite=args.overwrite, workers=args.workers, silent=args.silent)
 
     return run_tool(parser, body, argv)
 
@@ -64,8 +70,7 @@ def from_zarr_main(argv: list[str] | None = None) -> int:
     _workers(parser)
 
     def body(args: argparse.Namespace) -> None:
-        from .unpack import from_zarr
-        from_zarr(args.source, args.dest, level=args.level, pyramid=args.pyramid, overwrite=args.overwrite,
-                  workers=args.workers, silent=args.silent)
+        load("unpack").from_zarr(args.source, args.dest, level=args.level, pyramid=args.pyramid,
+                                 overwrite=args.overwrite, workers=args.workers, silent=args.silent)
 
     return run_tool(parser, body, argv)

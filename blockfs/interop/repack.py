@@ -9,33 +9,24 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from itertools import groupby
 from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
 from ..directory import Directory
-from ..errors import InvalidArgumentError, VolumeExistsError
+from ..errors import InvalidArgumentError
 from .shard import encode_shard
-from .work import bounded_map
+from .tools import bounded_map, refuse_existing
 from .zarr_format import SourceLike, array_metadata, chunk_bytes, group_metadata, open_source, written_chunks
 
 DEFAULT_SHARD_BLOCKS = 4
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
 
 
-def prepare_output(dest: str, overwrite: bool) -> None:
-    """Refuse an existing ``dest`` unless ``overwrite``, and then only replace a zarr hierarchy."""
-    if not os.path.lexists(dest):
-        return
-    if not overwrite:
-        raise VolumeExistsError(f"{dest}: already exists; pass --overwrite (overwrite=True) to replace it, "
-                                "or choose another destination.")
-    if not (os.path.isdir(dest) and any(os.path.exists(os.path.join(dest, m)) for m in ZARR_MARKERS)):
-        raise VolumeExistsError(f"{dest}: exists and is not a zarr hierarchy, so it is not replaced; "
-                                "remove it yourself or choose another destination.")
-    shutil.rmtree(dest)
+def is_zarr(path: str) -> bool:
+    """Whether ``path`` is a folder holding zarr metadata at its top."""
+    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, m)) for m in ZARR_MARKERS)
 
 
 def _write(path: str, pieces: list[bytes]) -> int:
@@ -96,7 +87,7 @@ def to_zarr(source: SourceLike, dest: str | os.PathLike, zarr_format: int = 3, s
                                                                                             shard_blocks or None)
                  for i, level in enumerate(opened.levels)}
     documents.update(group_metadata(opened, zarr_format))
-    prepare_output(dest, overwrite)
+    refuse_existing(dest, overwrite, is_zarr)
     os.makedirs(dest)
     total = sum(sum(1 for _ in written_chunks(level)) for level in opened.levels)
     tasks = (task for i, level in enumerate(opened.levels) for task in (

@@ -22,10 +22,11 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from ..directory import Directory
-from ..errors import FormatError, InvalidArgumentError, VolumeExistsError
-from ..pyramid.folder import INFO_NAME, LEVEL_FILE, level_key
+from ..errors import FormatError, InvalidArgumentError
+from ..format import MAGIC
+from ..pyramid.folder import INFO_NAME, LEVEL_FILE, is_pyramid, level_key
 from .shard import decode_index, inner_chunk
-from .work import bounded_map
+from .tools import bounded_map, refuse_existing
 from .zarr_format import VOXEL_SIZE_KEY
 
 UNIT_TO_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, None: 1.0}
@@ -150,15 +151,26 @@ def _copy_key(array: zarr.Array, volume: Directory, plan: Passthrough, key: tupl
     return written
 
 
-def _transcode_block(array: zarr.Array, volume: Directory, block: tuple[int, ...]) -> int:
-    """Read one block's region through zarr-python and write it, unless it is all fill (0)."""
-    z, y, x = (c * b for c, b in zip(block, volume.layout.block_shape))
-    shape = volume.layout.block_shape_at(x, y, z)
-    data = array[z:z + shape[0], y:y + shape[1], x:x + shape[2]]
-    if not data.any():
-        return 0
-    volume.write_block(data, x, y, z)
-    return 1
+def transcode_step(array: zarr.Array, block_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The side of the regions a transcode reads: whole blocks covering at least one zarr chunk, so
+    that each chunk is decoded a few times at most."""
+    return tuple(-(-c // b) * b for c, b in zip(array.chunks, block_shape))  # type: ignore[return-value]
+
+
+def _transcode_region(array: zarr.Array, volume: Directory, step: tuple[int, ...], region: tuple[int, ...]) -> int:
+    """Read one region of whole blocks through zarr-python and write its blocks, leaving all-zero ones out."""
+    start = [r * s for r, s in zip(region, step)]
+    data = array[tuple(slice(a, a + s) for a, s in zip(start, step))]
+    written = 0
+    bz, by, bx = volume.layout.block_shape
+    for z in range(0, data.shape[0], bz):
+        for y in range(0, data.shape[1], by):
+            for x in range(0, data.shape[2], bx):
+                block = data[z:z + bz, y:y + by, x:x + bx]
+                if block.any():
+                    volume.write_block(block, start[2] + x, start[1] + y, start[0] + z)
+                    written += 1
+    return written
 
 
 def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool, label: str,
@@ -176,6 +188,7 @@ def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool
         kwargs.update(compression=compressor["cname"], compression_level=int(compressor.get("clevel", 5)))
     kwargs.update(directory_kwargs)
     overwrite = kwargs.pop("overwrite", False)
+    refuse_existing(dest, overwrite, is_volume)
     z, y, x = array.shape
     volume = Directory(x, y, z, array.dtype, dest, **kwargs).create(overwrite=overwrite)
     try:
@@ -185,15 +198,24 @@ def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool
             total = math.prod(plan.grid)
             task = lambda key: _copy_key(array, volume, plan, key)  # noqa: E731
         else:
-            keys = np.ndindex(*volume.layout.grid)
-            total = math.prod(volume.layout.grid)
-            task = lambda key: _transcode_block(array, volume, key)  # noqa: E731
-        with tqdm(total=total, unit="chunk" if plan else "block", desc=label, disable=silent) as bar:
+            step = transcode_step(array, volume.layout.block_shape)
+            keys = np.ndindex(*(-(-n // s) for n, s in zip(array.shape, step)))
+            total = math.prod(-(-n // s) for n, s in zip(array.shape, step))
+            task = lambda key: _transcode_region(array, volume, step, key)  # noqa: E731
+        with tqdm(total=total, unit="chunk" if plan else "region", desc=label, disable=silent) as bar:
             for _ in bounded_map(task, keys, workers):
                 bar.update()
     finally:
         volume.close()
     return Directory.open(dest)
+
+
+def is_volume(path: str) -> bool:
+    """Whether ``path`` is a blockfs directory file (which ``create(overwrite=True)`` replaces)."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
 
 
 def _inner_codecs(meta: dict[str, Any]) -> list[dict[str, Any]]:
@@ -237,9 +259,7 @@ def from_zarr(source: str | os.PathLike, dest: str | os.PathLike, level: int | N
     if bad:
         raise FormatError(f"{source}: level scale factors {bad} are not powers of 2; a blockfs pyramid needs "
                           "levels 2x apart. Import single levels with --level instead.")
-    if os.path.lexists(dest) and not overwrite:
-        raise VolumeExistsError(f"{dest}: already exists; pass --overwrite (overwrite=True) to replace it, "
-                                "or choose another destination.")
+    refuse_existing(dest, overwrite, is_pyramid)
     written = []
     for i, lv in enumerate(levels):
         path = os.path.join(os.path.abspath(dest), level_key(lv.factor), LEVEL_FILE)

@@ -231,3 +231,19 @@ def test_a_missing_optional_package_is_named_with_the_extra(tmp_path):
     fix = "install it with pip install 'blockfs[interop]'."
     assert result.stdout.splitlines() == [f"zarr: not installed, and blockfs.interop.store needs it; {fix}",
                                           f"dask.array: not installed, and blockfs.interop.dask_io needs it; {fix}"]
+
+
+def test_from_zarr_writes_out_a_non_zero_fill_and_checks_axes(tmp_path, capsys):
+    zarr = need("zarr")
+    array = zarr.create_array(tmp_path / "fill.zarr", shape=(20, 20, 20), chunks=(16, 16, 16), dtype="uint16",
+                              fill_value=7, compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=3))
+    array[:16, :16, :16] = 1  # one chunk stored; the others are missing and read as 7
+    assert blockfs_main(["from-zarr", str(tmp_path / "fill.zarr"), str(tmp_path / "fill.blockfs"), "--silent"]) == 0
+    np.testing.assert_array_equal(Directory.open(tmp_path / "fill.blockfs")[...], array[...])
+    group = zarr.open_group(tmp_path / "xyz.zarr", mode="w", zarr_format=2)
+    group.create_array("0", shape=(4, 4, 4), dtype="uint8")
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n, "type": "space"} for n in "xyz"],
+                                   "datasets": [{"path": "0", "coordinateTransformations": [
+                                       {"type": "scale", "scale": [1, 1, 1]}]}]}]
+    assert blockfs_main(["from-zarr", str(tmp_path / "xyz.zarr"), str(tmp_path / "xyz.blockfs"), "--silent"]) == 1
+    assert "axes ['x', 'y', 'z']; only 3D images with axes z, y, x" in capsys.readouterr().err

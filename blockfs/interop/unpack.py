@@ -71,8 +71,9 @@ def open_levels(source: str) -> tuple[list[Level], dict[str, Any]]:
         raise FormatError(f"{source}: a zarr group without OME-Zarr multiscales; pass the path of one of its "
                           "arrays instead.")
     names = [axis["name"] if isinstance(axis, dict) else axis for axis in multiscale.get("axes", ["z", "y", "x"])]
-    if len(names) != 3:
-        raise FormatError(f"{source}: the image has axes {names}; only 3D (z, y, x) images can be imported.")
+    if names != ["z", "y", "x"]:
+        raise FormatError(f"{source}: the image has axes {names}; only 3D images with axes z, y, x can be "
+                          "imported.")
     units = [UNIT_TO_UM.get(axis.get("unit"), 1.0) if isinstance(axis, dict) else 1.0
              for axis in multiscale.get("axes", [])] or [1.0] * 3
     levels = []
@@ -89,8 +90,8 @@ def open_levels(source: str) -> tuple[list[Level], dict[str, Any]]:
 def passthrough(array: zarr.Array, block_shape: tuple[int, int, int]) -> Passthrough | None:
     """How to pass ``array``'s stored chunks through as blocks, or None if they must be transcoded."""
     meta = array.metadata.to_dict()
-    if tuple(array.chunks) != tuple(block_shape):
-        return None
+    if tuple(array.chunks) != tuple(block_shape) or meta.get("fill_value") not in (0, None):
+        return None  # (a missing chunk of a non-zero fill must be written out)
     if meta["zarr_format"] == 2:
         blosc_only = (meta.get("compressor") or {}).get("id") == "blosc" and not meta.get("filters") and \
             meta.get("order", "C") == "C" and str(meta["dtype"])[:1] in "<|"

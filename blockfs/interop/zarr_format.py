@@ -38,14 +38,13 @@ EDGE_CNAME, EDGE_CLEVEL = "lz4", 1
 #: Metadata key of a volume's voxel size in micrometres, (x, y, z).
 VOXEL_SIZE_KEY = "voxel_size_um"
 ZARR_FORMATS = (2, 3)
-AXES = [{"name": name, "type": "space", "unit": "micrometer"} for name in "zyx"]
 
 SourceLike = Union[str, os.PathLike, Directory, Pyramid]
 
 
 @dataclass(frozen=True)
 class Source:
-    """What a zarr hierarchy is made of: levels finest first, level 0's voxel size, a name."""
+    """What a zarr hierarchy is made of: levels finest first, their voxel sizes, a name."""
 
     levels: tuple[Directory, ...]
     #: Each level's voxel size in micrometres, (z, y, x).
@@ -125,7 +124,8 @@ def multiscales(source: Source) -> dict[str, Any]:
         {"type": "scale", "scale": list(size)},
         {"type": "translation", "translation": [(s - f) / 2 for s, f in zip(size, finest)]}]}
         for i, size in enumerate(source.voxel_sizes_um)]
-    return {"name": source.name, "axes": AXES, "datasets": datasets}
+    axes = [{"name": name, "type": "space", "unit": "micrometer"} for name in "zyx"]
+    return {"name": source.name, "axes": axes, "datasets": datasets}
 
 
 def group_metadata(source: Source, zarr_format: int) -> dict[str, dict[str, Any]]:

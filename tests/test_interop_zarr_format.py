@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import blosc
@@ -117,3 +120,12 @@ def test_write_block_payload_stores_stored_bytes_and_checks_them(volume, tmp_pat
     assert reopened.read_block_payload(32, 32, 32) == full
     np.testing.assert_array_equal(reopened[:32, 64:, 96:], expected[:32, 64:, 96:])
     assert reopened.read_block_payload(0, 0, 0) is None
+
+
+def test_import_blockfs_and_the_zarr_format_module_leave_zarr_and_dask_out():
+    code = ("import sys, blockfs, blockfs.interop.zarr_format, blockfs.interop.cli\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'zarr', 'dask', 'distributed', 'tensorstore'}))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,4 +1,5 @@
 """Interop with zarr, OME-Zarr and dask: a zarr view of any volume, repacking to OME-Zarr, dask in and out.
 
-``blockfs.interop.zarr_format`` needs only numpy; the other modules import zarr or dask.
+``zarr_format`` (zarr metadata and chunks), ``repack`` (to-zarr), ``shard`` and ``tools`` need only
+blockfs's own dependencies; ``store`` and ``unpack`` (from-zarr) import zarr, ``dask_io`` imports dask.
 """

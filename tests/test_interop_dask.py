@@ -68,7 +68,7 @@ def test_write_dask_on_local_schedulers(tmp_path, scheduler):
     da = need("dask.array")
     data, array = _input(da)
     path = tmp_path / "out.blockfs"
-    out = blockfs.write_dask(array, path, compute_kwargs={"scheduler": scheduler}, n_filenames=3,
+    out = blockfs.write_dask(array, path, compute_kwargs={"scheduler": scheduler}, n_filenames=3, task_bytes=40_000,
                              z_block_size=BLOCK[0], y_block_size=BLOCK[1], x_block_size=BLOCK[2],
                              metadata={"source": "dask"})
     assert out.mode == "r" and out.metadata == {"source": "dask"}
@@ -98,6 +98,14 @@ def test_write_dask_on_a_distributed_cluster_with_retries(tmp_path):
         rewrite.sum().compute()
     np.testing.assert_array_equal(Directory.open(path)[...], data + 1)
     assert check.main([str(path)]) == 0
+
+
+def test_write_dask_tasks_are_whole_blocks_up_to_task_bytes():
+    from blockfs.interop.dask_io import TASK_BYTES, task_shape
+    assert task_shape((16, 16, 32), SHAPE, 2, 40_000) == (16, 16, 64)  # doubling y too would be 64 KiB
+    assert task_shape((64, 64, 64), (10_000,) * 3, 2, TASK_BYTES) == (256, 256, 256)  # 32 MiB
+    assert task_shape((64, 64, 64), (10, 10, 10), 2, TASK_BYTES) == (64, 64, 64)  # never past the volume
+    assert task_shape((64, 64, 64), (1000,) * 3, 2, 1000) == (64, 64, 64)  # at least one block
 
 
 def test_write_dask_rejects_a_2d_array(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any
 
@@ -11,6 +12,9 @@ from dask.base import tokenize
 
 from ..directory import Directory
 from ..errors import InvalidArgumentError
+
+#: Bytes of voxels each ``write_dask`` task writes at most (unless one block is larger).
+TASK_BYTES = 32 * 2**20
 
 
 def _read_chunk(volume: Directory, index: tuple[slice, ...], asarray: bool = True, lock: Any = None) -> np.ndarray:
@@ -59,15 +63,30 @@ def _fsync(paths: list[str]) -> None:
             os.close(fd)
 
 
+def task_shape(block_shape: tuple[int, int, int], shape: tuple[int, ...], itemsize: int, task_bytes: int
+               ) -> tuple[int, int, int]:
+    """Chunks of whole blocks for ``write_dask``: blocks doubled along x, y, z in turn up to ``task_bytes``."""
+    chunk = list(block_shape)
+    grown = True
+    while grown:
+        grown = False
+        for axis in (2, 1, 0):
+            if chunk[axis] < shape[axis] and math.prod(chunk) * itemsize * 2 <= task_bytes:
+                chunk[axis] *= 2
+                grown = True
+    return tuple(chunk)  # type: ignore[return-value]
+
+
 def write_dask(array: Any, path: str | os.PathLike, overwrite: bool = False, compute_kwargs: dict | None = None,
-               **directory_kwargs: Any) -> Directory:
+               task_bytes: int = TASK_BYTES, **directory_kwargs: Any) -> Directory:
     """Write a 3D (z, y, x) dask array as a new volume at ``path``; return it opened read-only.
 
     ``directory_kwargs`` go to :class:`Directory` (block sizes, compression, metadata, ...). The
-    array is rechunked to the block grid and each task writes its blocks straight into the shards
-    (safe alongside the other tasks), on whatever scheduler ``compute`` picks (``compute_kwargs``,
-    e.g. ``{"scheduler": "processes"}``; a ``dask.distributed`` client when one is active). Returns
-    once every block is written, indexed and (unless ``durable=False``) fsynced.
+    array is rechunked to whole blocks of the block grid, up to ``task_bytes`` per chunk, and each
+    task writes its blocks straight into the shards (safe alongside the other tasks), on whatever
+    scheduler ``compute`` picks (``compute_kwargs``, e.g. ``{"scheduler": "processes"}``; a
+    ``dask.distributed`` client when one is active). Returns once every block is written,
+    indexed and (unless ``durable=False``) fsynced.
     """
     array = da.asarray(array)
     path = os.fspath(path)
@@ -77,7 +96,7 @@ def write_dask(array: Any, path: str | os.PathLike, overwrite: bool = False, com
     volume = Directory(x, y, z, directory_kwargs.pop("dtype", array.dtype), path, **directory_kwargs)
     volume.create(overwrite=overwrite)
     volume.close()
-    blocks = array.rechunk(volume.layout.block_shape)
+    blocks = array.rechunk(task_shape(volume.layout.block_shape, array.shape, volume.dtype.itemsize, task_bytes))
     markers = blocks.map_blocks(_write_chunk, path, dtype=bool, chunks=tuple((1,) * len(c) for c in blocks.chunks))
     markers.sum().compute(**(compute_kwargs or {}))
     if volume.durable:

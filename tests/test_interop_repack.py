@@ -12,7 +12,7 @@ import crc32c
 import numpy as np
 import pytest
 
-from blockfs import Directory, VolumeExistsError
+from blockfs import Directory
 from blockfs.cli import main as blockfs_main
 from blockfs.pyramid import open_pyramid
 from interop_support import make_pyramid, need

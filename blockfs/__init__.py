@@ -29,6 +29,6 @@ def write_dask(array: Any, path: str, **kwargs: Any) -> Directory:
 __all__ = [
     "BlockCoordinateError", "BlockShapeError", "BlockfsError", "ChecksumError", "ClosedError", "Compression",
     "CorruptBlockError", "Directory", "EntryOverflowError", "FormatError", "InvalidArgumentError",
-    "MissingDependencyError", "MissingShardError", "ReadOnlyError", "RegionError", "UnsupportedCompressionError", "UnsupportedDTypeError",
-    "VolumeExistsError", "WriterError", "__version__", "open_zarr", "write_dask",
+    "MissingDependencyError", "MissingShardError", "ReadOnlyError", "RegionError", "UnsupportedCompressionError",
+    "UnsupportedDTypeError", "VolumeExistsError", "WriterError", "__version__", "open_zarr", "write_dask",
 ]

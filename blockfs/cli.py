@@ -18,6 +18,8 @@ SUBCOMMANDS = {
     "hdf5": ("blockfs.blockfs2hdf5", "main", "export to an HDF5 dataset (in parallel under mpiexec)"),
     "from-tif": ("blockfs.tif2blockfs", "main", "import a z-stack of TIFF planes"),
     "pyramid": ("blockfs.pyramid.cli", "main", "build a multi-resolution pyramid folder for Neuroglancer, in one pass"),
+    "to-zarr": ("blockfs.interop.cli", "to_zarr_main", "repack a volume or pyramid as OME-Zarr without recompressing"),
+    "from-zarr": ("blockfs.interop.cli", "from_zarr_main", "import a zarr array or OME-Zarr image"),
     "demo": ("blockfs.demo", "main", "write, read back and verify a sample volume"),
 }
 

@@ -87,3 +87,7 @@ class ExportError(BlockfsError, RuntimeError):
 
 class DatasetExistsError(BlockfsError, FileExistsError):
     """The HDF5 file already holds an object under the dataset's name."""
+
+
+class MissingDependencyError(BlockfsError, ImportError):
+    """An optional package a feature needs (zarr, dask for blockfs.interop) is not installed."""

@@ -48,10 +48,12 @@ def worker_memory_bound(block_shape: tuple[int, int, int], levels: int) -> int:
 
 @dataclass(frozen=True)
 class TaskResult:
-    """A finished task: its block of the task level, and how many level-1 block positions it covered."""
+    """A finished task: its block of the task level, the level-1 block positions under it, and its
+    contribution to the level above (None: nothing written under it)."""
 
     index: Index
     level1_blocks: int
+    reduced: np.ndarray | None
 
 
 class _Builder:
@@ -99,38 +101,51 @@ def _level1_leaf(plan: Plan, volume: Directory, method: Method) -> Leaf:
 
 
 def run_task(plan: Plan, index: Index) -> TaskResult:
-    """Build the subtree under block ``index`` of the task level and record it in the journal.
+    """Build the subtree under block ``index`` of the task level.
 
     Writes go straight to the shards from this process (``Directory.write_block`` on a volume
-    opened ``r+``); every level is closed (fsynced) before the task is recorded as done.
+    opened ``r+``); :func:`build_tasks` makes them durable and records the task as done.
     """
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(Directory.open(plan.path(1)))
-        volumes = {level: stack.enter_context(Directory.open(plan.path(level), "r+"))
+        volumes = {level: stack.enter_context(Directory.open(plan.path(level), "r+", durable=False))
                    for level in range(2, plan.task_level + 1)}
         builder = _Builder(plan, 1, _level1_leaf(plan, source, plan.method_for()), volumes)
         reduced = builder.reduced(plan.task_level, index)
-    state.record_done(plan, index, reduced)
-    return TaskResult(index, plan.level1_blocks_under(plan.task_level, index))
+    return TaskResult(index, plan.level1_blocks_under(plan.task_level, index), reduced)
+
+
+def _checkpoint(plan: Plan, results: list[TaskResult]) -> list[TaskResult]:
+    """Make the blocks of ``results`` durable (one fsync of each file of their levels), then record them done."""
+    for level in range(2, plan.task_level + 1):
+        Directory.open(plan.path(level), "r+").close()
+    for result in results:
+        state.record_done(plan, result.index, result.reduced)
+    return results
 
 
 def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None) -> Iterator[TaskResult]:
-    """Run ``tasks`` on ``n_workers`` processes (all cores by default), yielding each as it finishes.
+    """Run ``tasks`` on ``n_workers`` processes (all cores by default), yielding each once it is recorded.
 
-    With one worker the tasks run in this process. A worker that dies (killed, out of memory)
-    raises :class:`WriterError`; the tasks done so far stay recorded for ``--resume``.
+    Finished tasks are recorded in batches of ``n_workers``, each after one fsync of the levels'
+    files, so an interruption loses at most the unrecorded tasks. With one worker the tasks run
+    in this process. A worker that dies (killed, out of memory) raises :class:`WriterError`.
     """
     tasks = list(tasks)
     n_workers = min(n_workers or os.cpu_count() or 1, max(1, len(tasks)))
     if n_workers == 1:
         for index in tasks:
-            yield run_task(plan, index)
+            yield from _checkpoint(plan, [run_task(plan, index)])
         return
     with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) as pool:
         futures = [pool.submit(run_task, plan, index) for index in tasks]
+        unrecorded: list[TaskResult] = []
         try:
-            for future in as_completed(futures):
-                yield future.result()
+            for i, future in enumerate(as_completed(futures), 1):
+                unrecorded.append(future.result())
+                if len(unrecorded) >= n_workers or i == len(futures):
+                    yield from _checkpoint(plan, unrecorded)
+                    unrecorded = []
         except BrokenProcessPool as exc:
             raise WriterError(f"{plan.dest}: a pyramid worker process died ({exc}); the finished tasks are "
                               "recorded: continue with --resume.") from None

@@ -24,7 +24,7 @@ from .reduce import Method
 
 Index = tuple[int, int, int]
 #: Aim for at least this many tasks per worker, so that uneven subtrees still balance.
-TASKS_PER_WORKER = 8
+TASKS_PER_WORKER = 4
 
 
 def _ceil_div(a: int, b: int) -> int:

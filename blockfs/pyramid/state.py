@@ -5,7 +5,8 @@ Order of work, so that nothing looks finished before it is:
 1. ``DEST/.pyramid-build/plan.json`` (the journal: the build's parameters) marks DEST half-built;
 2. level 1 is placed (hard links of the source's shards, else copies; its directory file rewritten
    to name them absolutely) and the coarser levels are created empty; ``ready`` records that;
-3. each finished task leaves ``done/<task>.npy`` (its contribution to the level above);
+3. finished tasks are recorded in batches, each after one fsync of the levels' files: ``done/<task>.npy``
+   holds a task's contribution to the level above;
 4. the levels above the task level are built, ``info`` is written (atomically), the journal removed.
 
 A folder with ``info`` is finished; one with a journal and no ``info`` is half-built, and

@@ -7,7 +7,8 @@ For one data set (the microscopy-like volume), with the same levels (5) and the 
 - limit: decompress every level-1 block plus compress every output block, on all cores (threads,
   one blosc thread per call, GIL released), from payloads and arrays held in memory;
 - level by level: each level read back from the one below and written with the same library
-  (``Directory`` slicing and ``write_block``), a fork pool over the blocks of each level;
+  (``Directory`` slicing and ``write_block``), a fork pool over the blocks of each level, each level
+  fsynced when done;
 - tensorstore: its ``downsample`` driver (``mean``) over level 1 stored as zarr3 sharded, writing each
   level into a zarr3 sharded store (64^3 chunks, blosc zstd 5); level 1 is stored before the clock
   starts. Its levels are read back and compared with ours, voxel for voxel.
@@ -171,6 +172,7 @@ def level_by_level(source: str, folder: str, processes: int) -> float:
                       y_block_size=BLOCK, z_block_size=BLOCK).create().close()
             origins = itertools.product(*(range(0, n, BLOCK) for n in shape))
             pool.map(_downsample_block, [(below.directory_filename, path, o) for o in origins], chunksize=4)
+            Directory.open(path, "r+").close()  # durable, as the one-pass build is
             below = Directory.open(path)
     return time.perf_counter() - start
 

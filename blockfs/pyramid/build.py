@@ -61,7 +61,7 @@ class _Builder:
 
     def __init__(self, plan: Plan, leaf_level: int, leaf: Leaf, volumes: dict[int, Directory]):
         self.plan, self.leaf_level, self.leaf, self.volumes = plan, leaf_level, leaf, volumes
-        self.method: Method = plan.method_for()
+        self.method: Method = plan.make_method()
 
     def reduced(self, level: int, index: Index) -> np.ndarray | None:
         """The accumulators that block ``index`` of ``level`` gives the level above; None if nothing is under it."""
@@ -110,7 +110,7 @@ def run_task(plan: Plan, index: Index) -> TaskResult:
         source = stack.enter_context(Directory.open(plan.path(1)))
         volumes = {level: stack.enter_context(Directory.open(plan.path(level), "r+", durable=False))
                    for level in range(2, plan.task_level + 1)}
-        builder = _Builder(plan, 1, _level1_leaf(plan, source, plan.method_for()), volumes)
+        builder = _Builder(plan, 1, _level1_leaf(plan, source, plan.make_method()), volumes)
         reduced = builder.reduced(plan.task_level, index)
     return TaskResult(index, plan.level1_blocks_under(plan.task_level, index), reduced)
 

@@ -10,6 +10,7 @@ results at the end. All coordinates here are (z, y, x).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -99,7 +100,7 @@ class Plan:
     def task_key(self, index: Index) -> str:
         return f"{self.task_level}_{index[0]}_{index[1]}_{index[2]}"
 
-    def method_for(self) -> Method:
+    def make_method(self) -> Method:
         return Method(self.method, np.dtype(self.dtype))
 
 
@@ -159,4 +160,4 @@ def make_plan(source: str | os.PathLike, dest: str | os.PathLike, levels: int | 
         task_level = choose_task_level(levels, [plan.n_blocks(level) for level in range(1, levels + 1)], workers)
     if not 1 <= task_level <= levels:
         raise InvalidArgumentError(f"{source}: task level must be from 1 to {levels}; got {task_level!r}.")
-    return Plan(**{**plan.__dict__, "task_level": task_level})
+    return dataclasses.replace(plan, task_level=task_level)

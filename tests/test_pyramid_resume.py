@@ -89,3 +89,32 @@ def test_kill_during_build_then_resume_equals_an_uninterrupted_build(tmp_path: P
         written = [[x.read_block_payload(*o) is not None for o in itertools.product(
             *(range(0, n, BLOCK) for n in reversed(x.shape)))] for x in (a, b)]
         assert written[0] == written[1], f"level {level}: different blocks written"
+
+
+def test_ctrl_c_stops_the_build_and_its_workers_then_resume_finishes(tmp_path: Path) -> None:
+    import psutil
+
+    source, dest, reference = tmp_path / "source.blockfs", tmp_path / "pyramid", tmp_path / "reference"
+    make_source(source)
+    build_pyramid(source, reference, n_workers=2)
+    process = blockfs("pyramid", source, dest, "--n-workers", 2, "--silent", start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        workers: list = []
+        while len(workers) < 2 and time.monotonic() < deadline:  # the workers run tasks
+            assert process.poll() is None, process.communicate()
+            workers = psutil.Process(process.pid).children()
+            time.sleep(0.005)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 130 and "--resume" in err and str(dest) in err, err
+    assert not (dest / "info").exists()
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    resumed = blockfs("pyramid", source, dest, "--resume", "--silent")
+    _, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0, err
+    for a, b in zip(open_pyramid(dest).levels, open_pyramid(reference).levels):
+        np.testing.assert_array_equal(a[...], b[...])

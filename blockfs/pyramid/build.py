@@ -13,10 +13,12 @@ block, its accumulators, a finished output block and its compressed bytes: see
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import math
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -115,6 +117,13 @@ def run_task(plan: Plan, index: Index) -> TaskResult:
     return TaskResult(index, plan.level1_blocks_under(plan.task_level, index), reduced)
 
 
+def _worker_init() -> None:
+    """Leave Ctrl-C to the parent, which stops the workers; die with the parent if it is killed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):  # Linux: prctl(PR_SET_PDEATHSIG, SIGKILL)
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
+
+
 def _checkpoint(plan: Plan, results: list[TaskResult]) -> list[TaskResult]:
     """Make the blocks of ``results`` durable (one fsync of each file of their levels), then record them done."""
     for level in range(2, plan.task_level + 1):
@@ -137,7 +146,8 @@ def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None
         for index in tasks:
             yield from _checkpoint(plan, [run_task(plan, index)])
         return
-    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork")) as pool:
+    with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
+                             initializer=_worker_init) as pool:
         futures = [pool.submit(run_task, plan, index) for index in tasks]
         unrecorded: list[TaskResult] = []
         try:
@@ -149,9 +159,12 @@ def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None
         except BrokenProcessPool as exc:
             raise WriterError(f"{plan.dest}: a pyramid worker process died ({exc}); the finished tasks are "
                               "recorded: continue with --resume.") from None
-        finally:
+        except BaseException:  # Ctrl-C, a failed task: stop the other tasks now, not when they end
             for future in futures:
                 future.cancel()
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.kill()
+            raise
 
 
 def pending(plan: Plan) -> list[Index]:

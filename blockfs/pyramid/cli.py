@@ -61,8 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
 
     def body(args: argparse.Namespace) -> int:
-        dest = build_pyramid(args.source, args.dest, args.levels, args.method, args.voxel_size, args.n_workers,
-                             args.overwrite, args.resume, args.silent)
+        try:
+            dest = build_pyramid(args.source, args.dest, args.levels, args.method, args.voxel_size, args.n_workers,
+                                 args.overwrite, args.resume, args.silent)
+        except KeyboardInterrupt:
+            print(f"{parser.prog}: {os.path.abspath(args.dest)}: interrupted; continue with the same command and "
+                  "--resume", file=sys.stderr)
+            return 130
         if not args.silent:
             print(f"blockfs pyramid: wrote {dest}")
         return 0

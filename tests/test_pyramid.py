@@ -232,3 +232,17 @@ def test_unusable_sources_and_folders_are_named(tmp_path: Path) -> None:
     assert code == 1 and "--resume" in err
     code, _, err = call("pyramid", wide, tmp_path / "missing" / "p", "--silent", "--method", "max")
     assert code == 1 and "parent folder" in err
+
+
+def test_a_damaged_source_block_stops_the_build_with_its_name(tmp_path: Path) -> None:
+    source = tmp_path / "source.blockfs"
+    ref.write_volume(source, ref.sample(SHAPE, "uint16"), BLOCK, n_files=1)
+    shard = Path(Directory.open(str(source)).shard_paths[0])
+    os.truncate(shard, shard.stat().st_size // 2)
+    exe = Path(sys.executable).with_name("blockfs")
+    result = subprocess.run([str(exe), "pyramid", str(source), str(tmp_path / "p"), "--n-workers", "2", "--silent"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert result.stderr.startswith("blockfs pyramid: ") and "truncated" in result.stderr
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert not (tmp_path / "p" / "info").exists()

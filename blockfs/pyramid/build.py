@@ -160,10 +160,8 @@ def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None
             raise WriterError(f"{plan.dest}: a pyramid worker process died ({exc}); the finished tasks are "
                               "recorded: continue with --resume.") from None
         except BaseException:  # Ctrl-C, a failed task: stop the other tasks now, not when they end
-            for future in futures:
-                future.cancel()
             for process in list(getattr(pool, "_processes", {}).values()):
-                process.kill()
+                process.kill()  # the pool then fails the pending tasks itself
             raise
 
 

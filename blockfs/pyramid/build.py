@@ -171,12 +171,13 @@ def pending(plan: Plan) -> list[Index]:
     return [t for t in plan.tasks if t not in done]
 
 
-def prepare(plan: Plan, overwrite: bool = False, resume: bool = False, n_shards: int | None = None) -> Plan:
+def prepare(plan: Plan, overwrite: bool = False, resume: bool = False, n_shards: int | None = None,
+            silent: bool = True) -> Plan:
     """Check and set up ``plan.dest``; returns the plan to run (a resumed build keeps its task level)."""
     if state.check_destination(plan.dest, overwrite, resume):
         task_level = state.stored_task_level(plan)
         plan = make_plan(plan.source, plan.dest, plan.levels, plan.method, plan.voxel_size_um, task_level=task_level)
-    state.start(plan, n_shards or os.cpu_count() or 1)
+    state.start(plan, n_shards or os.cpu_count() or 1, silent)
     return plan
 
 
@@ -206,7 +207,8 @@ def build_pyramid(source: str | os.PathLike, dest: str | os.PathLike, levels: in
     error unless ``resume`` (continue it) or ``overwrite`` (start again).
     """
     n_workers = n_workers or os.cpu_count() or 1
-    plan = prepare(make_plan(source, dest, levels, method, voxel_size_um, n_workers), overwrite, resume, n_workers)
+    plan = prepare(make_plan(source, dest, levels, method, voxel_size_um, n_workers), overwrite, resume, n_workers,
+                   silent)
     todo = pending(plan)
     total = sum(plan.level1_blocks_under(plan.task_level, t) for t in plan.tasks)
     done = total - sum(plan.level1_blocks_under(plan.task_level, t) for t in todo)

@@ -112,14 +112,14 @@ def check_destination(dest: str, overwrite: bool, resume: bool) -> bool:
     return False
 
 
-def place_level1(plan: Plan) -> None:
+def place_level1(plan: Plan, silent: bool = True) -> None:
     """Put the source at level 1: its shards hard-linked (else copied), its directory file rewritten."""
     target = plan.path(1)
     folder = os.path.dirname(target)
     shutil.rmtree(folder, ignore_errors=True)  # a placement cut short by an interruption
     os.makedirs(folder)
     header = read_directory_file(plan.source)
-    placements = [Placement(s.path, os.path.join(folder, os.path.basename(s.path)), 0)
+    placements = [Placement(s.path, os.path.join(folder, os.path.basename(s.path)), os.path.getsize(s.path))
                   for s in locate_shards(plan.source, header.names) if s.exists]
     if len(placements) != len(header.names) or len({p.target for p in placements}) != len(placements):
         raise InvalidArgumentError(f"{plan.source}: its shard files must all exist and have distinct base names "
@@ -127,7 +127,7 @@ def place_level1(plan: Plan) -> None:
     if any(os.path.basename(p.target) == LEVEL_FILE for p in placements):
         raise InvalidArgumentError(f"{plan.source}: a shard is named {LEVEL_FILE}, the name of level 1's directory "
                                    "file; rename the volume with blockfs-mv first.")
-    with byte_progress(0, True, "") as bar:
+    with byte_progress(sum(p.size for p in placements), silent, "blockfs pyramid: level 1") as bar:
         for placement in placements:
             _place(placement, True, bar)  # a hard link within one file system, else a copy
     fsync_folder(folder)
@@ -150,7 +150,7 @@ def create_levels(plan: Plan, n_shards: int) -> None:
                   ).create(overwrite=True).close()
 
 
-def start(plan: Plan, n_shards: int) -> None:
+def start(plan: Plan, n_shards: int, silent: bool = True) -> None:
     """Make ``plan.dest`` ready for the tasks (after :func:`check_destination`), unless it already is."""
     if os.path.exists(journal(plan, READY_FILE)):
         return
@@ -158,7 +158,7 @@ def start(plan: Plan, n_shards: int) -> None:
     with open(journal(plan, PLAN_FILE), "w", encoding="utf-8") as f:
         json.dump(_plan_record(plan), f)
     fsync_folder(journal(plan))
-    place_level1(plan)
+    place_level1(plan, silent)
     create_levels(plan, n_shards)
     with open(journal(plan, READY_FILE), "w"):
         pass

@@ -4,7 +4,7 @@
 #   1. the Debian packages below, with apt-get (through sudo when not root);
 #   2. .venv/ with pip, setuptools and what the h5py build needs;
 #   3. h5py built from source against Debian's parallel HDF5 (Open MPI), checked to have MPI;
-#   4. blockfs itself, editable, with the extras [tools,test].
+#   4. blockfs itself, editable, with the extras [tools,interop,test].
 # A stamp records completion; editing pyproject.toml, setup.py or this Makefile re-runs the steps.
 PYTHON ?= python3
 VENV ?= .venv
@@ -63,7 +63,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 	fi
 	$(PY) -c '$(H5PY_CHECK)' || { echo "h5py was built without MPI" >&2; exit 1; }
 	@# h5py is installed and satisfies [tools] now, so pip keeps the parallel build
-	$(PIP) install -q -e '.[tools,test]'
+	$(PIP) install -q -e '.[tools,interop,test]'
 	$(PY) -c '$(H5PY_CHECK)' || { echo "installing blockfs replaced the parallel h5py" >&2; exit 1; }
 	touch $@
 

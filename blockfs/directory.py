@@ -13,11 +13,13 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Iterator
 
+import blosc
 import numpy as np
 
 from . import format as fmt
-from .blocks import load_block, read_entries, read_entry, read_payload, store_block
-from .codec import Compression, check_compression
+from . import records
+from .blocks import append_block, load_block, read_entries, read_entry, read_payload, store_block
+from .codec import BLOSC_HEADER_BYTES, Compression, check_compression
 from .errors import (BlockCoordinateError, BlockShapeError, ChecksumError, ClosedError, FormatError,
                      InvalidArgumentError, MissingShardError, ReadOnlyError, RegionError, VolumeExistsError)
 from .indexing import select
@@ -523,3 +525,34 @@ class Directory:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+    # -- interop (needs the [interop] extra) ------------------------------------------------------
+
+    def write_block_payload(self, payload: bytes, x: int, y: int, z: int) -> None:
+        """Store already-compressed blosc bytes (as ``read_block_payload`` returns them) as the block at (x, y, z).
+
+        The buffer must decompress to exactly the block's shape at the volume's dtype; it is
+        appended directly from this process, safely alongside other writers.
+        """
+        self._check_writable()
+        entry = self._entry(x, y, z)
+        nbytes = math.prod(self._layout.block_shape_at(x, y, z)) * self.dtype.itemsize
+        try:
+            sizes = blosc.get_cbuffer_sizes(bytes(payload[:BLOSC_HEADER_BYTES]))
+        except Exception:  # blosc raises its own untyped error for bad headers
+            sizes = None
+        if sizes is None or sizes[:2] != (nbytes, len(payload)):
+            raise BlockShapeError(f"{self.directory_filename}: the payload for the block at (x={x}, y={y}, z={z}) must "
+                                  f"be one blosc buffer of {len(payload)} bytes decompressing to {nbytes}; its header "
+                                  f"says {sizes}. Compress the block with blosc first.")
+        data, payload_at = ((records.encode(entry, bytes(payload)) + bytes(payload), records.HEADER_SIZE)
+                            if self.records else (bytes(payload), 0))
+        try:
+            append_block(self._files, self._layout, self.directory_offset, entry, data, payload_at)
+        except FileNotFoundError:
+            raise self._missing_shard(entry) from None
+
+    def to_dask(self) -> Any:
+        """A lazy dask array of the volume, one chunk per block; see :mod:`blockfs.interop.dask_io`."""
+        from .interop.dask_io import to_dask
+        return to_dask(self)

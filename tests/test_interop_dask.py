@@ -1,0 +1,106 @@
+"""dask in and out: to_dask and open_zarr + da.from_zarr equal the library's reads; write_dask on every scheduler."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import blockfs
+from blockfs import Directory, check
+from blockfs.pyramid import open_pyramid
+from interop_support import make_pyramid, need
+from volumes import make_volume
+
+SHAPE = (40, 50, 70)
+BLOCK = (16, 16, 32)
+
+
+@pytest.fixture
+def volume(tmp_path):
+    return make_volume(tmp_path, shape=SHAPE, block=BLOCK, missing=((32, 16, 16),))
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes", "synchronous"])
+def test_to_dask_equals_the_library_read(volume, scheduler):
+    need("dask")
+    path, expected = volume
+    d = Directory.open(path)
+    array = d.to_dask()
+    assert array.chunksize == BLOCK and array.numblocks == (3, 4, 3)
+    assert len(pickle.dumps(array)) < 20_000
+    np.testing.assert_array_equal(array.compute(scheduler=scheduler), d[...])
+    np.testing.assert_array_equal(array[3:37, 10:20, 65:].compute(scheduler=scheduler), expected[3:37, 10:20, 65:])
+    assert int(array.sum(dtype=np.int64).compute(scheduler=scheduler)) == int(expected.sum(dtype=np.int64))
+
+
+def test_to_dask_on_pyramid_levels_and_open_zarr_with_from_zarr(tmp_path):
+    da = need("dask.array")
+    need("zarr")
+    root, arrays = make_pyramid(tmp_path / "p")
+    for level, expected in zip(open_pyramid(root).levels, arrays):
+        np.testing.assert_array_equal(level.to_dask().compute(), expected)
+    group = blockfs.open_zarr(root)
+    for i, expected in enumerate(arrays):
+        np.testing.assert_array_equal(da.from_zarr(group[str(i)]).compute(scheduler="processes"), expected)
+
+
+def test_to_dask_on_a_distributed_cluster(volume):
+    distributed = need("distributed")
+    path, expected = volume
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        array = Directory.open(path).to_dask()
+        np.testing.assert_array_equal(client.compute(array).result(), expected)
+        zarr_array = need("dask.array").from_zarr(blockfs.open_zarr(path))
+        np.testing.assert_array_equal(client.compute(zarr_array).result(), expected)
+
+
+def _input(da):
+    rng = np.random.default_rng(3)
+    data = rng.integers(0, 60000, SHAPE, dtype=np.uint16)
+    return data, da.from_array(data, chunks=(13, 21, 40))  # chunks that straddle blocks
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "processes"])
+def test_write_dask_on_local_schedulers(tmp_path, scheduler):
+    da = need("dask.array")
+    data, array = _input(da)
+    path = tmp_path / "out.blockfs"
+    out = blockfs.write_dask(array, path, compute_kwargs={"scheduler": scheduler}, n_filenames=3,
+                             z_block_size=BLOCK[0], y_block_size=BLOCK[1], x_block_size=BLOCK[2],
+                             metadata={"source": "dask"})
+    assert out.mode == "r" and out.metadata == {"source": "dask"}
+    np.testing.assert_array_equal(out[...], data)
+    again = Directory.open(path)
+    assert all(again.read_block_payload(x, y, z) is not None
+               for z in range(0, SHAPE[0], BLOCK[0]) for y in range(0, SHAPE[1], BLOCK[1])
+               for x in range(0, SHAPE[2], BLOCK[2]))
+    with pytest.raises(blockfs.VolumeExistsError):
+        blockfs.write_dask(array, path)
+
+
+def test_write_dask_on_a_distributed_cluster_with_retries(tmp_path):
+    da = need("dask.array")
+    distributed = need("distributed")
+    from blockfs.interop.dask_io import _write_chunk
+    data, array = _input(da)
+    path = tmp_path / "out.blockfs"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None) as cluster, \
+            distributed.Client(cluster):
+        blockfs.write_dask(array, path, z_block_size=BLOCK[0], y_block_size=BLOCK[1], x_block_size=BLOCK[2])
+        # a retried task writes its blocks again: the result is the same volume
+        blockfs.write_dask(array + 1, path, overwrite=True, z_block_size=BLOCK[0], y_block_size=BLOCK[1],
+                           x_block_size=BLOCK[2])
+        rewrite = (array + 1).rechunk(BLOCK).map_blocks(_write_chunk, str(path), dtype=bool,
+                                                        chunks=((1,) * 3, (1,) * 4, (1,) * 3))
+        rewrite.sum().compute()
+    np.testing.assert_array_equal(Directory.open(path)[...], data + 1)
+    assert check.main([str(path)]) == 0
+
+
+def test_write_dask_rejects_a_2d_array(tmp_path):
+    da = need("dask.array")
+    with pytest.raises(blockfs.InvalidArgumentError, match="3D"):
+        blockfs.write_dask(da.zeros((4, 4)), tmp_path / "flat.blockfs")

@@ -1,0 +1,99 @@
+"""The zarr view of volumes and pyramids, read by zarr-python 3 through the blockfs Store."""
+
+from __future__ import annotations
+
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+
+import blosc
+import numpy as np
+import pytest
+
+from blockfs import Directory
+from blockfs.interop.zarr_format import ZarrView, chunk_bytes, parse_chunk_key, written_chunks
+from interop_support import make_pyramid, need
+from volumes import make_volume
+
+MISSING = ((32, 0, 0), (96, 64, 64))
+
+
+@pytest.fixture
+def volume(tmp_path):
+    return make_volume(tmp_path, shape=(70, 90, 100), block=(32, 32, 32), missing=MISSING,
+                       metadata={"voxel_size_um": [0.5, 0.5, 2.0]})
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_python_reads_a_volume(volume, zarr_format):
+    need("zarr")
+    from blockfs.interop.store import BlockfsStore, open_zarr
+    path, expected = volume
+    array = open_zarr(path, zarr_format=zarr_format)
+    assert array.shape == expected.shape and array.dtype == expected.dtype
+    assert array.chunks == (32, 32, 32) and array.read_only
+    np.testing.assert_array_equal(array[...], expected)
+    np.testing.assert_array_equal(array[5:67, 31:33, 99], expected[5:67, 31:33, 99])
+    with pytest.raises(ValueError):
+        array[0:1, 0:1, 0:1] = 1
+    assert isinstance(array.store, BlockfsStore)
+
+
+def test_full_blocks_pass_through_and_edge_blocks_are_padded(volume):
+    path, expected = volume
+    d = Directory.open(path)
+    assert chunk_bytes(d, (0, 1, 0)) == d.read_block_payload(0, 32, 0)
+    assert chunk_bytes(d, (0, 0, 1)) is None  # never written
+    assert chunk_bytes(d, (3, 0, 0)) is None  # outside the grid
+    assert chunk_bytes(d, (2, 2, 3)) is None  # a never-written edge block
+    out = np.frombuffer(blosc.decompress(chunk_bytes(d, (2, 1, 3))), d.dtype).reshape(32, 32, 32)
+    np.testing.assert_array_equal(out[:6, :, :4], expected[64:, 32:64, 96:])
+    assert not out[6:].any() and not out[:, :, 4:].any()
+    assert sorted(written_chunks(d)) == sorted(
+        (z // 32, y // 32, x // 32) for z in range(0, 70, 32) for y in range(0, 90, 32) for x in range(0, 100, 32)
+        if (x, y, z) not in MISSING)
+
+
+def test_chunk_keys_of_both_forms():
+    assert parse_chunk_key("1.2.3", 2) == (1, 2, 3)
+    assert parse_chunk_key("c/1/2/3", 3) == (1, 2, 3)
+    for key, fmt in [("1.2", 2), ("c/1/2/3", 2), ("1.2.3", 3), ("c/1/2", 3), (".zarray", 2), ("c/-1/0/0", 3),
+                     ("1.2.x", 2), ("zarr.json", 3)]:
+        assert parse_chunk_key(key, fmt) is None
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_python_reads_a_pyramid_with_ome_multiscales(tmp_path, zarr_format):
+    need("zarr")
+    from blockfs.interop.store import open_zarr
+    root, arrays = make_pyramid(tmp_path / "pyramid")
+    group = open_zarr(root, zarr_format=zarr_format)
+    attrs = dict(group.attrs)
+    ms = attrs["multiscales"][0] if zarr_format == 2 else attrs["ome"]["multiscales"][0]
+    assert [a["name"] for a in ms["axes"]] == ["z", "y", "x"]
+    assert [d["path"] for d in ms["datasets"]] == ["0", "1", "2"]
+    assert ms["datasets"][2]["coordinateTransformations"] == [
+        {"type": "scale", "scale": [8.0, 2.0, 2.0]}, {"type": "translation", "translation": [3.0, 0.75, 0.75]}]
+    for i, expected in enumerate(arrays):
+        np.testing.assert_array_equal(group[str(i)][...], expected)
+    assert sorted(group.array_keys()) == ["0", "1", "2"]
+
+
+def test_store_pickles_and_reads_from_threads(volume):
+    need("zarr")
+    import zarr
+    from blockfs.interop.store import BlockfsStore
+    path, expected = volume
+    store = pickle.loads(pickle.dumps(BlockfsStore(path)))
+    assert len(pickle.dumps(store)) < 4096
+    array = zarr.open_array(store, mode="r")
+    with ThreadPoolExecutor(4) as pool:
+        parts = list(pool.map(lambda z: array[z:z + 10], range(0, 70, 10)))
+    np.testing.assert_array_equal(np.concatenate(parts), expected)
+
+
+def test_view_lists_metadata_then_written_chunks(volume):
+    path, _ = volume
+    view = ZarrView(path, zarr_format=3)
+    keys = list(view.metadata) + list(view.chunk_keys())
+    assert keys[0] == "zarr.json" and "c/0/1/0" in keys and "c/0/0/1" not in keys
+    assert len(keys) == 1 + 3 * 3 * 4 - len(MISSING)

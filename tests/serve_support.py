@@ -59,7 +59,8 @@ def write_volume(path: Path, data: np.ndarray, block: tuple[int, int, int], miss
 
 
 def write_pyramid(root: Path, data: np.ndarray, block: tuple[int, int, int], n_levels: int,
-                  voxel_size_um: tuple[float, float, float] = (0.5, 0.5, 2.0)) -> list[np.ndarray]:
+                  voxel_size_um: tuple[float, float, float] = (0.5, 0.5, 2.0), missing: set = MISSING
+                  ) -> list[np.ndarray]:
     """A pyramid folder as VIEWING-NOTES section 1 lays it out; levels are strided subsamples.
 
     Returns each level as it reads (missing blocks zeroed), finest first.
@@ -71,7 +72,7 @@ def write_pyramid(root: Path, data: np.ndarray, block: tuple[int, int, int], n_l
         key = f"{f}_{f}_{f}"
         (root / key).mkdir()
         sub = np.ascontiguousarray(data[::f, ::f, ::f])
-        levels.append(write_volume(root / key / "precomputed.blockfs", sub, block,
+        levels.append(write_volume(root / key / "precomputed.blockfs", sub, block, missing,
                                    metadata={"voxel_size_um": [v * f for v in voxel_size_um]}))
         scales.append({"key": key, "size": [sub.shape[2], sub.shape[1], sub.shape[0]],
                        "resolution": [v * f * 1000 for v in voxel_size_um], "chunk_sizes": [list(block[::-1])],

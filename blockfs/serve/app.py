@@ -16,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import mimetypes
-import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
 from .cache import ByteCache
+from .client import ViewerSession, add_client
 from .volumes import Chunk, ServedVolume
 
 log = logging.getLogger("blockfs.serve")
@@ -38,18 +37,17 @@ CORS_HEADERS = {
 }
 DEFAULT_ALLOWED_HEADERS = "Range, If-None-Match, X-Requested-With"
 ZARR_FORMATS = {"zarr": 2, "zarr3": 3}
-mimetypes.add_type("application/wasm", ".wasm")
 
 
 class State:
     """What the handlers share: the served volumes, the read pool, the edge-block cache, counters."""
 
-    def __init__(self, volumes: dict[str, ServedVolume], threads: int, cache_bytes: int,
-                 client_files: dict[str, str] | None):
+    def __init__(self, volumes: dict[str, ServedVolume], threads: int, cache_bytes: int):
         self.volumes = volumes
         self.pool = ThreadPoolExecutor(threads, "blockfs-serve")
         self.edges = ByteCache(cache_bytes)
-        self.client_files = client_files or {}
+        #: the Neuroglancer client's state, when the client is served
+        self.viewer: ViewerSession | None = None
         #: requests answered, by (name, route, level): route is "info", "precomputed", "zarr" or "zarr3"
         self.requests: collections.Counter[tuple[str, str, int | None]] = collections.Counter()
 
@@ -143,38 +141,23 @@ def preflight(request: web.Request) -> web.Response:
     return web.Response(status=204, headers={"Access-Control-Allow-Headers": allowed})
 
 
-async def index(request: web.Request) -> web.StreamResponse:
-    """The Neuroglancer client when it is served, else a JSON list of the served volumes."""
-    state = request.app[STATE]
-    if "index.html" in state.client_files:
-        return web.FileResponse(state.client_files["index.html"])
+async def index(request: web.Request) -> web.Response:
+    """A JSON list of the served volumes and their routes."""
     listing = {name: {"precomputed": f"/{name}/", "zarr": f"/{name}/zarr/", "zarr3": f"/{name}/zarr3/"}
-               for name in state.volumes}
+               for name in request.app[STATE].volumes}
     return web.json_response(listing, headers={"Cache-Control": "no-cache"})
-
-
-async def client_file(request: web.Request) -> web.StreamResponse:
-    """One file of the Neuroglancer client, by name from a fixed list (nothing else is reachable)."""
-    path = request.app[STATE].client_files.get(request.match_info["file"])
-    if path is None:
-        raise not_found(request)
-    return web.FileResponse(path)
-
-
-def client_files(folder: str) -> dict[str, str]:
-    """The files of a built web client folder by name (its top level only)."""
-    return {name: os.path.join(folder, name) for name in os.listdir(folder)
-            if os.path.isfile(os.path.join(folder, name))}
 
 
 def make_app(volumes: dict[str, ServedVolume], threads: int = 8, cache_bytes: int = 256 << 20,
              client_folder: str | None = None) -> web.Application:
-    """The application serving ``volumes`` by name (and the web client in ``client_folder``, if given)."""
+    """The application serving ``volumes`` by name (and Neuroglancer's client in ``client_folder``, if given)."""
     app = web.Application(middlewares=[errors])
-    app[STATE] = State(volumes, threads, cache_bytes, client_files(client_folder) if client_folder else None)
+    state = app[STATE] = State(volumes, threads, cache_bytes)
     app.on_response_prepare.append(add_cors)
-    app.router.add_get("/", index)
-    app.router.add_get("/{file}", client_file)
+    if client_folder is not None:
+        state.viewer = add_client(app, client_folder)
+    else:
+        app.router.add_get("/", index)
     app.router.add_get("/{name}/info", info)
     app.router.add_get(r"/{name}/{zarr:zarr3?}/{key:.*}", zarr)
     app.router.add_get("/{name}/{key}/{chunk}", precomputed)

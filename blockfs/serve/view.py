@@ -6,15 +6,14 @@ The client is the one bundled in the ``neuroglancer`` Python package, so viewing
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import urllib.parse
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from ..directory import Directory
 from ..errors import InvalidArgumentError
+from .client import CLIENT_PATH
 from .server import LOOPBACK, Server, start
 from .volumes import ServedVolume
 
@@ -61,9 +60,13 @@ def viewer_state(url: str, volumes: Sequence[ServedVolume]) -> dict[str, Any]:
 
 
 def viewer_url(server: Server) -> str:
-    """The URL that opens the served client on :func:`viewer_state`."""
-    state = viewer_state(server.url, list(server.state.volumes.values()))
-    return f"{server.url}/#!" + urllib.parse.quote(json.dumps(state, separators=(",", ":")), safe="")
+    """Give the served client :func:`viewer_state`; return the URL that opens it."""
+    session = server.state.viewer
+    if session is None:
+        raise InvalidArgumentError(f"{server.url}: this server does not serve the Neuroglancer client; "
+                                   "start it with blockfs.serve.view().")
+    session.set(viewer_state(server.url, list(server.state.volumes.values())))
+    return server.url + CLIENT_PATH
 
 
 def view(paths: Iterable[str | os.PathLike] | str | os.PathLike, port: int = 0, host: str = LOOPBACK,

@@ -11,10 +11,10 @@ import sys
 import tempfile
 import time
 
-from . import blockfs_bench, limits, peers, report
+from . import blockfs_bench, interop_bench, limits, peers, report
 from .data import KINDS, make_dataset, parse_size, size_label
 
-CATEGORIES = ("limits", "write", "read", "peers")
+CATEGORIES = ("limits", "write", "read", "peers", "interop")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"benchmarks: peers not installed, skipped: {', '.join(missing)} (pip install zarr tensorstore h5py "
              "hdf5plugin)")
     peer_names = [p for p in args.peers if p not in missing]
+    if "interop" in args.only and interop_bench.missing():
+        _log(f"benchmarks: interop skipped, not installed: {', '.join(interop_bench.missing())} (pip install "
+             "'.[interop]')")
     folder = tempfile.mkdtemp(prefix="blockfs-bench-", dir=args.scratch)
     run = report.Run(command, args.sizes, args.repeats, args.data, args.scratch)
     start = time.perf_counter()
@@ -101,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                     run.reads[(kind, ds.nbytes)] = blockfs_bench.read_benchmark(
                         ds, folder, args.repeats, n_random, n_regions, _log)
                     meter.sample_decompress()
+                if "interop" in args.only and not interop_bench.missing():
+                    run.interop.append(interop_bench.run(ds, folder, args.repeats, _log))
                 if "peers" in args.only:
                     for name in peer_names:
                         run.peers.append(peers.run_peer(name, ds, folder, args.repeats, n_random, _log))

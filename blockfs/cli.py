@@ -17,6 +17,8 @@ SUBCOMMANDS = {
     "jp2k": ("blockfs.blockfs2jp2k", "main", "export one JPEG 2000 plane per z"),
     "hdf5": ("blockfs.blockfs2hdf5", "main", "export to an HDF5 dataset (in parallel under mpiexec)"),
     "from-tif": ("blockfs.tif2blockfs", "main", "import a z-stack of TIFF planes"),
+    "to-zarr": ("blockfs.interop.cli", "to_zarr_main", "repack a volume or pyramid as OME-Zarr without recompressing"),
+    "from-zarr": ("blockfs.interop.cli", "from_zarr_main", "import a zarr array or OME-Zarr image"),
     "serve": ("blockfs.serve.cli", "serve_main", "serve volumes and pyramids over HTTP (precomputed, zarr)"),
     "view": ("blockfs.serve.cli", "view_main", "look at volumes in Neuroglancer, served locally"),
     "demo": ("blockfs.demo", "main", "write, read back and verify a sample volume"),

@@ -9,6 +9,7 @@ import blosc
 import numpy as np
 import pytest
 
+import blockfs
 from blockfs import Directory
 from blockfs.interop.zarr_format import ZarrView, chunk_bytes, parse_chunk_key, written_chunks
 from interop_support import make_pyramid, need
@@ -97,3 +98,22 @@ def test_view_lists_metadata_then_written_chunks(volume):
     keys = list(view.metadata) + list(view.chunk_keys())
     assert keys[0] == "zarr.json" and "c/0/1/0" in keys and "c/0/0/1" not in keys
     assert len(keys) == 1 + 3 * 3 * 4 - len(MISSING)
+
+
+def test_write_block_payload_stores_stored_bytes_and_checks_them(volume, tmp_path):
+    path, expected = volume
+    source = Directory.open(path)
+    copy = Directory(100, 90, 70, "uint16", str(tmp_path / "copy.blockfs"), n_filenames=1, x_block_size=32,
+                     y_block_size=32, z_block_size=32).create()
+    full, edge = source.read_block_payload(32, 32, 32), source.read_block_payload(96, 64, 0)
+    copy.write_block_payload(full, 32, 32, 32)
+    copy.write_block_payload(edge, 96, 64, 0)
+    with pytest.raises(blockfs.BlockShapeError, match="decompressing to 65536"):
+        copy.write_block_payload(edge, 0, 0, 0)  # an edge block's bytes at a full block
+    with pytest.raises(blockfs.BlockShapeError, match="one blosc buffer"):
+        copy.write_block_payload(b"not blosc at all, not at all", 0, 0, 0)
+    copy.close()
+    reopened = Directory.open(tmp_path / "copy.blockfs")
+    assert reopened.read_block_payload(32, 32, 32) == full
+    np.testing.assert_array_equal(reopened[:32, 64:, 96:], expected[:32, 64:, 96:])
+    assert reopened.read_block_payload(0, 0, 0) is None

@@ -62,7 +62,8 @@ def open_source(source: SourceLike) -> Source:
         source = open_pyramid(path) if is_pyramid(path) else Directory.open(path)
     if isinstance(source, Pyramid):
         sizes = tuple(tuple(r / 1000 for r in reversed(res)) for res in source.resolutions_nm)
-        return Source(source.levels, sizes, os.path.basename(os.path.normpath(source.root)), True)  # type: ignore[arg-type]
+        name = os.path.basename(os.path.normpath(source.root))
+        return Source(source.levels, sizes, name, True)  # type: ignore[arg-type]
     voxel = source.metadata.get(VOXEL_SIZE_KEY, [1.0, 1.0, 1.0])
     if not (isinstance(voxel, list) and len(voxel) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in voxel)):
         raise InvalidArgumentError(f"{source.directory_filename}: metadata {VOXEL_SIZE_KEY!r} must be three positive "

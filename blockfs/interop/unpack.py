@@ -1,0 +1,254 @@
+"""Import a zarr v2/v3 array or OME-Zarr image into a blockfs volume or pyramid folder.
+
+When a chunk (or a shard's inner chunk) has the block's shape and is blosc-encoded (zarr v2
+``blosc`` compressor; zarr v3 ``bytes`` + ``blosc``, sharded or not), its bytes are stored as they
+are; edge chunks are cropped and recompressed, and any other codec or chunking is transcoded
+block by block through zarr-python. Missing chunks stay unwritten blocks (fill value 0).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import blosc
+import numpy as np
+import zarr
+from tqdm import tqdm
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from ..directory import Directory
+from ..errors import FormatError, InvalidArgumentError, VolumeExistsError
+from ..pyramid.folder import INFO_NAME, LEVEL_FILE, level_key
+from .shard import decode_index, inner_chunk
+from .work import bounded_map
+from .zarr_format import VOXEL_SIZE_KEY
+
+UNIT_TO_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, None: 1.0}
+
+
+@dataclass(frozen=True)
+class Level:
+    """One zarr array to import, its voxel size (x, y, z) in micrometres and its pyramid factor."""
+
+    array: zarr.Array
+    voxel_size_um: tuple[float, float, float]
+    factor: int
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    """How stored chunks become blocks: the key grid, whether keys are shards, and the index layout."""
+
+    grid: tuple[int, int, int]
+    shard_blocks: tuple[int, int, int] | None
+    index_location: str
+    index_checksum: bool
+
+
+def _multiscale(attrs: dict[str, Any]) -> dict[str, Any] | None:
+    found = attrs.get("ome", {}).get("multiscales") or attrs.get("multiscales")
+    return found[0] if isinstance(found, list) and found else None
+
+
+def open_levels(source: str) -> tuple[list[Level], dict[str, Any]]:
+    """The arrays of a zarr array or OME-Zarr image (finest first) and the blockfs metadata it carries."""
+    try:
+        node = zarr.open(source, mode="r")
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise FormatError(f"{source}: not a zarr array or group ({exc}); pass the folder holding zarr.json "
+                          "or .zarray/.zgroup.") from None
+    if isinstance(node, zarr.Array):
+        return [Level(node, (1.0, 1.0, 1.0), 1)], {}
+    attrs = dict(node.attrs)
+    multiscale = _multiscale(attrs)
+    if multiscale is None:
+        raise FormatError(f"{source}: a zarr group without OME-Zarr multiscales; pass the path of one of its "
+                          "arrays instead.")
+    names = [axis["name"] if isinstance(axis, dict) else axis for axis in multiscale.get("axes", ["z", "y", "x"])]
+    if len(names) != 3:
+        raise FormatError(f"{source}: the image has axes {names}; only 3D (z, y, x) images can be imported.")
+    units = [UNIT_TO_UM.get(axis.get("unit"), 1.0) if isinstance(axis, dict) else 1.0
+             for axis in multiscale.get("axes", [])] or [1.0] * 3
+    levels = []
+    for dataset in multiscale["datasets"]:
+        scale = next((t["scale"] for t in dataset.get("coordinateTransformations", []) if t["type"] == "scale"),
+                     [1.0, 1.0, 1.0])
+        size = tuple(float(s) * u for s, u in zip(reversed(scale), reversed(units)))
+        levels.append((node[dataset["path"]], size))
+    finest = levels[0][1][0]
+    found = [Level(array, size, round(size[0] / finest)) for array, size in levels]  # type: ignore[arg-type]
+    return found, attrs.get("blockfs", {})
+
+
+def passthrough(array: zarr.Array, block_shape: tuple[int, int, int]) -> Passthrough | None:
+    """How to pass ``array``'s stored chunks through as blocks, or None if they must be transcoded."""
+    meta = array.metadata.to_dict()
+    if tuple(array.chunks) != tuple(block_shape):
+        return None
+    if meta["zarr_format"] == 2:
+        blosc_only = (meta.get("compressor") or {}).get("id") == "blosc" and not meta.get("filters") and \
+            meta.get("order", "C") == "C" and str(meta["dtype"])[:1] in "<|"
+        grid = tuple(-(-n // c) for n, c in zip(array.shape, array.chunks))
+        return Passthrough(grid, None, "end", False) if blosc_only else None  # type: ignore[arg-type]
+    codecs = meta["codecs"]
+    shard, location, checksum = None, "end", False
+    if len(codecs) == 1 and codecs[0]["name"] == "sharding_indexed":
+        config = codecs[0]["configuration"]
+        index_names = [c["name"] for c in config.get("index_codecs", [])]
+        if index_names not in (["bytes"], ["bytes", "crc32c"]):
+            return None
+        shard = tuple(s // c for s, c in zip(array.shards, array.chunks))
+        codecs, location, checksum = config["codecs"], config.get("index_location", "end"), "crc32c" in index_names
+    if [c["name"] for c in codecs] != ["bytes", "blosc"] or \
+            codecs[0].get("configuration", {}).get("endian", "little") != "little":
+        return None
+    outer = array.shards or array.chunks
+    grid = tuple(-(-n // c) for n, c in zip(array.shape, outer))
+    return Passthrough(grid, shard, location, checksum)  # type: ignore[arg-type]
+
+
+def _get(array: zarr.Array, chunk: tuple[int, ...]) -> bytes | None:
+    """The stored bytes of the chunk (or shard) key at ``chunk``; None if missing."""
+    key = array.metadata.encode_chunk_key(chunk)
+    buffer = sync(array.store.get(f"{array.path}/{key}" if array.path else key, default_buffer_prototype()))
+    return None if buffer is None else buffer.to_bytes()
+
+
+def _store(volume: Directory, chunk: tuple[int, ...], data: bytes) -> None:
+    """Store one full-size blosc chunk as the block at ``chunk``: as it is, or cropped at the edge."""
+    z, y, x = (c * b for c, b in zip(chunk, volume.layout.block_shape))
+    shape = volume.layout.block_shape_at(x, y, z)
+    if shape == volume.layout.block_shape:
+        volume.write_block_payload(data, x, y, z)
+    else:
+        full = np.frombuffer(blosc.decompress(data), volume.dtype).reshape(volume.layout.block_shape)
+        volume.write_block(full[:shape[0], :shape[1], :shape[2]], x, y, z)
+
+
+def _copy_key(array: zarr.Array, volume: Directory, plan: Passthrough, key: tuple[int, ...]) -> int:
+    """Pass through the chunk or shard at ``key``; return the blocks written."""
+    data = _get(array, key)
+    if data is None:
+        return 0
+    if plan.shard_blocks is None:
+        _store(volume, key, data)
+        return 1
+    n = math.prod(plan.shard_blocks)
+    index = decode_index(data, n, plan.index_location, plan.index_checksum, f"{array.store}/{array.path}/{key}")
+    written = 0
+    for position, inner in enumerate(np.ndindex(*plan.shard_blocks)):
+        chunk = tuple(k * s + i for k, s, i in zip(key, plan.shard_blocks, inner))
+        part = inner_chunk(data, index, position)
+        if part is not None and all(c < g for c, g in zip(chunk, volume.layout.grid)):
+            _store(volume, chunk, part)
+            written += 1
+    return written
+
+
+def _transcode_block(array: zarr.Array, volume: Directory, block: tuple[int, ...]) -> int:
+    """Read one block's region through zarr-python and write it, unless it is all fill (0)."""
+    z, y, x = (c * b for c, b in zip(block, volume.layout.block_shape))
+    shape = volume.layout.block_shape_at(x, y, z)
+    data = array[z:z + shape[0], y:y + shape[1], x:x + shape[2]]
+    if not data.any():
+        return 0
+    volume.write_block(data, x, y, z)
+    return 1
+
+
+def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool, label: str,
+                 **directory_kwargs: Any) -> Directory:
+    """Write one zarr array as a new blockfs volume at ``dest`` (block shape = chunk shape by default)."""
+    if array.ndim != 3:
+        raise InvalidArgumentError(f"{dest}: the zarr array has shape {array.shape}; only 3D (z, y, x) arrays "
+                                   "can be imported.")
+    meta = array.metadata.to_dict()
+    compressor = meta.get("compressor") or next((c["configuration"] for c in _inner_codecs(meta)
+                                                 if c["name"] == "blosc"), {})
+    kwargs: dict[str, Any] = {"z_block_size": array.chunks[0], "y_block_size": array.chunks[1],
+                              "x_block_size": array.chunks[2]}
+    if compressor.get("id", "blosc") == "blosc" and compressor.get("cname") in blosc.compressor_list():
+        kwargs.update(compression=compressor["cname"], compression_level=int(compressor.get("clevel", 5)))
+    kwargs.update(directory_kwargs)
+    overwrite = kwargs.pop("overwrite", False)
+    z, y, x = array.shape
+    volume = Directory(x, y, z, array.dtype, dest, **kwargs).create(overwrite=overwrite)
+    try:
+        plan = passthrough(array, volume.layout.block_shape)
+        if plan is not None:
+            keys: Iterator[tuple[int, ...]] = np.ndindex(*plan.grid)
+            total = math.prod(plan.grid)
+            task = lambda key: _copy_key(array, volume, plan, key)  # noqa: E731
+        else:
+            keys = np.ndindex(*volume.layout.grid)
+            total = math.prod(volume.layout.grid)
+            task = lambda key: _transcode_block(array, volume, key)  # noqa: E731
+        with tqdm(total=total, unit="chunk" if plan else "block", desc=label, disable=silent) as bar:
+            for _ in bounded_map(task, keys, workers):
+                bar.update()
+    finally:
+        volume.close()
+    return Directory.open(dest)
+
+
+def _inner_codecs(meta: dict[str, Any]) -> list[dict[str, Any]]:
+    codecs = meta.get("codecs") or []
+    if len(codecs) == 1 and codecs[0]["name"] == "sharding_indexed":
+        return codecs[0]["configuration"]["codecs"]
+    return codecs
+
+
+def write_info(root: str, levels: list[tuple[Level, Directory]]) -> None:
+    """The pyramid's ``info`` file (precomputed-tif layout) for its written levels."""
+    volume = levels[0][1]
+    scales = [{"key": level_key(level.factor), "size": [d.x_extent, d.y_extent, d.z_extent],
+               "resolution": [v * 1000 for v in level.voxel_size_um],
+               "chunk_sizes": [[d.x_block_size, d.y_block_size, d.z_block_size]], "encoding": "raw",
+               "voxel_offset": [0, 0, 0]} for level, d in levels]
+    info = {"data_type": volume.dtype.name, "num_channels": 1, "type": "image", "scales": scales}
+    with open(os.path.join(root, INFO_NAME), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=2)
+
+
+def from_zarr(source: str | os.PathLike, dest: str | os.PathLike, level: int | None = None, pyramid: bool = False,
+              overwrite: bool = False, workers: int | None = None, silent: bool = True,
+              **directory_kwargs: Any) -> Directory | list[Directory]:
+    """Import a zarr array or one level (default 0) of an OME-Zarr image as a volume at ``dest``, or with
+    ``pyramid=True`` every level as a pyramid folder ``dest``. ``directory_kwargs`` go to :class:`Directory`."""
+    source, dest = os.fspath(source), os.fspath(dest)
+    if pyramid and level is not None:
+        raise InvalidArgumentError(f"{source}: pass either a level or pyramid=True (--level or --pyramid), not both.")
+    levels, metadata = open_levels(source)
+    if not pyramid:
+        index = level or 0
+        if not 0 <= index < len(levels):
+            raise InvalidArgumentError(f"{source}: level {index} does not exist; the image has levels 0 to "
+                                       f"{len(levels) - 1}.")
+        chosen = levels[index]
+        meta = {**metadata, **directory_kwargs.pop("metadata", {}), VOXEL_SIZE_KEY: list(chosen.voxel_size_um)}
+        return import_array(chosen.array, dest, workers, silent, "from-zarr", metadata=meta, overwrite=overwrite,
+                            **directory_kwargs)
+    bad = [lv.factor for lv in levels if lv.factor < 1 or lv.factor & (lv.factor - 1)]
+    if bad:
+        raise FormatError(f"{source}: level scale factors {bad} are not powers of 2; a blockfs pyramid needs "
+                          "levels 2x apart. Import single levels with --level instead.")
+    if os.path.lexists(dest) and not overwrite:
+        raise VolumeExistsError(f"{dest}: already exists; pass --overwrite (overwrite=True) to replace it, "
+                                "or choose another destination.")
+    written = []
+    for i, lv in enumerate(levels):
+        path = os.path.join(os.path.abspath(dest), level_key(lv.factor), LEVEL_FILE)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        count = directory_kwargs.get("n_filenames") or os.cpu_count() or 1
+        kwargs = {**directory_kwargs, "n_filenames": count, "block_filenames": [f"{path}.{k}" for k in range(count)],
+                  "metadata": {**metadata, **directory_kwargs.get("metadata", {}),
+                               VOXEL_SIZE_KEY: list(lv.voxel_size_um)}}
+        written.append((lv, import_array(lv.array, path, workers, silent, f"level {i}", overwrite=overwrite,
+                                         **kwargs)))
+    write_info(dest, written)
+    return [d for _, d in written]

@@ -163,7 +163,9 @@ def make_app(volumes: dict[str, ServedVolume], threads: int = 8, cache_bytes: in
     app.router.add_get("/{name}/{key}/{chunk}", precomputed)
 
     async def shutdown(app: web.Application) -> None:
-        app[STATE].pool.shutdown(wait=True)
+        state.pool.shutdown(wait=True)
+        for volume in volumes.values():
+            volume.close()
 
     app.on_cleanup.append(shutdown)
     return app

@@ -95,8 +95,6 @@ class Server:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(TIMEOUT)
         finally:
             self._stop_loop()
-            for volume in self.state.volumes.values():
-                volume.close()
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)

@@ -102,7 +102,7 @@ def view_main(argv: list[str] | None = None) -> int:
 
     def body(args: argparse.Namespace) -> int:
         try:
-            from .view import view
+            from .viewer import view
         except ImportError as exc:
             return _missing_stack(parser.prog, exc)
         server, url = view(args.paths, port=args.port, host=args.bind, names=args.name)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import threading
 import webbrowser
+from typing import Callable, Iterator
 
 from ..cli_support import run_tool
 
@@ -50,15 +52,21 @@ def _missing_stack(prog: str, exc: ImportError) -> int:
     return 1
 
 
-def _wait_until_stopped() -> None:
-    """Block until Ctrl-C or SIGTERM."""
+@contextlib.contextmanager
+def _until_stopped() -> Iterator[Callable[[], None]]:
+    """A ``wait()`` that returns at Ctrl-C or SIGTERM, caught from the start of the block on."""
     stopped = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    try:
-        while not stopped.wait(3600):
+
+    def wait() -> None:
+        try:
+            while not stopped.wait(3600):
+                pass
+        except KeyboardInterrupt:
             pass
-    except KeyboardInterrupt:
-        pass
+
+    try:
+        yield wait
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -84,11 +92,11 @@ def serve_main(argv: list[str] | None = None) -> int:
             from .server import start
         except ImportError as exc:
             return _missing_stack(parser.prog, exc)
-        with start(args.paths, port=args.port, host=args.bind, names=args.name) as server:
+        with _until_stopped() as wait, start(args.paths, port=args.port, host=args.bind, names=args.name) as server:
             for name in server.state.volumes:
                 print(f"{name}: precomputed://{server.url}/{name}  zarr://{server.url}/{name}/zarr/")
             print(f"serving at {server.url} (Ctrl-C to stop)", flush=True)
-            _wait_until_stopped()
+            wait()
         return 0
 
     return run_tool(parser, body, argv)
@@ -105,13 +113,14 @@ def view_main(argv: list[str] | None = None) -> int:
             from .viewer import view
         except ImportError as exc:
             return _missing_stack(parser.prog, exc)
-        server, url = view(args.paths, port=args.port, host=args.bind, names=args.name)
-        with server:
-            print(f"Neuroglancer: {url}", flush=True)
-            if not args.no_browser and _can_open_browser():
-                webbrowser.open(url)
-            print("(Ctrl-C to stop)", flush=True)
-            _wait_until_stopped()
+        with _until_stopped() as wait:
+            server, url = view(args.paths, port=args.port, host=args.bind, names=args.name)
+            with server:
+                print(f"Neuroglancer: {url}", flush=True)
+                if not args.no_browser and _can_open_browser():
+                    webbrowser.open(url)
+                print("(Ctrl-C to stop)", flush=True)
+                wait()
         return 0
 
     return run_tool(parser, body, argv)

@@ -9,8 +9,9 @@ Every server runs in its own process; the clients (aiohttp, one connection each)
 - *Neuroglancer LocalVolume*: Neuroglancer's own Python server (tornado) over the same array in
   memory, with its default ``npz`` encoding (zlib; its ``raw`` encoding fails on numpy >= 2.3).
 
-Also the median and p99 latency of one chunk with 1 and with 8 clients, and the zarr server's RSS
-over many requests (after a warm-up, and at the end).
+Also the median and p99 latency of one chunk with 1 and with 8 clients, the zarr server's RSS over
+many requests (after a warm-up, and at the end), and each server's CPU time per chunk (which, unlike
+chunks per second, other load on the machine does not change much).
 """
 
 from __future__ import annotations
@@ -184,7 +185,7 @@ def run(ds: Dataset, folder: str, requests: int, log: Callable[[str], None]) -> 
     rng = np.random.default_rng(0)
     chunks = [tuple(int(c) for c in rng.integers(0, grid)) for _ in range(requests)]
     where = {"zarr": path, "precomputed": path, "static": os.path.join(out, "chunks"), "neuroglancer": path}
-    result: dict = {"kind": ds.kind, "nbytes": ds.nbytes, "requests": requests, "rate": {}, "latency": {},
+    result: dict = {"kind": ds.kind, "nbytes": ds.nbytes, "requests": requests, "rate": {}, "cpu_us": {}, "latency": {},
                     "correct": True}
     sample = chunks[:4]
     payloads = {}
@@ -202,13 +203,16 @@ def run(ds: Dataset, folder: str, requests: int, log: Callable[[str], None]) -> 
                 bodies = [np.ascontiguousarray(np.load(io.BytesIO(zlib.decompress(b)))).tobytes() for b in bodies]
             result["correct"] = result["correct"] and bodies == want
             fetch_all(urls[:len(urls) // 6], CLIENTS)  # warm-up: connections, page cache, imports
+            process = psutil.Process(server.process.pid)
+            before = process.cpu_times()
             seconds, latencies, _ = fetch_all(urls, CLIENTS)
+            after = process.cpu_times()
             result["rate"][kind] = len(urls) / seconds
+            result["cpu_us"][kind] = (after.user + after.system - before.user - before.system) / len(urls) * 1e6
             if kind == "zarr":
                 result["latency"][CLIENTS] = (median(latencies), percentile(latencies, 99))
                 _, one, _ = fetch_all(urls[:max(100, requests // 4)], 1)
                 result["latency"][1] = (median(one), percentile(one, 99))
-                process = psutil.Process(server.process.pid)
                 rss = [process.memory_info().rss]
                 for _ in range(4):
                     fetch_all(urls * max(1, 2500 // requests), CLIENTS)
@@ -236,8 +240,8 @@ def render(results: list[dict]) -> list[str]:
            f"{STATIC_RATIO}) | precomputed raw | x precomputed (goal >= {DECOMPRESS_RATIO}) | Neuroglancer "
            f"LocalVolume | x Neuroglancer (goal >= {NEUROGLANCER_RATIO}) | latency median / p99 ms, 1 client | "
            f"{CLIENTS} clients | server RSS MiB after warm-up -> end (requests; goal: within {RSS_FLAT:.0%}) "
-           "| bodies correct |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "| server CPU us per chunk: zarr / static / precomputed / Neuroglancer | bodies correct |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         rate = r["rate"]
 
@@ -253,5 +257,7 @@ def render(results: list[dict]) -> list[str]:
                    f"{goal('precomputed', DECOMPRESS_RATIO)} | {rate['neuroglancer']:,.0f} | "
                    f"{goal('neuroglancer', NEUROGLANCER_RATIO)} | {lat[1]} | {lat[CLIENTS]} | "
                    f"{rss[0] / MIB:.0f} -> {rss[-1] / MIB:.0f} ({r['rss_requests']:,}; {growth:+.1%}, "
-                   f"{'met' if abs(growth) <= RSS_FLAT else 'missed'}) | {'yes' if r['correct'] else '**NO**'} |")
+                   f"{'met' if abs(growth) <= RSS_FLAT else 'missed'}) | "
+                   + " / ".join(f"{r['cpu_us'][k]:,.0f}" for k in SERVERS)
+                   + f" | {'yes' if r['correct'] else '**NO**'} |")
     return out + [""]

@@ -188,7 +188,8 @@ def test_rewritten_blocks_get_a_new_etag_and_new_bytes(server: Server, volume: P
     again, body_again = request(server, "/vol/zarr/0/0.0.0", headers={"If-None-Match": first.headers["ETag"]})
     assert again.status == 200 and again.headers["ETag"] != first.headers["ETag"]
     assert (decode(body_again) == 7).all() and body_again != body
-    raw_again, raw_body = request(server, "/vol/1_1_1/0-32_0-24_0-16", headers={"If-None-Match": raw_first.headers["ETag"]})
+    raw_again, raw_body = request(server, "/vol/1_1_1/0-32_0-24_0-16",
+                                  headers={"If-None-Match": raw_first.headers["ETag"]})
     assert raw_again.status == 200 and raw_again.headers["ETag"] != raw_first.headers["ETag"]
     assert (np.frombuffer(raw_body, np.uint16) == 7).all()
     edge_again, edge_body = request(server, "/vol/zarr/0/2.2.2", headers={"If-None-Match": edge_first.headers["ETag"]})

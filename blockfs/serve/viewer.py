@@ -24,9 +24,9 @@ SAMPLE_BLOCKS = 8
 def neuroglancer_client() -> str:
     """The folder of the web client inside the installed ``neuroglancer`` package."""
     spec = importlib.util.find_spec("neuroglancer")
-    folder = os.path.join(spec.submodule_search_locations[0], "static", "client") if spec and \
-        spec.submodule_search_locations else None
-    if folder is None or not os.path.isfile(os.path.join(folder, "index.html")):
+    locations = spec.submodule_search_locations if spec else None
+    folder = os.path.join(locations[0], "static", "client") if locations else ""
+    if not os.path.isfile(os.path.join(folder, "index.html")):
         raise InvalidArgumentError("blockfs view needs Neuroglancer's web client, which comes with the neuroglancer "
                                    "package: pip install 'blockfs[serve]' (or pip install neuroglancer).")
     return folder

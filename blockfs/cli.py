@@ -19,6 +19,8 @@ SUBCOMMANDS = {
     "from-tif": ("blockfs.tif2blockfs", "main", "import a z-stack of TIFF planes"),
     "to-zarr": ("blockfs.interop.cli", "to_zarr_main", "repack a volume or pyramid as OME-Zarr without recompressing"),
     "from-zarr": ("blockfs.interop.cli", "from_zarr_main", "import a zarr array or OME-Zarr image"),
+    "serve": ("blockfs.serve.cli", "serve_main", "serve volumes and pyramids over HTTP (precomputed, zarr)"),
+    "view": ("blockfs.serve.cli", "view_main", "look at volumes in Neuroglancer, served locally"),
     "demo": ("blockfs.demo", "main", "write, read back and verify a sample volume"),
 }
 

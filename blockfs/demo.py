@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(compression ratio {r['bytes'] / r['on_disk']:.2f})")
     print(f"  write           {mb / r['write_seconds']:,.0f} MB/s ({r['write_seconds']:.1f} s, parallel writers)")
     print(f"  read + verify   {mb / r['read_seconds']:,.0f} MB/s ({r['read_seconds']:.1f} s)")
-    print(f"  look at it:     {os.path.abspath(r['path'])}")
+    print(f"  look at it:     blockfs view {os.path.abspath(r['path'])}")
     return 0
 
 

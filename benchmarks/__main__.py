@@ -11,10 +11,10 @@ import sys
 import tempfile
 import time
 
-from . import blockfs_bench, interop_bench, limits, peers, pyramid_bench, report
+from . import blockfs_bench, interop_bench, limits, peers, pyramid_bench, report, serve_bench
 from .data import KINDS, make_dataset, parse_size, size_label
 
-CATEGORIES = ("limits", "write", "read", "peers", "interop", "pyramid")
+CATEGORIES = ("limits", "write", "read", "peers", "interop", "serve", "pyramid")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     if "interop" in args.only and interop_bench.missing():
         _log(f"benchmarks: interop skipped, not installed: {', '.join(interop_bench.missing())} (pip install "
              "'.[interop]')")
+    if "serve" in args.only and serve_bench.missing():
+        _log(f"benchmarks: serve skipped, not installed: {', '.join(serve_bench.missing())} (pip install '.[serve]')")
     folder = tempfile.mkdtemp(prefix="blockfs-bench-", dir=args.scratch)
     run = report.Run(command, args.sizes, args.repeats, args.data, args.scratch)
     start = time.perf_counter()
@@ -106,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                     meter.sample_decompress()
                 if "interop" in args.only and not interop_bench.missing():
                     run.interop.append(interop_bench.run(ds, folder, args.repeats, _log))
+                if "serve" in args.only and kind == "microscopy" and not serve_bench.missing():
+                    run.serve.append(serve_bench.run(ds, folder, 500 if args.quick else 3000, _log))
                 if "peers" in args.only:
                     for name in peer_names:
                         run.peers.append(peers.run_peer(name, ds, folder, args.repeats, n_random, _log))

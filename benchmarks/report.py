@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import blosc
 import psutil
 
-from . import goals, interop_bench, pyramid_bench
+from . import goals, interop_bench, pyramid_bench, serve_bench
 from .blockfs_bench import QUEUE_DEPTH, ReadResult, WriteResult
 from .data import BLOCK_BYTES, size_label
 from .limits import Limits
@@ -22,7 +22,7 @@ from .measure import MB, MIB, median, percentile
 #: Everything below this line in the output file is kept when the file is rewritten.
 KEEP_MARKER = "<!-- Written by hand below this line; `python -m benchmarks` keeps it. -->"
 PACKAGES = ("numpy", "blosc", "crc32c", "blockfs", "zarr", "numcodecs", "tensorstore", "h5py", "hdf5plugin", "psutil",
-            "dask")
+            "dask", "aiohttp", "neuroglancer")
 
 
 @dataclass
@@ -41,6 +41,7 @@ class Run:
     peers: list[dict] = field(default_factory=list)
     pyramids: list[pyramid_bench.PyramidResult] = field(default_factory=list)
     interop: list[dict] = field(default_factory=list)
+    serve: list[dict] = field(default_factory=list)
     load_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
     load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -283,6 +284,7 @@ def render(run: Run) -> str:
 
     out += pyramid_bench.render(run.pyramids)
     out += interop_bench.render(run.interop)
+    out += serve_bench.render(run.serve)
     where, judged = goals.evaluate(run)
     if not judged:
         return "\n".join(out + ["## Goals", "", f"Not judged: {where}.", ""])

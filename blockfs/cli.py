@@ -20,6 +20,8 @@ SUBCOMMANDS = {
     "pyramid": ("blockfs.pyramid.cli", "main", "build a multi-resolution pyramid folder for Neuroglancer, in one pass"),
     "to-zarr": ("blockfs.interop.cli", "to_zarr_main", "repack a volume or pyramid as OME-Zarr without recompressing"),
     "from-zarr": ("blockfs.interop.cli", "from_zarr_main", "import a zarr array or OME-Zarr image"),
+    "serve": ("blockfs.serve.cli", "serve_main", "serve volumes and pyramids over HTTP (precomputed, zarr)"),
+    "view": ("blockfs.serve.cli", "view_main", "look at volumes in Neuroglancer, served locally"),
     "demo": ("blockfs.demo", "main", "write, read back and verify a sample volume"),
 }
 

@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  read + verify   {mb / r['read_seconds']:,.0f} MB/s ({r['read_seconds']:.1f} s)")
     print(f"  pyramid         {len(r['levels'])} levels (mean), {mb / r['pyramid_seconds']:,.0f} MB/s "
           f"({r['pyramid_seconds']:.1f} s); coarsest {' x '.join(map(str, r['levels'][-1]))} (z, y, x)")
-    print(f"  look at it:     {os.path.abspath(r['path'])}")
     print(f"  pyramid folder: {r['pyramid']}  (blockfs info {r['pyramid']})")
+    print(f"  look at it:     blockfs view {r['pyramid']}")
     return 0
 
 

@@ -1,0 +1,172 @@
+"""Neuroglancer in headless Chromium draws served volumes: the expected slice, no errors, coarser levels.
+
+The volume is bright (3000) left of x = 384, dark (500) right of it, with one never-written block just
+up and left of the centre of the view (reads as 0). Every wait is bounded; a screenshot that does not
+come (Neuroglancer waits for every chunk) fails the test instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from serve_support import require, write_pyramid  # noqa: E402
+
+from blockfs.serve import start, view  # noqa: E402
+
+SHAPE = (32, 256, 768)  # z, y, x
+BLOCK = (16, 32, 32)
+MISSING = {(1, 3, 11)}  # z 16-32, y 96-128, x 352-384: up and left of the centre (y 128, x 384)
+BRIGHT, DARK = 3000, 500
+CHROMIUM = "/usr/bin/chromium"
+TIMEOUT = 60
+
+
+def require_browser() -> Any:
+    """neuroglancer's webdriver module, with selenium and Chromium present (else skip, or fail under CI)."""
+    require("selenium")
+    webdriver = require("neuroglancer.webdriver")
+    if not (os.path.exists(CHROMIUM) and shutil.which("chromedriver")):
+        message = "Chromium and chromedriver are not installed (Debian: chromium chromium-driver); make install does"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    os.environ["SE_OFFLINE"] = "true"  # selenium must not try to download a browser
+    return webdriver
+
+
+def within(seconds: float, function: Callable[[], Any]) -> Any:
+    """``function()`` in a daemon thread; fail if it has not returned after ``seconds``."""
+    result: list[Any] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(function())
+        except BaseException as exc:  # handed to the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        pytest.fail(f"no answer from the browser within {seconds} s", pytrace=False)
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+def pixels(png: bytes, keep: Path) -> np.ndarray:
+    """A screenshot as a (height, width) array of grey levels; the PNG is kept in ``keep`` to look at."""
+    image = require("PIL.Image")
+    keep.write_bytes(png)
+    return np.asarray(image.open(io.BytesIO(png)).convert("L"), dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = np.full(SHAPE, DARK, np.uint16)
+    data[:, :, :SHAPE[2] // 2] = BRIGHT
+    root = tmp_path_factory.mktemp("browser") / "brain"
+    write_pyramid(root, data, BLOCK, 4, voxel_size_um=(1.0, 1.0, 1.0), missing=MISSING)
+    return root
+
+
+def chunk_requests(server: Any, name: str, route: str) -> dict[int, int]:
+    """Chunks requested so far, by level."""
+    return {level: n for (served, kind, level), n in server.state.requests.items()
+            if served == name and kind == route}
+
+
+@pytest.mark.parametrize("route", ["zarr", "precomputed"])
+def test_neuroglancer_draws_the_slice_and_fetches_coarser_levels_when_zoomed_out(pyramid: Path, route: str,
+                                                                                  tmp_path: Path) -> None:
+    webdriver = require_browser()
+    neuroglancer = require("neuroglancer")
+    neuroglancer.set_server_bind_address("127.0.0.1")
+    messages: list[Any] = []
+    with start(pyramid) as server:
+        viewer = neuroglancer.Viewer()
+        source = f"zarr://{server.url}/brain/zarr/" if route == "zarr" else f"precomputed://{server.url}/brain"
+        with viewer.txn() as s:
+            s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="µm", scales=[1, 1, 1])
+            s.layers["brain"] = neuroglancer.ImageLayer(
+                source=source, shader="#uicontrol invlerp normalized(range=[0, 4000])\n"
+                                      "void main() { emitGrayscale(normalized()); }")
+            s.position = [SHAPE[2] / 2, SHAPE[1] / 2, 24]
+            s.layout = "xy"
+            s.cross_section_scale = 0.25  # 4 pixels per voxel
+        driver = within(TIMEOUT, lambda: webdriver.Webdriver(viewer, headless=True, docker=True,
+                                                             browser_binary_path=CHROMIUM, print_logs=False))
+        try:
+            driver.add_log_listener(messages.append)
+            shot = pixels(within(TIMEOUT, lambda: viewer.screenshot(size=[400, 300]).screenshot.image),
+                          tmp_path / f"{route}.png")
+            zoomed_in = chunk_requests(server, "brain", route)
+            with viewer.txn() as s:
+                s.cross_section_scale = 8.0  # the whole volume in 96 pixels
+            within(TIMEOUT, lambda: viewer.screenshot(size=[400, 300]))
+            zoomed_out = chunk_requests(server, "brain", route)
+        finally:
+            driver.__exit__(None, None, None)
+
+    assert shot.shape == (300, 400)
+    # Centre (200, 150) is voxel (x 384, y 128); 4 pixels per voxel; contrast 0..4000 -> 0..255.
+    missing = shot[70:140, 120:190]    # voxels x 350-377, y 108-125: the never-written block
+    bright = shot[160:230, 120:190]    # voxels x 350-377, y 130-148
+    dark = shot[40:260, 210:380]       # voxels x 387-429
+    assert abs(bright.mean() - BRIGHT / 4000 * 255) < 8 and bright.std() < 4, (bright.mean(), bright.std())
+    assert abs(dark.mean() - DARK / 4000 * 255) < 8 and dark.std() < 4, (dark.mean(), dark.std())
+    assert missing.mean() < 4, missing.mean()
+    errors = [m.text for m in messages if m.level == "error"]
+    assert not errors, errors
+    assert zoomed_in.get(0, 0) > 0, zoomed_in
+    coarser = {level: n - zoomed_in.get(level, 0) for level, n in zoomed_out.items() if level > 0}
+    assert any(n > 0 for n in coarser.values()), (zoomed_in, zoomed_out)
+    assert zoomed_out.get(0, 0) == zoomed_in.get(0, 0), "zoomed out, Neuroglancer still fetched full-resolution chunks"
+
+
+def test_blockfs_view_serves_neuroglancer_that_shows_the_volume(pyramid: Path, tmp_path: Path) -> None:
+    webdriver = require_browser()
+    messages: list[Any] = []
+    server, url = view(pyramid)
+    with server:
+        assert server.state.viewer is not None
+        state = server.state.viewer.state
+        lo, hi = state["layers"][0]["shaderControls"]["normalized"]["range"]
+        assert lo == pytest.approx(DARK, abs=1) and hi == pytest.approx(BRIGHT, abs=1)
+        state["layout"], state["crossSectionScale"] = "xy", 0.25
+        server.state.viewer.set(state)
+        driver = within(TIMEOUT, lambda: webdriver.WebdriverBase(headless=True, docker=True, print_logs=False,
+                                                                 browser_binary_path=CHROMIUM, window_size=(800, 600)))
+        try:
+            driver.add_log_listener(messages.append)
+            within(TIMEOUT, lambda: driver.driver.get(url))
+            deadline = time.monotonic() + TIMEOUT
+            while True:  # until the slice is drawn: bright left of the centre, black right of it
+                shot = pixels(within(TIMEOUT, driver.driver.get_screenshot_as_png), tmp_path / "view.png")
+                height, width = shot.shape
+                row = shot[height // 2 + 40: height // 2 + 100]
+                left, right = row[:, width // 2 - 100: width // 2 - 20], row[:, width // 2 + 20: width // 2 + 100]
+                if left.mean() > 250 and right.mean() < 5 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+        finally:
+            driver.__exit__(None, None, None)
+        zarr_chunks = chunk_requests(server, "brain", "zarr")
+    assert left.mean() > 250 and right.mean() < 5, (left.mean(), right.mean())
+    assert zarr_chunks.get(0, 0) > 0, zarr_chunks
+    errors = [m.text for m in messages if m.level == "error"]
+    assert not errors, errors

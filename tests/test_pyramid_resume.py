@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from blockfs import Directory
-from blockfs.pyramid import open_pyramid
+from blockfs.pyramid import open_pyramid, state
 from blockfs.pyramid.build import build_pyramid
 from blockfs.pyramid.plan import make_plan
 
@@ -58,17 +58,20 @@ def test_kill_during_build_then_resume_equals_an_uninterrupted_build(tmp_path: P
     make_source(source)
     build_pyramid(source, reference, n_workers=2)
     done = dest / ".pyramid-build" / "done"
-    process = blockfs("pyramid", source, dest, "--n-workers", 2, "--silent", start_new_session=True)
+    plan = make_plan(source, dest, n_workers=2)
+    # The library call behind `blockfs pyramid`, recording every finished task at once.
+    build = "import sys; from blockfs.pyramid import build_pyramid; build_pyramid(*sys.argv[1:], checkpoint_seconds=0)"
+    process = subprocess.Popen([sys.executable, "-c", build, str(source), str(dest)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        while len(list(done.glob("*.npy"))) < 4 and time.monotonic() < deadline:
+        while (not done.is_dir() or len(state.finished(plan)) < 4) and time.monotonic() < deadline:
             assert process.poll() is None, process.communicate()
             time.sleep(0.005)
     finally:
         os.killpg(process.pid, signal.SIGKILL)  # the build and its workers, at once
         process.communicate(timeout=60)
-    finished = sorted(p.stem for p in done.glob("*.npy"))
-    plan = make_plan(source, dest, n_workers=2)
+    finished = sorted(state.finished(plan))
     assert not (dest / "info").exists(), "an interrupted build must not look finished"
     assert 4 <= len(finished) < len(plan.tasks) and plan.task_level >= 2
     before = entries(dest, finished)

@@ -19,6 +19,7 @@ import math
 import multiprocessing
 import os
 import signal
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ TRANSIENT_BLOCKS = 8
 def worker_memory_bound(block_shape: tuple[int, int, int], levels: int) -> int:
     """Bytes a worker needs at most beyond the interpreter: (levels + 8) blocks of 8-byte voxels."""
     return (levels + TRANSIENT_BLOCKS) * math.prod(block_shape) * 8
+
+
+#: Default seconds between recording batches of finished tasks (each costs an fsync of every level file).
+CHECKPOINT_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -128,16 +133,16 @@ def _checkpoint(plan: Plan, results: list[TaskResult]) -> list[TaskResult]:
     """Make the blocks of ``results`` durable (one fsync of each file of their levels), then record them done."""
     for level in range(2, plan.task_level + 1):
         Directory.open(plan.path(level), "r+").close()
-    for result in results:
-        state.record_done(plan, result.index, result.reduced)
+    state.record_done(plan, [(result.index, result.reduced) for result in results])
     return results
 
 
-def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None) -> Iterator[TaskResult]:
+def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None,
+                checkpoint_seconds: float = CHECKPOINT_SECONDS) -> Iterator[TaskResult]:
     """Run ``tasks`` on ``n_workers`` processes (all cores by default), yielding each once it is recorded.
 
-    Finished tasks are recorded in batches of ``n_workers``, each after one fsync of the levels'
-    files, so an interruption loses at most the unrecorded tasks. With one worker the tasks run
+    Finished tasks are recorded in batches, at most every ``checkpoint_seconds``, each after one
+    fsync of the levels' files: an interruption loses the tasks finished since the last batch. With one worker the tasks run
     in this process. A worker that dies (killed, out of memory) raises :class:`WriterError`.
     """
     tasks = list(tasks)
@@ -150,12 +155,13 @@ def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None
                              initializer=_worker_init) as pool:
         futures = [pool.submit(run_task, plan, index) for index in tasks]
         unrecorded: list[TaskResult] = []
+        last = time.monotonic()
         try:
             for i, future in enumerate(as_completed(futures), 1):
                 unrecorded.append(future.result())
-                if len(unrecorded) >= n_workers or i == len(futures):
+                if time.monotonic() - last >= checkpoint_seconds or i == len(futures):
                     yield from _checkpoint(plan, unrecorded)
-                    unrecorded = []
+                    unrecorded, last = [], time.monotonic()
         except BrokenProcessPool as exc:
             raise WriterError(f"{plan.dest}: a pyramid worker process died ({exc}); the finished tasks are "
                               "recorded: continue with --resume.") from None
@@ -167,8 +173,8 @@ def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None
 
 def pending(plan: Plan) -> list[Index]:
     """The tasks not yet done."""
-    done = set(state.finished(plan))
-    return [t for t in plan.tasks if t not in done]
+    done = state.finished(plan)
+    return [t for t in plan.tasks if plan.task_key(t) not in done]
 
 
 def prepare(plan: Plan, overwrite: bool = False, resume: bool = False, n_shards: int | None = None,
@@ -187,7 +193,8 @@ def finish(plan: Plan) -> None:
         with contextlib.ExitStack() as stack:
             volumes = {level: stack.enter_context(Directory.open(plan.path(level), "r+"))
                        for level in range(plan.task_level + 1, plan.levels + 1)}
-            builder = _Builder(plan, plan.task_level, functools.partial(state.load_done, plan), volumes)
+            builder = _Builder(plan, plan.task_level, functools.partial(state.load_done, plan, state.finished(plan)),
+                               volumes)
             for index in plan.blocks(plan.levels):
                 builder.reduced(plan.levels, index)
     kind = "segmentation" if plan.method == "mode" else "image"
@@ -198,13 +205,14 @@ def finish(plan: Plan) -> None:
 def build_pyramid(source: str | os.PathLike, dest: str | os.PathLike, levels: int | None = None,
                   method: str = "mean", voxel_size_um: tuple[float, float, float] | None = None,
                   n_workers: int | None = None, overwrite: bool = False, resume: bool = False,
-                  silent: bool = True) -> str:
+                  silent: bool = True, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> str:
     """Build a pyramid of the volume ``source`` (its directory file) in the folder ``dest``; return ``dest``.
 
     ``levels`` defaults to the number of levels until the coarsest fits in one block;
     ``voxel_size_um`` (x, y, z) to the source's ``voxel_size_um`` metadata, else 1, 1, 1. An
     existing pyramid in ``dest`` is an error unless ``overwrite``; an interrupted build is an
-    error unless ``resume`` (continue it) or ``overwrite`` (start again).
+    error unless ``resume`` (continue it) or ``overwrite`` (start again); an interruption loses at
+    most the work of the last ``checkpoint_seconds``.
     """
     n_workers = n_workers or os.cpu_count() or 1
     plan = prepare(make_plan(source, dest, levels, method, voxel_size_um, n_workers), overwrite, resume, n_workers,
@@ -214,7 +222,7 @@ def build_pyramid(source: str | os.PathLike, dest: str | os.PathLike, levels: in
     done = total - sum(plan.level1_blocks_under(plan.task_level, t) for t in todo)
     with tqdm(total=total, initial=done, unit="block", disable=silent,
               desc=f"blockfs pyramid: {plan.levels} levels, level-1 blocks") as bar:
-        for result in build_tasks(plan, todo, n_workers):
+        for result in build_tasks(plan, todo, n_workers, checkpoint_seconds):
             bar.update(result.level1_blocks)
     finish(plan)
     return plan.dest

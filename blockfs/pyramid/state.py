@@ -5,8 +5,8 @@ Order of work, so that nothing looks finished before it is:
 1. ``DEST/.pyramid-build/plan.json`` (the journal: the build's parameters) marks DEST half-built;
 2. level 1 is placed (hard links of the source's shards, else copies; its directory file rewritten
    to name them absolutely) and the coarser levels are created empty; ``ready`` records that;
-3. finished tasks are recorded in batches, each after one fsync of the levels' files: ``done/<task>.npy``
-   holds a task's contribution to the level above;
+3. finished tasks are recorded in batches, each after one fsync of the levels' files: one
+   ``done/<first task>.npz`` per batch holds each task's contribution to the level above;
 4. the levels above the task level are built, ``info`` is written (atomically), the journal removed.
 
 A folder with ``info`` is finished; one with a journal and no ``info`` is half-built, and
@@ -41,10 +41,6 @@ RESUME_KEYS = ("source", "shape", "block", "dtype", "method", "levels", "voxel_s
 
 def journal(plan: Plan, *parts: str) -> str:
     return os.path.join(plan.dest, JOURNAL, *parts)
-
-
-def done_path(plan: Plan, index: Index) -> str:
-    return journal(plan, DONE, plan.task_key(index) + ".npy")
 
 
 def is_half_built(dest: str) -> bool:
@@ -165,25 +161,35 @@ def start(plan: Plan, n_shards: int, silent: bool = True) -> None:
     fsync_folder(journal(plan))
 
 
-def record_done(plan: Plan, index: Index, reduced: np.ndarray | None) -> None:
-    """Record a finished task and its contribution to the level above (an empty array: nothing written)."""
-    path = done_path(plan, index)
+def record_done(plan: Plan, results: list[tuple[Index, np.ndarray | None]]) -> None:
+    """Record finished tasks with their contributions to the level above (None: nothing written), at once."""
+    path = journal(plan, DONE, plan.task_key(results[0][0]) + ".npz")
     temporary = f"{path}.tmp-{os.getpid()}"
     with open(temporary, "wb") as f:
-        np.save(f, np.empty(0, plan.dtype) if reduced is None else reduced)
+        np.savez(f, **{plan.task_key(index): np.empty(0, plan.dtype) if reduced is None else reduced
+                       for index, reduced in results})
         f.flush()
         os.fsync(f.fileno())
     os.replace(temporary, path)
 
 
-def load_done(plan: Plan, index: Index) -> np.ndarray | None:
-    reduced = np.load(done_path(plan, index))
+def finished(plan: Plan) -> dict[str, str]:
+    """The tasks already done (task key -> the journal file that holds its result)."""
+    folder = journal(plan, DONE)
+    done = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".npz"):
+            with np.load(os.path.join(folder, name)) as batch:
+                done.update(dict.fromkeys(batch.files, os.path.join(folder, name)))
+    return done
+
+
+def load_done(plan: Plan, done: dict[str, str], index: Index) -> np.ndarray | None:
+    """A finished task's contribution to the level above; None if nothing is written under it."""
+    key = plan.task_key(index)
+    with np.load(done[key]) as batch:
+        reduced = batch[key]
     return None if reduced.size == 0 else reduced
-
-
-def finished(plan: Plan) -> list[Index]:
-    """The tasks already done in an interrupted build."""
-    return [t for t in plan.tasks if os.path.exists(done_path(plan, t))]
 
 
 def remove_journal(plan: Plan) -> None:

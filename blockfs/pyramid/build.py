@@ -137,31 +137,17 @@ def _checkpoint(plan: Plan, results: list[TaskResult]) -> list[TaskResult]:
     return results
 
 
-def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None,
-                checkpoint_seconds: float = CHECKPOINT_SECONDS) -> Iterator[TaskResult]:
-    """Run ``tasks`` on ``n_workers`` processes (all cores by default), yielding each once it is recorded.
-
-    Finished tasks are recorded in batches, at most every ``checkpoint_seconds``, each after one
-    fsync of the levels' files: an interruption loses the tasks finished since the last batch. With one worker the tasks run
-    in this process. A worker that dies (killed, out of memory) raises :class:`WriterError`.
-    """
-    tasks = list(tasks)
-    n_workers = min(n_workers or os.cpu_count() or 1, max(1, len(tasks)))
+def _run(plan: Plan, tasks: list[Index], n_workers: int) -> Iterator[TaskResult]:
+    """Each task's result as it finishes: in this process for one worker, else in a pool of processes."""
     if n_workers == 1:
-        for index in tasks:
-            yield from _checkpoint(plan, [run_task(plan, index)])
+        yield from (run_task(plan, index) for index in tasks)
         return
     with ProcessPoolExecutor(n_workers, mp_context=multiprocessing.get_context("fork"),
                              initializer=_worker_init) as pool:
         futures = [pool.submit(run_task, plan, index) for index in tasks]
-        unrecorded: list[TaskResult] = []
-        last = time.monotonic()
         try:
-            for i, future in enumerate(as_completed(futures), 1):
-                unrecorded.append(future.result())
-                if time.monotonic() - last >= checkpoint_seconds or i == len(futures):
-                    yield from _checkpoint(plan, unrecorded)
-                    unrecorded, last = [], time.monotonic()
+            for future in as_completed(futures):
+                yield future.result()
         except BrokenProcessPool as exc:
             raise WriterError(f"{plan.dest}: a pyramid worker process died ({exc}); the finished tasks are "
                               "recorded: continue with --resume.") from None
@@ -169,6 +155,26 @@ def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None
             for process in list(getattr(pool, "_processes", {}).values()):
                 process.kill()  # the pool then fails the pending tasks itself
             raise
+
+
+def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None,
+                checkpoint_seconds: float = CHECKPOINT_SECONDS) -> Iterator[TaskResult]:
+    """Run ``tasks`` on ``n_workers`` processes (all cores by default), yielding each once it is recorded.
+
+    Finished tasks are recorded in batches, at most every ``checkpoint_seconds``, each after one
+    fsync of the levels' files: an interruption loses the tasks finished since the last batch.
+    With one worker the tasks run in this process. A worker that dies (killed, out of memory)
+    raises :class:`WriterError`.
+    """
+    tasks = list(tasks)
+    unrecorded: list[TaskResult] = []
+    last = time.monotonic()
+    with contextlib.closing(_run(plan, tasks, min(n_workers or os.cpu_count() or 1, max(1, len(tasks))))) as results:
+        for i, result in enumerate(results, 1):
+            unrecorded.append(result)
+            if time.monotonic() - last >= checkpoint_seconds or i == len(tasks):
+                yield from _checkpoint(plan, unrecorded)
+                unrecorded, last = [], time.monotonic()
 
 
 def pending(plan: Plan) -> list[Index]:

@@ -102,7 +102,8 @@ def footprint_counts(origin: tuple[int, ...], shape: tuple[int, ...], factor: in
 
 def _mean_finish(dtype: np.dtype) -> Callable[[np.ndarray, np.ndarray | float], np.ndarray]:
     def finish(acc: np.ndarray, counts: np.ndarray | float) -> np.ndarray:
-        mean = acc / counts
+        # A number of voxels is a power of two (exact reciprocal), an array holds the edge's counts.
+        mean = acc * (1.0 / counts) if isinstance(counts, float) else acc / counts
         if dtype.kind != "f":
             np.rint(mean, out=mean)  # half to even; exact, as the sums are below EXACT_SUM
         return mean.astype(dtype)

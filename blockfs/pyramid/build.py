@@ -166,7 +166,8 @@ def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None
     With one worker the tasks run in this process. A worker that dies (killed, out of memory)
     raises :class:`WriterError`.
     """
-    tasks = list(tasks)
+    # Largest subtrees first, so that the last ones to finish are small.
+    tasks = sorted(tasks, key=lambda t: -plan.level1_blocks_under(plan.task_level, t))
     unrecorded: list[TaskResult] = []
     last = time.monotonic()
     with contextlib.closing(_run(plan, tasks, min(n_workers or os.cpu_count() or 1, max(1, len(tasks))))) as results:

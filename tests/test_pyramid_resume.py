@@ -108,6 +108,7 @@ def test_ctrl_c_stops_the_build_and_its_workers_then_resume_finishes(tmp_path: P
             assert process.poll() is None, process.communicate()
             workers = psutil.Process(process.pid).children()
             time.sleep(0.005)
+        time.sleep(0.2)  # past the fork: Python drops a KeyboardInterrupt raised in its fork handlers
         os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         _, err = process.communicate(timeout=60)
     finally:

@@ -121,6 +121,20 @@ def tool_ranks(prog: str) -> Ranks | None:
     return ranks if reason is None else serially(ranks, reason, prog)
 
 
+def on_ranks(prog: str, body: Callable[[Ranks], int | None]) -> int:
+    """Run a tool's ``body(ranks)`` on the ranks of :func:`tool_ranks`; see :func:`run_ranked`.
+
+    In parallel, an expected error on any rank (a bad argument, a missing file, a full disk) is
+    shared when ``body`` returns, so every rank fails together; ``body`` must not wait for other
+    ranks after such an error of its own.
+    """
+    ranks = tool_ranks(prog)
+    if ranks is None:
+        return 0
+    work = (lambda: ranks.attempt(lambda: body(ranks))) if ranks.parallel else (lambda: body(ranks))
+    return run_ranked(ranks, work, prog)
+
+
 def rounds(work: Sequence[T], ranks: Ranks) -> Iterator[tuple[Sequence[T], T | None]]:
     """Each round's items, and this rank's among them (None when it has none).
 

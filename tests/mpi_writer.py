@@ -64,21 +64,24 @@ def main() -> int:
     parser.add_argument("--kill-rank", type=int, default=-1)
     parser.add_argument("--kill-after", type=int, default=0)
     parser.add_argument("--slow", type=float, default=0.0)
-    parser.add_argument("--window", type=int, default=None)
+    parser.add_argument("--open", action="store_true", help="open the existing volume (r+) instead of creating it")
+    parser.add_argument("--offset-bits", type=int, default=None, help="too few make appends fail")
     args = parser.parse_args()
     from mpi4py import MPI
 
-    from blockfs import Directory
+    from blockfs import Directory, WriterError
 
     comm = MPI.COMM_WORLD
     rank, size = comm.Get_rank(), comm.Get_size()
     phase = ["create"]
     if args.opens:
         record_opens(f"{args.opens}.{rank}", phase)
-    d = Directory(SHAPE[2], SHAPE[1], SHAPE[0], np.uint16, args.volume, n_filenames=args.shards,
-                  x_block_size=BLOCK, y_block_size=BLOCK, z_block_size=BLOCK).create(comm=comm)
-    if args.window is not None:
-        d._pool._window = args.window
+    if args.open:
+        d = Directory.open(args.volume, "r+", comm=comm)
+    else:
+        d = Directory(SHAPE[2], SHAPE[1], SHAPE[0], np.uint16, args.volume, n_filenames=args.shards,
+                      x_block_size=BLOCK, y_block_size=BLOCK, z_block_size=BLOCK,
+                      n_offset_bits=args.offset_bits).create(comm=comm)
     phase[0] = "write"
     writer = d._pool
     mine = []
@@ -88,12 +91,21 @@ def main() -> int:
                 owner = writer.owner(d.layout.entry_index(x, y, z))
                 if (owner if args.local else (owner + 1) % size) == rank:
                     mine.append((x, y, z))
+    failed = []
     for count, (x, y, z) in enumerate(mine, 1):
-        d.write_block(block_content((z, y, x), d.get_block_size(x, y, z)), x, y, z)
+        try:
+            d.write_block(block_content((z, y, x), d.get_block_size(x, y, z)), x, y, z)
+        except WriterError as exc:  # this rank's own appends failed: the others hear of it at close()
+            failed.append(str(exc))
+            break
         if rank == args.kill_rank and count == args.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(args.slow)
-    d.close()
+    try:
+        d.close()
+    except WriterError as exc:
+        print(json.dumps({"rank": rank, "failed_at_write": failed, "failed_at_close": str(exc)}), flush=True)
+        return 3
     traffic = writer.traffic
     print(json.dumps({"rank": rank, "blocks": len(mine), **vars(traffic)}), flush=True)
     return 0

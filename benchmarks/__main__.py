@@ -11,10 +11,10 @@ import sys
 import tempfile
 import time
 
-from . import blockfs_bench, limits, peers, report
+from . import blockfs_bench, limits, mpi_bench, peers, report
 from .data import KINDS, make_dataset, parse_size, size_label
 
-CATEGORIES = ("limits", "write", "read", "peers")
+CATEGORIES = ("limits", "write", "read", "peers", "mpi")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
                     run.reads[(kind, ds.nbytes)] = blockfs_bench.read_benchmark(
                         ds, folder, args.repeats, n_random, n_regions, _log)
                     meter.sample_decompress()
+                if "mpi" in args.only:
+                    run.mpi.append((mpi_bench.run(ds, folder, args.repeats, _log), lim))
+                    meter.sample_compress()
                 if "peers" in args.only:
                     for name in peer_names:
                         run.peers.append(peers.run_peer(name, ds, folder, args.repeats, n_random, _log))

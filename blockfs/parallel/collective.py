@@ -103,6 +103,7 @@ class CollectiveWriter:
         self._ends: dict[int, int] = {}  # shard -> where its next block goes (owned shards only)
         self._appended: list[tuple[int, int, int]] = []  # (entry, payload offset, payload size)
         self._sends: list[tuple[Any, bytes]] = []  # requests in flight and the buffers they read
+        self._inbox = bytearray(ENTRY.size + self._payload_at + layout.max_block_bytes)  # one message at a time
         self._done_from = 0
         self._error: str | None = None
         self._lock = threading.Lock()  # write_block may come from several threads; MPI sees one at a time
@@ -170,13 +171,13 @@ class CollectiveWriter:
             if message is None:
                 return got
             got = True
-            buffer = bytearray(status.Get_count(MPI.BYTE))
+            buffer = memoryview(self._inbox)[:status.Get_count(MPI.BYTE)]
             message.Recv([buffer, MPI.BYTE])
             if status.Get_tag() == TAG_DONE:
                 self._done_from += 1
             else:
                 (entry,) = ENTRY.unpack_from(buffer)
-                self._append(entry, memoryview(buffer)[ENTRY.size:])
+                self._append(entry, buffer[ENTRY.size:])
                 self.traffic.received_blocks += 1
 
     def _wait(self, ready: Callable[[], bool]) -> None:
@@ -219,7 +220,7 @@ class CollectiveWriter:
             if self.rank == 0:
                 try:
                     self._write_index(appended)
-                except OSError as exc:
+                except (BlockfsError, OSError) as exc:
                     failure = describe(exc)
             failure = self.comm.bcast(failure, root=0)
             self.comm.Free()

@@ -86,7 +86,7 @@ def run(ds: Dataset, folder: str, repeats: int, log=print) -> MpiResult:
         done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT, env=env, cwd=ROOT)
         if done.returncode != 0:
             raise RuntimeError(f"mpiexec failed ({done.returncode}): {done.stderr[-2000:]}")
-        reports = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+        reports = next(json.loads(line) for line in done.stdout.splitlines() if line.startswith("["))
         result = MpiResult(ds.kind, ds.nbytes, seconds=reports[0]["seconds"], blocks=len(ds.blocks))
         for key in ("routed_blocks", "routed_bytes", "routed_payload_bytes"):
             setattr(result, key, sum(r[key] for r in reports))
@@ -131,7 +131,9 @@ def rank_job(blocks_path: str, volume: str, shape: tuple[int, int, int], repeats
             d.write_block(block, x, y, z)
         d.close()
         seconds.append(comm.allreduce(MPI.Wtime() - start, op=MPI.MAX))
-    print(json.dumps({"rank": rank, "seconds": seconds, **vars(writer.traffic)}), flush=True)
+    reports = comm.gather({"rank": rank, "seconds": seconds, **vars(writer.traffic)}, root=0)
+    if rank == 0:  # one line: the ranks' prints could interleave
+        print(json.dumps(reports), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ origin alone (:func:`block_content`), so the test regenerates them to check ever
 per open with its path, flags or mode, and the phase ("create" until ``create`` returns, then
 "write"). ``--kill-rank R --kill-after K`` makes rank R SIGKILL itself after its K-th block
 (``--slow S`` naps S seconds after each block, so the others are mid-write when it dies). At the
-end each rank prints its writer's traffic as one JSON line.
+end rank 0 prints one JSON line: each rank's writer traffic, or how its writes failed.
 """
 
 from __future__ import annotations
@@ -101,15 +101,16 @@ def main() -> int:
         if rank == args.kill_rank and count == args.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(args.slow)
+    report = {"rank": rank, "blocks": len(mine)}
     try:
         d.close()
+        report.update(vars(writer.traffic))
     except WriterError as exc:
-        print(json.dumps({"rank": rank, "failed_at_write": failed, "failed_at_close": str(exc)}), flush=True)
-        return 3
-    traffic = writer.traffic
-    print(json.dumps({"rank": rank, "blocks": len(mine), **vars(traffic)}), flush=True)
-    return 0
-
+        report.update(failed_at_write=failed, failed_at_close=str(exc))
+    reports = comm.gather(report, root=0)  # one line from rank 0: ranks' prints may interleave
+    if rank == 0:
+        print(json.dumps(reports), flush=True)
+    return 3 if "failed_at_close" in report else 0
 
 if __name__ == "__main__":
     sys.exit(main())

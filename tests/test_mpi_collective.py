@@ -40,10 +40,14 @@ def _write(ranks: int, volume: Path, *options: object) -> list[dict]:
     """Run the writer on ``ranks`` ranks; return each rank's JSON report, by rank."""
     result, seconds = mpiexec(ranks, [sys.executable, SCRIPT, volume, "--shards", SHARDS, *options])
     assert result.returncode == 0, result.stderr
-    reports = sorted((json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")),
-                     key=lambda r: r["rank"])
+    reports = _reports(result.stdout)
     assert [r["rank"] for r in reports] == list(range(ranks)), result.stdout
     return reports
+
+
+def _reports(stdout: str) -> list[dict]:
+    """The ranks' reports, from the JSON line that rank 0 prints."""
+    return next(json.loads(line) for line in stdout.splitlines() if line.startswith("["))
 
 
 def _opens(log: Path, rank: int) -> list[dict]:
@@ -153,8 +157,8 @@ def test_a_failing_owner_fails_close_on_every_rank(tmp_path: Path) -> None:
     # 12 offset bits: shards may hold 4 KiB, so each owner's appends fail after a block or two
     result, _ = mpiexec(3, [sys.executable, SCRIPT, volume, "--shards", SHARDS, "--offset-bits", 12])
     assert result.returncode != 0
-    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    assert sorted(r["rank"] for r in reports) == [0, 1, 2], result.stdout + result.stderr
+    reports = _reports(result.stdout)
+    assert [r["rank"] for r in reports] == [0, 1, 2], result.stdout + result.stderr
     for report in reports:
         assert "blocks could not be written" in report["failed_at_close"]
         assert str(volume) in report["failed_at_close"] and "offset" in report["failed_at_close"]

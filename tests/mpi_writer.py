@@ -7,7 +7,8 @@ origin alone (:func:`block_content`), so the test regenerates them to check ever
 ``--opens LOG`` records, through a Python audit hook, every file this rank opens: one JSON line
 per open with its path, flags or mode, and the phase ("create" until ``create`` returns, then
 "write"). ``--kill-rank R --kill-after K`` makes rank R SIGKILL itself after its K-th block
-(``--slow S`` naps S seconds after each block, so the others are mid-write when it dies). At the
+(``--slow S`` naps S seconds after each block, so the others are mid-write when it dies; with
+``--slow-rank R`` only rank R naps, so it rarely serves the others' messages). At the
 end rank 0 prints one JSON line: each rank's writer traffic, or how its writes failed.
 """
 
@@ -64,6 +65,8 @@ def main() -> int:
     parser.add_argument("--kill-rank", type=int, default=-1)
     parser.add_argument("--kill-after", type=int, default=0)
     parser.add_argument("--slow", type=float, default=0.0)
+    parser.add_argument("--slow-rank", type=int, default=None, help="only this rank naps (--slow)")
+    parser.add_argument("--no-records", action="store_true")
     parser.add_argument("--open", action="store_true", help="open the existing volume (r+) instead of creating it")
     parser.add_argument("--offset-bits", type=int, default=None, help="too few make appends fail")
     args = parser.parse_args()
@@ -81,7 +84,7 @@ def main() -> int:
     else:
         d = Directory(SHAPE[2], SHAPE[1], SHAPE[0], np.uint16, args.volume, n_filenames=args.shards,
                       x_block_size=BLOCK, y_block_size=BLOCK, z_block_size=BLOCK,
-                      n_offset_bits=args.offset_bits).create(comm=comm)
+                      n_offset_bits=args.offset_bits, records=not args.no_records).create(comm=comm)
     phase[0] = "write"
     writer = d._pool
     mine = []
@@ -100,7 +103,8 @@ def main() -> int:
             break
         if rank == args.kill_rank and count == args.kill_after:
             os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(args.slow)
+        if args.slow_rank in (None, rank):
+            time.sleep(args.slow)
     report = {"rank": rank, "blocks": len(mine)}
     try:
         d.close()

@@ -95,6 +95,28 @@ def test_blocks_from_non_owners_read_back_exactly(tmp_path: Path, ranks: int) ->
         assert sum(r["routed_bytes"] for r in reports) == sum(sizes) + overhead * n_blocks
 
 
+def test_sends_are_bounded_while_an_owner_is_busy(tmp_path: Path) -> None:
+    """Rank 0 naps after each of its blocks, so it serves messages rarely: the others stop at the window."""
+    from blockfs.parallel.collective import DEFAULT_WINDOW
+
+    volume = tmp_path / "v.blockfs"
+    reports = _write(3, volume, "--slow", 0.05, "--slow-rank", 0)
+    assert all(r["peak_in_flight"] <= DEFAULT_WINDOW for r in reports), reports
+    assert max(r["peak_in_flight"] for r in reports[1:]) == DEFAULT_WINDOW, reports  # the bound was reached
+    with Directory.open(volume) as d:
+        assert np.array_equal(d[...], mpi_writer.expected_volume())
+
+
+def test_volumes_without_records(tmp_path: Path) -> None:
+    volume = tmp_path / "v.blockfs"
+    reports = _write(2, volume, "--no-records")
+    assert sum(r["routed_blocks"] for r in reports) == sum(r["blocks"] for r in reports)
+    with Directory.open(volume) as d:
+        assert not d.records
+        assert np.array_equal(d[...], mpi_writer.expected_volume())
+    assert np.array_equal(spec_decoder.read_volume(volume)[0], mpi_writer.expected_volume())
+
+
 @pytest.mark.parametrize("ranks", [2, 4])
 def test_no_rank_opens_another_ranks_shard_for_writing(tmp_path: Path, ranks: int) -> None:
     volume = tmp_path / "v.blockfs"

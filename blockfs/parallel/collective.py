@@ -69,6 +69,8 @@ class Traffic:
     routed_bytes: int = 0
     #: the compressed payloads alone of the routed blocks
     routed_payload_bytes: int = 0
+    #: the most sends this rank had in flight at once (at most the window)
+    peak_in_flight: int = 0
 
 
 def together(comm: Any, step: Callable[[], T]) -> T:
@@ -137,6 +139,7 @@ class CollectiveWriter:
         buffer = ENTRY.pack(entry) + data
         self._wait(lambda: len(self._sends) < self._window)
         self._sends.append((self.comm.Issend([buffer, self._mpi.BYTE], dest=owner, tag=TAG_BLOCK), buffer))
+        self.traffic.peak_in_flight = max(self.traffic.peak_in_flight, len(self._sends))
         self.traffic.routed_blocks += 1
         self.traffic.routed_bytes += len(buffer)
         self.traffic.routed_payload_bytes += len(data) - self._payload_at

@@ -115,9 +115,6 @@ class CollectiveWriter:
         """The rank that appends block ``entry`` to its shard."""
         return entry % len(self._layout.block_filenames) % self.size
 
-    def owned_shards(self) -> list[int]:
-        return list(range(self.rank, len(self._layout.block_filenames), self.size))
-
     # -- writing -----------------------------------------------------------------------------
 
     def submit(self, array: np.ndarray, entry: int) -> None:

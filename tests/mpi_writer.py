@@ -6,7 +6,7 @@ origin alone (:func:`block_content`), so the test regenerates them to check ever
 
 ``--opens LOG`` records, through a Python audit hook, every file this rank opens: one JSON line
 per open with its path, flags or mode, and the phase ("create" until ``create`` returns, then
-"write"). ``--kill-rank R --kill-after K`` makes rank R SIGKILL itself after its K-th block
+"write"). ``--kill-rank R --kill-after K`` makes rank R print "killed at <time.time()>" and SIGKILL itself after its K-th block
 (``--slow S`` naps S seconds after each block, so the others are mid-write when it dies; with
 ``--slow-rank R`` only rank R naps, so it rarely serves the others' messages). At the
 end rank 0 prints one JSON line: each rank's writer traffic, or how its writes failed.
@@ -102,6 +102,7 @@ def main() -> int:
             failed.append(str(exc))
             break
         if rank == args.kill_rank and count == args.kill_after:
+            print(f"killed at {time.time()}", flush=True)
             os.kill(os.getpid(), signal.SIGKILL)
         if args.slow_rank in (None, rank):
             time.sleep(args.slow)

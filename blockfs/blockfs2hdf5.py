@@ -31,7 +31,7 @@ import numpy as np
 from .cli_support import add_silent, byte_progress, describe, run_tool
 from .directory import Directory
 from .errors import DatasetExistsError, ExportError
-from .parallel.mpi import EXPECTED, Ranks, abort, find_ranks, rounds, serially
+from .parallel.mpi import EXPECTED, Ranks, find_ranks, rounds, run_ranked, serially
 
 PROG = "blockfs2hdf5"
 
@@ -293,17 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             if solo is None:
                 return 0  # started by mpiexec without parallel HDF5: rank 0 does all the work
             ranks = solo
-        try:
-            export(args, ranks)
-        except ExportError:
-            if ranks.rank == 0:
-                raise
-            return 1
-        except Exception as exc:
-            if ranks.size == 1:
-                raise
-            abort(ranks, exc, PROG)
-        return 0
+        return run_ranked(ranks, lambda: export(args, ranks), PROG)
 
     return run_tool(parser, body, argv)
 

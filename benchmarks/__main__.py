@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"benchmarks: peers not installed, skipped: {', '.join(missing)} (pip install zarr tensorstore h5py "
              "hdf5plugin)")
     peer_names = [p for p in args.peers if p not in missing]
+    no_mpi = mpi_bench.missing() if "mpi" in args.only else None
+    if no_mpi:
+        _log(f"benchmarks: the MPI write is skipped: {no_mpi}")
     folder = tempfile.mkdtemp(prefix="blockfs-bench-", dir=args.scratch)
     run = report.Run(command, args.sizes, args.repeats, args.data, args.scratch)
     start = time.perf_counter()
@@ -101,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                     run.reads[(kind, ds.nbytes)] = blockfs_bench.read_benchmark(
                         ds, folder, args.repeats, n_random, n_regions, _log)
                     meter.sample_decompress()
-                if "mpi" in args.only:
+                if "mpi" in args.only and not no_mpi:
                     run.mpi.append((mpi_bench.run(ds, folder, args.repeats, _log), lim))
                     meter.sample_compress()
                 if "peers" in args.only:

@@ -85,6 +85,17 @@ class MpiResult:
                 f"{'equal' if self.correct else 'WRONG'}")
 
 
+def missing() -> str | None:
+    """Why the MPI benchmark cannot run here, or None."""
+    if shutil.which("mpiexec") is None:
+        return "mpiexec is not on PATH (apt-get install openmpi-bin)"
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        return f"mpi4py is not installed in {sys.prefix} (pip install mpi4py)"
+    return None
+
+
 def run(ds: Dataset, folder: str, repeats: int, log=print) -> MpiResult:
     """Write ``ds`` collectively on 2 ranks ``repeats`` times; check the bytes sent and every voxel."""
     work = tempfile.mkdtemp(prefix="mpi-", dir=folder)

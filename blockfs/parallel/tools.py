@@ -13,6 +13,8 @@ import contextlib
 import os
 from typing import Any
 
+from tqdm import tqdm
+
 from ..cli_support import describe, progress
 from ..directory import Directory
 from ..errors import BlockfsError
@@ -42,30 +44,28 @@ def import_planes(patterns: list[str], output: str, block_size: tuple[int, int, 
     def prelude() -> tuple[list[str], Any]:
         _check_destination(output)
         paths = find_planes(patterns)
-        return paths, check_stack(_inspect(paths, ranks, quiet))
+        common = check_stack(_inspect(paths, ranks, quiet))
+        os.makedirs(os.path.dirname(output), exist_ok=True)
+        return paths, common
 
     paths, common = ranks.attempt(prelude, kind=BlockfsError)  # agreed before anyone creates files
     (y_extent, x_extent), (bz, by, bx) = common.shape, block_size
     directory = Directory(x_extent, y_extent, len(paths), common.dtype, output, n_filenames=n_shards,
                           x_block_size=bx, y_block_size=by, z_block_size=bz, compression=compression,
                           compression_level=level)
-    if ranks.rank == 0:
-        os.makedirs(os.path.dirname(output), exist_ok=True)
     directory.create(comm=ranks.comm)
     starts = ranks.mine(range(0, len(paths), bz))
     error = None
+    planes = sum(min(bz, len(paths) - z) for z in starts)
     try:
-        planes = progress(range(sum(min(bz, len(paths) - z) for z in starts)), quiet,
-                          f"{PROG} (rank 0 of {ranks.size})", unit="plane")
-        for z0 in starts:
-            z1 = min(z0 + bz, len(paths))
-            reader = read_in_order(paths[z0:z1], n_shards)
-            with contextlib.closing(reader), PlaneWriter(directory, z0, z1) as writer:
-                for plane in reader:
-                    writer.write(plane)
-                    next(planes, None)
-        for _ in planes:  # closes the bar
-            pass
+        with tqdm(total=planes, unit="plane", disable=quiet, desc=f"{PROG} (rank 0 of {ranks.size})") as bar:
+            for z0 in starts:
+                z1 = min(z0 + bz, len(paths))
+                reader = read_in_order(paths[z0:z1], n_shards)
+                with contextlib.closing(reader), PlaneWriter(directory, z0, z1) as writer:
+                    for plane in reader:
+                        writer.write(plane)
+                        bar.update()
     except EXPECTED as exc:
         error = describe(exc)
     try:

@@ -100,6 +100,17 @@ def test_a_failure_stops_every_rank_and_is_printed_once(stack: Path, serial_volu
     assert result.stderr.count(f"blockfs2tif: {missing}: No such file or directory") == 1, result.stderr
 
 
+def test_an_odd_plane_is_named_once_and_no_volume_is_left(tmp_path: Path) -> None:
+    for z in range(7):
+        tifffile.imwrite(tmp_path / f"img_{z}.tif", np.zeros((20, 30) if z != 5 else (20, 31), np.uint16))
+    output = tmp_path / "out" / "v.blockfs"
+    result, _ = mpiexec(3, [tool("blockfs"), "from-tif", "--input", tmp_path / "img_*.tif", "--output", output,
+                            "--silent"])
+    assert result.returncode == 1
+    assert result.stderr.count(f"tif2blockfs: {tmp_path / 'img_5.tif'}: the plane is 20x31") == 1, result.stderr
+    assert not output.exists()
+
+
 def test_tools_run_serially_without_a_launcher(serial_volume: Path, tmp_path: Path) -> None:
     """Outside mpiexec the tools never initialise MPI (mpi4py made unimportable)."""
     code = ("import sys; sys.modules['mpi4py'] = None\n"

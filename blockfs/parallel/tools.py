@@ -26,10 +26,13 @@ PROG = "tif2blockfs"
 
 
 def _inspect(paths: list[str], ranks: Ranks, silent: bool) -> list[Any]:
-    """Every file's header, each read by one rank, in the order of ``paths``."""
-    indices = ranks.mine(range(len(paths)))
-    mine = [(i, inspect_plane(paths[i])) for i in progress(indices, silent, f"{PROG}: checking", unit="file")]
-    parts = ranks.comm.allgather(mine) if ranks.parallel else [mine]
+    """Every file's header, each read by one rank, in the order of ``paths``; agreed on by all ranks."""
+    def mine() -> list[tuple[int, Any]]:
+        indices = ranks.mine(range(len(paths)))
+        return [(i, inspect_plane(paths[i])) for i in progress(indices, silent, f"{PROG}: checking", unit="file")]
+
+    share = ranks.attempt(mine, kind=BlockfsError)
+    parts = ranks.comm.allgather(share) if ranks.parallel else [share]
     return [plane for _, plane in sorted((p for part in parts for p in part), key=lambda p: p[0])]
 
 
@@ -41,14 +44,16 @@ def import_planes(patterns: list[str], output: str, block_size: tuple[int, int, 
     """
     quiet = silent or ranks.rank != 0
 
-    def prelude() -> tuple[list[str], Any]:
+    def find() -> list[str]:
         _check_destination(output)
         paths = find_planes(patterns)
-        common = check_stack(_inspect(paths, ranks, quiet))
         os.makedirs(os.path.dirname(output), exist_ok=True)
-        return paths, common
+        return paths
 
-    paths, common = ranks.attempt(prelude, kind=BlockfsError)  # agreed before anyone creates files
+    # Each step is agreed on by every rank before the next collective call, and before any file is made.
+    paths = ranks.attempt(find, kind=BlockfsError)
+    planes = _inspect(paths, ranks, quiet)
+    common = ranks.attempt(lambda: check_stack(planes), kind=BlockfsError)
     (y_extent, x_extent), (bz, by, bx) = common.shape, block_size
     directory = Directory(x_extent, y_extent, len(paths), common.dtype, output, n_filenames=n_shards,
                           x_block_size=bx, y_block_size=by, z_block_size=bz, compression=compression,
@@ -56,9 +61,8 @@ def import_planes(patterns: list[str], output: str, block_size: tuple[int, int, 
     directory.create(comm=ranks.comm)
     starts = ranks.mine(range(0, len(paths), bz))
     error = None
-    planes = sum(min(bz, len(paths) - z) for z in starts)
     try:
-        with tqdm(total=planes, unit="plane", disable=quiet, desc=f"{PROG} (rank 0 of {ranks.size})") as bar:
+        with tqdm(total=sum(min(bz, len(paths) - z) for z in starts), unit="plane", disable=quiet, desc=f"{PROG} (rank 0 of {ranks.size})") as bar:
             for z0 in starts:
                 z1 = min(z0 + bz, len(paths))
                 reader = read_in_order(paths[z0:z1], n_shards)

@@ -11,10 +11,10 @@ import sys
 import tempfile
 import time
 
-from . import blockfs_bench, interop_bench, limits, peers, pyramid_bench, report, serve_bench
+from . import blockfs_bench, interop_bench, limits, mpi_bench, peers, pyramid_bench, report, serve_bench
 from .data import KINDS, make_dataset, parse_size, size_label
 
-CATEGORIES = ("limits", "write", "read", "peers", "interop", "serve", "pyramid")
+CATEGORIES = ("limits", "write", "read", "peers", "interop", "serve", "mpi", "pyramid")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
              "'.[interop]')")
     if "serve" in args.only and serve_bench.missing():
         _log(f"benchmarks: serve skipped, not installed: {', '.join(serve_bench.missing())} (pip install '.[serve]')")
+    no_mpi = mpi_bench.missing() if "mpi" in args.only else None
+    if no_mpi:
+        _log(f"benchmarks: the MPI write is skipped: {no_mpi}")
     folder = tempfile.mkdtemp(prefix="blockfs-bench-", dir=args.scratch)
     run = report.Run(command, args.sizes, args.repeats, args.data, args.scratch)
     start = time.perf_counter()
@@ -110,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
                     run.interop.append(interop_bench.run(ds, folder, args.repeats, _log))
                 if "serve" in args.only and kind == "microscopy" and not serve_bench.missing():
                     run.serve.append(serve_bench.run(ds, folder, 500 if args.quick else 3000, _log))
+                if "mpi" in args.only and not no_mpi:
+                    run.mpi.append((mpi_bench.run(ds, folder, args.repeats, _log), lim))
+                    meter.sample_compress()
                 if "peers" in args.only:
                     for name in peer_names:
                         run.peers.append(peers.run_peer(name, ds, folder, args.repeats, n_random, _log))

@@ -17,6 +17,7 @@ from . import goals, interop_bench, pyramid_bench, serve_bench
 from .blockfs_bench import QUEUE_DEPTH, ReadResult, WriteResult
 from .data import BLOCK_BYTES, size_label
 from .limits import Limits
+from .mpi_bench import MpiResult
 from .measure import MB, MIB, median, percentile
 
 #: Everything below this line in the output file is kept when the file is rewritten.
@@ -42,6 +43,7 @@ class Run:
     pyramids: list[pyramid_bench.PyramidResult] = field(default_factory=list)
     interop: list[dict] = field(default_factory=list)
     serve: list[dict] = field(default_factory=list)
+    mpi: list[tuple[MpiResult, Limits]] = field(default_factory=list)
     load_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
     load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -285,6 +287,12 @@ def render(run: Run) -> str:
     out += pyramid_bench.render(run.pyramids)
     out += interop_bench.render(run.interop)
     out += serve_bench.render(run.serve)
+    if run.mpi:
+        out += ["## Collective writes over MPI", "",
+                "`mpiexec -n 2`, 2 shards, every block produced on the rank that does not own its shard "
+                "(benchmarks/mpi_bench.py); from a barrier after `create(comm=...)` to the end of the collective "
+                "`close()`.", ""]
+        out += [f"- {size_label(r.nbytes)} {r.kind}: {r.summary(lim.compress)}" for r, lim in run.mpi] + [""]
     where, judged = goals.evaluate(run)
     if not judged:
         return "\n".join(out + ["## Goals", "", f"Not judged: {where}.", ""])

@@ -24,105 +24,29 @@ import argparse
 import json
 import os
 import sys
-import traceback
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
 from .cli_support import add_silent, byte_progress, describe, run_tool
 from .directory import Directory
-from .errors import BlockfsError, DatasetExistsError, ExportError
+from .errors import DatasetExistsError, ExportError
+from .parallel.mpi import EXPECTED, Ranks, find_ranks, rounds, run_ranked, serially
 
 PROG = "blockfs2hdf5"
 
 #: attribute holding the volume's block size (z, y, x); the application metadata keys sit beside it
 BLOCK_SIZE_ATTR = "blockfs_block_size_zyx"
 
-#: errors reported as ``file: reason``; anything else is a bug and, in parallel, aborts with a traceback
-EXPECTED = (BlockfsError, OSError, ValueError, TypeError, KeyError)
-
-#: environment variables in which MPI launchers pass a process its rank and the number of ranks
-LAUNCHER_RANK = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
-LAUNCHER_SIZE = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
-
 #: HDF5's deflate (gzip) filter: flagged optional, but its output buffer always fits, so never skipped
 H5Z_FILTER_DEFLATE = 1
 
 
-@dataclass(frozen=True)
-class Ranks:
-    """Who takes part: the communicator (None when writing serially), this rank and their number."""
-
-    comm: Any
-    rank: int
-    size: int
-
-    @property
-    def parallel(self) -> bool:
-        return self.comm is not None
-
-    def agree(self, error: str | None) -> None:
-        """Share this rank's error (or None) with every rank; all raise :class:`ExportError` if any failed."""
-        errors = self.comm.allgather(error) if self.parallel else [error]
-        first = next((e for e in errors if e), None)
-        if first is not None:
-            raise ExportError(first)
-
-    def attempt(self, step: Callable[[], Any], file: str | None = None, action: str | None = None) -> Any:
-        """Run ``step`` on every rank; if it fails with an expected error on any, all raise together.
-
-        A message that does not start with ``file`` gets ``file: action:`` in front of it.
-        """
-        result, error = None, None
-        try:
-            result = step()
-        except EXPECTED as exc:
-            error = describe(exc)
-            if file is not None and not error.startswith(f"{file}:"):
-                error = f"{file}: {action}: {error}"
-        self.agree(error)
-        return result
-
-
-SOLO = Ranks(None, 0, 1)
-
-
-def _launcher_rank() -> tuple[int, int]:
-    """(rank, size) that mpiexec or srun passed in the environment; (0, 1) when not started by one."""
-    def first(names: tuple[str, ...], default: int) -> int:
-        for name in names:
-            try:
-                return int(os.environ[name])
-            except (KeyError, ValueError):
-                continue
-        return default
-    return first(LAUNCHER_RANK, 0), first(LAUNCHER_SIZE, 1)
-
-
-def find_ranks() -> tuple[Ranks, str | None]:
-    """All ranks through MPI when mpi4py and a parallel h5py are there; else (ranks, why not)."""
+def parallel_hdf5_missing() -> str | None:
+    """Why h5py cannot write in parallel here, or None."""
     import h5py
 
-    try:
-        from mpi4py import MPI
-    except (ImportError, RuntimeError) as exc:
-        rank, size = _launcher_rank()
-        return Ranks(None, rank, size), f"mpi4py is not available ({exc})"
-    world = MPI.COMM_WORLD
-    if not h5py.get_config().mpi:
-        return (Ranks(None, world.Get_rank(), world.Get_size()),
-                f"h5py {h5py.version.version} is built without parallel HDF5")
-    return Ranks(world, world.Get_rank(), world.Get_size()), None
-
-
-def serially(ranks: Ranks, reason: str) -> Ranks | None:
-    """Say once why the export runs serially; rank 0 then works alone (SOLO), the others get None."""
-    if ranks.rank == 0:
-        where = f"on rank 0 of {ranks.size}" if ranks.size > 1 else "in one process"
-        print(f"{PROG}: note: {reason}; writing serially {where}", file=sys.stderr, flush=True)
-        return SOLO
-    return None
+    return None if h5py.get_config().mpi else f"h5py {h5py.version.version} is built without parallel HDF5"
 
 
 def parse_filter(text: str) -> str | int:
@@ -297,16 +221,6 @@ class RowWriter:
         self._dset.id.write(mspace, fspace, data, dxpl=self._dxpl)
 
 
-def rounds(work: list[Row], ranks: Ranks) -> Iterator[tuple[list[Row], Row | None]]:
-    """Each round's rows, and this rank's among them (None when it has none).
-
-    Every rank sees the same number of rounds, so every rank makes the same collective calls.
-    """
-    for start in range(0, len(work), ranks.size):
-        batch = work[start:start + ranks.size]
-        yield batch, batch[ranks.rank] if ranks.rank < len(batch) else None
-
-
 def write_rows(args: argparse.Namespace, volume: Directory, dset: Any, ranks: Ranks) -> None:
     """Every row, round by round; rank 0's bar counts the voxel bytes that all ranks wrote."""
     work = rows(volume.shape, (volume.z_block_size, volume.y_block_size, volume.x_block_size))
@@ -335,7 +249,7 @@ def export(args: argparse.Namespace, ranks: Ranks) -> None:
         skippable = ranks.attempt(lambda: skippable_filters(args, options))
         if ranks.parallel and skippable:
             solo = serially(ranks, f"parallel HDF5 mislabels chunks that the {', '.join(skippable)} filter "
-                                   "leaves uncompressed, which makes them unreadable")
+                                   "leaves uncompressed, which makes them unreadable", PROG)
             if solo is None:
                 return
             ranks = solo
@@ -367,39 +281,19 @@ def export(args: argparse.Namespace, ranks: Ranks) -> None:
         volume.close()
 
 
-def abort(ranks: Ranks, exc: BaseException) -> None:
-    """Print an error met on this rank alone and abort every rank: the others would wait for it forever."""
-    print(f"{PROG}: rank {ranks.rank} of {ranks.size}: {describe(exc)}", file=sys.stderr)
-    if not isinstance(exc, EXPECTED):
-        traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-    print(f"{PROG}: aborting all {ranks.size} ranks", file=sys.stderr, flush=True)
-    sys.stdout.flush()
-    ranks.comm.Abort(1)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = make_parser()
 
     def body(args: argparse.Namespace) -> int:
         if args.compression_opts is not None and args.compression is None:
             parser.error("--compression-opts needs --compression")
-        ranks, reason = find_ranks()
+        ranks, reason = find_ranks(parallel_hdf5_missing)
         if reason is not None:
-            solo = serially(ranks, reason)
+            solo = serially(ranks, reason, PROG)
             if solo is None:
                 return 0  # started by mpiexec without parallel HDF5: rank 0 does all the work
             ranks = solo
-        try:
-            export(args, ranks)
-        except ExportError:
-            if ranks.rank == 0:
-                raise
-            return 1
-        except Exception as exc:
-            if ranks.size == 1:
-                raise
-            abort(ranks, exc)
-        return 0
+        return run_ranked(ranks, lambda: export(args, ranks), PROG)
 
     return run_tool(parser, body, argv)
 

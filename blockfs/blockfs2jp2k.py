@@ -13,6 +13,7 @@ import numpy as np
 from .cli_support import run_tool
 from .directory import Directory
 from .export import add_export_arguments, check_pattern, export_planes
+from .parallel.mpi import Ranks, on_ranks
 
 #: dtypes glymur can write
 JP2K_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -125,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def _export(args: argparse.Namespace, ranks: Ranks) -> int:
     check_pattern(args.output_pattern)
     check_glymur()
     with Directory.open(args.input) as directory:
@@ -135,8 +136,13 @@ def _run(args: argparse.Namespace) -> int:
         chosen = plan(directory.shape, directory.dtype, directory.z_block_size, args.n_workers, args.memory,
                       args.input)
         export_planes(directory, args.output_pattern, functools.partial(write_jp2k, psnr=args.psnr),
-                      chosen.workers, args.silent, "blockfs2jp2k", depth=chosen.depth)
+                      chosen.workers, args.silent, "blockfs2jp2k", depth=chosen.depth, ranks=ranks)
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Under ``mpiexec -n N`` the ranks share the slabs; otherwise one process writes every plane."""
+    return on_ranks("blockfs2jp2k", lambda ranks: _export(args, ranks))
 
 
 def main(argv: list[str] | None = None) -> int:

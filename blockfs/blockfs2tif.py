@@ -12,6 +12,7 @@ import tifffile
 from .cli_support import run_tool
 from .directory import Directory
 from .export import add_export_arguments, check_pattern, export_planes
+from .parallel.mpi import Ranks, on_ranks
 
 #: Planes larger than this are written as BigTIFF (4 GiB, less room for the header and strip tables).
 BIGTIFF_THRESHOLD = 2**32 - 2**25
@@ -58,12 +59,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run(args: argparse.Namespace) -> int:
+def _export(args: argparse.Namespace, ranks: Ranks) -> int:
     check_pattern(args.output_pattern)
     with Directory.open(args.input) as directory:
         export_planes(directory, args.output_pattern, functools.partial(write_tiff, level=args.compression),
-                      args.n_workers, args.silent, "blockfs2tif")
+                      args.n_workers, args.silent, "blockfs2tif", ranks=ranks)
     return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Under ``mpiexec -n N`` the ranks share the slabs; otherwise one process writes every plane."""
+    return on_ranks("blockfs2tif", lambda ranks: _export(args, ranks))
 
 
 def main(argv: list[str] | None = None) -> int:

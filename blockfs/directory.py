@@ -158,12 +158,16 @@ class Directory:
 
     # -- creating and opening ------------------------------------------------------------------
 
-    def create(self, overwrite: bool = False) -> "Directory":
+    def create(self, overwrite: bool = False, comm: Any = None) -> "Directory":
         """Write a new, empty volume: the index file and empty shard files.
 
         An existing volume (or any file) at these paths is an error unless ``overwrite=True``,
-        which replaces the index atomically first, then empties the shards.
+        which replaces the index atomically first, then empties the shards. With an MPI
+        communicator ``comm`` the call is collective and every rank may write (blockfs.parallel).
         """
+        if comm is not None:
+            from .parallel.collective import create
+            return create(self, comm, overwrite)
         self._check_open()
         if self._mode is not None:
             raise VolumeExistsError(f"{self.directory_filename}: this Directory is already created or opened.")
@@ -193,9 +197,15 @@ class Directory:
         return self
 
     @classmethod
-    def open(cls, directory_filename: str, mode: str = "r", verify: bool = True, durable: bool = True
-             ) -> "Directory":
-        """Open an existing volume: ``mode="r"`` to read, ``"r+"`` to read and write blocks."""
+    def open(cls, directory_filename: str, mode: str = "r", verify: bool = True, durable: bool = True,
+             comm: Any = None) -> "Directory":
+        """Open an existing volume: ``mode="r"`` to read, ``"r+"`` to read and write blocks.
+
+        With an MPI communicator ``comm`` the call is collective, and in mode "r+" every rank may
+        write (blockfs.parallel)."""
+        if comm is not None:
+            from .parallel.collective import open_volume
+            return open_volume(directory_filename, mode, comm, verify, durable)
         path = os.fspath(directory_filename)
         if mode not in MODES:
             raise InvalidArgumentError(f"{path}: mode must be one of {MODES}; got {mode!r}.")

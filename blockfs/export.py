@@ -20,6 +20,7 @@ import numpy as np
 from .cli_support import add_silent, progress
 from .directory import Directory
 from .errors import BlockfsError, ExportError
+from .parallel.mpi import SOLO, Ranks
 from .planes import iter_slabs
 
 #: printf-style conversion fields: ``%%``, ``%d``, ``%04d``, ``%-5i`` ... (flags, width, precision, type)
@@ -129,22 +130,36 @@ class _Folders:
             self._made.add(folder)
 
 
+def rank_slabs(directory: Directory, depth: int | None, ranks: Ranks) -> tuple[int, Iterator[tuple[int, np.ndarray]]]:
+    """(planes, slabs) of this rank's share: block-deep z ranges dealt round-robin to the ranks."""
+    bz, nz = directory.z_block_size, directory.z_extent
+    if not ranks.parallel:
+        return nz, iter_slabs(directory, depth)
+    starts = ranks.mine(range(0, nz, bz))
+    return (sum(min(bz, nz - z) for z in starts),
+            (slab for z in starts for slab in iter_slabs(directory, depth, z, min(z + bz, nz))))
+
+
 def export_planes(directory: Directory, pattern: str, write_plane: WritePlane, n_workers: int, silent: bool,
-                  desc: str, depth: int | None = None) -> None:
+                  desc: str, depth: int | None = None, ranks: Ranks = SOLO) -> None:
     """Write every z-plane of ``directory`` to ``pattern % z`` with ``write_plane(path, plane)``.
 
     The volume is read ``depth`` planes at a time (one block depth by default, see
     :func:`~blockfs.planes.iter_slabs`) and each slab's planes are written by ``n_workers``
     threads before the next slab is read, so memory holds one slab and the planes being encoded.
+    With several ``ranks``, each writes the planes of its block-deep z ranges (see
+    :func:`rank_slabs`) and rank 0 shows its progress.
     """
     check_pattern(pattern)
     folders = _Folders()
     folders.ensure(pattern % 0)  # an unwritable destination fails now, before anything is read
     _check_writable(pattern % 0)
 
+    planes, slabs = rank_slabs(directory, depth, ranks)
+
     def written() -> Iterator[int]:
         with ThreadPoolExecutor(n_workers, "blockfs-export") as pool:
-            for z0, slab in iter_slabs(directory, depth):
+            for z0, slab in slabs:
                 futures: list[Future[None]] = []
                 try:
                     for i, plane in enumerate(slab):
@@ -159,5 +174,7 @@ def export_planes(directory: Directory, pattern: str, write_plane: WritePlane, n
                         future.cancel()
                     raise
 
-    for _ in progress(written(), silent, desc, total=directory.z_extent, unit="plane"):
+    if ranks.parallel:
+        desc = f"{desc} (rank 0 of {ranks.size})"
+    for _ in progress(written(), silent or ranks.rank != 0, desc, total=planes, unit="plane"):
         pass

@@ -21,6 +21,7 @@ from .codec import Compression
 from .directory import Directory
 from .errors import PlaneMismatchError, VolumeExistsError
 from .export import positive_int
+from .parallel.mpi import launcher_rank
 from .planes import PlaneWriter
 
 EPILOG = """\
@@ -181,6 +182,9 @@ def _remove_volume(directory: Directory) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if launcher_rank()[1] > 1:  # started by mpiexec -n N: the ranks share the planes (blockfs.parallel.tools)
+        from .parallel.tools import run_import
+        return run_import(args)
     # Absolute shard names, as earlier blockfs releases wrote them, so that every reader finds them.
     output = os.path.abspath(os.path.expanduser(args.output))
     _check_destination(output)

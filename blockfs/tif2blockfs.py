@@ -19,7 +19,7 @@ import tifffile
 from .cli_support import add_silent, progress, run_tool
 from .codec import Compression
 from .directory import Directory
-from .errors import PlaneMismatchError, VolumeExistsError
+from .errors import InvalidArgumentError, PlaneMismatchError, VolumeExistsError
 from .export import positive_int
 from .parallel.mpi import launcher_rank
 from .planes import PlaneWriter
@@ -183,6 +183,9 @@ def _remove_volume(directory: Directory) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     if launcher_rank()[1] > 1:  # started by mpiexec -n N: the ranks share the planes (blockfs.parallel.tools)
+        if args.pyramid:  # its worker processes would fork MPI ranks
+            raise InvalidArgumentError(f"{args.output}: --pyramid {args.pyramid} does not run under mpiexec; import "
+                                       "without it, then run blockfs pyramid on the volume.")
         from .parallel.tools import run_import
         return run_import(args)
     # Absolute shard names, as earlier blockfs releases wrote them, so that every reader finds them.

@@ -2,7 +2,7 @@
 
 from .codec import Compression
 from .directory import Directory
-from .errors import (BlockCoordinateError, BlockfsError, BlockShapeError, ChecksumError, ClosedError,
+from .errors import (AttachError, BlockCoordinateError, BlockfsError, BlockShapeError, ChecksumError, ClosedError,
                      CorruptBlockError, EntryOverflowError, FormatError, InvalidArgumentError, MissingShardError,
                      ReadOnlyError, RegionError, UnsupportedCompressionError, UnsupportedDTypeError,
                      VolumeExistsError, WriterError)
@@ -10,8 +10,8 @@ from .errors import (BlockCoordinateError, BlockfsError, BlockShapeError, Checks
 __version__ = "1.0.0"
 
 __all__ = [
-    "BlockCoordinateError", "BlockShapeError", "BlockfsError", "ChecksumError", "ClosedError", "Compression",
-    "CorruptBlockError", "Directory", "EntryOverflowError", "FormatError", "InvalidArgumentError",
+    "AttachError", "BlockCoordinateError", "BlockShapeError", "BlockfsError", "ChecksumError", "ClosedError",
+    "Compression", "CorruptBlockError", "Directory", "EntryOverflowError", "FormatError", "InvalidArgumentError",
     "MissingShardError", "ReadOnlyError", "RegionError", "UnsupportedCompressionError", "UnsupportedDTypeError",
     "VolumeExistsError", "WriterError", "__version__",
 ]

@@ -40,6 +40,15 @@ def _read_pool() -> ThreadPoolExecutor:
     return _executor
 
 
+def _stop_read_pool() -> None:
+    """End this process's idle decompression threads, so that writer processes fork from a process
+    with one thread (forking a threaded process can deadlock the child; Python 3.12 warns)."""
+    global _executor
+    if _executor is not None and _executor_pid == os.getpid():
+        _executor.shutdown(wait=True)
+    _executor = None
+
+
 def _positive(name: str, value: Any) -> int:
     try:
         number = operator.index(value)
@@ -390,6 +399,7 @@ class Directory:
         """
         self._check_writable()
         if self._pool is None or not self._pool.is_owner:
+            _stop_read_pool()
             self._pool = WriterPool(self.directory_filename, self._files.shard_paths, self._layout,
                                     self.directory_offset, _positive("queue_depth", queue_depth), self.durable)
 

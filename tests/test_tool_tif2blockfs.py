@@ -157,8 +157,8 @@ def test_existing_destination_is_not_overwritten(tmp_path: Path) -> None:
     before = snapshot(tmp_path / "vol")
     result = run(TIF2BLOCKFS, "--input", tmp_path / "in" / "*.tif", "--output", existing, "--silent")
     assert result.returncode == 1
-    assert result.stderr.strip() == (f"tif2blockfs: {existing}: already exists; tif2blockfs never overwrites a "
-                                     "volume: remove it or choose another --output.")
+    assert result.stderr.strip() == (f"tif2blockfs: {existing}: already exists; remove it, choose another "
+                                     "--output, or pass --overwrite to replace it.")
     assert snapshot(tmp_path / "vol") == before
 
 

@@ -400,3 +400,34 @@ def test_worker_directory_that_does_not_match_the_volume(tmp_path: Path) -> None
     assert "none.blockfs" in str(missing.value) and "create()" in str(missing.value)
     np.testing.assert_array_equal(d.read_block(0, 0, 0), producers.sample_block(0, 0, 0, (64, 64, 64), 3),
                                   strict=True)
+
+
+UNGUARDED = """
+import multiprocessing, sys
+import numpy as np
+from blockfs import Directory
+d = Directory(64, 64, 64, np.uint16, sys.argv[1], n_filenames=1)
+d.create()  # unguarded: runs again when a spawned process imports this module
+if __name__ == "__main__":
+    d.write_block(np.full((64, 64, 64), 7, np.uint16), 0, 0, 0)
+    d.close()
+    p = multiprocessing.get_context("spawn").Process(target=print)
+    p.start()
+    p.join(60)
+    print("child exit", p.exitcode)
+"""
+
+
+def test_create_while_a_spawned_worker_imports_the_main_module(tmp_path: Path) -> None:
+    """A program without the __main__ guard: the spawned process's import of it must not replace
+    the volume the parent wrote."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(UNGUARDED)
+    volume = tmp_path / "v.blockfs"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(producers.REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+    result = subprocess.run([sys.executable, str(script), str(volume)], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=120)
+    assert "child exit 1" in result.stdout, result.stdout + result.stderr
+    assert "AttachError" in result.stderr and "__main__" in result.stderr
+    with Directory.open(str(volume)) as reader:
+        assert (reader.read_block(0, 0, 0) == 7).all()

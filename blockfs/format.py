@@ -285,14 +285,15 @@ def pack_entry(layout: Layout, offset: int, size: int, where: str) -> bytes:
     if offset >> layout.n_offset_bits:
         wider = max(offset.bit_length(), layout.n_offset_bits + 2)
         raise EntryOverflowError(
-            f"{where}: block offset {offset} does not fit in the {layout.n_offset_bits} bits of NOffsetBits; the shard has "
-            "grown past what the index can address (blocks rewritten many times). Write into a volume created "
-            f"with a wider field, Directory(..., n_offset_bits={wider}), e.g. by copying this volume's blocks "
-            "into one; nothing of this block was written.")
+            f"{where}: block offset {offset} does not fit in the {layout.n_offset_bits} bits of NOffsetBits; the "
+            "shard has grown past what the index can address (blocks rewritten many times). Write into a volume "
+            f"created with a wider field, Directory(..., n_offset_bits={wider}), e.g. by copying this volume's "
+            "blocks into one; nothing of this block was written.")
     if size >> layout.n_size_bits:
         raise EntryOverflowError(
-            f"{where}: block size {size} does not fit in the {layout.n_size_bits} bits of NSizeBits; create the volume with "
-            f"n_size_bits={size.bit_length()} or more (or leave n_size_bits unset); nothing of this block was written.")
+            f"{where}: block size {size} does not fit in the {layout.n_size_bits} bits of NSizeBits; create the "
+            f"volume with n_size_bits={size.bit_length()} or more (or leave n_size_bits unset); nothing of this "
+            "block was written.")
     return (offset | size << layout.n_offset_bits).to_bytes(layout.entry_size, "little")
 
 

@@ -85,8 +85,8 @@ class BlockWriter:
         n_slots = queue_depth + 2
         self._memory = shared_memory.SharedMemory(create=True, size=n_slots * layout.max_block_bytes)
         self._error = ctx.RawArray("c", _ERROR_BYTES)
-        self.process = ctx.Process(target=_run_writer, args=(self.q_in, self._free, n_slots, self._memory,
-                                                              self._error, *process_args), name=f"blockfs-writer-{shard}")
+        self.process = ctx.Process(target=_run_writer, name=f"blockfs-writer-{shard}",
+                                   args=(self.q_in, self._free, n_slots, self._memory, self._error, *process_args))
 
     def failure(self) -> str | None:
         """Why this writer stopped early, or None while it is healthy or after a clean stop."""

@@ -154,9 +154,11 @@ def _axis_sums(n_blocks: int, block: int, extent: int, stride: int, n_files: int
 
 
 def _cyclic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cyclic convolution of two per-residue tables (exact Python integers)."""
-    n = len(a)
-    return np.array([sum(a[i] * b[(r - i) % n] for i in range(n)) for r in range(n)], dtype=object)
+    """Cyclic convolution of two per-residue tables (object arrays: exact Python integers)."""
+    full = np.convolve(a, b)
+    out = full[:len(a)].copy()
+    out[:len(a) - 1] += full[len(a):]
+    return out
 
 
 def full_write_end(extents_xyz: tuple[int, int, int], block_sizes_xyz: tuple[int, int, int],

@@ -256,6 +256,29 @@ def test_widths_deviate_from_the_rule_by_the_least_that_holds_a_full_write(tmp_p
     assert f"n_offset_bits={rule[0] + 2}" in str(overflow.value) and narrow.directory_filename in str(overflow.value)
 
 
+@pytest.mark.parametrize("seed", range(40))
+def test_default_widths_hold_one_full_write_counted_block_by_block(seed: int) -> None:
+    """The default widths are the rule's, or the least that holds the last payload of one full
+    incompressible write, counted here block by block."""
+    rng = np.random.default_rng(seed)
+    extents = tuple(int(v) for v in rng.integers(1, 120, 3))
+    blocks = tuple(int(v) for v in rng.integers(1, 12, 3))
+    shards, itemsize, records = int(rng.integers(1, 9)), int(rng.choice([1, 2, 4, 8])), bool(seed % 2)
+    d = Directory(*extents, f"u{itemsize}", "never-created.blockfs", n_filenames=shards, x_block_size=blocks[0],
+                  y_block_size=blocks[1], z_block_size=blocks[2], records=records)
+    ends, smallest = [0] * shards, None
+    for x, y, z in origins(d):
+        nbytes = int(np.prod(d.get_block_size(x, y, z))) * itemsize
+        ends[d.layout.entry_index(x, y, z) % shards] += (32 if records else 0) + nbytes + 16
+        smallest = nbytes if smallest is None else min(smallest, nbytes)
+    last_payload = max(0, max(ends) - smallest - 16)
+    doc = {"XExtent": extents[0], "YExtent": extents[1], "ZExtent": extents[2], "XBlockSize": blocks[0],
+           "YBlockSize": blocks[1], "ZBlockSize": blocks[2], "DType": f"u{itemsize}", "XStride": d.x_stride,
+           "YStride": d.y_stride, "ZStride": d.z_stride, "BlockFilenames": d.block_filenames}
+    rule = earlier_rule(doc)
+    assert (d.n_offset_bits, d.n_size_bits) == (max(rule[0], last_payload.bit_length()), rule[1])
+
+
 # -- 4. blocks written by an earlier-release writer ------------------------------------------------
 
 def earlier_write(path: Path, block: np.ndarray, x: int, y: int, z: int) -> None:

@@ -4,7 +4,7 @@ from typing import Any
 
 from .codec import Compression
 from .directory import Directory
-from .errors import (BlockCoordinateError, BlockfsError, BlockShapeError, ChecksumError, ClosedError,
+from .errors import (AttachError, BlockCoordinateError, BlockfsError, BlockShapeError, ChecksumError, ClosedError,
                      CorruptBlockError, EntryOverflowError, FormatError, InvalidArgumentError, MissingDependencyError,
                      MissingShardError,
                      ReadOnlyError, RegionError, UnsupportedCompressionError, UnsupportedDTypeError,
@@ -27,7 +27,7 @@ def write_dask(array: Any, path: str, **kwargs: Any) -> Directory:
 
 
 __all__ = [
-    "BlockCoordinateError", "BlockShapeError", "BlockfsError", "ChecksumError", "ClosedError", "Compression",
+    "AttachError", "BlockCoordinateError", "BlockShapeError", "BlockfsError", "ChecksumError", "ClosedError", "Compression",
     "CorruptBlockError", "Directory", "EntryOverflowError", "FormatError", "InvalidArgumentError",
     "MissingDependencyError", "MissingShardError", "ReadOnlyError", "RegionError", "UnsupportedCompressionError",
     "UnsupportedDTypeError", "VolumeExistsError", "WriterError", "__version__", "open_zarr", "write_dask",

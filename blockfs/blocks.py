@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import records
-from .codec import compress, decompress_into
+from .codec import check_sizes, compress, decompress_into
 from .errors import CorruptBlockError
 from .format import Layout, pack_entry, unpack_entries, unpack_entry
 from .storage import VolumeFiles
@@ -45,35 +45,49 @@ def read_entry(files: VolumeFiles, layout: Layout, directory_offset: int, entry:
     return unpack_entry(files.read_index(directory_offset + entry * layout.entry_size, layout.entry_size), layout)
 
 
-def read_payload(files: VolumeFiles, layout: Layout, entry: int, offset: int, size: int, verify: bool
-                 ) -> memoryview:
-    """The stored (compressed) bytes that an entry (offset, size) points at.
+def read_stored(files: VolumeFiles, layout: Layout, entry: int, offset: int, size: int, nbytes: int, verify: bool
+                ) -> tuple[memoryview, bool]:
+    """(the stored, compressed bytes an entry (offset, size) points at, whether a record vouched for them).
 
     The view lies in this thread's reusable buffer: use it before this thread's next read. With
-    ``verify`` on a volume with records, the record before the payload must name this entry and
-    length and its CRC32C must match, else :class:`ChecksumError`.
+    ``verify`` on a volume with records, a record before the payload must name this entry and
+    length and its CRC32C must match, else :class:`ChecksumError`. Where no record starts there (no
+    record magic: the block was written by a writer that does not write records, such as an
+    earlier release), the payload's blosc header must instead say ``size`` bytes decompressing to
+    ``nbytes``, the block's size, else :class:`CorruptBlockError`.
     """
     shard = entry % len(layout.block_filenames)
     where = f"{files.shard_paths[shard]}: block at offset {offset}, size {size} (entry {entry})"
-    head = records.HEADER_SIZE if layout.records and verify else 0
     if size > layout.max_block_bytes:
         raise CorruptBlockError(f"{where}: {size} bytes is more than a block can compress to "
                                 f"({layout.max_block_bytes}); the index is damaged.")
-    if offset < head:
-        raise CorruptBlockError(f"{where}: no room for the block's record before it; the index is damaged.")
+    head = records.HEADER_SIZE if layout.records and verify and offset >= records.HEADER_SIZE else 0
     data = files.read_shard(shard, offset - head, size + head)
     if len(data) < size + head:
         raise CorruptBlockError(f"{where} points past the end of the shard ({offset - head + len(data)} bytes); "
                                 "the shard is truncated or the index is damaged (run blockfs check).")
-    return records.verify(data, entry, size, where) if head else data
+    if head and records.starts_record(data):
+        return records.verify(data, entry, size, where), True
+    payload = data[head:]
+    if layout.records and verify:
+        check_sizes(payload, nbytes, f"{where}, written without a block record")
+    return payload, False
+
+
+def read_payload(files: VolumeFiles, layout: Layout, entry: int, offset: int, size: int, nbytes: int,
+                 verify: bool) -> memoryview:
+    """The stored (compressed) bytes of a block, checked as :func:`read_stored` describes."""
+    return read_stored(files, layout, entry, offset, size, nbytes, verify)[0]
 
 
 def load_block(files: VolumeFiles, layout: Layout, entry: int, offset: int, size: int, out: np.ndarray,
-               verify: bool) -> None:
+               verify: bool) -> bool:
     """Read the block that an entry (offset, size) points at and decompress it into ``out``.
 
-    ``out`` is a C-contiguous array of the block's shape; see :func:`read_payload` for ``verify``.
+    ``out`` is a C-contiguous array of the block's shape; see :func:`read_stored` for ``verify``.
+    Returns whether a record vouched for the block.
     """
-    payload = read_payload(files, layout, entry, offset, size, verify)
+    payload, recorded = read_stored(files, layout, entry, offset, size, out.nbytes, verify)
     shard = entry % len(layout.block_filenames)
     decompress_into(payload, out, f"{files.shard_paths[shard]}: block at offset {offset}, size {size} (entry {entry})")
+    return recorded

@@ -65,6 +65,9 @@ class Report:
     problems: list[Problem] = field(default_factory=list)
     #: Shard bytes that are neither a block nor a record (interrupted writes): harmless, reported.
     damaged: list[str] = field(default_factory=list)
+    #: First voxels (x, y, z) of blocks, in a volume with records, that were written without one (by
+    #: an earlier release) and decode to their shape: healthy, reported.
+    unrecorded: list[tuple[int, int, int]] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -75,7 +78,8 @@ class Report:
                 "blocks_total": self.blocks_total, "blocks_written": self.blocks_written,
                 "unreferenced_bytes": sum(s.unreferenced for s in self.shards),
                 "shards": [dict(asdict(s), unreferenced=s.unreferenced) for s in self.shards],
-                "problems": [asdict(p) for p in self.problems], "unrecognised_bytes": self.damaged}
+                "problems": [asdict(p) for p in self.problems], "unrecognised_bytes": self.damaged,
+                "unrecorded_blocks": [list(b) for b in self.unrecorded]}
 
 
 def _union_length(starts: np.ndarray, ends: np.ndarray) -> int:
@@ -118,9 +122,33 @@ def check_volume(path: str, silent: bool = True) -> Report:
         bad[:] |= mask
 
     flag(~shard_exists, "missing-shard", "the shard file holding this block does not exist")
-    flag((block_offset + block_size > shard_size) | (block_offset < head), "past-end",
-         "the entry points outside its shard")
-    starts, ends = block_offset - head, block_offset + block_size
+    flag(block_offset + block_size > shard_size, "past-end", "the entry points outside its shard")
+
+    def verify(i: int) -> tuple[Problem | None, bool]:
+        """(the block's problem, whether a record vouches for it)."""
+        x, y, z = (int(c) for c in origins[written[i]])
+        try:
+            recorded = load_block(files, layout, int(block_entry[i]), int(block_offset[i]), int(block_size[i]),
+                                  np.empty(layout.block_shape_at(x, y, z), layout.dtype), verify=True)
+        except CorruptBlockError as exc:
+            kind = "checksum" if isinstance(exc, ChecksumError) else "undecodable"
+            return Problem(kind, str(exc), (x, y, z), int(block_entry[i]),
+                           shard_paths[block_shard[i]], int(block_offset[i])), True
+        return None, recorded
+
+    todo = np.flatnonzero(~bad)
+    recorded = np.full(written.size, layout.records)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        found = progress(pool.map(verify, todo), silent, "checking", total=len(todo), unit="block")
+        for i, (problem, has_record) in zip(todo, found):
+            if problem is not None:
+                report.problems.append(problem)
+                bad[i] = True
+            recorded[i] = has_record
+    if layout.records:
+        report.unrecorded = [tuple(int(c) for c in origins[written[i]]) for i in np.flatnonzero(~recorded & ~bad)]
+
+    starts, ends = block_offset - head * recorded, block_offset + block_size
     for shard, usage in enumerate(report.shards):
         mine = np.flatnonzero(block_shard == shard)
         order = mine[np.argsort(starts[mine], kind="stable")]
@@ -129,24 +157,8 @@ def check_volume(path: str, silent: bool = True) -> Report:
         overlapping[order[1:]] = starts[order[1:]] < np.maximum.accumulate(ends[order])[:-1]
         flag(overlapping, "overlap", "the block's bytes overlap another block's")
 
-    def verify(i: int) -> Problem | None:
-        x, y, z = (int(c) for c in origins[written[i]])
-        try:
-            load_block(files, layout, int(block_entry[i]), int(block_offset[i]), int(block_size[i]),
-                       np.empty(layout.block_shape_at(x, y, z), layout.dtype), verify=True)
-        except CorruptBlockError as exc:
-            kind = "checksum" if isinstance(exc, ChecksumError) else "undecodable"
-            return Problem(kind, str(exc), (x, y, z), int(block_entry[i]),
-                           shard_paths[block_shard[i]], int(block_offset[i]))
-        return None
-
     if layout.records:
         _compare_with_records(report, layout, shard_paths, offsets, sizes, origins, entries, silent)
-
-    todo = np.flatnonzero(~bad)
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        found = progress(pool.map(verify, todo), silent, "checking", total=len(todo), unit="block")
-        report.problems += [p for p in found if p is not None]
     files.close()
     report.problems.sort(key=lambda p: (p.entry if p.entry is not None else -1, p.kind))
     return report
@@ -154,11 +166,15 @@ def check_volume(path: str, silent: bool = True) -> Report:
 
 def _compare_with_records(report: Report, layout: Any, shard_paths: list[str], offsets: np.ndarray,
                           sizes: np.ndarray, origins: np.ndarray, entries: np.ndarray, silent: bool) -> None:
-    """Flag blocks whose newest complete record is not the one the index points at."""
+    """Flag blocks whose shard holds a complete record newer than the block the index points at.
+
+    A block written later without a record (by an earlier release) lies after its older recorded
+    copies: the index rightly points at it.
+    """
     found, report.damaged = latest_records(layout, shard_paths, silent)
     origin_of = dict(zip(entries.tolist(), map(tuple, origins.tolist())))
     for entry, (offset, size) in found.items():
-        if (int(offsets[entry]), int(sizes[entry])) != (offset, size):
+        if not sizes[entry] or offset > int(offsets[entry]):
             shard = shard_paths[entry % len(shard_paths)]
             report.problems.append(Problem(
                 "unindexed-record", f"the shard's last complete copy of this block ({size} bytes) is not the one "
@@ -171,6 +187,9 @@ def print_report(report: Report) -> None:
         print(f"{report.volume}: {problem}")
     for line in report.damaged:
         print(f"{report.volume}: note: {line}")
+    for x, y, z in report.unrecorded:
+        print(f"{report.volume}: note: block (x={x}, y={y}, z={z}) has no record (written by a writer without "
+              "records, such as an earlier blockfs release); it decodes to its shape")
     lost = sum(s.unreferenced for s in report.shards)
     total = sum(s.size for s in report.shards)
     print(f"{report.volume}: {report.blocks_written} of {report.blocks_total} blocks written; "

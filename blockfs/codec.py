@@ -48,20 +48,25 @@ def compress(block: np.ndarray, compressor: str, level: int) -> bytes:
                               shuffle=blosc.SHUFFLE, cname=compressor)
 
 
+def check_sizes(data: bytes | memoryview, nbytes: int, where: str) -> None:
+    """Raise unless ``data`` is one blosc buffer of exactly its length that decompresses to ``nbytes``."""
+    try:
+        expands, cbytes, _ = blosc.get_cbuffer_sizes(bytes(data[:BLOSC_HEADER_BYTES]))
+    except Exception as exc:  # blosc raises its own untyped error for bad headers
+        raise CorruptBlockError(f"{where}: not a blosc buffer ({exc}).") from None
+    if len(data) < BLOSC_HEADER_BYTES or cbytes != len(data) or expands != nbytes:
+        raise CorruptBlockError(
+            f"{where}: the blosc header says {cbytes} compressed bytes decompressing to {expands}, but the block "
+            f"is {len(data)} bytes and should decompress to {nbytes}.")
+
+
 def decompress_into(data: bytes | memoryview, out: np.ndarray, where: str) -> None:
     """Decompress one blosc buffer into the C-contiguous array ``out``; raise if it does not fit.
 
     The buffer's own header must agree with its length and with ``out``, so damaged bytes raise
     instead of being read past their end.
     """
-    try:
-        nbytes, cbytes, _ = blosc.get_cbuffer_sizes(bytes(data[:BLOSC_HEADER_BYTES]))
-    except Exception as exc:  # blosc raises its own untyped error for bad headers
-        raise CorruptBlockError(f"{where}: not a blosc buffer ({exc}).") from None
-    if len(data) < BLOSC_HEADER_BYTES or cbytes != len(data) or nbytes != out.nbytes:
-        raise CorruptBlockError(
-            f"{where}: the blosc header says {cbytes} compressed bytes decompressing to {nbytes}, but the block "
-            f"is {len(data)} bytes and should decompress to {out.nbytes} (shape {out.shape}, {out.dtype}).")
+    check_sizes(data, out.nbytes, f"{where} (shape {out.shape}, {out.dtype})")
     try:
         blosc.decompress_ptr(data, out.ctypes.data)
     except Exception as exc:

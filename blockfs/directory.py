@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -10,6 +11,7 @@ import operator
 import os
 import threading
 import warnings
+import weakref
 from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, Iterator
 
@@ -20,7 +22,7 @@ from . import format as fmt
 from . import records
 from .blocks import append_block, load_block, read_entries, read_entry, read_payload, store_block
 from .codec import BLOSC_HEADER_BYTES, Compression, check_compression
-from .errors import (BlockCoordinateError, BlockShapeError, ChecksumError, ClosedError, FormatError,
+from .errors import (AttachError, BlockCoordinateError, BlockShapeError, ChecksumError, ClosedError, FormatError,
                      InvalidArgumentError, MissingShardError, ReadOnlyError, RegionError, VolumeExistsError)
 from .indexing import select
 from .storage import VolumeFiles, resolve_shard_path, shadowing_copy
@@ -38,6 +40,15 @@ def _read_pool() -> ThreadPoolExecutor:
     if _executor is None or _executor_pid != os.getpid():
         _executor, _executor_pid = ThreadPoolExecutor(os.cpu_count() or 1, "blockfs-read"), os.getpid()
     return _executor
+
+
+def _stop_read_pool() -> None:
+    """End this process's idle decompression threads, so that writer processes fork from a process
+    with one thread (forking a threaded process can deadlock the child; Python 3.12 warns)."""
+    global _executor
+    if _executor is not None and _executor_pid == os.getpid():
+        _executor.shutdown(wait=True)
+    _executor = None
 
 
 def _positive(name: str, value: Any) -> int:
@@ -66,6 +77,7 @@ def _check_metadata(metadata: dict | None) -> dict:
 
 
 _scratch = threading.local()
+_attach_lock = threading.Lock()
 
 
 def _block_scratch(shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
@@ -82,8 +94,62 @@ def _from_layout(name: str) -> property:
     return property(lambda self: getattr(self._layout, name), doc=f"The header's {name}.")
 
 
+def _read_header(path: str) -> tuple[fmt.Layout, int]:
+    """(Layout, D) of the directory file at ``path``."""
+    with open(path, "rb") as f:
+        head = f.read(fmt.PREAMBLE.size)
+        json_len, start = fmt.read_preamble(head, path)
+        size = os.fstat(f.fileno()).st_size
+        if start > size:
+            raise FormatError(f"{path}: the header announces {json_len} bytes of JSON and entries from byte "
+                              f"{start}, but the file has {size} bytes; the file is truncated or its header is "
+                              "damaged.")
+        head += f.read(json_len)
+    return fmt.decode_header(head, path)
+
+
+def _own_shards(index: str) -> set[str]:
+    """Real paths of the shards named by the volume at ``index``; empty if it is not a readable volume."""
+    try:
+        layout, _ = _read_header(index)
+    except (OSError, FormatError):
+        return set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a stale name found by base name is still this volume's shard
+        return {os.path.realpath(resolve_shard_path(index, name)[0]) for name in layout.block_filenames}
+
+
+def _foreign_file(index: str, shards: list[str]) -> str | None:
+    """The first non-empty file at these paths that is neither a blockfs index nor a shard of the
+    volume whose index is at ``index``: create() must not truncate it."""
+    own = _own_shards(index)
+    if os.path.exists(index) and os.path.getsize(index) and not own:
+        return index
+    for path in shards:
+        if os.path.exists(path) and os.path.getsize(path) and os.path.realpath(path) not in own:
+            return path
+    return None
+
+
+def _importing_main_in_worker() -> bool:
+    """True while multiprocessing imports the main module in a new spawn/forkserver process."""
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
 def _reopen(path: str, mode: str, verify: bool, durable: bool) -> "Directory":
     return Directory.open(path, mode, verify=verify, durable=durable)
+
+
+def _replace_with_empty_file(path: str) -> None:
+    """Put a new empty file at ``path``; hard links to the old file (a pyramid's level 1, a copy) keep its bytes."""
+    fresh = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(fresh, "wb"):
+            pass
+        os.replace(fresh, path)
+    finally:
+        if os.path.exists(fresh):
+            os.remove(fresh)
 
 
 class Directory:
@@ -123,7 +189,8 @@ class Directory:
         defaults = fmt.default_strides(extents[0], extents[1], sizes[0], sizes[1])
         strides = tuple(d if s is None else _positive(n, s) for n, s, d in
                         zip(("x_stride", "y_stride", "z_stride"), (x_stride, y_stride, z_stride), defaults))
-        offset_bits, size_bits = fmt.default_bit_widths(extents, sizes, strides, dt.itemsize, len(block_filenames))
+        offset_bits, size_bits = fmt.default_bit_widths(extents, sizes, strides, dt.itemsize, len(block_filenames),
+                                                        bool(records))
         layout = fmt.Layout(
             x_extent=extents[0], y_extent=extents[1], z_extent=extents[2], dtype=dt,
             x_block_size=sizes[0], y_block_size=sizes[1], z_block_size=sizes[2],
@@ -158,12 +225,15 @@ class Directory:
 
     # -- creating and opening ------------------------------------------------------------------
 
-    def create(self, overwrite: bool = False, comm: Any = None) -> "Directory":
+    def create(self, overwrite: bool = True, comm: Any = None) -> "Directory":
         """Write a new, empty volume: the index file and empty shard files.
 
-        An existing volume (or any file) at these paths is an error unless ``overwrite=True``,
-        which replaces the index atomically first, then empties the shards. With an MPI
-        communicator ``comm`` the call is collective and every rank may write (blockfs.parallel).
+        As in earlier releases, a volume (or empty files) already at these paths is replaced: the
+        new index atomically replaces the old one, and only then are the shards emptied. Only the
+        volume's own files are touched: a non-empty file that is neither a blockfs index nor a
+        shard of the volume at this path is refused. ``overwrite=False`` refuses any existing file.
+        With an MPI communicator ``comm`` the call is collective and every rank may write
+        (blockfs.parallel).
         """
         if comm is not None:
             from .parallel.collective import create
@@ -172,21 +242,33 @@ class Directory:
         if self._mode is not None:
             raise VolumeExistsError(f"{self.directory_filename}: this Directory is already created or opened.")
         index = self.directory_filename
+        if _importing_main_in_worker():
+            raise AttachError(f"{index}: create() ran while multiprocessing imported the main module in a new "
+                              "worker process, and would replace the volume the parent is writing; put create() "
+                              "under `if __name__ == \"__main__\":`.")
         shards = [p for p, _ in self._shard_candidates]
         existing = [p for p in [index, *shards] if os.path.exists(p)]
         if existing and not overwrite:
-            raise VolumeExistsError(f"{existing[0]}: already exists; pass create(overwrite=True) to replace the "
-                                    "volume, or choose another directory_filename.")
-        header = fmt.encode_header(self._layout, self.directory_offset)
+            raise VolumeExistsError(f"{existing[0]}: already exists; remove the volume, choose another "
+                                    "directory_filename, or call create() without overwrite=False to replace it.")
+        foreign = _foreign_file(index, shards) if existing else None
+        if foreign is not None:
+            raise VolumeExistsError(f"{foreign}: not empty, and neither a blockfs directory file nor a shard of the "
+                                    f"volume at {index}, so create() will not replace it; remove it or choose "
+                                    "another directory_filename.")
         temporary = f"{index}.tmp-{os.getpid()}"
-        with open(temporary, "wb") as f:
-            f.write(header)
-        os.replace(temporary, index)  # first, so an old index never points into emptied shards
+        try:
+            with open(temporary, "wb") as f:
+                f.write(fmt.encode_header(self._layout, self.directory_offset))
+            os.replace(temporary, index)  # first, so an old index never points into emptied shards
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
         made = [index]
         try:
             for path in shards:
-                with open(path, "wb"):
-                    made.append(path)
+                _replace_with_empty_file(path)
+                made.append(path)
         except OSError:
             if not existing:  # leave nothing half-made behind, so a re-run can start over
                 for path in made:
@@ -209,16 +291,7 @@ class Directory:
         path = os.fspath(directory_filename)
         if mode not in MODES:
             raise InvalidArgumentError(f"{path}: mode must be one of {MODES}; got {mode!r}.")
-        with open(path, "rb") as f:
-            head = f.read(fmt.PREAMBLE.size)
-            json_len, start = fmt.read_preamble(head, path)
-            size = os.fstat(f.fileno()).st_size
-            if start > size:
-                raise FormatError(f"{path}: the header announces {json_len} bytes of JSON and entries from byte "
-                                  f"{start}, but the file has {size} bytes; the file is truncated or its header is "
-                                  "damaged.")
-            head += f.read(json_len)
-        layout, start = fmt.decode_header(head, path)
+        layout, start = _read_header(path)
         self = cls.__new__(cls)
         self._setup(path, layout, start, mode, verify, durable)
         for name, (found, _) in zip(layout.block_filenames, self._shard_candidates):
@@ -237,10 +310,32 @@ class Directory:
                 raise ReadOnlyError(f"{path}: not writable; open the volume with mode='r' to read it, "
                                     "or make its files writable.")
 
+    def _attach(self) -> None:
+        """In a process started by multiprocessing, use the volume at this path if it has this layout.
+
+        That is the README pattern under spawn and forkserver: the worker re-imports the module and
+        builds a module-level Directory that was never create()d here, for the volume the parent made.
+        """
+        path = self.directory_filename
+        try:
+            layout, start = _read_header(path)
+        except FileNotFoundError:
+            raise AttachError(f"{path}: this Directory was never create()d in this worker process, and there is "
+                              "no volume at that path to write into; call create() in the parent before starting "
+                              "the workers.") from None
+        mine = dataclasses.asdict(self._layout) | {"directory_offset": self.directory_offset}
+        disk = dataclasses.asdict(layout) | {"directory_offset": start}
+        differ = [f"{key} is {disk[key]!r} on disk but {mine[key]!r} here" for key in mine if mine[key] != disk[key]]
+        if differ:
+            raise AttachError(f"{path}: the volume on disk does not match this Directory(...), so this worker "
+                              f"cannot write into it: {'; '.join(differ)}. Construct it with the arguments the "
+                              "volume was created with, or pass the volume to the workers instead.")
+        self._setup(path, layout, start, "r+" if os.access(path, os.W_OK) else "r", self.verify, self.durable)
+
     def __reduce__(self) -> tuple:
         if self._mode is None:
             raise ValueError(f"{self.directory_filename}: create() the volume before passing it to other processes.")
-        return _reopen, (self.directory_filename, self._mode, self.verify, self.durable)
+        return _reopen, (self.directory_filename, "r" if self._closed else self._mode, self.verify, self.durable)
 
     # -- attributes --------------------------------------------------------------------------
 
@@ -329,6 +424,7 @@ class Directory:
         """
         self._check_writable()
         if self._pool is None or not self._pool.is_owner:
+            _stop_read_pool()
             self._pool = WriterPool(self.directory_filename, self._files.shard_paths, self._layout,
                                     self.directory_offset, _positive("queue_depth", queue_depth), self.durable)
 
@@ -395,14 +491,16 @@ class Directory:
         """The stored (blosc-compressed) bytes of the block at (x, y, z); None if never written.
 
         On a volume with records the bytes are checked against their record's CRC32C (unless the
-        volume was opened with ``verify=False``). A full-size block's payload is a valid zarr v2
-        chunk with a blosc compressor.
+        volume was opened with ``verify=False``); a block written without a record (by an earlier
+        release) is checked by its blosc header's sizes instead. A full-size block's payload is a
+        valid zarr v2 chunk with a blosc compressor.
         """
         self._check_readable()
         entry = self._entry(x, y, z)
+        nbytes = math.prod(self._layout.block_shape_at(x, y, z)) * self.dtype.itemsize
         return self._with_retry(entry, read_entry(self._files, self._layout, self.directory_offset, entry),
                                 lambda offset, size: bytes(read_payload(self._files, self._layout, entry, offset,
-                                                                        size, self.verify)))
+                                                                        size, nbytes, self.verify)))
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read any region with numpy basic indexing in (z, y, x) order; unwritten blocks read as 0."""
@@ -500,14 +598,19 @@ class Directory:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise ClosedError(f"{self.directory_filename}: the volume is closed; open it again with Directory.open().")
+            raise ClosedError(f"{self.directory_filename}: the volume was closed for writing; reads still work, "
+                              f"and Directory.open({self.directory_filename!r}, \"r+\") writes more blocks.")
 
     def _check_readable(self) -> None:
-        self._check_open()
+        if self._mode is None:
+            with _attach_lock:
+                if self._mode is None and multiprocessing.parent_process() is not None and not self._closed:
+                    self._attach()
         if self._mode is None:
             raise FormatError(f"{self.directory_filename}: the volume does not exist yet; call create() first.")
 
     def _check_writable(self) -> None:
+        self._check_open()
         self._check_readable()
         if self._mode != "r+":
             raise ReadOnlyError(f"{self.directory_filename}: opened read-only; use Directory.open(path, mode='r+') "
@@ -516,7 +619,8 @@ class Directory:
     def close(self) -> None:
         """Wait for the writers to store every queued block, fsync what was written, release the files.
 
-        Raises :class:`WriterError` if a writer failed or died. Calling it again does nothing.
+        Raises :class:`WriterError` if a writer failed or died. Reads keep working afterwards, writes
+        raise :class:`ClosedError`; calling it again does nothing.
         """
         if self._closed:
             return
@@ -529,6 +633,9 @@ class Directory:
         finally:
             if self._files is not None:
                 self._files.close()
+                # Reads reopen the files read-only, on demand; they are released with this object.
+                self._files = VolumeFiles(self.directory_filename, self._files.shard_paths, writable=False)
+                weakref.finalize(self, self._files.close)
 
     def __enter__(self) -> "Directory":
         return self

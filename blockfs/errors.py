@@ -65,6 +65,11 @@ class ClosedError(BlockfsError, ValueError):
     """The volume was used after close()."""
 
 
+class AttachError(BlockfsError, RuntimeError):
+    """A Directory built in a worker process cannot use the volume at its path (missing, or another
+    layout), or create() ran while multiprocessing imported the main module in a new process."""
+
+
 class ChecksumError(CorruptBlockError):
     """A block's record or bytes fail their checksum, or the record belongs to another block."""
 

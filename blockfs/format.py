@@ -25,8 +25,6 @@ VERSION = "1.0.0"
 PREAMBLE = struct.Struct("<8sII")
 BLOSC_MAX_OVERHEAD = 16
 MAX_ENTRY_BITS = 64
-#: Extra offset bits beyond the field's rule: room for about four copies of every block per shard.
-OFFSET_HEADROOM_BITS = 2
 #: Largest integer a header value may hold, so that all arithmetic stays within int64.
 MAX_HEADER_INT = 2**40
 COMPRESSORS = ("zstd", "blosclz", "lz4", "lz4hc", "zlib", "snappy")
@@ -147,16 +145,48 @@ def field_bit_widths(extents_xyz: tuple[int, int, int], block_sizes_xyz: tuple[i
     return offset_bits, size_bits
 
 
-def default_bit_widths(extents_xyz: tuple[int, int, int], block_sizes_xyz: tuple[int, int, int],
-                       strides_xyz: tuple[int, int, int], itemsize: int, n_files: int) -> tuple[int, int]:
-    """(NOffsetBits, NSizeBits) this implementation writes: the field's rule with headroom.
+def _axis_sums(n_blocks: int, block: int, extent: int, stride: int, n_files: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per residue r of ``(i * stride) % n_files``: how many blocks i lie along one axis, and their sizes' sum."""
+    residue = np.arange(n_blocks, dtype=np.int64) * stride % n_files
+    sizes = np.minimum(block, extent - np.arange(n_blocks, dtype=np.int64) * block)
+    return (np.bincount(residue, minlength=n_files).astype(object),
+            np.bincount(residue, weights=sizes, minlength=n_files).astype(np.int64).astype(object))
 
-    Offsets get ``OFFSET_HEADROOM_BITS`` more bits and then whatever bits pad the entry to whole
-    bytes, never beyond ``MAX_ENTRY_BITS`` in all.
+
+def _cyclic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cyclic convolution of two per-residue tables (object arrays: exact Python integers)."""
+    full = np.convolve(a, b)
+    out = full[:len(a)].copy()
+    out[:len(a) - 1] += full[len(a):]
+    return out
+
+
+def full_write_end(extents_xyz: tuple[int, int, int], block_sizes_xyz: tuple[int, int, int],
+                   strides_xyz: tuple[int, int, int], itemsize: int, n_files: int, record_bytes: int) -> int:
+    """The largest payload offset one write of every block, each incompressible, can reach in a shard.
+
+    A shard receives, for each block position mapped to it, ``record_bytes`` plus the block's bytes
+    plus blosc's overhead; the last payload appended starts that much before the shard's end, at
+    the latest just before a payload of the smallest block.
     """
+    per_axis = [_axis_sums(-(-n // b), b, n, s, n_files) for n, b, s in zip(extents_xyz, block_sizes_xyz, strides_xyz)]
+    counts = _cyclic(_cyclic(per_axis[0][0], per_axis[1][0]), per_axis[2][0])
+    voxels = _cyclic(_cyclic(per_axis[0][1], per_axis[1][1]), per_axis[2][1])
+    ends = voxels * itemsize + counts * (record_bytes + BLOSC_MAX_OVERHEAD)
+    smallest = math.prod(n - (-(-n // b) - 1) * b for n, b in zip(extents_xyz, block_sizes_xyz))
+    return max(0, int(max(ends)) - smallest * itemsize - BLOSC_MAX_OVERHEAD)
+
+
+def default_bit_widths(extents_xyz: tuple[int, int, int], block_sizes_xyz: tuple[int, int, int],
+                       strides_xyz: tuple[int, int, int], itemsize: int, n_files: int, with_records: bool
+                       ) -> tuple[int, int]:
+    """(NOffsetBits, NSizeBits) this implementation writes: exactly the earlier rule's, unless a shard
+    could not hold one full write of incompressible blocks (plus their records); then the fewest
+    offset bits that can (docs/FORMAT.md, section 9.1)."""
     offset_bits, size_bits = field_bit_widths(extents_xyz, block_sizes_xyz, strides_xyz, itemsize, n_files)
-    total = -(-(offset_bits + OFFSET_HEADROOM_BITS + size_bits) // 8) * 8
-    return max(offset_bits, min(total, MAX_ENTRY_BITS) - size_bits), size_bits
+    end = full_write_end(extents_xyz, block_sizes_xyz, strides_xyz, itemsize, n_files,
+                         records.HEADER_SIZE if with_records else 0)
+    return max(offset_bits, end.bit_length()), size_bits
 
 
 def encode_header(layout: Layout, directory_offset: int | None = None) -> bytes:
@@ -253,13 +283,19 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
 
 
 def pack_entry(layout: Layout, offset: int, size: int, where: str) -> bytes:
-    """The bytes of one entry; raise if the offset or size does not fit its bits."""
-    if offset >= 1 << layout.n_offset_bits or size >= 1 << layout.n_size_bits:
-        field_name, value, bits = (("offset", offset, layout.n_offset_bits) if offset >= 1 << layout.n_offset_bits
-                                   else ("size", size, layout.n_size_bits))
+    """The bytes of one entry; raise naming the fix if the offset or size does not fit its bits."""
+    if offset >> layout.n_offset_bits:
+        wider = max(offset.bit_length(), layout.n_offset_bits + 2)
         raise EntryOverflowError(
-            f"{where}: block {field_name} {value} does not fit in {bits} bits; the shard has outgrown the index. "
-            "Copy the volume into a new one with wider NOffsetBits (n_offset_bits=) or more shards (n_filenames=).")
+            f"{where}: block offset {offset} does not fit in the {layout.n_offset_bits} bits of NOffsetBits; the "
+            "shard has grown past what the index can address (blocks rewritten many times). Write into a volume "
+            f"created with a wider field, Directory(..., n_offset_bits={wider}), e.g. by copying this volume's "
+            "blocks into one; nothing of this block was written.")
+    if size >> layout.n_size_bits:
+        raise EntryOverflowError(
+            f"{where}: block size {size} does not fit in the {layout.n_size_bits} bits of NSizeBits; create the "
+            f"volume with n_size_bits={size.bit_length()} or more (or leave n_size_bits unset); nothing of this "
+            "block was written.")
     return (offset | size << layout.n_offset_bits).to_bytes(layout.entry_size, "little")
 
 
@@ -283,6 +319,8 @@ def unpack_entries(raw: bytes, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
 def pack_entries(offsets: np.ndarray, sizes: np.ndarray, layout: Layout) -> bytes:
     """The bytes of consecutive entries; every offset and size must fit its bits."""
     if offsets.size and (int(offsets.max()) >> layout.n_offset_bits or int(sizes.max()) >> layout.n_size_bits):
-        raise EntryOverflowError(f"an offset or size does not fit {layout.n_offset_bits}/{layout.n_size_bits} bits")
+        raise EntryOverflowError(f"an offset or size does not fit the {layout.n_offset_bits} offset and "
+                                 f"{layout.n_size_bits} size bits of the index; copy the volume into one with a "
+                                 "larger n_offset_bits=")
     values = offsets.astype(np.uint64) | (sizes.astype(np.uint64) << np.uint64(layout.n_offset_bits))
     return values.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :layout.entry_size].tobytes()

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import records
 from .cli_support import run_tool
-from .format import Layout, unpack_entries
+from .format import Layout, field_bit_widths, unpack_entries
 from .relocate import DirectoryFile, locate_shards, read_directory_file
 from .storage import pread_exact
 
@@ -109,6 +109,9 @@ def describe_volume(path: str) -> dict[str, Any]:
     distinct_sizes = {s["path"]: s["size"] for s in present}
     shard_total = sum(distinct_sizes.values())
     nz, ny, nx = lay.grid
+    rule = field_bit_widths((lay.x_extent, lay.y_extent, lay.z_extent),
+                            (lay.x_block_size, lay.y_block_size, lay.z_block_size),
+                            (lay.x_stride, lay.y_stride, lay.z_stride), lay.dtype.itemsize, len(lay.block_filenames))
     return {
         "path": os.path.abspath(path),
         "shape_zyx": list(lay.shape),
@@ -120,6 +123,8 @@ def describe_volume(path: str) -> dict[str, Any]:
         "n_offset_bits": lay.n_offset_bits,
         "n_size_bits": lay.n_size_bits,
         "entry_size": lay.entry_size,
+        "earlier_rule_bits": list(rule),
+        "bits_differ_from_earlier_rule": rule != (lay.n_offset_bits, lay.n_size_bits),
         "strides_xyz": [lay.x_stride, lay.y_stride, lay.z_stride],
         "directory_offset": header.directory_offset,
         "entries_in_file": min(lay.n_entries, header.index_bytes // lay.entry_size),
@@ -169,6 +174,13 @@ def format_text(info: dict[str, Any]) -> str:
         f"block records {'yes (checksummed)' if info['block_records'] else 'no'}",
         f"entries       NOffsetBits {info['n_offset_bits']}, NSizeBits {info['n_size_bits']} "
         f"({info['entry_size']} bytes each); strides x {sx}, y {sy}, z {sz}; first at byte {info['directory_offset']}",
+    ]
+    if info["bits_differ_from_earlier_rule"]:
+        offset_bits, size_bits = info["earlier_rule_bits"]
+        lines.append(f"              NOTE: the earlier blockfs rule gives NOffsetBits {offset_bits}, NSizeBits "
+                     f"{size_bits}; the earlier release's blockfs-mv and blockfs-cp would damage this volume "
+                     "(move or copy it with this release's blockfs mv / blockfs cp)")
+    lines += [
         f"written       {written} of {total} blocks ({100 * written / total:.1f}%)",
         f"data          {human(info['uncompressed_bytes'])} in {human(info['compressed_bytes'])}"
         + (f", compression ratio {ratio:.2f}" if ratio is not None else ""),

@@ -49,6 +49,11 @@ def encode(entry: int, payload: bytes) -> bytes:
     return head + struct.pack("<I", crc32c.crc32c(head))
 
 
+def starts_record(raw: bytes | memoryview) -> bool:
+    """Whether ``raw`` begins with the record magic (a record, sound or damaged, starts here)."""
+    return bytes(raw[:len(MAGIC)]) == MAGIC
+
+
 def decode(raw: bytes | memoryview, where: str) -> Record:
     """Parse and check a record header; raise :class:`ChecksumError` if it is not a sound one."""
     if len(raw) < HEADER_SIZE:

@@ -1,8 +1,9 @@
 """``blockfs repair``: rebuild a volume's index from the block records in its shards.
 
 For each block position the last complete, CRC-valid record in its shard wins (appends are
-serialised, so the last one in a shard is the newest). Torn or damaged stretches are reported and
-skipped. The new index is written beside the old one and renamed into place; the old one is kept
+serialised, so the last one in a shard is the newest), except over an indexed block written later
+without a record (by an earlier release) that decodes: that one is kept. Torn or damaged stretches
+are reported and skipped. The new index is written beside the old one and renamed into place; the old one is kept
 as a backup. A volume whose index already agrees with its records is left untouched.
 """
 
@@ -17,10 +18,10 @@ import numpy as np
 
 from . import format as fmt
 from . import records
-from .blocks import read_entries
+from .blocks import load_block, read_entries
 from .cli_support import add_silent, progress, run_tool
 from .directory import Directory
-from .errors import FormatError
+from .errors import CorruptBlockError, FormatError
 from .storage import VolumeFiles
 
 
@@ -35,6 +36,8 @@ class RepairResult:
     damaged: list[str] = field(default_factory=list)
     #: First voxels (x, y, z) of blocks that had an entry but no complete copy: they now read as zeros.
     lost: list[tuple[int, int, int]] = field(default_factory=list)
+    #: First voxels (x, y, z) of indexed blocks without a record that decode, kept as they are.
+    unrecorded: list[tuple[int, int, int]] = field(default_factory=list)
 
 
 def latest_records(layout: fmt.Layout, shard_paths: list[str], silent: bool = True
@@ -52,13 +55,23 @@ def latest_records(layout: fmt.Layout, shard_paths: list[str], silent: bool = Tr
             for offset, record, length in records.scan(data, path):
                 if record is None:
                     damaged.append(f"{path}: {length} bytes at offset {offset} are not a complete block record "
-                                   "(an interrupted write or damage)")
+                                   "(an interrupted write, damage, or blocks written without records)")
                 elif record.entry >= valid.size or not valid[record.entry] or record.entry % len(shard_paths) != shard:
                     damaged.append(f"{path}: the record at offset {offset} names entry {record.entry}, which does "
                                    "not belong in this shard")
                 else:
                     found[record.entry] = (offset + records.HEADER_SIZE, record.length)
     return found, damaged
+
+
+def _decodes_unrecorded(files: VolumeFiles, layout: fmt.Layout, entry: int, offset: int, size: int,
+                        origin: list[int]) -> bool:
+    """Whether the block an entry points at has no record and decodes to the block's shape."""
+    out = np.empty(layout.block_shape_at(*origin), layout.dtype)
+    try:
+        return not load_block(files, layout, entry, offset, size, out, verify=True)
+    except (CorruptBlockError, OSError):
+        return False
 
 
 def _backup_path(path: str) -> str:
@@ -86,10 +99,17 @@ def repair_volume(path: str, silent: bool = True) -> RepairResult:
 
     files = VolumeFiles(path, shard_paths, writable=False)
     old_offsets, old_sizes = read_entries(files, layout, start, 0, layout.n_entries)
+    entries, origins = layout.block_entries()
+    # An indexed block after the last record of its position (or with none) may be one written
+    # without a record: kept if it decodes, as no older copy may replace it.
+    later = (old_sizes[entries] > 0) & ((sizes[entries] == 0) | (old_offsets[entries] > offsets[entries]))
+    for entry, origin in zip(entries[later].tolist(), origins[later].tolist()):
+        if _decodes_unrecorded(files, layout, entry, int(old_offsets[entry]), int(old_sizes[entry]), origin):
+            offsets[entry], sizes[entry] = old_offsets[entry], old_sizes[entry]
+            result.unrecorded.append(tuple(origin))
     files.close()
     changed = (old_sizes != sizes) | ((sizes > 0) & (old_offsets != offsets))
     result.entries_changed = int(np.count_nonzero(changed))
-    entries, origins = layout.block_entries()
     dropped = (old_sizes[entries] > 0) & (sizes[entries] == 0)
     result.lost = [(int(x), int(y), int(z)) for x, y, z in origins[dropped]]
     if not result.entries_changed:
@@ -126,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         result = repair_volume(args.volume, silent=args.silent)
         for line in result.damaged:
             print(f"blockfs repair: {line}; skipped")
+        for x, y, z in result.unrecorded:
+            print(f"blockfs repair: {args.volume}: block (x={x}, y={y}, z={z}) was written without a record (by an "
+                  "earlier blockfs release) and decodes; it is kept")
         for x, y, z in result.lost:
             print(f"blockfs repair: {args.volume}: block (x={x}, y={y}, z={z}) has no complete copy in its shard; "
                   "it now reads as zeros")

@@ -151,7 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "same shape and dtype, which become the volume's")
     parser.add_argument("--output", required=True, metavar="BLOCKFS_FILE",
                         help="the new volume's directory file; its shards are written beside it. An existing "
-                             "volume is an error, never overwritten")
+                             "volume is an error unless --overwrite is given")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a volume already at --output (its directory file and shards)")
     parser.add_argument("--block-size", type=block_size, default=(64, 64, 64), metavar="Z,Y,X",
                         help="block size in voxels (default: 64,64,64)")
     parser.add_argument("--n-workers", type=positive_int, default=os.cpu_count() or 1, metavar="N",
@@ -171,8 +173,8 @@ def _check_destination(output: str) -> None:
     """Fail before the (long) header scan if a volume is already at ``output``."""
     for path in (output, f"{output}.0"):
         if os.path.exists(path):
-            raise VolumeExistsError(f"{path}: already exists; tif2blockfs never overwrites a volume: remove it "
-                                    "or choose another --output.")
+            raise VolumeExistsError(f"{path}: already exists; remove it, choose another --output, or pass "
+                                    "--overwrite to replace it.")
 
 
 def _remove_volume(directory: Directory) -> None:
@@ -190,7 +192,8 @@ def _run(args: argparse.Namespace) -> int:
         return run_import(args)
     # Absolute shard names, as earlier blockfs releases wrote them, so that every reader finds them.
     output = os.path.abspath(os.path.expanduser(args.output))
-    _check_destination(output)
+    if not args.overwrite:
+        _check_destination(output)
     paths = find_planes(args.input)
     planes = [inspect_plane(p) for p in progress(paths, args.silent, "tif2blockfs: checking", unit="file")]
     common = check_stack(planes)
@@ -199,7 +202,7 @@ def _run(args: argparse.Namespace) -> int:
                           x_block_size=bx, y_block_size=by, z_block_size=bz, compression=args.compression,
                           compression_level=args.level)
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    directory.create()  # VolumeExistsError if any file of the volume is there: nothing is overwritten
+    directory.create(overwrite=args.overwrite)  # without it, any file of the volume there is an error
     try:
         directory.start_writer_processes()
         reader = read_in_order(paths, args.n_workers)

@@ -41,10 +41,12 @@ def _slot_view(memory: shared_memory.SharedMemory, layout: Layout, slot: int, sh
     return np.ndarray(shape, layout.dtype, buffer=memory.buf, offset=slot * layout.max_block_bytes)
 
 
-def _run_writer(q_in: Any, free: Any, memory: shared_memory.SharedMemory, error: Any, index_path: str,
+def _run_writer(q_in: Any, free: Any, n_slots: int, memory: shared_memory.SharedMemory, error: Any, index_path: str,
                 shard_paths: list[str], layout: Layout, directory_offset: int, durable: bool, owner_pid: int) -> None:
-    """Body of a writer process: store blocks until the ``None`` sentinel arrives."""
+    """Body of a writer process: hand out the free slots, then store blocks until the ``None`` sentinel."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the owner, which drains us
+    for slot in range(n_slots):  # here, so the owner starts no queue thread before it forks the writers
+        free.put(slot)
     files = VolumeFiles(index_path, shard_paths, writable=True)
     try:
         while True:
@@ -82,11 +84,9 @@ class BlockWriter:
         self._layout = layout
         n_slots = queue_depth + 2
         self._memory = shared_memory.SharedMemory(create=True, size=n_slots * layout.max_block_bytes)
-        for slot in range(n_slots):
-            self._free.put(slot)
         self._error = ctx.RawArray("c", _ERROR_BYTES)
-        self.process = ctx.Process(target=_run_writer, args=(self.q_in, self._free, self._memory, self._error,
-                                                              *process_args), name=f"blockfs-writer-{shard}")
+        self.process = ctx.Process(target=_run_writer, name=f"blockfs-writer-{shard}",
+                                   args=(self.q_in, self._free, n_slots, self._memory, self._error, *process_args))
 
     def failure(self) -> str | None:
         """Why this writer stopped early, or None while it is healthy or after a clean stop."""

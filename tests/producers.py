@@ -163,3 +163,11 @@ def module_directory(d: Directory) -> Iterator[Directory]:
     finally:
         DIRECTORY = None
         d.close()
+
+
+def attach_and_write(path: str, extents: tuple[int, int, int], seed: int) -> int:
+    """In a worker: build a fresh Directory(...) for ``path`` (never create()d here) and write its
+    first block, as the README pattern's module-level Directory does under spawn; return this pid."""
+    d = Directory(*extents, np.uint16, path, n_filenames=2, x_block_size=64, y_block_size=64, z_block_size=64)
+    d.write_block(sample_block(0, 0, 0, block_shape(d, 0, 0, 0), seed), 0, 0, 0)
+    return os.getpid()

@@ -239,7 +239,8 @@ def test_create_over_existing_volume(tmp_path: Path) -> None:
     d, data = make_volume(tmp_path)
     again = Directory(40, 24, 20, "uint8", d.directory_filename, n_filenames=2, x_block_size=16, y_block_size=8,
                       z_block_size=8)
-    info = raises_unchanged(tmp_path, VolumeExistsError, again.create, d.directory_filename, "overwrite")
+    info = raises_unchanged(tmp_path, VolumeExistsError, lambda: again.create(overwrite=False), d.directory_filename,
+                            "overwrite")
     assert isinstance(info.value, FileExistsError)
     with Directory.open(d.directory_filename) as r:
         np.testing.assert_array_equal(r[...], data, strict=True)

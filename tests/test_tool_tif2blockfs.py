@@ -157,9 +157,24 @@ def test_existing_destination_is_not_overwritten(tmp_path: Path) -> None:
     before = snapshot(tmp_path / "vol")
     result = run(TIF2BLOCKFS, "--input", tmp_path / "in" / "*.tif", "--output", existing, "--silent")
     assert result.returncode == 1
-    assert result.stderr.strip() == (f"tif2blockfs: {existing}: already exists; tif2blockfs never overwrites a "
-                                     "volume: remove it or choose another --output.")
+    assert result.stderr.strip() == (f"tif2blockfs: {existing}: already exists; remove it, choose another "
+                                     "--output, or pass --overwrite to replace it.")
     assert snapshot(tmp_path / "vol") == before
+
+
+def test_overwrite_replaces_an_earlier_conversion(tmp_path: Path) -> None:
+    first = write_stack(tmp_path / "in1", "uint16", shape=(6, 10, 12))
+    second = write_stack(tmp_path / "in2", "uint8", shape=(4, 10, 12), name="p_%d.tif")
+    volume = tmp_path / "vol" / "v.blockfs"
+    assert run(TIF2BLOCKFS, "--input", tmp_path / "in1" / "*.tif", "--output", volume, "--silent").returncode == 0
+    refused = run(TIF2BLOCKFS, "--input", tmp_path / "in2" / "*.tif", "--output", volume, "--silent")
+    assert refused.returncode == 1 and "--overwrite" in refused.stderr
+    with Directory.open(str(volume)) as d:
+        np.testing.assert_array_equal(d[...], first, strict=True)
+    again = run(TIF2BLOCKFS, "--input", tmp_path / "in2" / "*.tif", "--output", volume, "--overwrite", "--silent")
+    assert again.returncode == 0, again.stderr
+    with Directory.open(str(volume)) as d:
+        np.testing.assert_array_equal(d[...], second, strict=True)
 
 
 def test_an_existing_shard_is_not_overwritten(tmp_path: Path) -> None:

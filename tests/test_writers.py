@@ -131,7 +131,7 @@ def test_three_unrelated_processes(tmp_path: Path, use_writers: bool) -> None:
 
 def test_last_write_wins_many_versions(tmp_path: Path) -> None:
     versions = 300
-    d = new_volume(tmp_path)
+    d = new_volume(tmp_path, n_offset_bits=32)  # 300 copies of a block outgrow the earlier rule's widths
     origins = producers.block_origins(d)
     owner_blocks = [origins[0], origins[3]]   # shards 0 and 1, through the writer processes
     producer_blocks = [origins[1], origins[2]]  # shards 1 and 0, appended directly by forked workers

@@ -257,7 +257,7 @@ def _attach(directory: Directory, comm: Any, window: int) -> Directory:
     return directory
 
 
-def create(directory: Directory, comm: Any, overwrite: bool = False, window: int = DEFAULT_WINDOW) -> Directory:
+def create(directory: Directory, comm: Any, overwrite: bool = True, window: int = DEFAULT_WINDOW) -> Directory:
     """Collective ``create``: rank 0 makes the files; every rank raises its error, if any."""
     together(comm, lambda: Directory.create(directory, overwrite) if comm.Get_rank() == 0 else None)
     comm.Barrier()

@@ -125,6 +125,22 @@ def test_create_twice_into_one_folder_replaces_the_volume(tmp_path: Path) -> Non
                                                     "notes.txt"]
 
 
+def test_create_again_leaves_hard_linked_copies_of_the_shards_whole(tmp_path: Path) -> None:
+    """A pyramid's level 1 hard-links the source's shards; re-creating the source must not empty them."""
+    path = str(tmp_path / "src.blockfs")
+    data = random_volume((32, 32, 32), "uint16", 4)
+    with Directory(32, 32, 32, np.uint16, path, n_filenames=1, x_block_size=16, y_block_size=16,
+                   z_block_size=16).create() as d:
+        write_all(d, data)
+    linked = tmp_path / "linked.0"
+    os.link(f"{path}.0", linked)
+    before = linked.read_bytes()
+    Directory(32, 32, 32, np.uint16, path, n_filenames=1, x_block_size=16, y_block_size=16,
+              z_block_size=16).create().close()
+    assert os.path.getsize(f"{path}.0") == 0
+    assert linked.read_bytes() == before
+
+
 def test_create_over_mkstemp_files(tmp_path: Path) -> None:
     """The earlier release's test helpers make empty index and shard files with mkstemp first."""
     fd, index = tempfile.mkstemp(suffix=".blockfs", dir=tmp_path)

@@ -1,7 +1,8 @@
 """The tools under ``mpiexec -n 3`` give what a serial run gives.
 
 from-tif: the same header and every block compressed to the same bytes; blockfs2tif and
-blockfs2jp2k: byte-identical plane files. Failures: every rank stops, the message is printed once.
+blockfs2jp2k: byte-identical plane files; pyramid: every level as from-tif's volume, the same
+info file, also when resuming a build. Failures: every rank stops, the message is printed once.
 """
 
 from __future__ import annotations
@@ -17,9 +18,13 @@ import tifffile
 if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pyramid_reference as ref  # noqa: E402
 from mpi_run import mpiexec, require_mpi, run, tool  # noqa: E402
 
 from blockfs import Directory  # noqa: E402
+from blockfs.pyramid import open_pyramid  # noqa: E402
+from blockfs.pyramid.build import build_tasks, pending, prepare  # noqa: E402
+from blockfs.pyramid.plan import make_plan  # noqa: E402
 
 SHAPE = (37, 50, 70)  # z, y, x: 37 planes in 5 slabs of 8, the last one short
 BLOCKS = "8,16,16"
@@ -58,6 +63,14 @@ def _header(d: Directory) -> dict:
     return meta
 
 
+def _same_volume(a: Directory, b: Directory) -> None:
+    """The same header (but the folders), voxels, and blocks: written or not, with the same bytes."""
+    assert _header(a) == _header(b)
+    assert np.array_equal(a[...], b[...])
+    origins = [tuple(int(c) for c in o) for o in a.layout.block_entries()[1]]
+    assert all(a.read_block_payload(*o) == b.read_block_payload(*o) for o in origins)
+
+
 def test_from_tif_on_three_ranks_equals_serial(stack: Path, serial_volume: Path, tmp_path: Path) -> None:
     output = tmp_path / "v.blockfs"
     result, _ = mpiexec(3, [tool("blockfs"), "from-tif", "--input", stack / "img_*.tif", "--output", output,
@@ -66,10 +79,7 @@ def test_from_tif_on_three_ranks_equals_serial(stack: Path, serial_volume: Path,
     assert result.stderr.count("tif2blockfs (rank 0 of 3)") >= 1  # rank 0's progress, and only rank 0's
     assert "rank 1" not in result.stderr and "rank 2" not in result.stderr
     with Directory.open(serial_volume) as a, Directory.open(output) as b:
-        assert _header(a) == _header(b)
-        assert np.array_equal(a[...], b[...])
-        origins = [tuple(int(c) for c in o) for o in a.layout.block_entries()[1]]
-        assert all(a.read_block_payload(*o) == b.read_block_payload(*o) for o in origins)
+        _same_volume(a, b)
 
 
 @pytest.mark.parametrize("exporter, suffix", [("blockfs2tif", "tif"), ("blockfs2jp2k", "jp2")])
@@ -120,3 +130,58 @@ def test_tools_run_serially_without_a_launcher(serial_volume: Path, tmp_path: Pa
                   "--silent"])
     assert result.returncode == 0, result.stderr
     assert len(list(tmp_path.iterdir())) == SHAPE[0]
+
+
+PYRAMID_SHAPE, PYRAMID_BLOCK = (45, 61, 83), (4, 6, 8)  # z, y, x: odd extents, 1,452 blocks, 5 levels
+
+
+def _missing(z: int, y: int, x: int) -> bool:
+    """The subtree of a level-3 block, and scattered blocks, unwritten."""
+    return (z < 16 and 24 <= y < 48 and x < 32) or (z + y + x) % 7 == 0
+
+
+@pytest.fixture(scope="module")
+def pyramid_source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A volume with missing blocks, and its pyramid built serially with 3 shards per level."""
+    folder = tmp_path_factory.mktemp("pyramid")
+    source, serial = folder / "source.blockfs", folder / "serial"
+    ref.write_volume(source, ref.sample(PYRAMID_SHAPE, "uint16"), PYRAMID_BLOCK, _missing)
+    result = run([tool("blockfs"), "pyramid", source, serial, "--n-workers", "3", "--silent"])
+    assert result.returncode == 0, result.stderr
+    return source, serial
+
+
+def _same_pyramid(serial: Path, ranked: Path) -> None:
+    assert (serial / "info").read_bytes() == (ranked / "info").read_bytes()
+    assert not (ranked / ".pyramid-build").exists()
+    a, b = open_pyramid(serial), open_pyramid(ranked)
+    assert a.keys == b.keys and len(a.levels) == 5
+    for x, y in zip(a.levels, b.levels):
+        _same_volume(x, y)
+
+
+def test_pyramid_on_three_ranks_equals_serial(pyramid_source: tuple[Path, Path], tmp_path: Path) -> None:
+    source, serial = pyramid_source
+    result, seconds = mpiexec(3, [tool("blockfs"), "pyramid", source, tmp_path / "ranked", "--n-workers", "3"])
+    assert result.returncode == 0, result.stderr
+    assert "blockfs pyramid (rank 0 of 3)" in result.stderr  # rank 0's progress, and only rank 0's
+    assert "rank 1" not in result.stderr and "rank 2" not in result.stderr
+    assert result.stdout.count("blockfs pyramid: wrote") == 1
+    _same_pyramid(serial, tmp_path / "ranked")
+    print(f"mpiexec -n 3 blockfs pyramid: {seconds:.1f} s")
+
+
+def test_pyramid_on_three_ranks_resumes_an_interrupted_build(pyramid_source: tuple[Path, Path],
+                                                             tmp_path: Path) -> None:
+    """A build cut short after a few tasks, continued by the ranks, equals an uninterrupted one."""
+    source, serial = pyramid_source
+    dest = tmp_path / "ranked"
+    plan = prepare(make_plan(source, dest, n_workers=3), n_shards=3)
+    todo = pending(plan)
+    assert len(list(build_tasks(plan, todo[:4], n_workers=1))) == 4 < len(todo)
+    refused, _ = mpiexec(3, [tool("blockfs"), "pyramid", source, dest, "--n-workers", "3", "--silent"])
+    assert refused.returncode == 1
+    assert refused.stderr.count("pass --resume to continue it") == 1, refused.stderr
+    result, _ = mpiexec(3, [tool("blockfs"), "pyramid", source, dest, "--n-workers", "3", "--resume", "--silent"])
+    assert result.returncode == 0, result.stderr
+    _same_pyramid(serial, dest)

@@ -2,7 +2,9 @@
 
 ``build_pyramid`` does it all. For splitting the work across machines (e.g. MPI ranks sharing the
 destination's file system) its steps are public: :func:`make_plan`, :func:`prepare` once,
-:func:`build_tasks` on any share of :func:`pending` tasks anywhere, then :func:`finish` once.
+:func:`build_tasks` on any share of :func:`pending` tasks anywhere, then :func:`finish` once; or,
+writing through volumes the caller opens (collectively, :mod:`blockfs.parallel.pyramid`),
+:func:`build_task` per task, then :func:`build_top` and :func:`complete` once.
 
 Memory: a task descends the octree depth first. At each level on its path it holds one block of
 accumulators (the block being assembled from its eight children), plus, transiently, one level-1
@@ -107,8 +109,16 @@ def _level1_leaf(plan: Plan, volume: Directory, method: Method) -> Leaf:
     return leaf
 
 
+def build_task(plan: Plan, index: Index, source: Directory, volumes: dict[int, Directory]) -> TaskResult:
+    """Build the subtree under block ``index`` of the task level from level 1 (``source``), writing
+    its blocks into ``volumes`` (:attr:`Plan.subtree_levels`, opened ``r+``, serially or collectively)."""
+    builder = _Builder(plan, 1, _level1_leaf(plan, source, plan.make_method()), volumes)
+    reduced = builder.reduced(plan.task_level, index)
+    return TaskResult(index, plan.level1_blocks_under(plan.task_level, index), reduced)
+
+
 def run_task(plan: Plan, index: Index) -> TaskResult:
-    """Build the subtree under block ``index`` of the task level.
+    """Build the subtree under block ``index`` of the task level in this process.
 
     Writes go straight to the shards from this process (``Directory.write_block`` on a volume
     opened ``r+``); :func:`build_tasks` makes them durable and records the task as done.
@@ -116,10 +126,8 @@ def run_task(plan: Plan, index: Index) -> TaskResult:
     with contextlib.ExitStack() as stack:
         source = stack.enter_context(Directory.open(plan.path(1)))
         volumes = {level: stack.enter_context(Directory.open(plan.path(level), "r+", durable=False))
-                   for level in range(2, plan.task_level + 1)}
-        builder = _Builder(plan, 1, _level1_leaf(plan, source, plan.make_method()), volumes)
-        reduced = builder.reduced(plan.task_level, index)
-    return TaskResult(index, plan.level1_blocks_under(plan.task_level, index), reduced)
+                   for level in plan.subtree_levels}
+        return build_task(plan, index, source, volumes)
 
 
 def _worker_init() -> None:
@@ -131,7 +139,7 @@ def _worker_init() -> None:
 
 def _checkpoint(plan: Plan, results: list[TaskResult]) -> list[TaskResult]:
     """Make the blocks of ``results`` durable (one fsync of each file of their levels), then record them done."""
-    for level in range(2, plan.task_level + 1):
+    for level in plan.subtree_levels:
         Directory.open(plan.path(level), "r+").close()
     state.record_done(plan, [(result.index, result.reduced) for result in results])
     return results
@@ -166,8 +174,7 @@ def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None
     With one worker the tasks run in this process. A worker that dies (killed, out of memory)
     raises :class:`WriterError`.
     """
-    # Largest subtrees first, so that the last ones to finish are small.
-    tasks = sorted(tasks, key=lambda t: -plan.level1_blocks_under(plan.task_level, t))
+    tasks = largest_first(plan, tasks)
     unrecorded: list[TaskResult] = []
     last = time.monotonic()
     with contextlib.closing(_run(plan, tasks, min(n_workers or os.cpu_count() or 1, max(1, len(tasks))))) as results:
@@ -176,6 +183,11 @@ def build_tasks(plan: Plan, tasks: Iterable[Index], n_workers: int | None = None
             if time.monotonic() - last >= checkpoint_seconds or i == len(tasks):
                 yield from _checkpoint(plan, unrecorded)
                 unrecorded, last = [], time.monotonic()
+
+
+def largest_first(plan: Plan, tasks: Iterable[Index]) -> list[Index]:
+    """``tasks``, the largest subtrees first, so that the last ones to finish are small."""
+    return sorted(tasks, key=lambda t: -plan.level1_blocks_under(plan.task_level, t))
 
 
 def pending(plan: Plan) -> list[Index]:
@@ -194,19 +206,28 @@ def prepare(plan: Plan, overwrite: bool = False, resume: bool = False, n_shards:
     return plan
 
 
-def finish(plan: Plan) -> None:
-    """Build the levels above the task level from the journal, write ``info``, remove the journal."""
-    if plan.task_level < plan.levels:
-        with contextlib.ExitStack() as stack:
-            volumes = {level: stack.enter_context(Directory.open(plan.path(level), "r+"))
-                       for level in range(plan.task_level + 1, plan.levels + 1)}
-            builder = _Builder(plan, plan.task_level, functools.partial(state.load_done, plan, state.finished(plan)),
-                               volumes)
-            for index in plan.blocks(plan.levels):
-                builder.reduced(plan.levels, index)
+def build_top(plan: Plan, volumes: dict[int, Directory]) -> None:
+    """Build the levels above the task level from the tasks' results in the journal, writing into
+    ``volumes`` (:attr:`Plan.top_levels`, opened ``r+``, serially or collectively)."""
+    builder = _Builder(plan, plan.task_level, functools.partial(state.load_done, plan, state.finished(plan)), volumes)
+    for index in plan.blocks(plan.levels):
+        builder.reduced(plan.levels, index)
+
+
+def complete(plan: Plan) -> None:
+    """Write ``info`` (the pyramid is then finished), remove the journal."""
     kind = "segmentation" if plan.method == "mode" else "image"
     write_info(plan.dest, make_info(plan.dtype, kind, plan.shape, plan.block, plan.voxel_size_um, plan.levels))
     state.remove_journal(plan)
+
+
+def finish(plan: Plan) -> None:
+    """Build the levels above the task level from the journal, write ``info``, remove the journal."""
+    if plan.top_levels:
+        with contextlib.ExitStack() as stack:
+            build_top(plan, {level: stack.enter_context(Directory.open(plan.path(level), "r+"))
+                             for level in plan.top_levels})
+    complete(plan)
 
 
 def build_pyramid(source: str | os.PathLike, dest: str | os.PathLike, levels: int | None = None,

@@ -8,6 +8,7 @@ import sys
 
 from ..cli_support import add_silent, run_tool
 from ..export import positive_int
+from ..parallel.mpi import Ranks, on_ranks
 from .build import build_pyramid
 from .reduce import METHODS
 
@@ -19,6 +20,8 @@ writes /data/brain-pyramid/info and one level per folder, 1_1_1 (the source, har
 copied from another file system), 2_2_2, 4_4_4, ... as precomputed-tif serves them to
 Neuroglancer. Methods: mean (exact, rounded half to even; for images), max, mode (for labels:
 info says "segmentation"), stride (fastest). An interrupted build continues with --resume.
+Under mpiexec -n N the N ranks share the subtrees (one process each; see docs/scaling.md):
+  mpiexec -n 8 blockfs pyramid /lustre/brain.blockfs /lustre/brain-pyramid --n-workers 8
 """
 
 
@@ -48,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="level 1's voxel size in micrometres (default: the source's voxel_size_um metadata, "
                              "else 1,1,1)")
     parser.add_argument("--n-workers", type=positive_int, default=os.cpu_count() or 1, metavar="N",
-                        help="worker processes (default: the number of CPUs, %(default)s)")
+                        help="worker processes and shard files per level (default: the number of CPUs, %(default)s); "
+                             "under mpiexec each rank works in one process and N sets the shard files only")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--overwrite", action="store_true", help="replace a pyramid (finished or not) in DEST")
     group.add_argument("--resume", action="store_true", help="continue an interrupted build in DEST")
@@ -60,17 +64,25 @@ def main(argv: list[str] | None = None) -> int:
     """blockfs pyramid: build a pyramid folder; print where it is."""
     parser = build_parser()
 
-    def body(args: argparse.Namespace) -> int:
-        try:
+    def build(args: argparse.Namespace, ranks: Ranks) -> int:
+        if ranks.parallel:  # started by mpiexec -n N: the ranks share the subtrees
+            from ..parallel.pyramid import build_pyramid_ranked
+            dest = build_pyramid_ranked(args.source, args.dest, ranks, args.levels, args.method, args.voxel_size,
+                                        args.n_workers, args.overwrite, args.resume, args.silent)
+        else:
             dest = build_pyramid(args.source, args.dest, args.levels, args.method, args.voxel_size, args.n_workers,
                                  args.overwrite, args.resume, args.silent)
+        if ranks.rank == 0 and not args.silent:
+            print(f"blockfs pyramid: wrote {dest}")
+        return 0
+
+    def body(args: argparse.Namespace) -> int:
+        try:
+            return on_ranks(parser.prog, lambda ranks: build(args, ranks))
         except KeyboardInterrupt:
             print(f"{parser.prog}: {os.path.abspath(args.dest)}: interrupted; continue with the same command and "
                   "--resume", file=sys.stderr)
             return 130
-        if not args.silent:
-            print(f"blockfs pyramid: wrote {dest}")
-        return 0
 
     return run_tool(parser, body, argv)
 

@@ -97,6 +97,16 @@ class Plan:
         """The task blocks (of ``task_level``), in the order the top levels consume them."""
         return self.blocks(self.task_level)
 
+    @property
+    def subtree_levels(self) -> range:
+        """The levels the tasks write: 2 to the task level."""
+        return range(2, self.task_level + 1)
+
+    @property
+    def top_levels(self) -> range:
+        """The levels built from the tasks' results at the end: above the task level."""
+        return range(self.task_level + 1, self.levels + 1)
+
     def task_key(self, index: Index) -> str:
         return f"{self.task_level}_{index[0]}_{index[1]}_{index[2]}"
 

@@ -7,11 +7,15 @@ info file, also when resuming a build. Failures: every rank stops, the message i
 
 from __future__ import annotations
 
+import itertools
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import tifffile
 
@@ -19,12 +23,12 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pyramid_reference as ref  # noqa: E402
-from mpi_run import mpiexec, require_mpi, run, tool  # noqa: E402
+from mpi_run import TIMEOUT, environment, mpiexec, require_mpi, run, tool  # noqa: E402
 
 from blockfs import Directory  # noqa: E402
-from blockfs.pyramid import open_pyramid  # noqa: E402
+from blockfs.pyramid import open_pyramid, state  # noqa: E402
 from blockfs.pyramid.build import build_tasks, pending, prepare  # noqa: E402
-from blockfs.pyramid.plan import make_plan  # noqa: E402
+from blockfs.pyramid.plan import Plan, make_plan  # noqa: E402
 
 SHAPE = (37, 50, 70)  # z, y, x: 37 planes in 5 slabs of 8, the last one short
 BLOCKS = "8,16,16"
@@ -182,6 +186,56 @@ def test_pyramid_on_three_ranks_resumes_an_interrupted_build(pyramid_source: tup
     refused, _ = mpiexec(3, [tool("blockfs"), "pyramid", source, dest, "--n-workers", "3", "--silent"])
     assert refused.returncode == 1
     assert refused.stderr.count("pass --resume to continue it") == 1, refused.stderr
+    result, _ = mpiexec(3, [tool("blockfs"), "pyramid", source, dest, "--n-workers", "3", "--resume", "--silent"])
+    assert result.returncode == 0, result.stderr
+    _same_pyramid(serial, dest)
+
+
+def _subtree_blocks(plan: Plan, key: str) -> list[tuple[int, tuple[int, int, int]]]:
+    """(level, first voxel z, y, x) of every block that task ``key`` writes."""
+    top = tuple(int(i) for i in key.split("_")[1:])
+    out = []
+    for level in plan.subtree_levels:
+        span = 2 ** (plan.task_level - level)
+        ranges = (range(i * span, min((i + 1) * span, n)) for i, n in zip(top, plan.grid(level)))
+        out += [(level, plan.origin(level, index)) for index in itertools.product(*ranges)]  # type: ignore[arg-type]
+    return out
+
+
+def test_pyramid_rank_killed_then_resumed_on_three_ranks(pyramid_source: tuple[Path, Path], tmp_path: Path) -> None:
+    """SIGKILL to one rank ends the job; every task in the journal has its blocks indexed; --resume finishes."""
+    source, serial = pyramid_source
+    dest = tmp_path / "ranked"
+    done = dest / ".pyramid-build" / "done"
+    job = subprocess.Popen(["mpiexec", "-n", "3", tool("blockfs"), "pyramid", str(source), str(dest), "--n-workers",
+                            "3", "--silent"], env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while not (done.is_dir() and any(done.glob("*.npz"))):  # the first round is recorded
+            assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+            time.sleep(0.002)
+        ranks = [p for p in psutil.Process(job.pid).children() if "pyramid" in " ".join(p.cmdline())]
+        assert len(ranks) == 3
+        ranks[1].kill()
+        job.communicate(timeout=TIMEOUT)
+    finally:
+        if job.poll() is None:
+            job.kill()
+            job.communicate()
+    assert job.returncode != 0 and not (dest / "info").exists()
+    plan = make_plan(source, dest, n_workers=3)
+    finished = state.finished(plan)
+    assert 1 <= len(finished) < len(plan.tasks)
+    levels = {level: (Directory.open(plan.path(level)), Directory.open(str(serial / key / "precomputed.blockfs")))
+              for level, key in ((level, "_".join([str(plan.factor(level))] * 3)) for level in plan.subtree_levels)}
+    for key in finished:  # recorded only once every block of the task is indexed
+        for level, (z, y, x) in _subtree_blocks(plan, key):
+            killed, reference = levels[level]
+            assert killed.read_block_payload(x, y, z) == reference.read_block_payload(x, y, z), (key, level, z, y, x)
+    for pair in levels.values():
+        for volume in pair:
+            volume.close()
     result, _ = mpiexec(3, [tool("blockfs"), "pyramid", source, dest, "--n-workers", "3", "--resume", "--silent"])
     assert result.returncode == 0, result.stderr
     _same_pyramid(serial, dest)

@@ -5,8 +5,9 @@ subtree tasks not yet done, largest first, are dealt in rounds of one per rank (
 in a round every rank opens levels 2..task level collectively (:mod:`blockfs.parallel.collective`),
 builds its subtree in its own process, and closes them collectively, so blocks reach their
 shard's owner compressed, no file lock is taken, and every block of the round is on disk and
-indexed when close returns. Only then does each rank record its task in the journal (a file of
-its own), so ``--resume`` (serial or under mpiexec) redoes at most the round that was cut short.
+indexed when close returns. Only then are the round's tasks recorded in the journal (by rank 0,
+one file per round, the tasks' results gathered to it), so ``--resume`` (serial or under
+mpiexec) redoes at most the round that was cut short, and only rank 0 ever lists the journal.
 Rank 0 then builds the levels above the task level (opened collectively too) and writes ``info``.
 The result equals a serial run's with as many shards: the same blocks, compressed to the same
 bytes, and the same info file.
@@ -52,11 +53,12 @@ def collectively(ranks: Ranks, plan: Plan, levels: range, work: Callable[[dict[i
 
 
 def _build_round(ranks: Ranks, plan: Plan, source: Directory, task: Index | None) -> None:
-    """One round: this rank builds ``task`` (None: nothing), every rank closes, then records its task."""
+    """One round: this rank builds ``task`` (None: nothing), every rank closes, then rank 0 records the round."""
     result: TaskResult | None = collectively(
         ranks, plan, plan.subtree_levels, lambda volumes: None if task is None else build_task(plan, task, source, volumes))
-    ranks.attempt(lambda: None if result is None else state.record_done(plan, [(result.index, result.reduced)]),
-                  kind=WriterError)
+    results = ranks.comm.gather(result, root=0) if ranks.parallel else [result]
+    done = [(r.index, r.reduced) for r in results or [] if r is not None]  # None on ranks other than 0
+    ranks.attempt(lambda: state.record_done(plan, done) if done else None, kind=WriterError)
 
 
 def build_pyramid_ranked(source: str | os.PathLike, dest: str | os.PathLike, ranks: Ranks, levels: int | None = None,

@@ -202,17 +202,23 @@ def _subtree_blocks(plan: Plan, key: str) -> list[tuple[int, tuple[int, int, int
     return out
 
 
+#: ``blockfs pyramid SOURCE DEST --n-workers 3`` under mpiexec, with a checkpoint after every round
+RANKED_BUILD = ("import sys\n"
+                "from blockfs.parallel.mpi import tool_ranks\n"
+                "from blockfs.parallel.pyramid import build_pyramid_ranked\n"
+                "build_pyramid_ranked(sys.argv[1], sys.argv[2], tool_ranks('pyramid'), n_shards=3, checkpoint_seconds=0)")
+
+
 def test_pyramid_rank_killed_then_resumed_on_three_ranks(pyramid_source: tuple[Path, Path], tmp_path: Path) -> None:
     """SIGKILL to one rank ends the job; every task in the journal has its blocks indexed; --resume finishes."""
     source, serial = pyramid_source
     dest = tmp_path / "ranked"
     done = dest / ".pyramid-build" / "done"
-    job = subprocess.Popen(["mpiexec", "-n", "3", tool("blockfs"), "pyramid", str(source), str(dest), "--n-workers",
-                            "3", "--silent"], env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           text=True)
+    job = subprocess.Popen(["mpiexec", "-n", "3", sys.executable, "-c", RANKED_BUILD, str(source), str(dest)],
+                           env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + TIMEOUT
-        while not (done.is_dir() and any(done.glob("*.npz"))):  # the first round is recorded
+        while not (done.is_dir() and any(done.glob("*.npz"))):  # the first checkpoint is recorded
             assert job.poll() is None and time.monotonic() < deadline, job.communicate()
             time.sleep(0.002)
         ranks = [p for p in psutil.Process(job.pid).children() if "pyramid" in " ".join(p.cmdline())]

@@ -1,13 +1,13 @@
 """The pyramid builder under mpiexec: ``mpiexec -n N blockfs pyramid`` on N ranks.
 
 Rank 0 checks the destination and prepares it (journal, level 1, empty coarser levels). The
-subtree tasks not yet done, largest first, are dealt in rounds of one per rank (:func:`rounds`):
-in a round every rank opens levels 2..task level collectively (:mod:`blockfs.parallel.collective`),
-builds its subtree in its own process, and closes them collectively, so blocks reach their
-shard's owner compressed, no file lock is taken, and every block of the round is on disk and
-indexed when close returns. Only then are the round's tasks recorded in the journal (by rank 0,
-one file per round, the tasks' results gathered to it), so ``--resume`` (serial or under
-mpiexec) redoes at most the round that was cut short, and only rank 0 ever lists the journal.
+subtree tasks not yet done, largest first, are dealt in rounds of one per rank (:func:`rounds`).
+Every rank builds its tasks in its own process, writing levels 2..task level opened
+collectively (:mod:`blockfs.parallel.collective`): blocks reach their shard's owner compressed
+and no file lock is taken. At each checkpoint (every second by rank 0's clock, and after the last
+round) the levels are closed collectively, so every block written so far is on disk and indexed,
+and only then does rank 0 record the tasks since the last checkpoint in the journal (their
+results gathered to it): ``--resume`` (serial or under mpiexec) redoes only the tasks built since.
 Rank 0 then builds the levels above the task level (opened collectively too) and writes ``info``.
 The result equals a serial run's with as many shards: the same blocks, compressed to the same
 bytes, and the same info file.
@@ -15,8 +15,10 @@ bytes, and the same info file.
 
 from __future__ import annotations
 
+import functools
 import os
-from typing import Callable, TypeVar
+import time
+from typing import Callable, Iterator, TypeVar
 
 from tqdm import tqdm
 
@@ -24,7 +26,8 @@ from ..cli_support import describe
 from ..directory import Directory
 from ..errors import BlockfsError, WriterError
 from ..pyramid import state
-from ..pyramid.build import TaskResult, build_task, build_top, complete, largest_first, pending, prepare
+from ..pyramid.build import (CHECKPOINT_SECONDS, TaskResult, build_task, build_top, complete, largest_first, pending,
+                             prepare)
 from ..pyramid.plan import Index, Plan, make_plan
 from .mpi import EXPECTED, Ranks, rounds
 
@@ -32,43 +35,88 @@ T = TypeVar("T")
 PROG = "blockfs pyramid"
 
 
+def _open(ranks: Ranks, plan: Plan, levels: range) -> dict[int, Directory]:
+    return {level: Directory.open(plan.path(level), "r+", comm=ranks.comm) for level in levels}
+
+
+def _close(volumes: dict[int, Directory], error: str | None) -> str | None:
+    """Close ``volumes`` (collective: every rank comes here, whatever happened to it); ``error``, else the first
+    failure of a close."""
+    for volume in volumes.values():
+        try:
+            volume.close()
+        except EXPECTED as exc:
+            error = error or describe(exc)
+    return error
+
+
 def collectively(ranks: Ranks, plan: Plan, levels: range, work: Callable[[dict[int, Directory]], T]) -> T | None:
     """Open ``levels`` "r+" on every rank, run ``work(volumes)`` here, close them on every rank.
 
     Raises on every rank if ``work`` or a close failed on any; the blocks written are indexed then too.
     """
-    volumes = {level: Directory.open(plan.path(level), "r+", comm=ranks.comm) for level in levels}
+    volumes = _open(ranks, plan, levels)
     result, error = None, None
     try:
         result = work(volumes)
     except EXPECTED as exc:
         error = describe(exc)
-    for volume in volumes.values():
-        try:
-            volume.close()  # collective: every rank comes here, whatever happened to it
-        except EXPECTED as exc:
-            error = error or describe(exc)
-    ranks.agree(error, WriterError)
+    ranks.agree(_close(volumes, error), WriterError)
     return result
 
 
-def _build_round(ranks: Ranks, plan: Plan, source: Directory, task: Index | None) -> None:
-    """One round: this rank builds ``task`` (None: nothing), every rank closes, then rank 0 records the round."""
-    result: TaskResult | None = collectively(
-        ranks, plan, plan.subtree_levels, lambda volumes: None if task is None else build_task(plan, task, source, volumes))
-    results = ranks.comm.gather(result, root=0) if ranks.parallel else [result]
-    done = [(r.index, r.reduced) for r in results or [] if r is not None]  # None on ranks other than 0
-    ranks.attempt(lambda: state.record_done(plan, done) if done else None, kind=WriterError)
+def _record(plan: Plan, parts: list[list[TaskResult]] | None) -> None:
+    """Rank 0: record the tasks every rank finished (``parts``: None on the other ranks)."""
+    done = [(result.index, result.reduced) for part in parts or [] for result in part]
+    if done:
+        state.record_done(plan, done)
+
+
+def build_rounds(ranks: Ranks, plan: Plan, source: Directory, todo: list[Index],
+                 checkpoint_seconds: float = CHECKPOINT_SECONDS) -> Iterator[list[Index]]:
+    """Build this rank's tasks of ``todo``, one task per rank per round, into the levels opened
+    collectively; yield, at each checkpoint, the tasks of every rank since the last one.
+
+    A checkpoint comes once ``checkpoint_seconds`` have passed on rank 0's clock, after the last
+    round, and when a task failed on any rank: the levels are closed collectively (every block of
+    those rounds is then on disk and indexed), and only then does rank 0 record the tasks. A
+    failure then raises on every rank.
+    """
+    work = list(rounds(todo, ranks))
+    volumes: dict[int, Directory] = {}
+    built: list[TaskResult] = []  # this rank's since the last checkpoint
+    tasks: list[Index] = []  # every rank's since the last checkpoint
+    last = time.monotonic()
+    for i, (batch, task) in enumerate(work, 1):
+        volumes = volumes or _open(ranks, plan, plan.subtree_levels)
+        error = None
+        try:
+            if task is not None:
+                built.append(build_task(plan, task, source, volumes))
+        except EXPECTED as exc:
+            error = describe(exc)
+        tasks += batch
+        due = i == len(work) or time.monotonic() - last >= checkpoint_seconds
+        votes = ranks.comm.allgather((error, due)) if ranks.parallel else [(error, due)]
+        if not votes[0][1] and not any(e for e, _ in votes):
+            continue
+        ranks.agree(_close(volumes, error), WriterError)
+        volumes = {}
+        parts = ranks.comm.gather(built, root=0) if ranks.parallel else [built]
+        ranks.attempt(functools.partial(_record, plan, parts), kind=WriterError)
+        yield tasks
+        built, tasks, last = [], [], time.monotonic()
 
 
 def build_pyramid_ranked(source: str | os.PathLike, dest: str | os.PathLike, ranks: Ranks, levels: int | None = None,
                          method: str = "mean", voxel_size_um: tuple[float, float, float] | None = None,
                          n_shards: int | None = None, overwrite: bool = False, resume: bool = False,
-                         silent: bool = True) -> str:
+                         silent: bool = True, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> str:
     """Build a pyramid of ``source`` in ``dest`` as :func:`blockfs.pyramid.build_pyramid` does, on ``ranks``.
 
     Every rank of ``ranks`` calls it; ``n_shards`` shard files per level (default: the number of
-    CPUs). Raises on every rank if any rank fails; the tasks recorded so far stay for ``resume``.
+    CPUs). Raises on every rank if any rank fails; the tasks recorded so far (at most
+    ``checkpoint_seconds`` apart) stay for ``resume``.
     """
     quiet = silent or ranks.rank != 0
 
@@ -86,9 +134,8 @@ def build_pyramid_ranked(source: str | os.PathLike, dest: str | os.PathLike, ran
     with level1, tqdm(total=sum(blocks.values()), initial=sum(blocks.values()) - sum(blocks[t] for t in todo),
                       unit="block", disable=quiet,
                       desc=f"{PROG} (rank 0 of {ranks.size}): {plan.levels} levels, level-1 blocks") as bar:
-        for batch, task in rounds(todo, ranks):
-            _build_round(ranks, plan, level1, task)
-            bar.update(sum(blocks[t] for t in batch))
+        for recorded in build_rounds(ranks, plan, level1, todo, checkpoint_seconds):
+            bar.update(sum(blocks[t] for t in recorded))
     if plan.top_levels:
         collectively(ranks, plan, plan.top_levels, lambda volumes: build_top(plan, volumes) if ranks.rank == 0 else None)
     ranks.attempt(lambda: complete(plan) if ranks.rank == 0 else None, kind=BlockfsError)

@@ -76,7 +76,7 @@ test: install
 $(BENCH_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q -U pip
-	$(BENCH_VENV)/bin/python -m pip install -q -e '.[interop]' zarr tensorstore h5py hdf5plugin psutil
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[interop]' zarr zarrs tensorstore h5py hdf5plugin psutil
 	touch $@
 
 # Speed and memory against the machine's limits and the peers, on demand (~10-15 min; not in `make test`).

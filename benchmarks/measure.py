@@ -1,10 +1,13 @@
-"""Small measuring tools shared by the benchmarks: medians, percentiles, a peak-RSS sampler."""
+"""Small measuring tools shared by the benchmarks: repeated figures, memory backing, a peak-RSS sampler."""
 
 from __future__ import annotations
 
+import gc
+import os
 import statistics
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -12,6 +15,59 @@ import psutil
 
 MB = 1e6
 MIB = 2**20
+#: A figure whose repeats spread more than this ((max - min) / min) is flagged, not quoted.
+MAX_SPREAD = 0.20
+
+
+@dataclass
+class Figure:
+    """Repeated measurements (seconds) of one thing: minimum, median and spread."""
+
+    seconds: list[float] = field(default_factory=list)
+
+    def add(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+    @property
+    def samples(self) -> int:
+        return len(self.seconds)
+
+    @property
+    def min(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.seconds))
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / min of the repeats."""
+        return (max(self.seconds) - self.min) / self.min
+
+    @property
+    def steady(self) -> bool:
+        return self.samples > 1 and self.spread <= MAX_SPREAD
+
+
+def back_memory(nbytes: int) -> float:
+    """Touch ``nbytes`` of fresh memory once and free it; seconds taken.
+
+    A virtual machine's guest pays for memory it has never touched the first time it touches it
+    (about 2 s per GiB here), which would land in whichever measurement comes first.
+    """
+    start = time.perf_counter()
+    chunk = 256 * MIB
+    held = [np.ones(chunk // 8, np.uint64) for _ in range(max(1, nbytes // chunk))]
+    del held
+    gc.collect()
+    return time.perf_counter() - start
+
+
+def settle() -> None:
+    """What runs before every timed step: dirty pages written out, garbage collected."""
+    os.sync()
+    gc.collect()
 
 
 def median(values: list[float]) -> float:

@@ -187,7 +187,7 @@ def write_matrix(ds: Dataset, folder: str, configs: list[WriteConfig], repeats: 
     steps: list[WriteResult | None] = [None, *results]
     for r in range(repeats):
         for result in steps[r % len(steps):] + steps[:r % len(steps)]:
-            settle()
+            settle(ds.nbytes)
             if result is None:
                 sample_limit()
                 continue
@@ -260,13 +260,13 @@ def read_benchmark(ds: Dataset, folder: str, repeats: int, n_random: int, n_regi
         result.correct = ds.matches(verified[:, :, :])
         for _ in range(repeats):
             for d, times in ((verified, result.full), (unverified, result.full_unverified)):
-                settle()
+                settle(ds.nbytes)
                 start = time.perf_counter()
                 data = d[:, :, :]
                 times.append(time.perf_counter() - start)
                 del data
         for _ in range(repeats):
-            settle()
+            settle(ds.nbytes)
             start = time.perf_counter()
             for z, y, x in ds.origins:
                 verified.read_block(x, y, z)

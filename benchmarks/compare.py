@@ -4,8 +4,9 @@ Each round writes the same in-memory volume once with every contender — the co
 blockfs write paths (fork Pool producers; main-process producer with writer processes; each with
 ``durable=False`` and ``durable=True``), tensorstore (``file_io_sync`` off and on), zarr-python with
 zarrs, zarr-python, h5py — then reads each store back whole once, beside the decompress limits.
-The order of the contenders rotates from round to round, and ``os.sync()`` plus a garbage
-collection come before every timed step. The first round's reads are compared with the data.
+The order of the contenders rotates from round to round; before every timed step come
+``os.sync()``, a garbage collection and a touch of as much memory as the volume (see
+``measure.back_memory``). The first round's reads are compared with the data.
 
 Finally blockfs's full read is timed again in a fresh interpreter that imports only blockfs, so
 the report shows whether running the other stores first in the same process changes it.
@@ -68,8 +69,8 @@ def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def _timed(action: Callable[[], object]) -> tuple[float, object]:
-    settle()
+def _timed(action: Callable[[], object], nbytes: int) -> tuple[float, object]:
+    settle(nbytes)
     start = time.perf_counter()
     result = action()
     return time.perf_counter() - start, result
@@ -82,7 +83,7 @@ class _BlockfsWriter:
     path: str
 
     def write(self, ds: Dataset) -> float:
-        settle()
+        settle(ds.nbytes)
         return write_once(ds, self.path, self.config)[0]
 
 
@@ -101,16 +102,18 @@ def _blockfs_rows(folder: str, workers: int) -> list[_BlockfsWriter]:
     return made
 
 
-def fresh_process_reads(path: str, repeats: int) -> tuple[list[float], list[int]]:
+def fresh_process_reads(path: str, repeats: int, nbytes: int) -> tuple[list[float], list[int]]:
     """Seconds and minor page faults of ``repeats`` full reads in a new interpreter that imports only blockfs."""
     code = ("import json, os, resource, sys, time\nsys.path.insert(0, sys.argv[1])\nfrom blockfs import Directory\n"
-            "times, faults = [], []\nfor _ in range(int(sys.argv[3])):\n    os.sync()\n"
+            "from benchmarks.measure import settle\n"
+            "times, faults = [], []\nfor _ in range(int(sys.argv[3])):\n    settle(int(sys.argv[4]))\n"
             "    f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n    start = time.perf_counter()\n"
             "    with Directory.open(sys.argv[2]) as d:\n        data = d[:, :, :]\n"
             "    times.append(time.perf_counter() - start)\n"
             "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)\n    del data\n"
             "print(json.dumps([times, faults]))")
-    done = subprocess.run([sys.executable, "-c", code, ROOT, path, str(repeats)], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", code, ROOT, path, str(repeats), str(nbytes)], capture_output=True,
+                          text=True,
                           timeout=600, cwd=ROOT)
     if done.returncode:
         raise RuntimeError(f"{path}: the fresh reader process failed:\n{done.stderr.strip()}")
@@ -140,10 +143,15 @@ def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: l
     result.rows = [limit_write, limit_place, limit_decompress] + [w.row for w in blockfs_writers] + [blockfs_read] + \
         [peer_rows[id(p)] for p in stores]
 
-    writes: list[tuple[Row, Callable[[], float]]] = [(limit_write, lambda: meter.sample_compress())]
+    def compress_limit() -> float:
+        settle(ds.nbytes)
+        return meter.sample_compress()
+
+    writes: list[tuple[Row, Callable[[], float]]] = [(limit_write, compress_limit)]
     writes += [(w.row, (lambda w=w: w.write(ds))) for w in blockfs_writers]
     writes += [(peer_rows[id(p)], (lambda p=p: _timed(lambda: (peer_module.remove(paths[id(p)]),
-                                                               p.write(paths[id(p)], volume)))[0])) for p in stores]
+                                                               p.write(paths[id(p)], volume)), ds.nbytes)[0]))
+                for p in stores]
 
     def read_blockfs() -> object:
         with Directory.open(reader.path) as d:
@@ -163,15 +171,15 @@ def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: l
             shift = r % len(order)
             for what, action in order[shift:] + order[:shift]:
                 if what == "place":
-                    settle()
+                    settle(ds.nbytes)
                     limit_place.read.add(meter.sample_place())
                 elif what == "decompress":
-                    settle()
+                    settle(ds.nbytes)
                     limit_decompress.read.add(meter.sample_decompress())
                 else:
                     row = what
                     faults = _faults()
-                    seconds, data = _timed(action)
+                    seconds, data = _timed(action, ds.nbytes)
                     row.faults.append(_faults() - faults)
                     row.read.add(seconds)
                     if r == 0:
@@ -186,7 +194,7 @@ def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: l
             w.row.files = len(volume_files(w.path, w.config.shards))
         for p in stores:
             peer_rows[id(p)].on_disk, peer_rows[id(p)].files = peer_module.footprint(paths[id(p)])
-        times, faults = fresh_process_reads(reader.path, repeats)
+        times, faults = fresh_process_reads(reader.path, repeats, ds.nbytes)
         for seconds in times:
             result.fresh_read.add(seconds)
         result.fresh_faults = faults

@@ -3,7 +3,8 @@
 Three kinds, all deterministic so every run sees the same voxels: the library's microscopy-like
 volume (``blockfs.sample``: smooth background of 60-180 counts, sparse bright cells, shot noise),
 photon counts at low background (Poisson noise over the same blurred cells, dimmed, on a
-background of 2 photons: noisier relative to its signal, so it compresses slower), and uniform
+background of 50 photons instead of 60-180 counts: noisier relative to its signal, so zstd
+compresses it about half as fast), and uniform
 random uint16, the incompressible worst case. A data set of N bytes is a list of C-contiguous blocks in (z, y, x)
 order of their origins, laid out on a near-cubic grid of blocks; the peers also get the same
 voxels as one contiguous volume (built on demand, also before timing).
@@ -25,8 +26,8 @@ BLOCK_SHAPE = (BLOCK, BLOCK, BLOCK)
 DTYPE = np.dtype(np.uint16)
 BLOCK_BYTES = BLOCK**3 * DTYPE.itemsize
 SEED = 0
-PHOTON_BACKGROUND = 2.0
-PHOTON_SCALE = 0.05  # the sample's cells (400-6000 counts at their centre) dimmed to 20-300 photons
+PHOTON_BACKGROUND = 50.0
+PHOTON_SCALE = 0.2  # the sample's cells (400-6000 counts at their centre) dimmed to 80-1200 photons
 
 
 def poisson_block(origin: tuple[int, int, int], shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:

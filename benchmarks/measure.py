@@ -51,23 +51,30 @@ class Figure:
 
 
 def back_memory(nbytes: int) -> float:
-    """Touch ``nbytes`` of fresh memory once and free it; seconds taken.
+    """Touch ``nbytes`` of memory and free it; seconds taken.
 
-    A virtual machine's guest pays for memory it has never touched the first time it touches it
-    (about 2 s per GiB here), which would land in whichever measurement comes first.
+    A virtual machine's guest pays for memory the host has not backed the first time it touches it
+    (about 2 s per GiB here). And on a guest with free page reporting (virtio-balloon), 2 MiB blocks
+    that stay free for a second or two are handed back to the host and cost that again: a new
+    large array (the result of a full read) is cheap right after another was freed, and dear after
+    a pause. Touching and freeing the memory just before a timed step puts every contender on the
+    same footing: its allocations reuse pages the host has just backed.
     """
     start = time.perf_counter()
     chunk = 256 * MIB
-    held = [np.ones(chunk // 8, np.uint64) for _ in range(max(1, nbytes // chunk))]
+    held = [np.ones(chunk // 8, np.uint64) for _ in range(max(1, -(-nbytes // chunk)))]
     del held
     gc.collect()
     return time.perf_counter() - start
 
 
-def settle() -> None:
-    """What runs before every timed step: dirty pages written out, garbage collected."""
+def settle(nbytes: int = 0) -> None:
+    """What runs before every timed step: dirty pages written out, garbage collected, and ``nbytes``
+    (plus 256 MiB) of memory touched and freed (see :func:`back_memory`)."""
     os.sync()
     gc.collect()
+    if nbytes:
+        back_memory(nbytes + 256 * MIB)
 
 
 def median(values: list[float]) -> float:

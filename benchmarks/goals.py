@@ -66,9 +66,9 @@ def _comparison_goals(c: Comparison) -> list[Goal]:
         if row.sync == "no sync":
             goals.append(_ratio(f"{where}: write, {row.name}", f">= {LIMIT_WRITE}x the compress limit", row.write,
                                 compress.write, "limit", LIMIT_WRITE))
-        goals.append(_ratio(f"{where}: write, {row.name}", f">= {OVER_TENSORSTORE}x {other.name if other else 'tensorstore'}",
-                            row.write, other.write if other else None, other.name if other else "tensorstore",
-                            OVER_TENSORSTORE))
+        name = other.name if other else "tensorstore"
+        goals.append(_ratio(f"{where}: write, {row.name}", f">= {OVER_TENSORSTORE}x {name}", row.write,
+                            other.write if other else None, name, OVER_TENSORSTORE))
     read = c.row("blockfs `d[:, :, :]` (verified)")
     if read is not None:
         goals.append(_ratio(f"{where}: full read", f">= {LIMIT_READ}x the decompress + place limit", read.read,
@@ -79,7 +79,8 @@ def _comparison_goals(c: Comparison) -> list[Goal]:
             slower = read.read.min / c.fresh_read.min - 1
             goals.append(Goal(f"{where}: full read after other stores ran in the process",
                               f"within {SAME_PROCESS:.0%} of a fresh process",
-                              f"{read.read.min * 1000:,.0f} ms vs {c.fresh_read.min * 1000:,.0f} ms fresh ({slower:+.0%})",
+                              f"{read.read.min * 1000:,.0f} ms vs {c.fresh_read.min * 1000:,.0f} ms fresh "
+                              f"({slower:+.0%})",
                               abs(slower) <= SAME_PROCESS if read.read.steady and c.fresh_read.steady else None))
     return goals
 

@@ -166,15 +166,15 @@ def _side_by_side(c: Comparison) -> list[str]:
     ts_sync = c.row("tensorstore, file_io_sync")
     rows = []
     for row in c.rows:
-        ts_write = ts_sync if row.sync == "sync at end" else ts
+        same = ts_sync if row.sync == "sync at end" else ts
+        store = row.role != "limit"
         rows.append([
             row.name, row.sync, _ms(row.write),
-            "-" if row.role == "limit" or row.write is None else _versus(row.write, write_limit, "compress"),
-            "-" if row.role != "blockfs" or row.write is None or ts_write is None else _versus(row.write, ts_write.write,
-                                                                                            "tensorstore", False),
+            _versus(row.write, write_limit, "compress") if store else "-",
+            _versus(row.write, same.write, "", False) if row.role == "blockfs" and same else "-",
             _ms(row.read),
-            "-" if row.role == "limit" or row.read is None else _versus(row.read, read_limit, "decompress + place"),
-            "-" if row.role != "blockfs" or row.read is None or ts is None else _versus(row.read, ts.read, "tensorstore", False),
+            _versus(row.read, read_limit, "decompress + place") if store else "-",
+            _versus(row.read, ts.read, "", False) if row.role == "blockfs" and ts else "-",
             _mib(row.on_disk) if row.on_disk else "-", str(row.files) if row.files else "-",
             {None: "-", True: "yes", False: "**NO**"}[row.correct]])
     out = [f"### {size_label(c.nbytes)} {c.kind} ({' x '.join(map(str, c.shape))} uint16, compression ratio "
@@ -212,8 +212,8 @@ def render(run: Run) -> str:
         "uniform random uint16 (the incompressible worst case), as 64^3 blocks made before any clock starts. "
         "Codec everywhere: blosc zstd level 5, byte shuffle, typesize 2.",
         f"- {run.repeats} interleaved rounds: each round runs every contender once, in an order that rotates "
-        "from round to round, with `os.sync()`, a garbage collection and that touch before every timed step. Every figure "
-        "gives the minimum and the median of its rounds, and the spread (max - min) / min; a figure whose "
+        "from round to round, with `os.sync()`, a garbage collection and that touch before every timed step. "
+        "Every figure gives the minimum and the median of its rounds, and the spread (max - min) / min; a figure whose "
         f"spread exceeds {MAX_SPREAD:.0%} is FLAGGED and its ratios are not quoted. Ratios compare minimum "
         "times.",
         "- Limits, measured the way the fastest peer works: one thread per core pulls the next block (one "
@@ -253,8 +253,9 @@ def render(run: Run) -> str:
             f"**{_mb(run.memcpy)} MB/s**.", ""]
     rows = []
     for (kind, nbytes), lim in sorted(run.limits.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        rows.append([size_label(nbytes), kind] + [
-            f"{_mb(lim.rate(f.min))} ({_ms(f)})" if f.samples else "-" for f in (lim.compress, lim.place, lim.decompress)]
+        figures = (lim.compress, lim.place, lim.decompress)
+        rows.append([size_label(nbytes), kind] + [f"{_mb(lim.rate(f.min))} ({_ms(f)})" if f.samples else "-"
+                                                  for f in figures]
             + [f"{lim.block_decompress_us:.0f}" if lim.block_decompress else "-", _mb(lim.disk), _mb(lim.disk_fsync)])
     out += _table(["size", "data", "compress MB/s (ms min / median)", "decompress + place MB/s (ms)",
                    "decompress only MB/s (ms)", "one block decompress, 1 core, us", "disk write MB/s, no fsync",

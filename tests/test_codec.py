@@ -95,7 +95,8 @@ def test_import_leaves_blosc_settings_and_thread_count_changes_no_byte() -> None
     assert plain["releasegil"] == 0, "importing blockfs changed blosc.set_releasegil's value"
     two_before = _run(WRITE_AND_REPORT.format(before="import blosc; blosc.set_nthreads(2); blosc.set_releasegil(True)",
                                               after=""))
-    two_after = _run(WRITE_AND_REPORT.format(before="", after="import blosc; blosc.set_nthreads(2); blosc.set_releasegil(True)"))
+    two_after = _run(WRITE_AND_REPORT.format(before="",
+                                             after="import blosc; blosc.set_nthreads(2); blosc.set_releasegil(True)"))
     assert two_after["nthreads"] == two_before["nthreads"] == 2
     for run in (two_before, two_after):
         assert run["compress"] == plain["compress"]

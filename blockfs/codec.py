@@ -13,6 +13,7 @@ the dtype's item size, byte shuffle), which any python-blosc reads.
 from __future__ import annotations
 
 import enum
+import struct
 
 import blosc
 import imagecodecs
@@ -22,6 +23,9 @@ from .errors import CorruptBlockError, UnsupportedCompressionError
 
 BLOSC_HEADER_BYTES = 16
 _SHUFFLE = imagecodecs.BLOSC.SHUFFLE.SHUFFLE
+#: A blosc 1.x header after its 4 bytes of version, codec version, flags and type size: the
+#: uncompressed size, the block size and the compressed size, little-endian.
+_SIZES = struct.Struct("<4xIII")
 
 
 class Compression(enum.Enum):
@@ -59,11 +63,10 @@ def decompress_into(data: bytes | memoryview, out: np.ndarray, where: str) -> No
     The buffer's own header must agree with its length and with ``out``, so damaged bytes raise
     instead of being read past their end.
     """
-    try:
-        nbytes, cbytes, _ = blosc.get_cbuffer_sizes(bytes(data[:BLOSC_HEADER_BYTES]))
-    except Exception as exc:  # blosc raises its own untyped error for bad headers
-        raise CorruptBlockError(f"{where}: not a blosc buffer ({exc}).") from None
-    if len(data) < BLOSC_HEADER_BYTES or cbytes != len(data) or nbytes != out.nbytes:
+    if len(data) < BLOSC_HEADER_BYTES:
+        raise CorruptBlockError(f"{where}: not a blosc buffer ({len(data)} bytes, shorter than its header).")
+    nbytes, _, cbytes = _SIZES.unpack_from(data)
+    if cbytes != len(data) or nbytes != out.nbytes:
         raise CorruptBlockError(
             f"{where}: the blosc header says {cbytes} compressed bytes decompressing to {nbytes}, but the block "
             f"is {len(data)} bytes and should decompress to {out.nbytes} (shape {out.shape}, {out.dtype}).")

@@ -76,11 +76,12 @@ test: install
 $(BENCH_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q -U pip
-	$(BENCH_VENV)/bin/python -m pip install -q -e '.[interop,serve]' zarr tensorstore h5py hdf5plugin psutil mpi4py
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[interop,serve]' zarr zarrs tensorstore h5py hdf5plugin psutil mpi4py
 	touch $@
 
-# Speed and memory against the machine's limits and the peers, on demand (~10-15 min; not in `make test`).
-# BENCH_ARGS=--quick for a short look; BENCH_ARGS="--sizes 256M,1G,4G" adds the 4 GiB point.
+# Speed and memory side by side with the machine's limits and the peers, on demand (5 interleaved rounds;
+# about 10 minutes per 128 MiB on 2 cores, not in `make test`). BENCH_ARGS=--quick for a short look;
+# BENCH_ARGS="--sizes 128M --only compare,read" for the side-by-side table; "--sizes 256M,1G,4G" for the curve.
 bench: $(BENCH_STAMP)
 	$(BENCH_VENV)/bin/python -m benchmarks $(BENCH_ARGS)
 

@@ -1,4 +1,4 @@
-"""Run the benchmark suite: ``python -m benchmarks [--sizes 256M,1G] [--repeats 3] [--quick] ...``."""
+"""Run the benchmark suite: ``python -m benchmarks [--sizes 128M,1G] [--repeats 5] [--quick] ...``."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ import sys
 import tempfile
 import time
 
-from . import blockfs_bench, interop_bench, limits, mpi_bench, peers, pyramid_bench, report, serve_bench
-from .data import KINDS, make_dataset, parse_size, size_label
+import psutil
 
-CATEGORIES = ("limits", "write", "read", "peers", "interop", "serve", "mpi", "pyramid")
+from . import blockfs_bench, compare, interop_bench, limits, mpi_bench, peers, pyramid_bench, report, serve_bench
+from .data import KINDS, make_dataset, parse_size, size_label
+from .measure import back_memory
+
+CATEGORIES = ("compare", "write", "read", "interop", "serve", "mpi", "pyramid")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -37,19 +40,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="blockfs speed and memory against the limits of this machine and the peers, in one run.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m benchmarks --quick --output ''\n"
-               "  python -m benchmarks --sizes 256M,1G,4G --repeats 3\n"
+               "  python -m benchmarks --sizes 128M --only compare,read\n"
+               "  python -m benchmarks --sizes 256M,1G,4G --repeats 5\n"
                "  python -m benchmarks --only write,read --sizes 1G --data microscopy")
-    parser.add_argument("--sizes", help="data sizes, e.g. 256M,1G,4G (default: 256M,1G; 64M with --quick)")
-    parser.add_argument("--repeats", type=int, help="repeats per figure; the median is reported (default: 3; 1 "
-                                                    "with --quick)")
-    parser.add_argument("--quick", action="store_true", help="a quick look: 64 MiB, 1 repeat, fewer write configs")
+    parser.add_argument("--sizes", help="data sizes, e.g. 128M,1G,4G (default: 128M,1G; 64M with --quick)")
+    parser.add_argument("--repeats", type=int, help="interleaved rounds, at least 5 for figures worth quoting; min "
+                                                    "and median are reported (default: 5; 2 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a quick look: 64 MiB, 2 rounds, fewer write configs")
     parser.add_argument("--only", type=lambda t: _list(t, CATEGORIES, "--only"), default=list(CATEGORIES),
-                        help=f"what to run, from {','.join(CATEGORIES)} (limits always run: every ratio needs "
-                             "them; default: all)")
+                        help=f"what to run, from {','.join(CATEGORIES)} (the limits always run: every ratio "
+                             "needs them; default: all)")
     parser.add_argument("--data", type=lambda t: _list(t, tuple(KINDS), "--data"), default=list(KINDS),
-                        help="data kinds (default: microscopy,random)")
+                        help="data kinds (default: microscopy,poisson,random)")
     parser.add_argument("--peers", type=lambda t: _list(t, peers.PEERS, "--peers"), default=list(peers.PEERS),
-                        help="peers to run (default: those installed of zarr,tensorstore,h5py)")
+                        help="peers to run (default: those installed of tensorstore,zarrs,zarr,h5py)")
+    parser.add_argument("--back-memory", type=parse_size, default=None,
+                        help="memory touched and freed once before measuring (default: 3 x the largest size, "
+                             "at least 4G, at most half the free memory)")
     parser.add_argument("--output", default=os.path.join(ROOT, "docs", "performance.md"),
                         help="Markdown report to write; '' to only print (default: docs/performance.md)")
     parser.add_argument("--scratch", default=tempfile.gettempdir(),
@@ -57,10 +64,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "removed at the end")
     args = parser.parse_args(argv)
     try:
-        args.sizes = [parse_size(s) for s in (args.sizes or ("64M" if args.quick else "256M,1G")).split(",")]
+        args.sizes = [parse_size(s) for s in (args.sizes or ("64M" if args.quick else "128M,1G")).split(",")]
     except ValueError as exc:
         parser.error(str(exc))
-    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.repeats = args.repeats or (2 if args.quick else 5)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1; got {args.repeats}.")
     return args
@@ -71,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks" + ("" if argv is None and len(sys.argv) == 1 else
                                         " " + shlex.join(sys.argv[1:] if argv is None else argv))
     missing = [p for p in args.peers if not peers.available(p)]
-    if "peers" in args.only and missing:
-        _log(f"benchmarks: peers not installed, skipped: {', '.join(missing)} (pip install zarr tensorstore h5py "
-             "hdf5plugin)")
+    if "compare" in args.only and missing:
+        _log(f"benchmarks: peers not installed, skipped: {', '.join(missing)} (pip install zarr zarrs tensorstore "
+             "h5py hdf5plugin)")
     peer_names = [p for p in args.peers if p not in missing]
     if "interop" in args.only and interop_bench.missing():
         _log(f"benchmarks: interop skipped, not installed: {', '.join(interop_bench.missing())} (pip install "
@@ -88,27 +95,30 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     n_random, n_regions = 1000, 30 if args.quick else 100
     try:
-        _log(f"benchmarks: sizes {', '.join(size_label(n) for n in args.sizes)}, {args.repeats} repeats, "
+        _log(f"benchmarks: sizes {', '.join(size_label(n) for n in args.sizes)}, {args.repeats} rounds, "
              f"scratch {folder}")
+        backing = args.back_memory or min(max(4 * 2**30, 3 * max(args.sizes)), psutil.virtual_memory().available // 2)
+        run.backed = (backing, back_memory(backing))
+        _log(f"benchmarks: touched and freed {size_label(backing)} in {run.backed[1]:.1f} s")
         run.memcpy = limits.memcpy_mbps(args.repeats)
         for nbytes in args.sizes:
             for kind in args.data:
                 _log(f"{size_label(nbytes)} {kind}: making blocks")
                 ds = make_dataset(kind, nbytes)
                 meter = limits.LimitMeter(ds, folder)
-                lim = run.limits[(kind, ds.nbytes)] = meter.measure(args.repeats)
-                _log(f"  limits: compress {lim.compress:,.0f} MB/s ({lim.compress_how}), decompress "
-                     f"{lim.decompress:,.0f} MB/s ({lim.decompress_how}), ratio {lim.ratio:.2f}, disk "
-                     f"{lim.disk_raw:,.0f} / fsync {lim.disk_fsync_raw:,.0f} MB/s compressed")
+                meter.measure_disk()
+                lim = run.limits[(kind, ds.nbytes)] = meter.limits
+                if "compare" in args.only:
+                    run.comparisons.append(compare.run(ds, meter, folder, args.repeats, peer_names, _log))
                 if "write" in args.only:
-                    for config in blockfs_bench.matrix(args.quick, kind):
-                        run.writes.append(blockfs_bench.write_benchmark(ds, folder, config, args.repeats, _log))
-                        meter.sample_compress()
+                    run.writes += blockfs_bench.write_matrix(ds, folder, blockfs_bench.matrix(args.quick, kind),
+                                                             args.repeats, meter.sample_compress, _log)
                 if "read" in args.only:
-                    meter.sample_decompress()
+                    meter.sample_place()
                     run.reads[(kind, ds.nbytes)] = blockfs_bench.read_benchmark(
                         ds, folder, args.repeats, n_random, n_regions, _log)
-                    meter.sample_decompress()
+                    meter.sample_place()
+                    meter.sample_block_decompress()
                 if "interop" in args.only and not interop_bench.missing():
                     run.interop.append(interop_bench.run(ds, folder, args.repeats, _log))
                 if "serve" in args.only and kind == "microscopy" and not serve_bench.missing():
@@ -116,15 +126,15 @@ def main(argv: list[str] | None = None) -> int:
                 if "mpi" in args.only and not no_mpi:
                     run.mpi.append((mpi_bench.run(ds, folder, args.repeats, _log), lim))
                     meter.sample_compress()
-                if "peers" in args.only:
-                    for name in peer_names:
-                        run.peers.append(peers.run_peer(name, ds, folder, args.repeats, n_random, _log))
-                        meter.sample_compress()
-                        meter.sample_decompress()
                 if "pyramid" in args.only and kind == pyramid_bench.KIND:
                     run.pyramids.append(pyramid_bench.run(ds, folder, args.repeats, _log))
-                _log(f"  limits over the section: compress {lim.compress:,.0f} MB/s, decompress "
-                     f"{lim.decompress:,.0f} MB/s, one block {lim.block_decompress_us:.0f} us")
+                if not lim.compress.samples:
+                    meter.sample_compress()
+                if not lim.place.samples:
+                    meter.sample_place()
+                _log(f"  limits: compress {lim.rate(lim.compress.min):,.0f} MB/s, decompress + place "
+                     f"{lim.rate(lim.place.min):,.0f} MB/s (best of {lim.compress.samples} / {lim.place.samples}), "
+                     f"ratio {lim.ratio:.2f}")
                 del ds, meter
                 gc.collect()
     finally:

@@ -28,7 +28,7 @@ import numpy as np
 from blockfs import Directory
 
 from .data import BLOCK, BLOCK_BYTES, DTYPE, Dataset
-from .measure import MB, PeakRss, median, percentile
+from .measure import MB, Figure, PeakRss, median, percentile, settle
 
 QUEUE_DEPTH = 10
 REGION = 100
@@ -65,24 +65,23 @@ class WriteResult:
     files: int = 0
 
     @property
+    def figure(self) -> Figure:
+        return Figure(self.seconds)
+
+    @property
     def mbps(self) -> float:
-        return self.nbytes / median(self.seconds) / MB
+        """MB/s at the fastest repeat."""
+        return self.nbytes / min(self.seconds) / MB
 
     memory_bound: int = 0  # bytes the owner may hold for blocks in flight (main process only)
 
 
 def matrix(quick: bool, kind: str) -> list[WriteConfig]:
-    """The write configurations to run for one data kind."""
-    if quick:
-        configs = [WriteConfig("main", 1, 1), WriteConfig("main", 1, 2), WriteConfig("pool", 2, 2)]
-        if kind != "microscopy":
-            return [WriteConfig("main", 1, 2)]
-        return configs + [WriteConfig("main", 1, 2, durable=True)]
-    if kind != "microscopy":
-        return [WriteConfig("main", 1, 2), WriteConfig("main", 2, 4), WriteConfig("pool", 2, 2)]
-    configs = [WriteConfig(mode, producers, shards) for mode in ("main", "pool") for producers in (1, 2, 4)
-               for shards in (1, 2, 4, 8)]
-    return configs + [WriteConfig("main", 1, 2, durable=True)]
+    """The write configurations to run for one data kind (the side-by-side comparison has the README's)."""
+    if quick or kind == "random":
+        return [WriteConfig("main", 1, 1), WriteConfig("main", 2, 2), WriteConfig("pool", 2, 1)]
+    return [WriteConfig(mode, producers, shards) for mode, producers in (("main", 1), ("main", 2), ("pool", 2),
+                                                                        ("pool", 4)) for shards in (1, 2, 4)]
 
 
 def new_volume(ds: Dataset, path: str, shards: int, durable: bool) -> Directory:
@@ -179,21 +178,32 @@ def write_once(ds: Dataset, path: str, config: WriteConfig) -> tuple[float, Peak
     return seconds, sampler, bound
 
 
-def write_benchmark(ds: Dataset, folder: str, config: WriteConfig, repeats: int, log) -> WriteResult:
-    result = WriteResult(ds.kind, ds.nbytes, config)
+def write_matrix(ds: Dataset, folder: str, configs: list[WriteConfig], repeats: int, sample_limit, log
+                 ) -> list[WriteResult]:
+    """Every configuration once per round, ``repeats`` rounds, the order rotating; the compress limit
+    (``sample_limit()``) is sampled once per round among them."""
+    results = [WriteResult(ds.kind, ds.nbytes, config) for config in configs]
     path = os.path.join(folder, "write.blockfs")
-    for _ in range(repeats):
-        seconds, sampler, result.memory_bound = write_once(ds, path, config)
-        result.seconds.append(seconds)
-        result.owner_growth = max(result.owner_growth, sampler.growth("owner"))
-        result.writer_growth = max(result.writer_growth, sampler.max_growth("writer"))
-        result.producer_growth = max(result.producer_growth, sampler.max_growth("producer"))
-        result.files = len(volume_files(path, config.shards))
-        result.on_disk = sum(os.path.getsize(p) for p in volume_files(path, config.shards))
-        remove_volume(path, config.shards)
-    log(f"  write {config.label}: {result.mbps:,.0f} MB/s (owner +{result.owner_growth / 2**20:.1f} MiB, "
-        f"writer +{result.writer_growth / 2**20:.1f} MiB)")
-    return result
+    steps: list[WriteResult | None] = [None, *results]
+    for r in range(repeats):
+        for result in steps[r % len(steps):] + steps[:r % len(steps)]:
+            settle(ds.nbytes)
+            if result is None:
+                sample_limit()
+                continue
+            config = result.config
+            seconds, sampler, result.memory_bound = write_once(ds, path, config)
+            result.seconds.append(seconds)
+            result.owner_growth = max(result.owner_growth, sampler.growth("owner"))
+            result.writer_growth = max(result.writer_growth, sampler.max_growth("writer"))
+            result.producer_growth = max(result.producer_growth, sampler.max_growth("producer"))
+            result.files = len(volume_files(path, config.shards))
+            result.on_disk = sum(os.path.getsize(p) for p in volume_files(path, config.shards))
+            remove_volume(path, config.shards)
+    for result in results:
+        log(f"  write {result.config.label}: {result.mbps:,.0f} MB/s best (owner +{result.owner_growth / 2**20:.1f} "
+            f"MiB, writer +{result.writer_growth / 2**20:.1f} MiB)")
+    return results
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -216,7 +226,8 @@ class ReadResult:
     correct: bool = False
 
     def mbps(self, seconds: list[float]) -> float:
-        return self.nbytes / median(seconds) / MB
+        """MB/s at the fastest repeat."""
+        return self.nbytes / min(seconds) / MB
 
     @property
     def verify_cost(self) -> float:
@@ -249,11 +260,13 @@ def read_benchmark(ds: Dataset, folder: str, repeats: int, n_random: int, n_regi
         result.correct = ds.matches(verified[:, :, :])
         for _ in range(repeats):
             for d, times in ((verified, result.full), (unverified, result.full_unverified)):
+                settle(ds.nbytes)
                 start = time.perf_counter()
                 data = d[:, :, :]
                 times.append(time.perf_counter() - start)
                 del data
         for _ in range(repeats):
+            settle(ds.nbytes)
             start = time.perf_counter()
             for z, y, x in ds.origins:
                 verified.read_block(x, y, z)

@@ -1,8 +1,11 @@
 """Benchmark data: 64^3 uint16 blocks made before any timing starts.
 
-Two kinds, both from ``blockfs.sample`` so every run sees the same voxels: the microscopy-like
-volume (smooth background, sparse bright cells, shot noise) and uniform random uint16, the
-incompressible worst case. A data set of N bytes is a list of C-contiguous blocks in (z, y, x)
+Three kinds, all deterministic so every run sees the same voxels: the library's microscopy-like
+volume (``blockfs.sample``: smooth background of 60-180 counts, sparse bright cells, shot noise),
+photon counts at low background (Poisson noise over the same blurred cells, dimmed, on a
+background of 50 photons instead of 60-180 counts: noisier relative to its signal, so zstd
+compresses it about half as fast), and uniform
+random uint16, the incompressible worst case. A data set of N bytes is a list of C-contiguous blocks in (z, y, x)
 order of their origins, laid out on a near-cubic grid of blocks; the peers also get the same
 voxels as one contiguous volume (built on demand, also before timing).
 """
@@ -16,14 +19,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from blockfs.sample import microscopy_block, random_block
+from blockfs.sample import _add_cells, microscopy_block, random_block
 
 BLOCK = 64
 BLOCK_SHAPE = (BLOCK, BLOCK, BLOCK)
 DTYPE = np.dtype(np.uint16)
 BLOCK_BYTES = BLOCK**3 * DTYPE.itemsize
-KINDS = {"microscopy": microscopy_block, "random": random_block}
 SEED = 0
+PHOTON_BACKGROUND = 50.0
+PHOTON_SCALE = 0.2  # the sample's cells (400-6000 counts at their centre) dimmed to 80-1200 photons
+
+
+def poisson_block(origin: tuple[int, int, int], shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
+    """Photon counts: Poisson noise over the sample's blurred cells, dimmed, at a low background."""
+    cells = np.zeros(shape, np.float32)
+    _add_cells(cells, origin, seed)
+    rng = np.random.default_rng([seed, 7, *origin])
+    return rng.poisson(PHOTON_BACKGROUND + PHOTON_SCALE * cells).astype(np.uint16)
+
+
+KINDS = {"microscopy": microscopy_block, "poisson": poisson_block, "random": random_block}
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*$", re.IGNORECASE)
 

@@ -1,10 +1,13 @@
-"""Small measuring tools shared by the benchmarks: medians, percentiles, a peak-RSS sampler."""
+"""Small measuring tools shared by the benchmarks: repeated figures, memory backing, a peak-RSS sampler."""
 
 from __future__ import annotations
 
+import gc
+import os
 import statistics
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -12,6 +15,79 @@ import psutil
 
 MB = 1e6
 MIB = 2**20
+#: A figure whose repeats spread more than this ((max - min) / min) is flagged, not quoted.
+MAX_SPREAD = 0.20
+
+
+@dataclass
+class Figure:
+    """Repeated measurements (seconds) of one thing: minimum, median and spread."""
+
+    seconds: list[float] = field(default_factory=list)
+
+    def add(self, seconds: float) -> None:
+        self.seconds.append(seconds)
+
+    @property
+    def samples(self) -> int:
+        return len(self.seconds)
+
+    @property
+    def min(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return float(statistics.median(self.seconds))
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / min of the repeats."""
+        return (max(self.seconds) - self.min) / self.min
+
+    @property
+    def steady(self) -> bool:
+        return self.samples > 1 and self.spread <= MAX_SPREAD
+
+
+def shown(figure: Figure | None, scale: float = 1000.0, digits: int = 0) -> str:
+    """``min / median`` (times ``scale``: ms by default) and the spread, in Markdown; flagged when the
+    repeats spread more than MAX_SPREAD."""
+    if figure is None or not figure.samples:
+        return "-"
+    text = f"{figure.min * scale:,.{digits}f} / {figure.median * scale:,.{digits}f}"
+    if figure.samples < 2:
+        return text + " (1 run)"
+    if figure.steady:
+        return f"**{text}** ({figure.spread:.0%})"
+    return f"{text} (spread {figure.spread:.0%}: FLAGGED)"
+
+
+def back_memory(nbytes: int) -> float:
+    """Touch ``nbytes`` of memory and free it; seconds taken.
+
+    A virtual machine's guest pays for memory the host has not backed the first time it touches it
+    (about 2 s per GiB here). And on a guest with free page reporting (virtio-balloon), 2 MiB blocks
+    that stay free for a second or two are handed back to the host and cost that again: a new
+    large array (the result of a full read) is cheap right after another was freed, and dear after
+    a pause. Touching and freeing the memory just before a timed step puts every contender on the
+    same footing: its allocations reuse pages the host has just backed.
+    """
+    start = time.perf_counter()
+    chunk = 256 * MIB
+    held = [np.ones(chunk // 8, np.uint64) for _ in range(max(1, -(-nbytes // chunk)))]
+    del held
+    gc.collect()
+    return time.perf_counter() - start
+
+
+def settle(nbytes: int = 0) -> None:
+    """What runs before every timed step: dirty pages written out, garbage collected, and ``nbytes``
+    (plus 256 MiB) of memory touched and freed (see :func:`back_memory`)."""
+    os.sync()
+    gc.collect()
+    if nbytes:
+        back_memory(nbytes + 256 * MIB)
 
 
 def median(values: list[float]) -> float:

@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import BLOCK, DTYPE, Dataset, make_dataset, parse_size, size_label
-from .measure import MB, median
+from .data import BLOCK, DTYPE, KINDS, Dataset, make_dataset, parse_size, size_label
+from .measure import MB, Figure
 
 RANKS = 2
 SHARDS = 2
@@ -49,8 +49,8 @@ OVERHEAD = 32 + 8
 class MpiResult:
     kind: str
     nbytes: int
-    seconds: list[float] = field(default_factory=list)
-    compress_seconds: list[float] = field(default_factory=list)
+    seconds: Figure = field(default_factory=Figure)
+    compress_seconds: Figure = field(default_factory=Figure)
     routed_blocks: int = 0
     blocks: int = 0
     routed_bytes: int = 0
@@ -60,12 +60,13 @@ class MpiResult:
 
     @property
     def mbps(self) -> float:
-        return self.nbytes / median(self.seconds) / MB
+        """At the fastest round."""
+        return self.nbytes / self.seconds.min / MB
 
     @property
     def compress_mbps(self) -> float:
-        """The same ranks compressing the same blocks, nothing else."""
-        return self.nbytes / median(self.compress_seconds) / MB
+        """The same ranks compressing the same blocks, nothing else, at the fastest round."""
+        return self.nbytes / self.compress_seconds.min / MB
 
     @property
     def bytes_match(self) -> bool:
@@ -74,14 +75,21 @@ class MpiResult:
                 and self.routed_payload_bytes == self.stored_payload_bytes
                 and self.routed_bytes == self.routed_payload_bytes + OVERHEAD * self.routed_blocks)
 
-    def summary(self, compress_limit: float) -> str:
-        return (f"mpiexec -n {RANKS}, every block routed: {self.mbps:,.0f} MB/s = "
-                f"{self.mbps / self.compress_mbps:.2f}x the same ranks only compressing ({self.compress_mbps:,.0f} "
-                f"MB/s, interleaved with the writes) and {self.mbps / compress_limit:.2f}x the machine's compress "
-                f"limit ({compress_limit:,.0f} MB/s); MPI carried {self.routed_bytes:,} bytes for "
-                f"{self.routed_blocks} blocks = their compressed {self.routed_payload_bytes:,} bytes + "
-                f"{OVERHEAD} per block ({'exact' if self.bytes_match else 'MISMATCH'}); "
-                f"{self.nbytes / max(1, self.routed_bytes):.2f}x less than the voxels; read back "
+    @property
+    def traffic(self) -> str:
+        """What MPI carried, against the routed blocks' compressed bytes."""
+        return (f"{self.routed_bytes:,} bytes for {self.routed_blocks} blocks = their compressed "
+                f"{self.routed_payload_bytes:,} bytes + {OVERHEAD} per block "
+                f"({'exact' if self.bytes_match else 'MISMATCH'}); {self.nbytes / max(1, self.routed_bytes):.2f}x "
+                "less than the voxels")
+
+    def summary(self, compress_limit: Figure) -> str:
+        """One line, on the fastest rounds (``python -m benchmarks.mpi_bench``)."""
+        return (f"mpiexec -n {RANKS}, every block routed: {self.mbps:,.0f} MB/s (rounds spread "
+                f"{self.seconds.spread:.0%}) = {self.mbps / self.compress_mbps:.2f}x the same ranks only compressing "
+                f"({self.compress_mbps:,.0f} MB/s, interleaved with the writes) and "
+                f"{compress_limit.min / self.seconds.min:.2f}x the machine's compress limit "
+                f"({self.nbytes / compress_limit.min / MB:,.0f} MB/s); MPI carried {self.traffic}; read back "
                 f"{'equal' if self.correct else 'WRONG'}")
 
 
@@ -110,8 +118,8 @@ def run(ds: Dataset, folder: str, repeats: int, log=print) -> MpiResult:
         if done.returncode != 0:
             raise RuntimeError(f"mpiexec failed ({done.returncode}): {done.stderr[-2000:]}")
         reports = next(json.loads(line) for line in done.stdout.splitlines() if line.startswith("["))
-        result = MpiResult(ds.kind, ds.nbytes, seconds=reports[0]["seconds"],
-                           compress_seconds=reports[0]["compress_seconds"], blocks=len(ds.blocks))
+        result = MpiResult(ds.kind, ds.nbytes, seconds=Figure(reports[0]["seconds"]),
+                           compress_seconds=Figure(reports[0]["compress_seconds"]), blocks=len(ds.blocks))
         for key in ("routed_blocks", "routed_bytes", "routed_payload_bytes"):
             setattr(result, key, sum(r[key] for r in reports))
         from blockfs import Directory
@@ -173,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rank-job", nargs=2, metavar=("BLOCKS_NPY", "VOLUME"), help=argparse.SUPPRESS)
     parser.add_argument("--shape", help=argparse.SUPPRESS)
     parser.add_argument("--size", default="256M", help="data size (default: %(default)s)")
-    parser.add_argument("--kind", default="microscopy", choices=("microscopy", "random"))
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--kind", default="microscopy", choices=tuple(KINDS))
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--scratch", default=tempfile.gettempdir())
     args = parser.parse_args(argv)
     if args.rank_job:
@@ -186,19 +194,18 @@ def main(argv: list[str] | None = None) -> int:
     folder = tempfile.mkdtemp(prefix="blockfs-mpi-bench-", dir=args.scratch)
     try:
         meter = LimitMeter(ds, folder)
-        limit = meter.measure(args.repeats)
         results = []
         for _ in range(args.repeats):  # the limit sampled between the writes, under the same load
             results.append(run(ds, folder, 1))
             meter.sample_compress()
         result = results[0]
         for other in results[1:]:
-            result.seconds += other.seconds
-            result.compress_seconds += other.compress_seconds
+            result.seconds.seconds += other.seconds.seconds
+            result.compress_seconds.seconds += other.compress_seconds.seconds
             result.correct = result.correct and other.correct
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    print(f"{size_label(ds.nbytes)} {ds.kind}: {result.summary(limit.compress)}")
+    print(f"{size_label(ds.nbytes)} {ds.kind}: {result.summary(meter.limits.compress)}")
     return 0 if result.bytes_match and result.correct else 1
 
 

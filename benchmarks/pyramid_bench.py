@@ -4,19 +4,25 @@ For one data set (the microscopy-like volume), with the same levels (5) and the 
 
 - one pass: ``build_pyramid`` in a fresh process (so its workers are small forks), timed inside it;
   a sampler records the peak resident set size of its worker processes;
-- limit: decompress every level-1 block plus compress every output block, on all cores (threads,
-  one blosc thread per call, GIL released), from payloads and arrays held in memory;
+- limit: decompress every level-1 block plus compress every output block, on all cores, the way
+  benchmarks/limits.py measures (one block per thread at a time, c-blosc context calls with one
+  blosc thread, GIL released), from payloads and arrays held in memory;
 - level by level: each level read back from the one below and written with the same library
   (``Directory`` slicing and ``write_block``), a fork pool over the blocks of each level, each level
   fsynced when done;
 - tensorstore: its ``downsample`` driver (``mean``) over level 1 stored as zarr3 sharded, writing each
   level into a zarr3 sharded store (64^3 chunks, blosc zstd 5); level 1 is stored before the clock
   starts. Its levels are read back and compared with ours, voxel for voxel.
+
+Each of the repeats is a round that runs every contender once, with ``measure.settle`` (sync,
+garbage collection, the volume's size of memory touched) before each; figures give the minimum,
+the median and the spread, and the goals compare minimum times, unless a figure spreads over 20%.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import itertools
 import json
 import multiprocessing
@@ -26,10 +32,8 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import blosc
 import numpy as np
 import psutil
 
@@ -39,8 +43,8 @@ from blockfs.pyramid.build import worker_memory_bound
 from blockfs.pyramid.reduce import Method, footprint_counts
 
 from .data import BLOCK, BLOCK_SHAPE, Dataset, size_label
-from .limits import chunk_ranges, compress_block
-from .measure import MB, MIB, median
+from .limits import compress_block, decompress_block, on_all_cores
+from .measure import MB, MIB, Figure, settle, shown
 from .peers import SHARD
 
 LEVELS = 5
@@ -63,11 +67,11 @@ print(json.dumps({"seconds": time.perf_counter() - start}))
 class PyramidResult:
     nbytes: int
     shape: tuple[int, int, int]
-    one_pass: list[float] = field(default_factory=list)
-    limit_decompress: list[float] = field(default_factory=list)
-    limit_compress: list[float] = field(default_factory=list)
-    level_by_level: list[float] = field(default_factory=list)
-    tensorstore: list[float] = field(default_factory=list)
+    one_pass: Figure = field(default_factory=Figure)
+    limit_decompress: Figure = field(default_factory=Figure)
+    limit_compress: Figure = field(default_factory=Figure)
+    level_by_level: Figure = field(default_factory=Figure)
+    tensorstore: Figure = field(default_factory=Figure)
     tensorstore_note: str = ""
     tensorstore_equal: bool | None = None
     worker_peak_rss: int = 0
@@ -75,8 +79,9 @@ class PyramidResult:
     output_blocks: int = 0
 
     @property
-    def limit(self) -> float:
-        return median(self.limit_decompress) + median(self.limit_compress)
+    def limit(self) -> Figure:
+        """Decompress plus compress, round by round."""
+        return Figure([d + c for d, c in zip(self.limit_decompress.seconds, self.limit_compress.seconds)])
 
 
 def _peak_children_rss(process: psutil.Process, done: threading.Event, peak: list[int]) -> None:
@@ -113,35 +118,24 @@ def one_pass(source: str, dest: str) -> tuple[float, int]:
     return json.loads(out)["seconds"], peak[0]
 
 
-def _parallel(work, items: list, threads: int) -> float:
-    """Seconds to run ``work(item)`` over ``items`` in ``threads`` threads, in contiguous chunks."""
-    def chunk(span: tuple[int, int]) -> None:
-        for i in range(*span):
-            work(items[i])
-
-    with ThreadPoolExecutor(threads) as executor:
-        start = time.perf_counter()
-        list(executor.map(chunk, chunk_ranges(len(items), threads * 4)))
-        return time.perf_counter() - start
-
-
 def limit(source: str, dest: str, threads: int) -> tuple[float, float, int]:
     """(seconds to decompress every level-1 block, to compress every output block, output blocks)."""
     level1 = Directory.open(source)
     payloads = [level1.read_block_payload(x, y, z) for z, y, x in itertools.product(
         *(range(0, n, BLOCK) for n in level1.shape))]
-    outs: dict[int, np.ndarray] = {}
+    local = threading.local()
 
-    def decompress(payload: bytes) -> None:
-        buffer = outs.setdefault(threading.get_ident(), np.empty(BLOCK_SHAPE, level1.dtype))
-        blosc.decompress_ptr(payload, buffer.ctypes.data)
+    def decompress(i: int) -> None:
+        if not hasattr(local, "block"):
+            local.block = np.empty(BLOCK_SHAPE, level1.dtype)
+        decompress_block(payloads[i], local.block)
 
-    decompress_seconds = _parallel(decompress, payloads, threads)
+    decompress_seconds = on_all_cores(len(payloads), decompress, threads)
     blocks = []
     for volume in open_pyramid(dest).levels[1:]:
         for z, y, x in itertools.product(*(range(0, n, BLOCK) for n in volume.shape)):
             blocks.append(np.ascontiguousarray(volume[z:z + BLOCK, y:y + BLOCK, x:x + BLOCK]))
-    return decompress_seconds, _parallel(compress_block, blocks, threads), len(blocks)
+    return decompress_seconds, on_all_cores(len(blocks), lambda i: compress_block(blocks[i]), threads), len(blocks)
 
 
 _opened: dict[tuple[str, str], Directory] = {}
@@ -200,26 +194,35 @@ def _zarr3(ts, path: str, shape: tuple[int, ...], create: bool):
     return ts.open({**spec, "metadata": metadata, "create": True, "delete_existing": True}).result()
 
 
-def tensorstore_build(ds: Dataset, folder: str, ours: str, repeats: int) -> tuple[list[float], bool, str]:
-    """(seconds per repeat, levels equal to ours, library) for tensorstore's downsample driver."""
+def tensorstore_level1(ds: Dataset, folder: str):
+    """Level 1 stored as zarr3 sharded for tensorstore's downsample driver, opened for reading."""
     import tensorstore as ts
 
     level1 = _zarr3(ts, os.path.join(folder, "level1"), ds.shape, True)
     level1.write(ds.volume()).result()
-    level1 = _zarr3(ts, os.path.join(folder, "level1"), ds.shape, False)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for level in range(2, LEVELS + 1):
-            view = ts.downsample(level1, [2 ** (level - 1)] * 3, "mean")
-            out = _zarr3(ts, os.path.join(folder, f"level{level}"), view.shape, True)
-            with ts.Transaction() as txn:
-                out.with_transaction(txn).write(view).result()
-        times.append(time.perf_counter() - start)
+    return _zarr3(ts, os.path.join(folder, "level1"), ds.shape, False)
+
+
+def tensorstore_build(level1, folder: str) -> float:
+    """Seconds for tensorstore's downsample driver to write levels 2..LEVELS from ``level1``."""
+    import tensorstore as ts
+
+    start = time.perf_counter()
+    for level in range(2, LEVELS + 1):
+        view = ts.downsample(level1, [2 ** (level - 1)] * 3, "mean")
+        out = _zarr3(ts, os.path.join(folder, f"level{level}"), view.shape, True)
+        with ts.Transaction() as txn:
+            out.with_transaction(txn).write(view).result()
+    return time.perf_counter() - start
+
+
+def tensorstore_equal(folder: str, ours: str) -> bool:
+    """Whether tensorstore's levels hold the same voxels as ours."""
+    import tensorstore as ts
+
     levels = open_pyramid(ours).levels
-    equal = all(np.array_equal(_zarr3(ts, os.path.join(folder, f"level{level}"), (), False).read().result(),
-                               levels[level - 1][...]) for level in range(2, LEVELS + 1))
-    return times, equal, f"tensorstore {importlib.metadata.version('tensorstore')}"
+    return all(np.array_equal(_zarr3(ts, os.path.join(folder, f"level{level}"), (), False).read().result(),
+                              levels[level - 1][...]) for level in range(2, LEVELS + 1))
 
 
 def run(ds: Dataset, folder: str, repeats: int, log) -> PyramidResult:
@@ -236,27 +239,37 @@ def run(ds: Dataset, folder: str, repeats: int, log) -> PyramidResult:
         volume.write_block(block, x, y, z)
     volume.close()
     result = PyramidResult(ds.nbytes, ds.shape, worker_bound=worker_memory_bound(BLOCK_SHAPE, LEVELS))
-    for _ in range(repeats):
-        seconds, peak = one_pass(source, dest)
-        result.one_pass.append(seconds)
-        result.worker_peak_rss = max(result.worker_peak_rss, peak)
-    log(f"  pyramid: one pass {median(result.one_pass):.2f} s, worker peak RSS {peak / MIB:.0f} MiB")
-    for _ in range(repeats):
-        d, c, result.output_blocks = limit(source, dest, threads)
-        result.limit_decompress.append(d)
-        result.limit_compress.append(c)
-    log(f"  pyramid: limit {result.limit:.2f} s (decompress {median(result.limit_decompress):.2f} s + compress "
-        f"{median(result.limit_compress):.2f} s)")
-    for _ in range(repeats):
-        result.level_by_level.append(level_by_level(source, os.path.join(work, "level-by-level"), threads))
-    log(f"  pyramid: level by level {median(result.level_by_level):.2f} s")
+    theirs = os.path.join(work, "tensorstore")
+    level1 = None
     try:
-        result.tensorstore, result.tensorstore_equal, result.tensorstore_note = tensorstore_build(
-            ds, os.path.join(work, "tensorstore"), dest, repeats)
-        log(f"  pyramid: tensorstore {median(result.tensorstore):.2f} s, levels equal to ours: "
-            f"{result.tensorstore_equal}")
-    except ImportError:
-        result.tensorstore_note = "not installed (pip install tensorstore)"
+        if importlib.util.find_spec("tensorstore") is None:
+            result.tensorstore_note = "not installed (pip install tensorstore)"
+            log("  pyramid: tensorstore's build skipped, not installed (pip install tensorstore)")
+        else:
+            level1 = tensorstore_level1(ds, theirs)
+            result.tensorstore_note = f"tensorstore {importlib.metadata.version('tensorstore')}"
+        ds.drop_volume()
+        for r in range(repeats):
+            settle(ds.nbytes)
+            seconds, peak = one_pass(source, dest)
+            result.one_pass.add(seconds)
+            result.worker_peak_rss = max(result.worker_peak_rss, peak)
+            settle(ds.nbytes)
+            d, c, result.output_blocks = limit(source, dest, threads)
+            result.limit_decompress.add(d)
+            result.limit_compress.add(c)
+            settle(ds.nbytes)
+            result.level_by_level.add(level_by_level(source, os.path.join(work, "level-by-level"), threads))
+            if level1 is not None:
+                settle(ds.nbytes)
+                result.tensorstore.add(tensorstore_build(level1, theirs))
+            log(f"  pyramid round {r + 1}/{repeats}: one pass {seconds:.2f} s (worker peak RSS {peak / MIB:.0f} MiB), "
+                f"limit {d + c:.2f} s (decompress {d:.2f} + compress {c:.2f}), level by level "
+                f"{result.level_by_level.seconds[-1]:.2f} s"
+                + (f", tensorstore {result.tensorstore.seconds[-1]:.2f} s" if level1 is not None else ""))
+        if level1 is not None:
+            result.tensorstore_equal = tensorstore_equal(theirs, dest)
+            log(f"  pyramid: tensorstore's levels equal to ours: {result.tensorstore_equal}")
     finally:
         ds.drop_volume()
         shutil.rmtree(work, ignore_errors=True)
@@ -264,8 +277,13 @@ def run(ds: Dataset, folder: str, repeats: int, log) -> PyramidResult:
 
 
 def _goal(name: str, target: str, measured: str, met: bool | None) -> list[str]:
-    status = "not measured" if met is None else ("met" if met else "missed")
+    status = "not judged" if met is None else ("met" if met else "missed")
     return [f"| {name} | {target} | {measured} | **{status}** |"]
+
+
+def _times(fast: Figure, slow: Figure) -> float | None:
+    """How many times faster ``fast`` is, on minimum times; None when either spreads over 20%."""
+    return slow.min / fast.min if fast.steady and slow.steady else None
 
 
 def render(results: list[PyramidResult]) -> list[str]:
@@ -276,32 +294,41 @@ def render(results: list[PyramidResult]) -> list[str]:
            "One pass = `build_pyramid` in a fresh process on all cores; limit = decompress every level-1 block "
            "+ compress every output block on all cores; level by level = each level read back from the one "
            "below, same library, fork pool; tensorstore = its `downsample` driver (mean) over level 1 stored "
-           "as zarr3 sharded, writing zarr3 sharded levels. Worker RSS = the peak resident set of a worker "
+           "as zarr3 sharded, writing zarr3 sharded levels. Interleaved rounds; seconds min / median (spread), "
+           "ratios on minimum times. Worker RSS = the peak resident set of a worker "
            "process (including the interpreter and what it shares with its parent).", "",
            "| size | one pass s | limit s | x limit | level by level s | x faster | tensorstore s | x faster | "
            "tensorstore levels equal | worker peak RSS MiB | stated bound (beyond the interpreter) MiB |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ratio(value: float | None) -> str:
+        return "not quoted" if value is None else f"{value:.2f}x"
+
     for r in results:
-        ours = median(r.one_pass)
-        theirs = median(r.tensorstore) if r.tensorstore else None
-        out.append(f"| {size_label(r.nbytes)} | {ours:.2f} | {r.limit:.2f} | {ours / r.limit:.2f} | "
-                   f"{median(r.level_by_level):.2f} | {median(r.level_by_level) / ours:.1f} | "
-                   f"{f'{theirs:.2f}' if theirs else r.tensorstore_note} | "
-                   f"{f'{theirs / ours:.1f}' if theirs else '-'} | {r.tensorstore_equal} | "
+        ts = r.tensorstore if r.tensorstore.samples else None
+        out.append(f"| {size_label(r.nbytes)} | {shown(r.one_pass, 1, 2)} | {shown(r.limit, 1, 2)} | "
+                   f"{ratio(_times(r.limit, r.one_pass))} | {shown(r.level_by_level, 1, 2)} | "
+                   f"{ratio(_times(r.one_pass, r.level_by_level))} | "
+                   f"{shown(ts, 1, 2) if ts else r.tensorstore_note} | "
+                   f"{ratio(_times(r.one_pass, ts)) if ts else '-'} | {r.tensorstore_equal} | "
                    f"{r.worker_peak_rss / MIB:.0f} | {r.worker_bound / MIB:.0f} |")
     judged = next((r for r in results if r.nbytes == 2**30), results[-1])
-    ours = median(judged.one_pass)
-    out += ["", f"Goals, judged at {size_label(judged.nbytes)} ({judged.nbytes / ours / MB:,.0f} MB/s of level 1):",
-            "", "| goal | target | measured | status |", "|---|---|---|---|"]
-    out += _goal("one pass vs its limit", f"<= {LIMIT_RATIO}x", f"{ours / judged.limit:.2f}x",
-                 ours <= LIMIT_RATIO * judged.limit)
-    lbl = median(judged.level_by_level)
-    out += _goal("faster than level by level", f">= {LEVEL_BY_LEVEL_RATIO:.0f}x", f"{lbl / ours:.1f}x",
-                 lbl >= LEVEL_BY_LEVEL_RATIO * ours)
-    ts_seconds = median(judged.tensorstore) if judged.tensorstore else None
-    out += _goal("faster than tensorstore downsample", f">= {TENSORSTORE_RATIO:.0f}x",
-                 f"{ts_seconds / ours:.1f}x" if ts_seconds else judged.tensorstore_note,
-                 None if ts_seconds is None else ts_seconds >= TENSORSTORE_RATIO * ours)
+    ours = judged.one_pass.min
+    out += ["", f"Goals, judged at {size_label(judged.nbytes)} ({judged.nbytes / ours / MB:,.0f} MB/s of level 1 "
+            "at the fastest round):", "", "| goal | target | measured | status |", "|---|---|---|---|"]
+    slower = _times(judged.limit, judged.one_pass)
+    out += _goal("one pass vs its limit", f"<= {LIMIT_RATIO}x", ratio(slower),
+                 None if slower is None else slower <= LIMIT_RATIO)
+    faster = _times(judged.one_pass, judged.level_by_level)
+    out += _goal("faster than level by level", f">= {LEVEL_BY_LEVEL_RATIO:.0f}x", ratio(faster),
+                 None if faster is None else faster >= LEVEL_BY_LEVEL_RATIO)
+    if judged.tensorstore.samples:
+        faster = _times(judged.one_pass, judged.tensorstore)
+        out += _goal("faster than tensorstore downsample", f">= {TENSORSTORE_RATIO:.0f}x", ratio(faster),
+                     None if faster is None else faster >= TENSORSTORE_RATIO)
+    else:
+        out += _goal("faster than tensorstore downsample", f">= {TENSORSTORE_RATIO:.0f}x", judged.tensorstore_note,
+                     None)
     peaks = [r.worker_peak_rss for r in results]
     flat = None if len(results) < 2 else max(peaks) <= (1 + FLAT) * min(peaks)
     out += _goal("worker peak RSS flat across sizes", f"within {FLAT:.0%}",

@@ -1,22 +1,31 @@
-"""Blosc compression of blocks: compressor names, and thread- and fork-safe calls.
+"""Blosc compression of blocks: compressor names, and calls that depend on no process-wide setting.
 
-blosc runs single-threaded per call with the GIL released, so parallelism comes from our own
-threads and processes, and forked children never inherit a blosc thread pool.
+Every block is compressed and decompressed by c-blosc 1.x's context calls (``blosc_compress_ctx``,
+``blosc_decompress_ctx``, through imagecodecs) with exactly one internal thread and the GIL
+released. So nothing another library or the user sets for the whole process — python-blosc's
+``set_nthreads`` or ``set_releasegil``, ``BLOSC_NTHREADS`` and the other ``BLOSC_*`` variables —
+changes the bytes blockfs writes or the threads it runs, and importing blockfs changes no such
+setting either. Parallelism comes from blockfs's own threads and processes, and forked children
+never inherit a blosc thread pool. The frames are c-blosc 1.x frames (format version 2, typesize =
+the dtype's item size, byte shuffle), which any python-blosc reads.
 """
 
 from __future__ import annotations
 
 import enum
+import struct
 
 import blosc
+import imagecodecs
 import numpy as np
 
 from .errors import CorruptBlockError, UnsupportedCompressionError
 
 BLOSC_HEADER_BYTES = 16
-
-blosc.set_releasegil(True)
-blosc.set_nthreads(1)
+_SHUFFLE = imagecodecs.BLOSC.SHUFFLE.SHUFFLE
+#: A blosc 1.x header after its 4 bytes of version, codec version, flags and type size: the
+#: uncompressed size, the block size and the compressed size, little-endian.
+_SIZES = struct.Struct("<4xIII")
 
 
 class Compression(enum.Enum):
@@ -31,7 +40,7 @@ class Compression(enum.Enum):
 
 
 def check_compression(compression: "Compression | str", level: int, where: str) -> tuple[str, int]:
-    """(compressor name, level) if this blosc can write them, else raise."""
+    """(compressor name, level) if python-blosc (what readers of the format use) can decode them, else raise."""
     name = compression.value if isinstance(compression, Compression) else compression
     available = blosc.compressor_list()
     if name not in available:
@@ -43,31 +52,30 @@ def check_compression(compression: "Compression | str", level: int, where: str) 
 
 
 def compress(block: np.ndarray, compressor: str, level: int) -> bytes:
-    """One blosc buffer of a C-contiguous block, byte-shuffled with the dtype's item size."""
-    return blosc.compress_ptr(block.ctypes.data, block.size, typesize=block.dtype.itemsize, clevel=level,
-                              shuffle=blosc.SHUFFLE, cname=compressor)
+    """One blosc buffer of a C-contiguous block, byte-shuffled with the dtype's item size, on this thread."""
+    return imagecodecs.blosc_encode(block, level, compressor=compressor, typesize=block.dtype.itemsize,
+                                    shuffle=_SHUFFLE, numthreads=1)
 
 
 def check_sizes(data: bytes | memoryview, nbytes: int, where: str) -> None:
     """Raise unless ``data`` is one blosc buffer of exactly its length that decompresses to ``nbytes``."""
-    try:
-        expands, cbytes, _ = blosc.get_cbuffer_sizes(bytes(data[:BLOSC_HEADER_BYTES]))
-    except Exception as exc:  # blosc raises its own untyped error for bad headers
-        raise CorruptBlockError(f"{where}: not a blosc buffer ({exc}).") from None
-    if len(data) < BLOSC_HEADER_BYTES or cbytes != len(data) or expands != nbytes:
+    if len(data) < BLOSC_HEADER_BYTES:
+        raise CorruptBlockError(f"{where}: not a blosc buffer ({len(data)} bytes, shorter than its header).")
+    expands, _, cbytes = _SIZES.unpack_from(data)
+    if cbytes != len(data) or expands != nbytes:
         raise CorruptBlockError(
             f"{where}: the blosc header says {cbytes} compressed bytes decompressing to {expands}, but the block "
             f"is {len(data)} bytes and should decompress to {nbytes}.")
 
 
 def decompress_into(data: bytes | memoryview, out: np.ndarray, where: str) -> None:
-    """Decompress one blosc buffer into the C-contiguous array ``out``; raise if it does not fit.
+    """Decompress one blosc buffer into the C-contiguous array ``out`` on this thread; raise if it does not fit.
 
     The buffer's own header must agree with its length and with ``out``, so damaged bytes raise
     instead of being read past their end.
     """
     check_sizes(data, out.nbytes, f"{where} (shape {out.shape}, {out.dtype})")
     try:
-        blosc.decompress_ptr(data, out.ctypes.data)
+        imagecodecs.blosc_decode(data, numthreads=1, out=memoryview(out).cast("B"))
     except Exception as exc:
         raise CorruptBlockError(f"{where}: blosc cannot decompress the block ({exc}).") from None

@@ -1,0 +1,210 @@
+"""blockfs side by side with the limits and the peers: same process, same data, interleaved rounds.
+
+Each round writes the same in-memory volume once with every contender — the compress limit, the
+blockfs write paths (fork Pool producers; main-process producer with writer processes; each with
+``durable=False`` and ``durable=True``), tensorstore (``file_io_sync`` off and on), zarr-python with
+zarrs, zarr-python, h5py — then reads each store back whole once, beside the decompress limits.
+The order of the contenders rotates from round to round; before every timed step come
+``os.sync()``, a garbage collection and a touch of as much memory as the volume (see
+``measure.back_memory``). The first round's reads are compared with the data.
+
+Finally blockfs's full read is timed again in a fresh interpreter that imports only blockfs, so
+the report shows whether running the other stores first in the same process changes it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from blockfs import Directory
+
+from . import peers as peer_module
+from .blockfs_bench import WriteConfig, remove_volume, volume_files, write_once
+from .data import Dataset
+from .limits import LimitMeter, Limits
+from .measure import Figure, settle
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@dataclass
+class Row:
+    """One contender's figures on one data set."""
+
+    name: str
+    role: str  # "limit", "blockfs" or "peer"
+    how: str
+    sync: str  # "no sync", "sync at end", "-"
+    write: Figure | None = None
+    read: Figure | None = None
+    on_disk: int = 0
+    files: int = 0
+    correct: bool | None = None
+    faults: list[int] = field(default_factory=list)  # minor page faults per read
+
+
+@dataclass
+class Comparison:
+    kind: str
+    nbytes: int
+    shape: tuple[int, int, int]
+    limits: Limits
+    rows: list[Row] = field(default_factory=list)
+    fresh_read: Figure = field(default_factory=Figure)
+    fresh_faults: list[int] = field(default_factory=list)
+    load: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
+
+    def row(self, name: str) -> Row | None:
+        return next((r for r in self.rows if r.name == name), None)
+
+
+def _faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def _timed(action: Callable[[], object], nbytes: int) -> tuple[float, object]:
+    settle(nbytes)
+    start = time.perf_counter()
+    result = action()
+    return time.perf_counter() - start, result
+
+
+@dataclass
+class _BlockfsWriter:
+    row: Row
+    config: WriteConfig
+    path: str
+
+    def write(self, ds: Dataset) -> float:
+        settle(ds.nbytes)
+        return write_once(ds, self.path, self.config)[0]
+
+
+def _blockfs_rows(folder: str, workers: int) -> list[_BlockfsWriter]:
+    made = []
+    for mode, producers, label in (("pool", workers, f"blockfs, fork Pool of {workers} producers"),
+                                   ("main", 1, "blockfs, main-process producer, writer processes")):
+        for durable in (False, True):
+            config = WriteConfig(mode, producers, workers, durable)
+            how = f"{workers} shards, queue_depth 10, durable={durable}"
+            if mode == "pool" and durable:  # measured with strace: no fsync at all on this path
+                how += " (the owner fsyncs only files it opened itself: nothing here)"
+            row = Row(f"{label}{', durable' if durable else ''}", "blockfs", how,
+                      "sync at end" if durable else "no sync", Figure())
+            made.append(_BlockfsWriter(row, config, os.path.join(folder, f"cmp-{mode}-{int(durable)}.blockfs")))
+    return made
+
+
+def fresh_process_reads(path: str, repeats: int, nbytes: int) -> tuple[list[float], list[int]]:
+    """Seconds and minor page faults of ``repeats`` full reads in a new interpreter that imports only blockfs."""
+    code = ("import json, os, resource, sys, time\nsys.path.insert(0, sys.argv[1])\nfrom blockfs import Directory\n"
+            "from benchmarks.measure import settle\n"
+            "times, faults = [], []\nfor _ in range(int(sys.argv[3])):\n    settle(int(sys.argv[4]))\n"
+            "    f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n    start = time.perf_counter()\n"
+            "    with Directory.open(sys.argv[2]) as d:\n        data = d[:, :, :]\n"
+            "    times.append(time.perf_counter() - start)\n"
+            "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)\n    del data\n"
+            "print(json.dumps([times, faults]))")
+    done = subprocess.run([sys.executable, "-c", code, ROOT, path, str(repeats), str(nbytes)], capture_output=True,
+                          text=True,
+                          timeout=600, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"{path}: the fresh reader process failed:\n{done.stderr.strip()}")
+    times, faults = json.loads(done.stdout.strip().splitlines()[-1])
+    return times, faults
+
+
+def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: list[str],
+        log: Callable[[str], None]) -> Comparison:
+    """Every contender, ``repeats`` interleaved rounds, on one data set (the limits sampled into ``meter``)."""
+    workers = meter.workers
+    result = Comparison(ds.kind, ds.nbytes, ds.shape, meter.limits, load=(os.getloadavg(), ()))
+    limit_write = Row("limit: compress, one block per thread, all cores", "limit",
+                      f"{workers} threads, c-blosc context calls, 1 blosc thread each, GIL released", "-", Figure())
+    limit_place = Row("limit: decompress + place into a new array", "limit", limit_write.how, "-", None, Figure())
+    limit_decompress = Row("limit: decompress only (into preallocated blocks)", "limit", limit_write.how, "-", None,
+                           Figure())
+    blockfs_writers = _blockfs_rows(folder, workers)
+    reader = blockfs_writers[2]  # main-process producer, no sync: one shard per core
+    blockfs_read = Row("blockfs `d[:, :, :]` (verified)", "blockfs", "Directory.open(path)[:, :, :], "
+                       "CRC32C of every block checked", "-", None, Figure())
+    stores = peer_module.make(peer_names)
+    peer_rows = {id(p): Row(p.name, "peer", p.how, "sync at end" if p.sync else "no sync", Figure(),
+                            None if p.sync else Figure()) for p in stores}
+    paths = {id(p): os.path.join(folder, f"cmp-peer-{k}") for k, p in enumerate(stores)}
+    volume = ds.volume()
+    result.rows = [limit_write, limit_place, limit_decompress] + [w.row for w in blockfs_writers] + [blockfs_read] + \
+        [peer_rows[id(p)] for p in stores]
+
+    def compress_limit() -> float:
+        settle(ds.nbytes)
+        return meter.sample_compress()
+
+    writes: list[tuple[Row, Callable[[], float]]] = [(limit_write, compress_limit)]
+    writes += [(w.row, (lambda w=w: w.write(ds))) for w in blockfs_writers]
+    writes += [(peer_rows[id(p)], (lambda p=p: _timed(lambda: (peer_module.remove(paths[id(p)]),
+                                                               p.write(paths[id(p)], volume)), ds.nbytes)[0]))
+                for p in stores]
+
+    def read_blockfs() -> object:
+        with Directory.open(reader.path) as d:
+            return d[:, :, :]
+
+    reads: list[tuple[Row, Callable[[], object]]] = [(blockfs_read, read_blockfs)]
+    reads += [(peer_rows[id(p)], (lambda p=p: p.read(paths[id(p)]))) for p in stores if not p.sync]
+    try:
+        for r in range(repeats):
+            shift = r % len(writes)
+            for row, action in writes[shift:] + writes[:shift]:
+                for w in blockfs_writers:  # a new volume each round, created before the clock
+                    if w.row is row:
+                        remove_volume(w.path, w.config.shards)
+                row.write.add(action())
+            order = [("place", None), ("decompress", None)] + reads
+            shift = r % len(order)
+            for what, action in order[shift:] + order[:shift]:
+                if what == "place":
+                    settle(ds.nbytes)
+                    limit_place.read.add(meter.sample_place())
+                elif what == "decompress":
+                    settle(ds.nbytes)
+                    limit_decompress.read.add(meter.sample_decompress())
+                else:
+                    row = what
+                    faults = _faults()
+                    seconds, data = _timed(action, ds.nbytes)
+                    row.faults.append(_faults() - faults)
+                    row.read.add(seconds)
+                    if r == 0:
+                        row.correct = ds.matches(data)
+                    del data
+            meter.sample_block_decompress()
+            log(f"  round {r + 1}/{repeats}: write ms " + " / ".join(f"{row.write.seconds[-1] * 1000:.0f}"
+                                                                    for row, _ in writes)
+                + "; read ms " + " / ".join(f"{row.read.seconds[-1] * 1000:.0f}" for row in result.rows if row.read))
+        for w in blockfs_writers:
+            w.row.on_disk = sum(os.path.getsize(p) for p in volume_files(w.path, w.config.shards))
+            w.row.files = len(volume_files(w.path, w.config.shards))
+        for p in stores:
+            peer_rows[id(p)].on_disk, peer_rows[id(p)].files = peer_module.footprint(paths[id(p)])
+        times, faults = fresh_process_reads(reader.path, repeats, ds.nbytes)
+        for seconds in times:
+            result.fresh_read.add(seconds)
+        result.fresh_faults = faults
+    finally:
+        for w in blockfs_writers:
+            remove_volume(w.path, w.config.shards)
+        for p in stores:
+            peer_module.remove(paths[id(p)])
+    result.load = (result.load[0], os.getloadavg())
+    reader.row.correct = blockfs_read.correct
+    log(f"  blockfs full read: {blockfs_read.read.min * 1000:.0f} ms min in this process, "
+        f"{result.fresh_read.min * 1000:.0f} ms min in a fresh one")
+    return result

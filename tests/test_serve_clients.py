@@ -93,15 +93,17 @@ def test_tensorstore_precomputed_driver_reads_every_level(served) -> None:
 @pytest.fixture
 def count_decompressions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts every blosc decompression in this process (the server runs in a thread of it)."""
+    import imagecodecs  # what blockfs.codec decompresses with
+
     calls = [0]
-    for name in ("decompress", "decompress_ptr"):
-        original = getattr(blosc, name)
+    for module, name in ((blosc, "decompress"), (blosc, "decompress_ptr"), (imagecodecs, "blosc_decode")):
+        original = getattr(module, name)
 
         def counted(*args, _original=original, **kwargs):
             calls[0] += 1
             return _original(*args, **kwargs)
 
-        monkeypatch.setattr(blosc, name, counted)
+        monkeypatch.setattr(module, name, counted)
     return calls
 
 

@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import stat
 import struct
-import sys
 import tempfile
 import traceback
 import warnings
@@ -21,12 +20,9 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import copy_volume, fixture_cases, require_fixtures
 
-from fixtures import copy_volume, fixture_cases, require_fixtures  # noqa: E402
-
-from blockfs import (  # noqa: E402
+from blockfs import (
     BlockCoordinateError, BlockShapeError, CorruptBlockError, Directory, EntryOverflowError,
     FormatError, MissingShardError, ReadOnlyError, RegionError, UnsupportedCompressionError,
     UnsupportedDTypeError, VolumeExistsError,

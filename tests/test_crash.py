@@ -33,13 +33,11 @@ import numpy as np
 import psutil
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import crash_writer
+from crash_writer import block_content, version_of
+from helpers import block_origins
 
-import crash_writer  # noqa: E402
-from crash_writer import block_content, block_origins, version_of  # noqa: E402
-
-from blockfs import BlockfsError, Directory, records  # noqa: E402
+from blockfs import BlockfsError, Directory, records
 
 BLOCKFS = Path(sys.executable).with_name("blockfs")
 WRITER = Path(crash_writer.__file__).resolve()
@@ -390,7 +388,7 @@ def test_repair_recovers_every_complete_record_after_torn_tails(tmp_path: Path) 
         assert f"from {len(last)} block records" in repaired.stdout, repaired.stdout
         assert run_blockfs("check", "--silent", str(path)).returncode == 0
         with Directory.open(str(path)) as volume:
-            for origin in block_origins():
+            for origin in block_origins(crash_writer.SHAPE, crash_writer.BLOCK):
                 entry = volume.layout.entry_index(*origin)
                 got = volume.read_block(*origin)
                 if entry in last:

@@ -29,16 +29,13 @@ import blosc
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import producers
 
-import producers  # noqa: E402
-
-from blockfs import (AttachError, ChecksumError, ClosedError, CorruptBlockError, Directory,  # noqa: E402
+from blockfs import (AttachError, ChecksumError, ClosedError, CorruptBlockError, Directory,
                      EntryOverflowError, VolumeExistsError)
-from blockfs.check import check_volume  # noqa: E402
-from blockfs.info import describe_volume, format_text  # noqa: E402
-from blockfs.repair import repair_volume  # noqa: E402
+from blockfs.check import check_volume
+from blockfs.info import describe_volume, format_text
+from blockfs.repair import repair_volume
 
 pytestmark = pytest.mark.timeout(200)
 

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,12 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import producers
+from helpers import origins_of
 
-import producers  # noqa: E402
-
-from blockfs import BlockfsError, Directory, WriterError  # noqa: E402
+from blockfs import BlockfsError, Directory, WriterError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -78,7 +75,7 @@ def check_blocks(path: str, allowed: Callable[[tuple[int, int, int]], list[np.nd
     counts: dict[str, int] = {}
     with Directory.open(path, "r") as reader:
         volume = reader[:, :, :]
-        for x, y, z in producers.block_origins(reader):
+        for x, y, z in origins_of(reader):
             dz, dy, dx = reader.get_block_size(x, y, z)
             got = volume[z:z + dz, y:y + dy, x:x + dx]
             options = allowed((x, y, z))
@@ -124,7 +121,7 @@ def close_raises(d: Directory, *fragments: str) -> str:
 
 def test_writer_killed_with_sigkill(tmp_path: Path) -> None:
     d = new_volume(tmp_path, extents=(256, 256, 256))  # 64 blocks, 32 per shard
-    origins = producers.block_origins(d)
+    origins = origins_of(d)
     acked: dict[tuple[int, int, int], np.ndarray] = {}
     refused: list[tuple[int, int, int]] = []
     try:
@@ -220,11 +217,11 @@ def check_after_disk_full(d: Directory, header: bytes, written: dict[tuple[int, 
     """The directory file is intact and every indexed block decodes to what was written."""
     with open(d.directory_filename, "rb") as f:
         assert f.read(len(header)) == header, "the directory file's header changed"
-    n_entries = len(producers.block_origins(d))
+    n_entries = len(origins_of(d))
     assert os.path.getsize(d.directory_filename) <= d.directory_offset + n_entries * entry_size(d)
     ends = dict.fromkeys(range(len(d.block_filenames)), 0)
     indexed = 0
-    for origin in producers.block_origins(d):
+    for origin in origins_of(d):
         offset, size = index_entry(d, *origin)
         if size:
             assert origin in written, f"block {origin} is indexed but write_block never accepted it"
@@ -254,7 +251,7 @@ def test_disk_full_through_writer_processes(tiny_disk: tuple[Path, str]) -> None
     messages: list[str] = []
     try:
         d.start_writer_processes(queue_depth=2)
-        for origin in producers.block_origins(d):
+        for origin in origins_of(d):
             block = random_block(d, origin)
             try:
                 d.write_block(block, *origin)
@@ -281,7 +278,7 @@ def test_disk_full_direct_writes(tiny_disk: tuple[Path, str]) -> None:
     written: dict[tuple[int, int, int], np.ndarray] = {}
     failure: OSError | None = None
     try:
-        for origin in producers.block_origins(d):
+        for origin in origins_of(d):
             block = random_block(d, origin)
             try:
                 d.write_block(block, *origin)
@@ -310,7 +307,7 @@ def _chattr(flag: str, path: str) -> bool:
 def test_unwritable_shard(tmp_path: Path, how: str) -> None:
     d = new_volume(tmp_path)  # 32 blocks, 16 per shard
     shard0 = d.block_filenames[0]
-    origins = producers.block_origins(d)
+    origins = origins_of(d)
     acked: dict[tuple[int, int, int], np.ndarray] = {}
     immutable = False
     try:
@@ -357,13 +354,13 @@ def test_readme_pattern_survives_killed_writer(tmp_path: Path) -> None:
     with producers.module_directory(d):
         d.start_writer_processes()
         victim = d.writers[0]
-        jobs = [(x, y, z, SEED) for x, y, z in producers.block_origins(d)]
+        jobs = [(x, y, z, SEED) for x, y, z in origins_of(d)]
         with producers.pool_of("fork", 2) as pool:
             result = pool.starmap_async(producers.write_sample, jobs, chunksize=2)
             os.kill(victim.process.pid, signal.SIGKILL)
             pids = result.get(timeout=POOL_SECONDS)  # the producers append directly: they finish
         victim.process.join(DETECT_SECONDS)
-        x, y, z = next(o for o in producers.block_origins(d) if shard_of(d, *o) == 0)
+        x, y, z = next(o for o in origins_of(d) if shard_of(d, *o) == 0)
         with pytest.raises(WriterError, match="SIGKILL"):
             d.write_block(sample(d, x, y, z), x, y, z)
         close_raises(d, victim.shard_path, "SIGKILL")
@@ -376,7 +373,7 @@ def test_readme_pattern_with_unwritable_shard(tmp_path: Path) -> None:
     shard0 = d.block_filenames[0]
     os.remove(shard0)
     os.mkdir(shard0)
-    origins = producers.block_origins(d)
+    origins = origins_of(d)
     with producers.module_directory(d):
         d.start_writer_processes()
         first = next(o for o in origins if shard_of(d, *o) == 0)

@@ -13,7 +13,6 @@ import contextlib
 import json
 import resource
 import struct
-import sys
 import time
 import tracemalloc
 import warnings
@@ -25,26 +24,23 @@ import crc32c
 import numpy as np
 import psutil
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fixtures
+from crash_writer import DTYPE, block_content
+from helpers import block_origins, examples
 
-import fixtures  # noqa: E402
-from crash_writer import DTYPE, block_content, block_origins  # noqa: E402
-
-from blockfs import BlockfsError, Directory, records  # noqa: E402
-from blockfs import format as fmt  # noqa: E402
-from blockfs.check import check_volume  # noqa: E402
-from blockfs.errors import ChecksumError  # noqa: E402
+from blockfs import BlockfsError, Directory, records
+from blockfs import format as fmt
+from blockfs.check import check_volume
+from blockfs.errors import ChecksumError
 
 pytestmark = pytest.mark.timeout(240)
 
-MANY = settings(max_examples=1500, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                       HealthCheck.data_too_large])
-FEWER = settings(MANY, max_examples=400)
+#: Parser calls are cheap: the whole budget. A damaged volume is read whole per example: a share.
+MANY = examples(1)
+FEWER = examples(4 / 15)
 #: How much more address space than the process already maps a parser may use.
 ADDRESS_SPACE_HEADROOM = 1 << 30
 #: Largest allocation one call of a small parser may make while traced.
@@ -496,7 +492,7 @@ def test_damaged_index_without_records_raises_only_blockfs_errors(volumes: dict[
         read_every_block(volumes["plain"], exact=False)
 
 
-@settings(MANY, max_examples=150)
+@examples(1 / 10)
 @given(data=st.data())
 def test_check_finds_every_block_a_damaged_index_breaks(volumes: dict[str, Path], data: st.DataObject) -> None:
     path = volumes["records"]

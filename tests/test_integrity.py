@@ -23,14 +23,12 @@ import blosc
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fixtures
+from crash_writer import DTYPE, block_content
+from helpers import block_origins
 
-import fixtures  # noqa: E402
-from crash_writer import DTYPE, block_content, block_origins  # noqa: E402
-
-from blockfs import BlockfsError, CorruptBlockError, Directory, WriterError, records  # noqa: E402
-from blockfs.errors import ChecksumError  # noqa: E402
+from blockfs import BlockfsError, CorruptBlockError, Directory, WriterError, records
+from blockfs.errors import ChecksumError
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -14,12 +14,9 @@ import numpy as np
 import pytest
 import tifffile
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mpi_run import mpiexec, require_mpi, run, tool
 
-from mpi_run import mpiexec, require_mpi, run, tool  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
+from blockfs import Directory
 
 SHAPE = (37, 50, 70)  # z, y, x: 37 planes in 5 slabs of 8, the last one short
 BLOCKS = "8,16,16"

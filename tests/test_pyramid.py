@@ -13,16 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyramid_reference as ref
 
-import pyramid_reference as ref  # noqa: E402
-
-from blockfs import Directory, ReadOnlyError, VolumeExistsError  # noqa: E402
-from blockfs.cli import main as blockfs_main  # noqa: E402
-from blockfs.pyramid import open_pyramid  # noqa: E402
-from blockfs.pyramid.build import build_pyramid  # noqa: E402
-from blockfs.relocate import read_directory_file  # noqa: E402
+from blockfs import Directory, ReadOnlyError, VolumeExistsError
+from blockfs.cli import main as blockfs_main
+from blockfs.pyramid import open_pyramid
+from blockfs.pyramid.build import build_pyramid
+from blockfs.relocate import read_directory_file
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -18,13 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import case_ids, case_params, require_fixtures
+from volumes import make_volume
 
-from fixtures import case_ids, case_params, require_fixtures  # noqa: E402
-from volumes import make_volume  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
+from blockfs import Directory
 
 TOOL = Path(sys.executable).with_name("blockfs2hdf")
 TOOL5 = Path(sys.executable).with_name("blockfs2hdf5")

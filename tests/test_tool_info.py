@@ -19,16 +19,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import case_ids, case_params, copy_volume, drop_last_entry, require_fixtures
+from volumes import make_volume
 
-from fixtures import case_ids, case_params, copy_volume, drop_last_entry, require_fixtures  # noqa: E402
-from volumes import make_volume  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
-from blockfs.cli import main as blockfs_main  # noqa: E402
-from blockfs.info import scan_index  # noqa: E402
-from blockfs.relocate import read_directory_file  # noqa: E402
+from blockfs import Directory
+from blockfs.cli import main as blockfs_main
+from blockfs.info import scan_index
+from blockfs.relocate import read_directory_file
 
 pytestmark = pytest.mark.timeout(120)
 params = pytest.mark.parametrize("case", case_params(), ids=case_ids())

@@ -10,15 +10,12 @@ import glymur
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import fixture_cases, require_fixtures
+from volumes import make_volume
 
-from fixtures import fixture_cases, require_fixtures  # noqa: E402
-from volumes import make_volume  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
-from blockfs.blockfs2jp2k import ENCODER_BYTES_PER_VOXEL, GB, plan, resolutions  # noqa: E402
-from blockfs.sample import microscopy_block  # noqa: E402
+from blockfs import Directory
+from blockfs.blockfs2jp2k import ENCODER_BYTES_PER_VOXEL, GB, plan, resolutions
+from blockfs.sample import microscopy_block
 
 pytestmark = pytest.mark.timeout(120)
 

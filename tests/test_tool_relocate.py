@@ -21,18 +21,15 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import case_ids, case_params, copy_volume, pad_header, require_fixtures
+from spec_decoder import read_volume
+from volumes import make_volume as write_volume
 
-from fixtures import case_ids, case_params, copy_volume, pad_header, require_fixtures  # noqa: E402
-from spec_decoder import read_volume  # noqa: E402
-from volumes import make_volume as write_volume  # noqa: E402
-
-from blockfs import Directory, VolumeExistsError  # noqa: E402
-from blockfs import mv as mv_tool  # noqa: E402
-from blockfs import rebase as rebase_tool  # noqa: E402
-from blockfs.format import EXTENSION_KEYS  # noqa: E402
-from blockfs.relocate import relocate  # noqa: E402
+from blockfs import Directory, VolumeExistsError
+from blockfs import mv as mv_tool
+from blockfs import rebase as rebase_tool
+from blockfs.format import EXTENSION_KEYS
+from blockfs.relocate import relocate
 
 pytestmark = pytest.mark.timeout(120)
 params = pytest.mark.parametrize("case", case_params(), ids=case_ids())

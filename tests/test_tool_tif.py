@@ -10,13 +10,10 @@ import numpy as np
 import pytest
 import tifffile
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import case_ids, case_params, require_fixtures
+from volumes import make_volume
 
-from fixtures import case_ids, case_params, require_fixtures  # noqa: E402
-from volumes import make_volume  # noqa: E402
-
-from blockfs import blockfs2tif  # noqa: E402
+from blockfs import blockfs2tif
 
 pytestmark = pytest.mark.timeout(120)
 

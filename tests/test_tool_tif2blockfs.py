@@ -11,13 +11,10 @@ import numpy as np
 import pytest
 import tifffile
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from volumes import make_volume
 
-from volumes import make_volume  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
-from blockfs.tif2blockfs import Plane, PlaneMismatchError, check_stack, natural_key  # noqa: E402
+from blockfs import Directory
+from blockfs.tif2blockfs import Plane, PlaneMismatchError, check_stack, natural_key
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+import os
+from typing import TYPE_CHECKING, Any, NoReturn, Sequence
+
+import pytest
 
 if TYPE_CHECKING:  # hypothesis only where a module fuzzes: child processes import this module too
     from hypothesis import settings
@@ -26,3 +29,11 @@ def block_origins(shape: Sequence[int], block: int | Sequence[int]) -> list[tupl
 def origins_of(d: Any) -> list[tuple[int, int, int]]:
     """:func:`block_origins` of an open Directory."""
     return block_origins((d.z_extent, d.y_extent, d.x_extent), (d.z_block_size, d.y_block_size, d.x_block_size))
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the test for a missing dependency, or fail it under CI (the ``CI`` environment variable),
+    where everything the tests use must be installed."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (required under CI)")
+    pytest.skip(reason)

@@ -292,7 +292,7 @@ def _open(path: Path) -> None:
             volume = Directory.open(str(path))
         try:
             assert volume.shape == volume.layout.shape and volume.dtype == volume.layout.dtype
-            assert repr(volume) and isinstance(volume.metadata, dict)
+            assert str(path) in repr(volume) and isinstance(volume.metadata, dict)
         finally:
             volume.close()
 

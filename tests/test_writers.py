@@ -265,7 +265,6 @@ def test_writer_memory_is_bounded(tmp_path: Path) -> None:
     # unbounded queues would buffer most of the 256 MiB in this process's feeder threads
     in_flight = queue_depth * len(writer_pids) * 64**3 * 2
     assert main_growth < 4 * in_flight + 16 * mib, report
-    assert seconds < 30, report
 
     with Directory.open(d.directory_filename, "r") as reader:
         for z in range(0, 512, 64):

@@ -34,7 +34,7 @@ import pytest
 
 import crash_writer
 from crash_writer import block_content, version_of
-from helpers import block_origins, unavailable
+from helpers import block_origins, mounted, unavailable
 
 from blockfs import BlockfsError, Directory, records
 from blockfs.check import check_volume
@@ -201,18 +201,14 @@ def sync_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]
     with open(image, "wb") as f:
         f.truncate(512 << 20)
 
-    def run(*command: str) -> bool:
-        try:
-            return subprocess.run(command, check=False, capture_output=True, timeout=120).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-
-    mounted = run("mkfs.ext4", "-q", "-F", str(image)) and run("mount", "-o", "loop,sync", str(image), str(mount_point))
     try:
-        yield mount_point if mounted else None
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, timeout=120).returncode == 0
+    except OSError:
+        made = False
+    try:
+        with mounted(mount_point, "-o", "loop,sync", str(image)) as ok:
+            yield mount_point if made and ok else None
     finally:
-        if mounted and not run("umount", str(mount_point)):
-            run("umount", "-l", str(mount_point))
         image.unlink()
 
 

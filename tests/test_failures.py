@@ -14,14 +14,14 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import producers
-from helpers import origins_of, unavailable
+from helpers import origins_of
 
 from blockfs import Directory, WriterError
 
@@ -171,32 +171,6 @@ def test_writer_killed_with_sigkill(tmp_path: Path) -> None:
 
 
 # -- 9. disk full ------------------------------------------------------------------------------
-
-@pytest.fixture(params=["tmpfs", "dev-full"])
-def tiny_disk(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Path, str]]:
-    """A folder on a 2 MiB tmpfs ("tmpfs": mounting needs root), or a plain folder ("dev-full") in
-    which the test replaces a shard by a symlink to /dev/full. Every test runs on both."""
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    mounted = False
-    if request.param == "tmpfs":
-        try:
-            result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(folder)],
-                                    capture_output=True, timeout=30)
-        except OSError as exc:
-            unavailable(f"cannot mount a tmpfs: {exc}")
-        if result.returncode:
-            unavailable(f"cannot mount a tmpfs: {result.stderr.decode(errors='replace').strip()}")
-        mounted = True
-    try:
-        yield folder, request.param
-    finally:
-        if mounted:
-            for folder_file in folder.iterdir():
-                folder_file.unlink()
-            if subprocess.run(["umount", str(folder)], capture_output=True, timeout=30).returncode:
-                subprocess.run(["umount", "-l", str(folder)], capture_output=True, timeout=30)
-
 
 def fill_disk(folder: Path, kind: str, extents: tuple[int, int, int]) -> Directory:
     """A volume in ``folder`` whose shard 0 (at least) runs out of space."""

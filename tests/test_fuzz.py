@@ -204,18 +204,21 @@ def _decode(data: bytes) -> None:
         assert_sane(*result, data)
 
 
+@pytest.mark.slow
 @MANY
 @given(RANDOM_HEADERS)
 def test_decode_header_random_bytes(data: bytes) -> None:
     _decode(data)
 
 
+@pytest.mark.slow
 @MANY
 @given(MUTATED_HEADERS)
 def test_decode_header_mutated(data: bytes) -> None:
     _decode(data)
 
 
+@pytest.mark.slow
 @MANY
 @given(structured_headers())
 def test_decode_header_structured(data: bytes) -> None:
@@ -310,6 +313,7 @@ def _bound_first_entry(data: bytes) -> bytes:
     return data[:12] + (start % (len(data) + 4096)).to_bytes(4, "little") + data[16:]
 
 
+@pytest.mark.slow
 @MANY
 @given(data=st.data())
 def test_open_damaged_directory_file(tmp_path: Path, volumes: dict[str, Path], data: st.DataObject) -> None:
@@ -344,18 +348,21 @@ PAYLOADS = st.binary(max_size=300)
 ENTRIES = st.integers(0, 2**64 - 1)
 
 
+@pytest.mark.slow
 @MANY
 @given(st.binary(max_size=64) | st.binary(max_size=40).map(lambda b: records.MAGIC + b))
 def test_record_decode_random_bytes(raw: bytes) -> None:
     _decode_record(raw)
 
 
+@pytest.mark.slow
 @MANY
 @given(st.tuples(ENTRIES, PAYLOADS).flatmap(lambda ep: mutated(records.encode(*ep) + ep[1])))
 def test_record_decode_mutated(raw: bytes) -> None:
     _decode_record(raw)
 
 
+@pytest.mark.slow
 @MANY
 @given(ENTRIES, PAYLOADS, st.data())
 def test_record_any_single_byte_change_is_caught(entry: int, payload: bytes, data: st.DataObject) -> None:
@@ -411,12 +418,14 @@ def _scan(data: bytes) -> dict[int, records.Record]:
     return found
 
 
+@pytest.mark.slow
 @MANY
 @given(st.binary(max_size=2000) | shards().map(lambda s: s[0]) | shards().flatmap(lambda s: mutated(s[0], 6)))
 def test_scan_tiles_random_and_mutated_shards(data: bytes) -> None:
     _scan(data)
 
 
+@pytest.mark.slow
 @MANY
 @given(shards(), st.data())
 def test_scan_finds_every_intact_record(shard: tuple[bytes, list[tuple[int, int, bytes]]],
@@ -477,6 +486,7 @@ def read_every_block(path: Path, exact: bool) -> dict[tuple[int, int, int], str]
     return outcome
 
 
+@pytest.mark.slow
 @FEWER
 @given(data=st.data())
 def test_damaged_index_reads_right_zeros_or_error(volumes: dict[str, Path], data: st.DataObject) -> None:
@@ -484,6 +494,7 @@ def test_damaged_index_reads_right_zeros_or_error(volumes: dict[str, Path], data
         read_every_block(volumes["records"], exact=True)
 
 
+@pytest.mark.slow
 @FEWER
 @given(data=st.data())
 def test_damaged_index_without_records_raises_only_blockfs_errors(volumes: dict[str, Path],
@@ -492,6 +503,7 @@ def test_damaged_index_without_records_raises_only_blockfs_errors(volumes: dict[
         read_every_block(volumes["plain"], exact=False)
 
 
+@pytest.mark.slow
 @examples(1 / 10)
 @given(data=st.data())
 def test_check_finds_every_block_a_damaged_index_breaks(volumes: dict[str, Path], data: st.DataObject) -> None:

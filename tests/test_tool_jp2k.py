@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import functools
 from pathlib import Path
 
 import glymur
@@ -11,6 +10,7 @@ import numpy as np
 import pytest
 
 from fixtures import fixture_cases, require_fixtures
+from helpers import console
 from volumes import make_volume
 
 from blockfs import Directory
@@ -19,12 +19,10 @@ from blockfs.sample import microscopy_block
 
 pytestmark = pytest.mark.timeout(120)
 
-TOOL = Path(sys.executable).with_name("blockfs2jp2k")
 INTEGER_FIXTURES = [c for c in fixture_cases() if c["dtype"] in ("uint8", "uint16")]
 
 
-def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(TOOL), *map(str, args)], capture_output=True, text=True, timeout=90)
+run = functools.partial(console, "blockfs2jp2k")
 
 
 def read_planes(folder: Path, name: str, count: int) -> np.ndarray:

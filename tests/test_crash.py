@@ -181,7 +181,7 @@ def logged_versions(log: Path) -> dict[int, int]:
     return newest
 
 
-# -- 1. kill -9 at random moments --------------------------------------------------------------
+# -- kill -9 at random moments --------------------------------------------------------------
 
 def _trials() -> list[tuple[int, str, str, float]]:
     """(trial, writer mode, disk, delay before the kill): every combination, seeded delays."""
@@ -340,7 +340,7 @@ def index_entry(volume: Directory, entry: int) -> tuple[int, int]:
     return value & ((1 << volume.n_offset_bits) - 1), value >> volume.n_offset_bits & ((1 << volume.n_size_bits) - 1)
 
 
-# -- 1b. torn tails, made on purpose -----------------------------------------------------------
+# -- torn tails, made on purpose -----------------------------------------------------------
 
 def test_repair_recovers_every_complete_record_after_torn_tails(tmp_path: Path) -> None:
     """Cut shards at seeded random points (inside headers, inside payloads, between records)
@@ -383,7 +383,7 @@ def test_repair_recovers_every_complete_record_after_torn_tails(tmp_path: Path) 
                     assert not got.any(), (cut, origin)
 
 
-# -- 2. readers while a writer writes ----------------------------------------------------------
+# -- readers while a writer writes ----------------------------------------------------------
 
 class Monitor:
     """Checks every piece a reader sees, and remembers the versions seen per block."""

@@ -115,7 +115,7 @@ def close_raises(d: Directory, *fragments: str) -> str:
     return message
 
 
-# -- 8. a writer killed with SIGKILL -----------------------------------------------------------
+# -- a writer killed with SIGKILL -----------------------------------------------------------
 
 def test_writer_killed_with_sigkill(tmp_path: Path) -> None:
     d = new_volume(tmp_path, extents=(256, 256, 256))  # 64 blocks, 32 per shard
@@ -170,7 +170,7 @@ def test_writer_killed_with_sigkill(tmp_path: Path) -> None:
         assert block_visible(d.directory_filename, origin, acked[origin]), origin
 
 
-# -- 9. disk full ------------------------------------------------------------------------------
+# -- disk full ------------------------------------------------------------------------------
 
 def fill_disk(folder: Path, kind: str, extents: tuple[int, int, int]) -> Directory:
     """A volume in ``folder`` whose shard 0 (at least) runs out of space."""
@@ -268,7 +268,7 @@ def test_disk_full_direct_writes(tiny_disk: tuple[Path, str]) -> None:
     check_after_disk_full(d, header, written, kind)
 
 
-# -- 10. no permission -------------------------------------------------------------------------
+# -- no permission -------------------------------------------------------------------------
 
 def _chattr(flag: str, path: str) -> bool:
     chattr = shutil.which("chattr")
@@ -321,7 +321,7 @@ def test_unwritable_shard(tmp_path: Path, how: str) -> None:
     assert counts == {"0": len(origins)}
 
 
-# -- 11. a writer failure during the README pattern does not hang the forked producers ---------
+# -- a writer failure during the README pattern does not hang the forked producers ---------
 
 def test_readme_pattern_survives_killed_writer(tmp_path: Path) -> None:
     d = new_volume(tmp_path, extents=(200, 150, 130))

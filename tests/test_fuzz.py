@@ -156,11 +156,13 @@ JSON_VALUES = st.recursive(
     max_leaves=8)
 
 
-#: DType values for the structured headers. Values that make numpy's own dtype parser raise
-#: something other than TypeError (dicts, "(2,", "(-1,)i4") or warn ("a") are a known library bug,
-#: pinned by test_decode_header_rejects_bad_dtype_values; the fuzzing keeps to these.
+#: DType values that make numpy's own dtype parser raise something other than TypeError, or warn.
+BAD_DTYPES = {"null": None, "dict": {"": ""}, "unclosed-tuple": "(2,", "comma": ",", "negative-shape": "(-1,)i4",
+              "huge-shape": "(99999999999,)i4", "deprecated-alias": "a"}
+#: DType values for the structured headers: valid, unsupported and malformed ones.
 DTYPE_VALUES = st.sampled_from(["uint8", "uint16", "int32", "float32", "float64", "uint12", "", "float", "S8",
-                                "object", "U4", "bool", "complex64", "datetime64", "i4,i4", "V8", ">u2", "<f8"])
+                                "object", "U4", "bool", "complex64", "datetime64", "i4,i4", "V8", ">u2", "<f8",
+                                *BAD_DTYPES.values()])
 
 
 @st.composite
@@ -196,7 +198,7 @@ def assert_sane(layout: fmt.Layout, start: int, data: bytes) -> None:
     assert start + layout.n_entries * layout.entry_size <= 2**62
 
 
-# -- 7. directory-file headers -----------------------------------------------------------------
+# -- directory-file headers -----------------------------------------------------------------
 
 def _decode(data: bytes) -> None:
     result = call(lambda: fmt.decode_header(data, "fuzz.blockfs"), BlockfsError, traced=True)
@@ -250,10 +252,6 @@ def test_decode_header_overlong_integer() -> None:
         fmt.decode_header(_preamble(text), "long.blockfs")
 
 
-BAD_DTYPES = {"null": None, "dict": {"": ""}, "unclosed-tuple": "(2,", "comma": ",", "negative-shape": "(-1,)i4",
-              "huge-shape": "(99999999999,)i4", "deprecated-alias": "a"}
-
-
 @pytest.mark.parametrize("name", sorted(BAD_DTYPES))
 def test_decode_header_rejects_bad_dtype_values(name: str) -> None:
     doc = dict(_document(HEADERS[0]), DType=BAD_DTYPES[name])
@@ -269,7 +267,7 @@ def test_decode_header_rejects_compression_level_above_9() -> None:
         fmt.decode_header(_preamble(json.dumps(doc).encode()), "level.blockfs")
 
 
-# -- 7. Directory.open on damaged files --------------------------------------------------------
+# -- Directory.open on damaged files --------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -335,7 +333,7 @@ def test_open_does_not_allocate_what_the_preamble_claims(tmp_path: Path, claim: 
     _open(path)
 
 
-# -- 7. records ----------------------------------------------------------------------------------
+# -- records ----------------------------------------------------------------------------------
 
 def _decode_record(raw: bytes) -> records.Record | ChecksumError:
     result = call(lambda: records.decode(raw, "fuzz"), ChecksumError)
@@ -442,7 +440,7 @@ def test_scan_finds_every_intact_record(shard: tuple[bytes, list[tuple[int, int,
             assert found.get(offset) == records.Record(entry, len(payload), crc32c.crc32c(payload)), offset
 
 
-# -- 7. damaged indexes of valid volumes -----------------------------------------------------------
+# -- damaged indexes of valid volumes -----------------------------------------------------------
 
 @contextlib.contextmanager
 def damaged_index(path: Path, data: st.DataObject) -> Iterator[bytes]:

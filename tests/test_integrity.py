@@ -181,7 +181,7 @@ def repair(vol: Volume) -> subprocess.CompletedProcess:
     return result
 
 
-# -- 3. a flipped byte inside a payload --------------------------------------------------------
+# -- a flipped byte inside a payload --------------------------------------------------------
 
 def test_flipped_payload_byte_with_an_older_copy(tmp_path: Path) -> None:
     vol = build(tmp_path)
@@ -227,7 +227,7 @@ def test_repair_names_a_block_it_cannot_recover(tmp_path: Path) -> None:
     assert names_block(result.stdout + result.stderr, ONCE), result.stdout + result.stderr
 
 
-# -- 3. a flipped byte inside a record header --------------------------------------------------
+# -- a flipped byte inside a record header --------------------------------------------------
 
 HEADER_FIELDS = {"magic": 1, "version": 4, "header-size": 6, "entry": 8, "length": 17, "payload-crc": 25,
                  "header-crc": 30}
@@ -297,7 +297,7 @@ def test_damage_to_an_old_copy_is_noted_but_harmless(tmp_path: Path) -> None:
     vol.assert_reads()
 
 
-# -- 3. a flipped byte inside the index --------------------------------------------------------
+# -- a flipped byte inside the index --------------------------------------------------------
 
 def _entry_bytes() -> list[int]:
     """Positions of the bytes of one entry of the volume ``build`` writes."""
@@ -346,7 +346,7 @@ def test_close_after_a_failed_region_read(tmp_path: Path) -> None:
     assert (failures, len(leaked)) == (0, 0), f"{failures} close() calls failed; {len(leaked)} shard descriptors leaked"
 
 
-# -- 3. volumes without records: checked by decompressing --------------------------------------
+# -- volumes without records: checked by decompressing --------------------------------------
 
 def breaking_flip(payload: bytes, where: str) -> int:
     """A payload position whose flipped byte makes blosc itself refuse the buffer."""
@@ -415,7 +415,7 @@ def test_fixture_flipped_payload_byte(tmp_path: Path, case: dict) -> None:
     check_recordless_damage(vol, origin, "compressed-stream")
 
 
-# -- 4. a shard on a full disk -----------------------------------------------------------------
+# -- a shard on a full disk -----------------------------------------------------------------
 
 def fill_volume(folder: Path, kind: str) -> Directory:
     """128 blocks of about 64 KiB each: 8 MiB that do not fit on the 2 MiB disk."""
@@ -500,7 +500,7 @@ def test_index_entry_on_a_full_disk(tiny_disk: tuple[Path, str]) -> None:
     assert result.returncode == 0, result.stdout
 
 
-# -- 5. verified reads and what verify=False skips ---------------------------------------------
+# -- verified reads and what verify=False skips ---------------------------------------------
 
 def test_verify_false_skips_the_record_check(tmp_path: Path) -> None:
     vol = build(tmp_path)
@@ -523,7 +523,7 @@ def test_verify_false_skips_the_record_check(tmp_path: Path) -> None:
     created.close()
 
 
-# -- 6. healthy volumes ------------------------------------------------------------------------
+# -- healthy volumes ------------------------------------------------------------------------
 
 def test_repair_on_a_healthy_volume_changes_nothing(tmp_path: Path) -> None:
     vol = build(tmp_path)

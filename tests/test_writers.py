@@ -50,7 +50,7 @@ def assert_volume_equals(path: str, expected: np.ndarray) -> None:
     assert mismatched == 0, f"{path}: {mismatched} of {expected.size} voxels differ"
 
 
-# -- 1. the README pattern ---------------------------------------------------------------------
+# -- the README pattern ---------------------------------------------------------------------
 
 def test_readme_pattern_fork_pool(tmp_path: Path) -> None:
     d = new_volume(tmp_path)
@@ -66,7 +66,7 @@ def test_readme_pattern_fork_pool(tmp_path: Path) -> None:
     assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
 
 
-# -- 2, 3. spawn and forkserver workers that receive the Directory through an initializer -----
+# -- spawn and forkserver workers that receive the Directory through an initializer -----
 
 @pytest.mark.parametrize("method", ["spawn", "forkserver"])
 def test_pool_initializer_producers(tmp_path: Path, method: str) -> None:
@@ -90,7 +90,7 @@ def test_pool_initializer_producers(tmp_path: Path, method: str) -> None:
     assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
 
 
-# -- 4. unrelated processes writing the same volume at the same time ------------------------------
+# -- unrelated processes writing the same volume at the same time ------------------------------
 
 @pytest.mark.parametrize("use_writers", [True, False], ids=["writer-processes", "direct"])
 def test_three_unrelated_processes(tmp_path: Path, use_writers: bool) -> None:
@@ -125,7 +125,7 @@ def test_three_unrelated_processes(tmp_path: Path, use_writers: bool) -> None:
     assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
 
 
-# -- 5. the same block written many times: the last write wins --------------------------------
+# -- the same block written many times: the last write wins --------------------------------
 
 def test_last_write_wins_many_versions(tmp_path: Path) -> None:
     versions = 300
@@ -155,7 +155,7 @@ def test_last_write_wins_many_versions(tmp_path: Path) -> None:
     assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED, last))
 
 
-# -- 6. without writer processes, writes are synchronous ---------------------------------------
+# -- without writer processes, writes are synchronous ---------------------------------------
 
 def test_synchronous_writes_without_writer_processes(tmp_path: Path) -> None:
     children_before = {p.pid for p in psutil.Process().children(recursive=True)}
@@ -188,7 +188,7 @@ def test_synchronous_writes_without_writer_processes(tmp_path: Path) -> None:
     assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
 
 
-# -- 7. memory is bounded by the queues --------------------------------------------------------
+# -- memory is bounded by the queues --------------------------------------------------------
 
 class MemorySampler(threading.Thread):
     """Peak RSS and USS of some processes, sampled every ``interval`` seconds."""

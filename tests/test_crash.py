@@ -34,6 +34,7 @@ import pytest
 
 import crash_writer
 from crash_writer import block_content, version_of
+import spec_decoder
 from helpers import block_origins, mounted, unavailable
 
 from blockfs import BlockfsError, Directory, records
@@ -274,9 +275,7 @@ def kill_trial(folder: Path, log: Path, mode: str, disk: str, delay: float) -> T
     for entry, copies in found.items():
         assert all(c.version for c in copies), f"entry {entry}: a sound record holds garbage: {copies}"
     last = {entry: copies[-1] for entry, copies in found.items()}
-    with Directory.open(str(path)) as volume:
-        stale = {entry for entry, copy in last.items()
-                 if index_entry(volume, entry) != (copy.offset, copy.length)}
+    stale = {entry for entry, copy in last.items() if spec_decoder.entry(path, entry) != (copy.offset, copy.length)}
     assert flagged == stale, "check must flag exactly the blocks whose newest record is not indexed"
     outcome.records_found, outcome.unindexed = len(last), len(stale)
 
@@ -331,15 +330,6 @@ def test_a_kill_on_the_sync_disk_leaves_a_record_for_repair(tmp_path: Path, sync
     pytest.fail(f"no kill of {SYNC_TRIALS} on the sync disk landed between an append and its index entry: {outcomes}")
 
 
-def index_entry(volume: Directory, entry: int) -> tuple[int, int]:
-    """(offset, size) of an entry, decoded from the directory file's bytes (docs/FORMAT.md)."""
-    size = volume.layout.entry_size
-    with open(volume.directory_filename, "rb") as f:
-        f.seek(volume.directory_offset + entry * size)
-        value = int.from_bytes(f.read(size).ljust(size, b"\0"), "little")
-    return value & ((1 << volume.n_offset_bits) - 1), value >> volume.n_offset_bits & ((1 << volume.n_size_bits) - 1)
-
-
 # -- torn tails, made on purpose -----------------------------------------------------------
 
 def test_repair_recovers_every_complete_record_after_torn_tails(tmp_path: Path) -> None:
@@ -378,7 +368,7 @@ def test_repair_recovers_every_complete_record_after_torn_tails(tmp_path: Path) 
                 got = volume.read_block(*origin)
                 if entry in last:
                     assert last[entry].version and version_of(got, entry) == last[entry].version, (cut, origin)
-                    assert index_entry(volume, entry) == (last[entry].offset, last[entry].length)
+                    assert spec_decoder.entry(path, entry) == (last[entry].offset, last[entry].length)
                 else:
                     assert not got.any(), (cut, origin)
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import producers
+import spec_decoder
 from helpers import origins_of
 
 from blockfs import Directory, WriterError
@@ -53,11 +54,7 @@ def entry_size(d: Directory) -> int:
 
 def index_entry(d: Directory, x: int, y: int, z: int) -> tuple[int, int]:
     """(offset, size) of a block's entry, decoded from the directory file's bytes (docs/FORMAT.md)."""
-    with open(d.directory_filename, "rb") as f:
-        f.seek(d.offsetof(x, y, z))
-        raw = f.read(entry_size(d)).ljust(entry_size(d), b"\0")
-    value = int.from_bytes(raw, "little")
-    return value & ((1 << d.n_offset_bits) - 1), (value >> d.n_offset_bits) & ((1 << d.n_size_bits) - 1)
+    return spec_decoder.entry(d.directory_filename, d.layout.entry_index(x, y, z))
 
 
 def sample(d: Directory, x: int, y: int, z: int, version: int | None = None) -> np.ndarray:

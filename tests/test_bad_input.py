@@ -121,20 +121,16 @@ def test_wrong_block_shape_at_the_edge(tmp_path: Path) -> None:
                          d.directory_filename, "(4, 8, 8)", "(8, 8, 16)")
 
 
-@pytest.mark.parametrize("xyz, value", [((1, 0, 0), "x=1"), ((0, 4, 0), "y=4"), ((0, 0, 7), "z=7"),
-                                        ((15, 8, 8), "x=15")])
-def test_non_aligned_coordinates(tmp_path: Path, xyz: tuple[int, int, int], value: str) -> None:
-    d, _ = make_volume(tmp_path)
-    with Directory.open(d.directory_filename, "r+") as w:
-        block = np.ones((8, 8, 16), np.uint16)
-        raises_unchanged(tmp_path, BlockCoordinateError, lambda: w.write_block(block, *xyz),
-                         d.directory_filename, value)
-        raises_unchanged(tmp_path, BlockCoordinateError, lambda: w.read_block(*xyz), d.directory_filename, value)
+BAD_COORDINATES = {
+    "non-aligned": [((1, 0, 0), "x=1"), ((0, 4, 0), "y=4"), ((0, 0, 7), "z=7"), ((15, 8, 8), "x=15")],
+    "out-of-range": [((48, 0, 0), "x=48"), ((0, 24, 0), "y=24"), ((0, 0, 24), "z=24"), ((1600, 0, 0), "x=1600")],
+    "negative": [((-16, 0, 0), "x=-16"), ((0, -8, 0), "y=-8"), ((0, 0, -8), "z=-8"), ((-1, 0, 0), "x=-1")],
+}
 
 
-@pytest.mark.parametrize("xyz, value", [((48, 0, 0), "x=48"), ((0, 24, 0), "y=24"), ((0, 0, 24), "z=24"),
-                                        ((1600, 0, 0), "x=1600")])
-def test_out_of_range_coordinates(tmp_path: Path, xyz: tuple[int, int, int], value: str) -> None:
+@pytest.mark.parametrize("xyz, value", [case for cases in BAD_COORDINATES.values() for case in cases],
+                         ids=[f"{kind}-{value}" for kind, cases in BAD_COORDINATES.items() for _, value in cases])
+def test_coordinates_off_the_block_grid(tmp_path: Path, xyz: tuple[int, int, int], value: str) -> None:
     d, _ = make_volume(tmp_path)
     with Directory.open(d.directory_filename, "r+") as w:
         block = np.ones((8, 8, 16), np.uint16)
@@ -142,17 +138,6 @@ def test_out_of_range_coordinates(tmp_path: Path, xyz: tuple[int, int, int], val
                          d.directory_filename, value)
         raises_unchanged(tmp_path, BlockCoordinateError, lambda: w.read_block(*xyz), d.directory_filename, value)
         raises_unchanged(tmp_path, BlockCoordinateError, lambda: w.get_block_size(*xyz), value)
-
-
-@pytest.mark.parametrize("xyz, value", [((-16, 0, 0), "x=-16"), ((0, -8, 0), "y=-8"), ((0, 0, -8), "z=-8"),
-                                        ((-1, 0, 0), "x=-1")])
-def test_negative_coordinates(tmp_path: Path, xyz: tuple[int, int, int], value: str) -> None:
-    d, _ = make_volume(tmp_path)
-    with Directory.open(d.directory_filename, "r+") as w:
-        block = np.ones((8, 8, 16), np.uint16)
-        raises_unchanged(tmp_path, BlockCoordinateError, lambda: w.write_block(block, *xyz),
-                         d.directory_filename, value)
-        raises_unchanged(tmp_path, BlockCoordinateError, lambda: w.read_block(*xyz), d.directory_filename, value)
 
 
 @pytest.mark.parametrize("xyz", [(16.0, 0, 0), (0, "8", 0), (0, 0, None)])

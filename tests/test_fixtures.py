@@ -16,6 +16,7 @@ import pytest
 from fixtures import (
     case_ids, case_params, copy_volume, drop_last_entry, pad_header, require_fixtures,
 )
+from helpers import block_origins
 
 from blockfs import Directory
 

@@ -38,9 +38,6 @@ PROG = "blockfs2hdf5"
 #: attribute holding the volume's block size (z, y, x); the application metadata keys sit beside it
 BLOCK_SIZE_ATTR = "blockfs_block_size_zyx"
 
-#: HDF5's deflate (gzip) filter: flagged optional, but its output buffer always fits, so never skipped
-H5Z_FILTER_DEFLATE = 1
-
 #: How h5py refuses a dataset name, filter or filter option it cannot use
 H5PY_ARGUMENT_ERRORS = (ValueError, TypeError, KeyError, OSError)
 
@@ -156,7 +153,7 @@ def skippable_filters(dest: str, name: str, options: dict[str, Any]) -> list[str
         raise InvalidArgumentError(f"{dest}: cannot make dataset {name} with {_describe_filter(options)}: {exc}"
                                    ) from None
     return [label.decode(errors="replace") or str(code) for code, flags, _, label in pipeline
-            if flags & h5z.FLAG_OPTIONAL and code != H5Z_FILTER_DEFLATE]
+            if flags & h5z.FLAG_OPTIONAL and code != h5z.FILTER_DEFLATE]
 
 
 def check_destination(dest: str, name: str) -> bool:

@@ -5,9 +5,9 @@ from typing import Any
 from .codec import Compression
 from .directory import Directory
 from .errors import (AttachError, BlockCoordinateError, BlockfsError, BlockShapeError, ChecksumError, ClosedError,
-                     CorruptBlockError, EntryOverflowError, FormatError, InvalidArgumentError, MissingDependencyError,
-                     MissingShardError,
-                     ReadOnlyError, RegionError, UnsupportedCompressionError, UnsupportedDTypeError,
+                     CorruptBlockError, DatasetExistsError, EntryOverflowError, ExportError, FormatError,
+                     InvalidArgumentError, MissingDependencyError, MissingShardError, PlaneCountError, PlaneError,
+                     PlaneMismatchError, ReadOnlyError, RegionError, UnsupportedCompressionError, UnsupportedDTypeError,
                      VolumeExistsError, WriterError)
 
 __version__ = "1.0.0"
@@ -28,7 +28,8 @@ def write_dask(array: Any, path: str, **kwargs: Any) -> Directory:
 
 __all__ = [
     "AttachError", "BlockCoordinateError", "BlockShapeError", "BlockfsError", "ChecksumError", "ClosedError", "Compression",
-    "CorruptBlockError", "Directory", "EntryOverflowError", "FormatError", "InvalidArgumentError",
-    "MissingDependencyError", "MissingShardError", "ReadOnlyError", "RegionError", "UnsupportedCompressionError",
-    "UnsupportedDTypeError", "VolumeExistsError", "WriterError", "__version__", "open_zarr", "write_dask",
+    "CorruptBlockError", "DatasetExistsError", "Directory", "EntryOverflowError", "ExportError", "FormatError",
+    "InvalidArgumentError", "MissingDependencyError", "MissingShardError", "PlaneCountError", "PlaneError",
+    "PlaneMismatchError", "ReadOnlyError", "RegionError", "UnsupportedCompressionError", "UnsupportedDTypeError",
+    "VolumeExistsError", "WriterError", "__version__", "open_zarr", "write_dask",
 ]

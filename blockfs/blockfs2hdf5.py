@@ -28,18 +28,22 @@ from typing import Any
 
 import numpy as np
 
-from .cli_support import add_silent, byte_progress, describe, run_tool
+from .cli_support import USER_ERRORS, add_silent, byte_progress, describe, run_tool
 from .directory import Directory
-from .errors import DatasetExistsError, ExportError
-from .parallel.mpi import EXPECTED, Ranks, find_ranks, rounds, run_ranked, serially
+from .errors import DatasetExistsError, ExportError, InvalidArgumentError
+from .parallel.mpi import Ranks, find_ranks, rounds, run_ranked, serially
 
 PROG = "blockfs2hdf5"
 
 #: attribute holding the volume's block size (z, y, x); the application metadata keys sit beside it
 BLOCK_SIZE_ATTR = "blockfs_block_size_zyx"
 
-#: HDF5's deflate (gzip) filter: flagged optional, but its output buffer always fits, so never skipped
-H5Z_FILTER_DEFLATE = 1
+#: How h5py refuses a dataset name, filter or filter option it cannot use
+H5PY_ARGUMENT_ERRORS = (ValueError, TypeError, KeyError, OSError)
+
+#: --compression: a filter name or number; --compression-opts: its options
+Filter = str | int | None
+FilterOptions = int | tuple[Any, ...] | None
 
 
 def parallel_hdf5_missing() -> str | None:
@@ -107,25 +111,26 @@ def chunk_shape(shape: tuple[int, int, int], block: tuple[int, int, int]) -> tup
     return tuple(min(b, s) for b, s in zip(block, shape))  # type: ignore[return-value]
 
 
-def dataset_options(args: argparse.Namespace, volume: Directory) -> dict[str, Any]:
+def dataset_options(volume: Directory, compression: Filter = None,
+                    compression_opts: FilterOptions = None) -> dict[str, Any]:
     """Keyword arguments of ``create_dataset`` for the volume."""
     block = (volume.z_block_size, volume.y_block_size, volume.x_block_size)
     options: dict[str, Any] = {"shape": volume.shape, "dtype": volume.dtype, "chunks": chunk_shape(volume.shape, block)}
-    if args.compression is not None:
-        options["compression"] = args.compression
-        if args.compression_opts is not None:
-            options["compression_opts"] = args.compression_opts
+    if compression is not None:
+        options["compression"] = compression
+        if compression_opts is not None:
+            options["compression_opts"] = compression_opts
     return options
 
 
-def _describe_filter(args: argparse.Namespace) -> str:
-    if args.compression is None:
+def _describe_filter(options: dict[str, Any]) -> str:
+    if options.get("compression") is None:
         return "no compression"
-    opts = "" if args.compression_opts is None else f" (options {args.compression_opts!r})"
-    return f"compression {args.compression!r}{opts}"
+    opts = "" if options.get("compression_opts") is None else f" (options {options['compression_opts']!r})"
+    return f"compression {options['compression']!r}{opts}"
 
 
-def skippable_filters(args: argparse.Namespace, options: dict[str, Any]) -> list[str]:
+def skippable_filters(dest: str, name: str, options: dict[str, Any]) -> list[str]:
     """Make the dataset in a file in memory (reporting bad names and options before ``dest`` is touched),
     and return the names of its filters that HDF5 may skip for a chunk.
 
@@ -138,24 +143,23 @@ def skippable_filters(args: argparse.Namespace, options: dict[str, Any]) -> list
     import h5py
     from h5py import h5z
 
-    name = args.name
     if not name.strip("/"):
-        raise ValueError(f"{args.dest}: {name!r} does not name a dataset; give a path such as /raw/channel0")
+        raise InvalidArgumentError(f"{dest}: {name!r} does not name a dataset; give a path such as /raw/channel0")
     try:
         with h5py.File(f"{PROG}-probe-{os.getpid()}", "w", driver="core", backing_store=False) as probe:
             dcpl = probe.create_dataset(name, **options).id.get_create_plist()
             pipeline = [dcpl.get_filter(i) for i in range(dcpl.get_nfilters())]
-    except EXPECTED as exc:
-        raise ValueError(f"{args.dest}: cannot make dataset {name} with {_describe_filter(args)}: {exc}") from None
+    except H5PY_ARGUMENT_ERRORS as exc:
+        raise InvalidArgumentError(f"{dest}: cannot make dataset {name} with {_describe_filter(options)}: {exc}"
+                                   ) from None
     return [label.decode(errors="replace") or str(code) for code, flags, _, label in pipeline
-            if flags & h5z.FLAG_OPTIONAL and code != H5Z_FILTER_DEFLATE]
+            if flags & h5z.FLAG_OPTIONAL and code != h5z.FILTER_DEFLATE]
 
 
-def check_destination(args: argparse.Namespace) -> bool:
-    """Before anything is written: ``dest`` can hold the dataset and does not yet. Returns whether it exists."""
+def check_destination(dest: str, name: str) -> bool:
+    """Before anything is written: ``dest`` can hold dataset ``name`` and does not yet. Returns whether it exists."""
     import h5py
 
-    dest, name = args.dest, args.name
     if not os.path.exists(dest):
         folder = os.path.dirname(os.path.abspath(dest))
         if not os.path.isdir(folder):
@@ -164,7 +168,7 @@ def check_destination(args: argparse.Namespace) -> bool:
     if os.path.isdir(dest):
         raise IsADirectoryError(f"{dest}: is a folder; give the path of an HDF5 file")
     if not h5py.is_hdf5(dest):
-        raise ValueError(f"{dest}: exists and is not an HDF5 file; choose another file name")
+        raise InvalidArgumentError(f"{dest}: exists and is not an HDF5 file; choose another file name")
     with h5py.File(dest, "r") as f:
         if name in f:
             raise DatasetExistsError(f"{dest}: dataset {name} exists; choose another name, or delete it first "
@@ -179,11 +183,11 @@ def open_file(dest: str, ranks: Ranks) -> Any:
     f, error = None, None
     try:
         f = h5py.File(dest, "a", driver="mpio", comm=ranks.comm) if ranks.parallel else h5py.File(dest, "a")
-    except EXPECTED as exc:
+    except USER_ERRORS as exc:
         error = describe(exc)
     errors = ranks.comm.allgather(error) if ranks.parallel else [error]
     if any(errors) and not all(errors):
-        raise RuntimeError(f"{dest}: opened on some ranks only: {next(e for e in errors if e)}")
+        raise ExportError(f"{dest}: opened on some ranks only: {next(e for e in errors if e)}")
     ranks.agree(error)
     return f
 
@@ -221,56 +225,57 @@ class RowWriter:
         self._dset.id.write(mspace, fspace, data, dxpl=self._dxpl)
 
 
-def write_rows(args: argparse.Namespace, volume: Directory, dset: Any, ranks: Ranks) -> None:
-    """Every row, round by round; rank 0's bar counts the voxel bytes that all ranks wrote."""
+def write_rows(volume: Directory, dset: Any, ranks: Ranks, silent: bool = True) -> None:
+    """Every row, round by round; rank 0's bar (unless ``silent``) counts the voxel bytes that all ranks wrote."""
     work = rows(volume.shape, (volume.z_block_size, volume.y_block_size, volume.x_block_size))
     writer = RowWriter(dset, ranks.parallel)
     row_bytes = volume.shape[2] * volume.dtype.itemsize
     total = int(np.prod(volume.shape)) * volume.dtype.itemsize
-    with byte_progress(total, args.silent or ranks.rank != 0, f"{PROG}: {args.name}") as bar:
+    with byte_progress(total, silent or ranks.rank != 0, f"{PROG}: {dset.name}") as bar:
         for batch, row in rounds(work, ranks):
             data, error = None, None
             if row is not None:
                 z0, z1, y0, y1 = row
                 try:
                     data = volume[z0:z1, y0:y1, :]
-                except EXPECTED as exc:
+                except USER_ERRORS as exc:
                     error = describe(exc)
             ranks.agree(error)
             writer.write(None if row is None else (row[0], row[2], 0), data)
             bar.update(sum((z1 - z0) * (y1 - y0) * row_bytes for z0, z1, y0, y1 in batch))
 
 
-def export(args: argparse.Namespace, ranks: Ranks) -> None:
-    """Write the dataset; raises :class:`ExportError` on every rank if any rank failed."""
-    volume = ranks.attempt(lambda: Directory.open(args.src))
+def export(src: str, dest: str, name: str, ranks: Ranks, compression: Filter = None,
+           compression_opts: FilterOptions = None, silent: bool = True) -> None:
+    """Write the volume ``src`` as dataset ``name`` of the HDF5 file ``dest`` (created if missing), with
+    an HDF5 ``compression`` filter and its options; raises :class:`ExportError` on every rank if any rank failed."""
+    volume = ranks.attempt(lambda: Directory.open(src))
     try:
-        options = dataset_options(args, volume)
-        skippable = ranks.attempt(lambda: skippable_filters(args, options))
+        options = dataset_options(volume, compression, compression_opts)
+        skippable = ranks.attempt(lambda: skippable_filters(dest, name, options))
         if ranks.parallel and skippable:
             solo = serially(ranks, f"parallel HDF5 mislabels chunks that the {', '.join(skippable)} filter "
                                    "leaves uncompressed, which makes them unreadable", PROG)
             if solo is None:
                 return
             ranks = solo
-        existed = ranks.attempt(lambda: check_destination(args) if ranks.rank == 0 else None)
+        existed = ranks.attempt(lambda: check_destination(dest, name) if ranks.rank == 0 else None)
         if ranks.parallel:
             existed = ranks.comm.bcast(existed, root=0)
-        f = open_file(args.dest, ranks)
+        f = open_file(dest, ranks)
         try:
-            dset = ranks.attempt(lambda: f.create_dataset(args.name, **options),
-                                 args.dest, f"cannot create dataset {args.name}")
+            dset = ranks.attempt(lambda: f.create_dataset(name, **options), dest, f"cannot create dataset {name}")
             try:
                 ranks.attempt(lambda: write_attributes(dset, volume),
-                              args.dest, f"cannot write the attributes of dataset {args.name}")
-                write_rows(args, volume, dset, ranks)
+                              dest, f"cannot write the attributes of dataset {name}")
+                write_rows(volume, dset, ranks, silent)
             except ExportError:
-                del f[args.name]  # every rank is here: deleting is collective
+                del f[name]  # every rank is here: deleting is collective
                 raise
         except ExportError:
             f.close()
             if not existed and ranks.rank == 0:
-                os.unlink(args.dest)
+                os.unlink(dest)
             raise
         except BaseException:
             if not ranks.parallel:  # in parallel, closing is collective and the other ranks are elsewhere
@@ -293,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             if solo is None:
                 return 0  # started by mpiexec without parallel HDF5: rank 0 does all the work
             ranks = solo
-        return run_ranked(ranks, lambda: export(args, ranks), PROG)
+        return run_ranked(ranks, lambda: export(args.src, args.dest, args.name, ranks, args.compression,
+                                                args.compression_opts, args.silent), PROG)
 
     return run_tool(parser, body, argv)
 

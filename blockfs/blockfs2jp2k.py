@@ -12,6 +12,7 @@ import numpy as np
 
 from .cli_support import run_tool
 from .directory import Directory
+from .errors import InvalidArgumentError, MissingDependencyError, UnsupportedDTypeError
 from .export import add_export_arguments, check_pattern, export_planes
 from .parallel.mpi import Ranks, on_ranks
 
@@ -65,8 +66,9 @@ def plan(shape_zyx: tuple[int, int, int], dtype: np.dtype, z_block_size: int, n_
         if depth >= workers:
             return Plan(depth, workers, depth * plane + workers * encoder)
     need = plane + encoder
-    raise ValueError(f"{where}: --memory {memory / GB:g} GB cannot hold one {shape_zyx[1]}x{shape_zyx[2]} "
-                     f"{np.dtype(dtype).name} plane and its encoder (about {need / GB:.3g} GB); give at least that.")
+    raise InvalidArgumentError(f"{where}: --memory {memory / GB:g} GB cannot hold one {shape_zyx[1]}x{shape_zyx[2]} "
+                               f"{np.dtype(dtype).name} plane and its encoder (about {need / GB:.3g} GB); "
+                               "give at least that.")
 
 
 def resolutions(shape_yx: tuple[int, ...]) -> int:
@@ -87,10 +89,12 @@ def check_glymur() -> None:
     try:
         import glymur
     except ImportError as exc:
-        raise OSError(f"glymur is not installed ({exc}); install it with: pip install glymur packaging") from None
+        raise MissingDependencyError(f"glymur is not installed ({exc}); install it with: pip install glymur packaging"
+                                     ) from None
     if glymur.version.openjpeg_version_tuple < (2, 3, 0):
-        raise OSError(f"glymur {glymur.__version__} found OpenJPEG {glymur.version.openjpeg_version}, which cannot "
-                      "write; install OpenJPEG 2.3 or newer (Debian: apt-get install libopenjp2-7).")
+        raise MissingDependencyError(f"glymur {glymur.__version__} found OpenJPEG {glymur.version.openjpeg_version}, "
+                                     "which cannot write; install OpenJPEG 2.3 or newer "
+                                     "(Debian: apt-get install libopenjp2-7).")
 
 
 def _psnr(text: str) -> float | None:
@@ -131,8 +135,8 @@ def _export(args: argparse.Namespace, ranks: Ranks) -> int:
     check_glymur()
     with Directory.open(args.input) as directory:
         if directory.dtype not in JP2K_DTYPES:
-            raise ValueError(f"{args.input}: the volume is {directory.dtype.name}, but JPEG 2000 export writes "
-                             "uint8 or uint16 planes; use blockfs2tif for other dtypes.")
+            raise UnsupportedDTypeError(f"{args.input}: the volume is {directory.dtype.name}, but JPEG 2000 export "
+                                        "writes uint8 or uint16 planes; use blockfs2tif for other dtypes.")
         chosen = plan(directory.shape, directory.dtype, directory.z_block_size, args.n_workers, args.memory,
                       args.input)
         export_planes(directory, args.output_pattern, functools.partial(write_jp2k, psnr=args.psnr),

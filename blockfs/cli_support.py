@@ -13,6 +13,10 @@ from .errors import BlockfsError
 
 T = TypeVar("T")
 
+#: What a user can cause (a bad argument, a damaged or missing file, a full disk): every tool prints it as
+#: ``prog: file: reason`` and exits 1. Anything else is a bug in blockfs and shows its traceback.
+USER_ERRORS = (BlockfsError, OSError)
+
 
 def describe(exc: BaseException) -> str:
     """``file: reason`` for an error (blockfs messages already start with their file)."""
@@ -30,7 +34,7 @@ def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace
     except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): not a failure
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except (BlockfsError, OSError, ValueError) as exc:
+    except USER_ERRORS as exc:
         print(f"{parser.prog}: {describe(exc)}", file=sys.stderr)
         return 1
 

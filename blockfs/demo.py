@@ -15,6 +15,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
+from .cli_support import run_tool
 from .directory import Directory
 from .pyramid import open_pyramid
 from .pyramid.build import build_pyramid
@@ -78,25 +79,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", default="demo-output", help="folder for the volume (default: %(default)s)")
     parser.add_argument("--size-gib", type=float, default=1.0, help="approximate volume size (default: 1)")
     parser.add_argument("--silent", action="store_true", help="no progress bars")
-    args = parser.parse_args(argv)
-    side = max(BLOCK, int(round((args.size_gib * 2**30 / 2 / 2) ** (1 / 3) / BLOCK)) * BLOCK)
-    shape = (side, 2 * side, side)
-    if shutil.disk_usage(os.path.dirname(os.path.abspath(args.output))).free < 2 * np.prod(shape) * 2:
-        print(f"blockfs-demo: {args.output}: not enough free disk for a {args.size_gib} GiB volume", file=sys.stderr)
-        return 1
-    r = run(args.output, shape, args.silent)
-    mb = r["bytes"] / 1e6
-    print(f"\nwrote and verified {r['voxels']:,} voxels (z, y, x = {shape}, uint16, 64^3 blocks, zstd 5, "
-          f"{r['shards']} shards)")
-    print(f"  data            {r['bytes'] / 2**20:,.0f} MiB uncompressed, {r['on_disk'] / 2**20:,.0f} MiB on disk "
-          f"(compression ratio {r['bytes'] / r['on_disk']:.2f})")
-    print(f"  write           {mb / r['write_seconds']:,.0f} MB/s ({r['write_seconds']:.1f} s, parallel writers)")
-    print(f"  read + verify   {mb / r['read_seconds']:,.0f} MB/s ({r['read_seconds']:.1f} s)")
-    print(f"  pyramid         {len(r['levels'])} levels (mean), {mb / r['pyramid_seconds']:,.0f} MB/s "
-          f"({r['pyramid_seconds']:.1f} s); coarsest {' x '.join(map(str, r['levels'][-1]))} (z, y, x)")
-    print(f"  pyramid folder: {r['pyramid']}  (blockfs info {r['pyramid']})")
-    print(f"  look at it:     blockfs view {r['pyramid']}")
-    return 0
+
+    def body(args: argparse.Namespace) -> int:
+        side = max(BLOCK, int(round((args.size_gib * 2**30 / 2 / 2) ** (1 / 3) / BLOCK)) * BLOCK)
+        shape = (side, 2 * side, side)
+        if shutil.disk_usage(os.path.dirname(os.path.abspath(args.output))).free < 2 * np.prod(shape) * 2:
+            print(f"blockfs-demo: {args.output}: not enough free disk for a {args.size_gib} GiB volume",
+                  file=sys.stderr)
+            return 1
+        r = run(args.output, shape, args.silent)
+        mb = r["bytes"] / 1e6
+        print(f"\nwrote and verified {r['voxels']:,} voxels (z, y, x = {shape}, uint16, 64^3 blocks, zstd 5, "
+              f"{r['shards']} shards)")
+        print(f"  data            {r['bytes'] / 2**20:,.0f} MiB uncompressed, {r['on_disk'] / 2**20:,.0f} MiB on disk "
+              f"(compression ratio {r['bytes'] / r['on_disk']:.2f})")
+        print(f"  write           {mb / r['write_seconds']:,.0f} MB/s ({r['write_seconds']:.1f} s, parallel writers)")
+        print(f"  read + verify   {mb / r['read_seconds']:,.0f} MB/s ({r['read_seconds']:.1f} s)")
+        print(f"  pyramid         {len(r['levels'])} levels (mean), {mb / r['pyramid_seconds']:,.0f} MB/s "
+              f"({r['pyramid_seconds']:.1f} s); coarsest {' x '.join(map(str, r['levels'][-1]))} (z, y, x)")
+        print(f"  pyramid folder: {r['pyramid']}  (blockfs info {r['pyramid']})")
+        print(f"  look at it:     blockfs view {r['pyramid']}")
+        return 0
+
+    return run_tool(parser, body, argv)
 
 
 if __name__ == "__main__":

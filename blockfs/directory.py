@@ -334,7 +334,7 @@ class Directory:
 
     def __reduce__(self) -> tuple:
         if self._mode is None:
-            raise ValueError(f"{self.directory_filename}: create() the volume before passing it to other processes.")
+            raise InvalidArgumentError(f"{self.directory_filename}: create() the volume before passing it to other processes.")
         return _reopen, (self.directory_filename, "r" if self._closed else self._mode, self.verify, self.durable)
 
     # -- attributes --------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import numpy as np
 
 from .cli_support import add_silent, progress
 from .directory import Directory
-from .errors import BlockfsError, ExportError
+from .errors import BlockfsError, ExportError, InvalidArgumentError
 from .parallel.mpi import SOLO, Ranks
 from .planes import iter_slabs
 
@@ -39,22 +39,23 @@ def _suggest(pattern: str) -> str:
 def check_pattern(pattern: str) -> str:
     """Return ``pattern`` if it has exactly one printf-style integer field (``%d``, ``%04d``...) for z.
 
-    Otherwise raise ``ValueError`` naming the pattern and the fix, before any work is done.
+    Otherwise raise :class:`InvalidArgumentError` naming the pattern and the fix, before any work is done.
     """
     fields = [m for m in _FIELD.finditer(pattern) if m.group(0) != "%%"]
     if not fields:
-        raise ValueError(f"{pattern}: the output pattern has no %d-style field for the plane's z, so every plane "
-                         f"would go to one file; add one, e.g. {_suggest(pattern)}")
+        raise InvalidArgumentError(f"{pattern}: the output pattern has no %d-style field for the plane's z, so "
+                                   f"every plane would go to one file; add one, e.g. {_suggest(pattern)}")
     if len(fields) > 1 or fields[0].group(1) not in _INTEGER_TYPES or "*" in fields[0].group(0):
-        raise ValueError(f"{pattern}: the output pattern must have exactly one integer field for z (%d, %04d, ...) "
-                         f"and no other %-field (write a literal % as %%); e.g. {_suggest(pattern)}")
+        raise InvalidArgumentError(f"{pattern}: the output pattern must have exactly one integer field for z "
+                                   f"(%d, %04d, ...) and no other %-field (write a literal % as %%); "
+                                   f"e.g. {_suggest(pattern)}")
     try:
         first, second = pattern % 0, pattern % 1
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"{pattern}: not a valid printf-style pattern ({exc}); write a literal % as %%, "
-                         f"e.g. {_suggest(pattern)}") from None
+        raise InvalidArgumentError(f"{pattern}: not a valid printf-style pattern ({exc}); write a literal % as %%, "
+                                   f"e.g. {_suggest(pattern)}") from None
     if first == second or not os.path.basename(first):
-        raise ValueError(f"{pattern}: the z field must be in the file name; e.g. {_suggest(pattern)}")
+        raise InvalidArgumentError(f"{pattern}: the z field must be in the file name; e.g. {_suggest(pattern)}")
     return pattern
 
 

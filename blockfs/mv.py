@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from .cli_support import add_silent, byte_progress, run_tool
-from .errors import MissingShardError, VolumeExistsError
+from .errors import InvalidArgumentError, MissingShardError, VolumeExistsError
 from .relocate import NO_LINK_ERRNOS, fsync_folder, locate_shards, read_directory_file, relocate
 
 #: Bytes per copy call; the progress bar advances by at most this much at a time.
@@ -79,8 +79,8 @@ def _plan(source: str, dest: str, move: bool) -> tuple[list[Placement], str, lis
     targets = [new_index] + [p.target for p in placements]
     clash = next((t for i, t in enumerate(targets) if t in targets[:i]), None)
     if clash is not None:
-        raise ValueError(f"{source}: two files of the volume would both become {clash}; "
-                         "their base names must differ.")
+        raise InvalidArgumentError(f"{source}: two files of the volume would both become {clash}; "
+                                   "their base names must differ.")
     if os.path.isdir(dest) and os.path.samefile(os.path.dirname(os.path.abspath(source)), dest):
         raise VolumeExistsError(f"{new_index}: the volume is already in {dest}; choose another folder.")
     for target in targets:

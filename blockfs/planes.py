@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .directory import Directory
-from .errors import PlaneCountError, PlaneError
+from .errors import ClosedError, InvalidArgumentError, PlaneCountError, PlaneError
 
 
 def _z_range(directory: Directory, z_start: int, z_stop: int | None) -> tuple[int, int]:
@@ -23,12 +23,12 @@ def _z_range(directory: Directory, z_start: int, z_stop: int | None) -> tuple[in
     start = operator.index(z_start)
     stop = z_extent if z_stop is None else operator.index(z_stop)
     if not 0 <= start < stop <= z_extent:
-        raise ValueError(f"{where}: z range [{start}, {stop}) must lie within [0, {z_extent}) and hold at "
-                         "least one plane.")
+        raise InvalidArgumentError(f"{where}: z range [{start}, {stop}) must lie within [0, {z_extent}) and hold "
+                                   "at least one plane.")
     if start % depth or (stop % depth and stop != z_extent):
-        raise ValueError(f"{where}: z range [{start}, {stop}) must start at a multiple of the block depth "
-                         f"{depth} and end at one or at the volume's end {z_extent}, so that it covers whole "
-                         "blocks.")
+        raise InvalidArgumentError(f"{where}: z range [{start}, {stop}) must start at a multiple of the block "
+                                   f"depth {depth} and end at one or at the volume's end {z_extent}, so that it "
+                                   "covers whole blocks.")
     return start, stop
 
 
@@ -44,7 +44,8 @@ def iter_slabs(directory: Directory, depth: int | None = None, z_start: int = 0,
     block = directory.z_block_size
     step = block if depth is None else operator.index(depth)
     if step < 1:
-        raise ValueError(f"{directory.directory_filename}: slab depth must be a positive integer; got {depth!r}.")
+        raise InvalidArgumentError(f"{directory.directory_filename}: slab depth must be a positive integer; "
+                                   f"got {depth!r}.")
     step = min(step, block)
     start, stop = _z_range(directory, z_start, z_stop)
     for block_start in range(start - start % block, stop, block):
@@ -90,7 +91,7 @@ class PlaneWriter:
         """Add the next plane, a (y, x) array whose dtype casts safely to the volume's."""
         where = self.directory.directory_filename
         if self._closed:
-            raise ValueError(f"{where}: this PlaneWriter is closed; start a new one to write more planes.")
+            raise ClosedError(f"{where}: this PlaneWriter is closed; start a new one to write more planes.")
         if self._z >= self.z_stop:
             raise PlaneCountError(f"{where}: too many planes: all {self.z_stop - self.z_start} planes of z range "
                                   f"[{self.z_start}, {self.z_stop}) were already written.")

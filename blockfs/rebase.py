@@ -17,7 +17,7 @@ import os
 import sys
 
 from .cli_support import add_silent, byte_progress, run_tool
-from .errors import MissingShardError
+from .errors import InvalidArgumentError, MissingShardError
 from .relocate import DEFAULT_BUFFER_SIZE, read_directory_file, relocate
 
 EPILOG = """\
@@ -75,8 +75,8 @@ def rebase(path: str, buffer_size: int = DEFAULT_BUFFER_SIZE, silent: bool = Tru
                                 f"directory file: {listed}. Put them there, then run blockfs-rebase again; "
                                 "nothing was changed.")
     if len(set(targets)) != len(targets):
-        raise ValueError(f"{path}: two shards have the same base name ({', '.join(header.names)}), so they "
-                         "cannot both be found beside the directory file; nothing was changed.")
+        raise InvalidArgumentError(f"{path}: two shards have the same base name ({', '.join(header.names)}), so "
+                                   "they cannot both be found beside the directory file; nothing was changed.")
     if all(_points_at(name, target) for name, target in zip(header.names, targets)):
         return False
     with byte_progress(header.index_bytes, silent, f"{prog}: copying the index") as bar:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from . import format as fmt
-from .errors import FormatError, VolumeExistsError
+from .errors import FormatError, InvalidArgumentError, VolumeExistsError
 from .storage import resolve_shard_path
 
 #: Bytes copied per read when carrying the index over to the new file.
@@ -138,9 +138,10 @@ def header_with_names(source: DirectoryFile, names: Sequence[str]) -> bytes:
     """
     names = tuple(os.fspath(n) for n in names)
     if len(names) != len(source.names):
-        raise ValueError(f"{source.path}: the volume has {len(source.names)} shards; got {len(names)} new names.")
+        raise InvalidArgumentError(f"{source.path}: the volume has {len(source.names)} shards; "
+                                   f"got {len(names)} new names.")
     if not all(names):
-        raise ValueError(f"{source.path}: shard names must be non-empty; got {list(names)!r}.")
+        raise InvalidArgumentError(f"{source.path}: shard names must be non-empty; got {list(names)!r}.")
     start, end = _value_span(source.json_text, FILENAMES_KEY, source.path)
     text = (source.json_text[:start] + json.dumps(list(names)) + source.json_text[end:]).encode("utf-8")
     header = fmt.PREAMBLE.pack(fmt.MAGIC, len(text), fmt.PREAMBLE.size + len(text)) + text
@@ -205,7 +206,7 @@ def relocate(source: str, names: Sequence[str], target: str | None = None, *, ex
     already ``names``.
     """
     if buffer_size < 1:
-        raise ValueError(f"buffer_size must be a positive number of bytes; got {buffer_size!r}.")
+        raise InvalidArgumentError(f"buffer_size must be a positive number of bytes; got {buffer_size!r}.")
     source = os.fspath(source)
     target = source if target is None else os.fspath(target)
     current = read_directory_file(source)

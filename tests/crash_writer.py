@@ -33,6 +33,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from helpers import block_origins
+
 SEED = 4
 MAX_VERSION = 65535
 #: The volume the crash tests write: (z, y, x), block edge and dtype.
@@ -76,12 +78,6 @@ def version_of(block: np.ndarray, entry: int, full_shape: Sequence[int] | None =
     full = block_content(entry, version, block.shape if full_shape is None else full_shape)
     expected = full if where is None else full[where]
     return version if expected.shape == block.shape and np.array_equal(block, expected) else None
-
-
-def block_origins(shape: Sequence[int] = SHAPE, block: int = BLOCK) -> list[tuple[int, int, int]]:
-    """First voxels (x, y, z) of every block of a volume of ``shape`` (z, y, x)."""
-    return [(x, y, z) for z in range(0, shape[0], block) for y in range(0, shape[1], block)
-            for x in range(0, shape[2], block)]
 
 
 def _log_line(fd: int, entry: int, version: int) -> None:

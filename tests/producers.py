@@ -28,6 +28,7 @@ if str(REPO_ROOT) not in sys.path:  # unrelated interpreters may start with only
 
 from blockfs import Directory  # noqa: E402
 from blockfs.sample import microscopy_block, random_block  # noqa: E402
+from helpers import origins_of  # noqa: E402
 
 #: The module-level Directory of the README pattern: set before a fork Pool starts, or by
 #: :func:`init` in each worker of a spawn/forkserver Pool.
@@ -35,14 +36,6 @@ DIRECTORY: Any = None
 
 
 # -- what a block holds ------------------------------------------------------------------------
-
-def block_origins(directory: Any) -> list[tuple[int, int, int]]:
-    """First voxels (x, y, z) of every block of a volume, in entry order (x fastest)."""
-    return [(x, y, z)
-            for z in range(0, directory.z_extent, directory.z_block_size)
-            for y in range(0, directory.y_extent, directory.y_block_size)
-            for x in range(0, directory.x_extent, directory.x_block_size)]
-
 
 def block_shape(directory: Any, x: int, y: int, z: int) -> tuple[int, int, int]:
     """Shape (z, y, x) of the block at (x, y, z), truncated at the volume's edges."""
@@ -71,7 +64,7 @@ def expected_volume(directory: Any, seed: int, versions: dict[tuple[int, int, in
     """
     versions = versions or {}
     out = np.zeros((directory.z_extent, directory.y_extent, directory.x_extent), np.uint16)
-    for x, y, z in block_origins(directory):
+    for x, y, z in origins_of(directory):
         dz, dy, dx = block_shape(directory, x, y, z)
         out[z:z + dz, y:y + dy, x:x + dx] = sample_block(x, y, z, (dz, dy, dx), seed, versions.get((x, y, z)))
     return out
@@ -131,7 +124,7 @@ def unrelated_writer(path: str, worker: int, n_workers: int, seed: int, use_writ
             raise SystemExit(f"{go_file}: never appeared")
         time.sleep(0.005)
     written = 0
-    for k, (x, y, z) in enumerate(block_origins(d)):
+    for k, (x, y, z) in enumerate(origins_of(d)):
         if k % n_workers == worker:
             d.write_block(sample_block(x, y, z, block_shape(d, x, y, z), seed), x, y, z)
             written += 1

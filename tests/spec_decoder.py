@@ -32,8 +32,8 @@ def _read_shard(name: str, folder: str, cache: dict[str, bytes]) -> bytes:
     return cache[path]
 
 
-def read_volume(directory_path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode a whole volume: its (z, y, x) array and its application metadata (section 3.3)."""
+def read_index(directory_path: str | os.PathLike[str]) -> tuple[dict[str, Any], int, bytes]:
+    """(JSON header, D: where the entries start, the whole directory file) of a volume."""
     with open(directory_path, "rb") as f:
         index = f.read()
     magic, m, d = struct.unpack_from("<8sII", index, 0)
@@ -42,11 +42,31 @@ def read_volume(directory_path: str | os.PathLike[str]) -> tuple[np.ndarray, dic
     meta: dict[str, Any] = json.loads(index[16:16 + m].decode("utf-8"))
     if meta["Version"] != "1.0.0":
         raise ValueError(f"{directory_path}: Version {meta['Version']!r}")
+    return meta, d, index
+
+
+def decode_entry(meta: dict[str, Any], d: int, index: bytes, e: int) -> tuple[int, int]:
+    """(offset, size) of entry ``e``; (0, 0) for an entry past the end of the file."""
+    off_bits, size_bits = meta["NOffsetBits"], meta["NSizeBits"]
+    entry_size = math.ceil((off_bits + size_bits) / 8)
+    pos = d + e * entry_size
+    if pos + entry_size > len(index):
+        return 0, 0
+    v = int.from_bytes(index[pos:pos + entry_size], "little")
+    return v & ((1 << off_bits) - 1), (v >> off_bits) & ((1 << size_bits) - 1)
+
+
+def entry(directory_path: str | os.PathLike[str], e: int) -> tuple[int, int]:
+    """(offset, size) of entry ``e`` of a volume's index (section 4)."""
+    return decode_entry(*read_index(directory_path), e)
+
+
+def read_volume(directory_path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode a whole volume: its (z, y, x) array and its application metadata (section 3.3)."""
+    meta, d, index = read_index(directory_path)
     extent = (meta["ZExtent"], meta["YExtent"], meta["XExtent"])
     bsize = (meta["ZBlockSize"], meta["YBlockSize"], meta["XBlockSize"])
     stride = (meta["ZStride"], meta["YStride"], meta["XStride"])
-    off_bits, size_bits = meta["NOffsetBits"], meta["NSizeBits"]
-    entry_size = math.ceil((off_bits + size_bits) / 8)
     dtype = np.dtype(meta["DType"]).newbyteorder("<")
     names: list[str] = meta["BlockFilenames"]
     folder = os.path.dirname(os.path.abspath(directory_path))
@@ -56,14 +76,9 @@ def read_volume(directory_path: str | os.PathLike[str]) -> tuple[np.ndarray, dic
         for y in range(0, extent[1], bsize[1]):
             for x in range(0, extent[2], bsize[2]):
                 e = (z // bsize[0]) * stride[0] + (y // bsize[1]) * stride[1] + (x // bsize[2]) * stride[2]
-                pos = d + e * entry_size
-                if pos + entry_size > len(index):
-                    continue  # entry past the end of the file: missing block
-                v = int.from_bytes(index[pos:pos + entry_size], "little")
-                offset = v & ((1 << off_bits) - 1)
-                size = (v >> off_bits) & ((1 << size_bits) - 1)
+                offset, size = decode_entry(meta, d, index, e)
                 if size == 0:
-                    continue  # empty entry: missing block
+                    continue  # empty entry, or past the end of the file: missing block
                 shard = _read_shard(names[e % len(names)], folder, shards)
                 if offset + size > len(shard):
                     raise ValueError(f"block ({x}, {y}, {z}): bytes [{offset}, {offset + size}) beyond its shard")

@@ -1,8 +1,8 @@
 """Crashes and concurrent readers, with real processes and real files.
 
 * A writer process tree (``crash_writer.py`` and its writer processes or helper) is killed with
-  SIGKILL at seeded random moments. Afterwards ``blockfs check`` reports without failing,
-  ``blockfs repair`` rebuilds the index, and every block reads as one of the versions written for
+  SIGKILL at seeded random moments. Afterwards ``check_volume`` reports only unindexed records,
+  ``repair_volume`` rebuilds the index, and every block reads as one of the versions written for
   it or as zeros. Acknowledged writes (logged after ``write_block`` returned) survive, and every
   complete record found in the shards (counted here with ``blockfs.records.scan``) is indexed.
 * Readers running while another process rewrites blocks never see a partial or mixed block.
@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import random
@@ -33,19 +32,21 @@ import numpy as np
 import psutil
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import crash_writer
+from crash_writer import block_content, version_of
+import spec_decoder
+from helpers import block_origins, mounted, unavailable
 
-import crash_writer  # noqa: E402
-from crash_writer import block_content, block_origins, version_of  # noqa: E402
+from blockfs import BlockfsError, Directory, records
+from blockfs.check import check_volume
+from blockfs.repair import repair_volume
 
-from blockfs import BlockfsError, Directory, records  # noqa: E402
-
-BLOCKFS = Path(sys.executable).with_name("blockfs")
 WRITER = Path(crash_writer.__file__).resolve()
 KILL_SEED = 20240611
 KILL_TRIALS = 24
 MIN_DELAY, MAX_DELAY = 0.05, 1.5
+#: At most this many kills on the sync disk to find one that leaves a complete record unindexed.
+SYNC_TRIALS = 10
 #: Problems a crash may leave: a complete record written but not yet indexed. Anything else
 #: (an entry pointing at bad bytes, past the end, at another block's record) breaks the rule
 #: that data reaches the shard before its entry points at it.
@@ -53,13 +54,6 @@ CRASH_PROBLEMS = {"unindexed-record"}
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-def run_blockfs(*args: str) -> subprocess.CompletedProcess:
-    """Run the ``blockfs`` command; it must never end in a traceback."""
-    result = subprocess.run([str(BLOCKFS), *args], check=False, capture_output=True, text=True, timeout=120)
-    assert "Traceback" not in result.stderr, f"blockfs {' '.join(args)} crashed:\n{result.stderr}"
-    return result
-
 
 def new_volume(folder: Path) -> Path:
     """An empty volume of the shape crash_writer writes, with offset room for many rewrites."""
@@ -188,7 +182,7 @@ def logged_versions(log: Path) -> dict[int, int]:
     return newest
 
 
-# -- 1. kill -9 at random moments --------------------------------------------------------------
+# -- kill -9 at random moments --------------------------------------------------------------
 
 def _trials() -> list[tuple[int, str, str, float]]:
     """(trial, writer mode, disk, delay before the kill): every combination, seeded delays."""
@@ -208,18 +202,14 @@ def sync_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path | None]
     with open(image, "wb") as f:
         f.truncate(512 << 20)
 
-    def run(*command: str) -> bool:
-        try:
-            return subprocess.run(command, check=False, capture_output=True, timeout=120).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-
-    mounted = run("mkfs.ext4", "-q", "-F", str(image)) and run("mount", "-o", "loop,sync", str(image), str(mount_point))
     try:
-        yield mount_point if mounted else None
+        made = subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], capture_output=True, timeout=120).returncode == 0
+    except OSError:
+        made = False
+    try:
+        with mounted(mount_point, "-o", "loop,sync", str(image)) as ok:
+            yield mount_point if made and ok else None
     finally:
-        if mounted and not run("umount", str(mount_point)):
-            run("umount", "-l", str(mount_point))
         image.unlink()
 
 
@@ -238,10 +228,7 @@ class TrialOutcome:
     acknowledged: int = 0
 
 
-#: Outcomes of the trials run in this session, for test_kill_trials_summary.
-OUTCOMES: dict[int, TrialOutcome] = {}
-
-
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("trial, mode, disk, delay", _trials(),
                          ids=[f"trial{i:02d}-{m}-{k}-{d}s" for i, m, k, d in _trials()])
@@ -250,12 +237,16 @@ def test_kill_9_then_check_repair_and_read(tmp_path: Path, sync_disk: Path | Non
     if disk == "sync" and sync_disk is None:
         disk = "page-cache (no sync disk)"
     folder = sync_disk / f"trial{trial:02d}" if disk == "sync" and sync_disk is not None else tmp_path / "volume"
+    print(f"\n{run_trial(folder, tmp_path / 'acknowledged.log', mode, disk, delay)}")
+
+
+def run_trial(folder: Path, log: Path, mode: str, disk: str, delay: float) -> TrialOutcome:
+    """:func:`kill_trial` in ``folder``, removed afterwards (shards grow to tens of MiB per trial)."""
     folder.mkdir()
     try:
-        OUTCOMES[trial] = kill_trial(folder, tmp_path / "acknowledged.log", mode, disk, delay)
+        return kill_trial(folder, log, mode, disk, delay)
     finally:
-        shutil.rmtree(folder, ignore_errors=True)  # shards grow to tens of MiB per trial
-    print(f"\n{OUTCOMES[trial]}")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def kill_trial(folder: Path, log: Path, mode: str, disk: str, delay: float) -> TrialOutcome:
@@ -269,15 +260,12 @@ def kill_trial(folder: Path, log: Path, mode: str, disk: str, delay: float) -> T
     index_before = path.read_bytes()
     shapes = block_shapes(path)
 
-    # check reports (0 or 1), and only the problem a crash may cause
-    checked = run_blockfs("check", "--json", "--silent", str(path))
-    assert checked.returncode in (0, 1), checked.stderr
-    report = json.loads(checked.stdout)
-    assert report["healthy"] is (checked.returncode == 0)
-    kinds = {p["kind"] for p in report["problems"]}
-    assert kinds <= CRASH_PROBLEMS, report["problems"]
-    flagged = {p["entry"] for p in report["problems"]}
-    assert all(p["block"] is not None and len(p["block"]) == 3 for p in report["problems"])
+    # check reports only the problem a crash may cause (in-process: the trial is about the volume;
+    # the console tools are tested in test_integrity.py)
+    report = check_volume(str(path))
+    assert {p.kind for p in report.problems} <= CRASH_PROBLEMS, report.problems
+    flagged = {p.entry for p in report.problems}
+    assert all(p.block is not None and len(p.block) == 3 for p in report.problems)
 
     # every block reads as a version or zeros, before repair too
     before = read_versions(path)
@@ -287,29 +275,24 @@ def kill_trial(folder: Path, log: Path, mode: str, disk: str, delay: float) -> T
     for entry, copies in found.items():
         assert all(c.version for c in copies), f"entry {entry}: a sound record holds garbage: {copies}"
     last = {entry: copies[-1] for entry, copies in found.items()}
-    with Directory.open(str(path)) as volume:
-        stale = {entry for entry, copy in last.items()
-                 if index_entry(volume, entry) != (copy.offset, copy.length)}
+    stale = {entry for entry, copy in last.items() if spec_decoder.entry(path, entry) != (copy.offset, copy.length)}
     assert flagged == stale, "check must flag exactly the blocks whose newest record is not indexed"
     outcome.records_found, outcome.unindexed = len(last), len(stale)
 
-    repaired = run_blockfs("repair", "--silent", str(path))
-    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    count = re.search(r"(\d+) block records", repaired.stdout)
-    assert count is not None, repaired.stdout
-    assert int(count.group(1)) == len(last), "repair must index every entry that has a complete record"
+    repaired = repair_volume(str(path))
+    assert repaired.blocks_indexed == len(last), "repair must index every entry that has a complete record"
+    assert repaired.entries_changed == len(stale), repaired
+    outcome.entries_changed = repaired.entries_changed
     backups = sorted(folder.glob("volume.blockfs.bak*"))
     if stale:
-        changed = re.search(r"(\d+) entries changed", repaired.stdout)
-        assert changed is not None and int(changed.group(1)) == len(stale), repaired.stdout
-        outcome.entries_changed = len(stale)
-        assert len(backups) == 1 and backups[0].read_bytes() == index_before, "the old index must be kept"
+        assert backups == [Path(repaired.backup)] and backups[0].read_bytes() == index_before, \
+            "the old index must be kept"
     else:
-        assert "nothing changed" in repaired.stdout and not backups
+        assert repaired.backup is None and not backups
         assert path.read_bytes() == index_before
 
-    after_check = run_blockfs("check", "--silent", str(path))
-    assert after_check.returncode == 0, after_check.stdout + after_check.stderr
+    after_check = check_volume(str(path))
+    assert after_check.healthy, after_check.problems
 
     after = read_versions(path)
     for entry in shapes:
@@ -328,34 +311,26 @@ def kill_trial(folder: Path, log: Path, mode: str, disk: str, delay: float) -> T
     return outcome
 
 
-def test_kill_trials_summary(sync_disk: Path | None) -> None:
-    """After all the kill trials (run in order), report them; on the sync disk, at least one kill
-    must have left a complete but unindexed record, so that repair was really exercised."""
-    if len(OUTCOMES) < KILL_TRIALS:
-        pytest.skip(f"only {len(OUTCOMES)} of {KILL_TRIALS} kill trials ran in this session")
-    outcomes = list(OUTCOMES.values())
-    print(f"\n{len(outcomes)} kill -9 trials: "
-          f"{sum(o.present for o in outcomes)} blocks recovered, {sum(o.missing for o in outcomes)} missing "
-          f"(never written before the kill), versions {min(o.versions[0] for o in outcomes)}-"
-          f"{max(o.versions[1] for o in outcomes)}, {sum(o.unindexed for o in outcomes)} complete records that the "
-          f"index did not point at yet (in {sum(1 for o in outcomes if o.unindexed)} trials), "
-          f"{sum(o.torn for o in outcomes)} torn stretches, "
-          f"{sum(o.acknowledged for o in outcomes)} acknowledged writes checked")
-    if sync_disk is not None:
-        assert any(o.unindexed for o in outcomes if o.disk == "sync"), \
-            "no kill on the sync disk landed between an append and its index entry; the trials did not exercise repair"
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_kill_on_the_sync_disk_leaves_a_record_for_repair(tmp_path: Path, sync_disk: Path | None) -> None:
+    """Kill trials on the sync disk, until one lands between a block's append and its index entry:
+    within a few seeded trials at least one must, so that the trials really exercise repair."""
+    if sync_disk is None:
+        unavailable("no sync disk (a loop-mounted ext4 needs root, mkfs.ext4 and mount)")
+    rng = random.Random(KILL_SEED)
+    outcomes = []
+    for trial in range(SYNC_TRIALS):
+        mode = ("direct", "pool")[trial % 2]
+        outcome = run_trial(sync_disk / f"repairable{trial:02d}", tmp_path / f"acknowledged{trial}.log", mode, "sync",
+                            round(rng.uniform(MIN_DELAY, MAX_DELAY), 3))
+        outcomes.append(outcome)
+        if outcome.unindexed:
+            return
+    pytest.fail(f"no kill of {SYNC_TRIALS} on the sync disk landed between an append and its index entry: {outcomes}")
 
 
-def index_entry(volume: Directory, entry: int) -> tuple[int, int]:
-    """(offset, size) of an entry, decoded from the directory file's bytes (docs/FORMAT.md)."""
-    size = volume.layout.entry_size
-    with open(volume.directory_filename, "rb") as f:
-        f.seek(volume.directory_offset + entry * size)
-        value = int.from_bytes(f.read(size).ljust(size, b"\0"), "little")
-    return value & ((1 << volume.n_offset_bits) - 1), value >> volume.n_offset_bits & ((1 << volume.n_size_bits) - 1)
-
-
-# -- 1b. torn tails, made on purpose -----------------------------------------------------------
+# -- torn tails, made on purpose -----------------------------------------------------------
 
 def test_repair_recovers_every_complete_record_after_torn_tails(tmp_path: Path) -> None:
     """Cut shards at seeded random points (inside headers, inside payloads, between records)
@@ -383,24 +358,22 @@ def test_repair_recovers_every_complete_record_after_torn_tails(tmp_path: Path) 
         assert torn >= 1 or cut % 2 == 0
         last = {entry: copies[-1] for entry, copies in found.items()}
 
-        checked = run_blockfs("check", "--silent", str(path))
-        assert checked.returncode == 1, "an index pointing past the cut must be reported"
-        repaired = run_blockfs("repair", "--silent", str(path))
-        assert repaired.returncode == 0, repaired.stderr
-        assert f"from {len(last)} block records" in repaired.stdout, repaired.stdout
-        assert run_blockfs("check", "--silent", str(path)).returncode == 0
+        assert not check_volume(str(path)).healthy, "an index pointing past the cut must be reported"
+        assert repair_volume(str(path)).blocks_indexed == len(last)
+        report = check_volume(str(path))
+        assert report.healthy, report.problems
         with Directory.open(str(path)) as volume:
-            for origin in block_origins():
+            for origin in block_origins(crash_writer.SHAPE, crash_writer.BLOCK):
                 entry = volume.layout.entry_index(*origin)
                 got = volume.read_block(*origin)
                 if entry in last:
                     assert last[entry].version and version_of(got, entry) == last[entry].version, (cut, origin)
-                    assert index_entry(volume, entry) == (last[entry].offset, last[entry].length)
+                    assert spec_decoder.entry(path, entry) == (last[entry].offset, last[entry].length)
                 else:
                     assert not got.any(), (cut, origin)
 
 
-# -- 2. readers while a writer writes ----------------------------------------------------------
+# -- readers while a writer writes ----------------------------------------------------------
 
 class Monitor:
     """Checks every piece a reader sees, and remembers the versions seen per block."""

@@ -12,7 +12,6 @@ import math
 import os
 import pickle
 import struct
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,11 @@ import blosc
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import copy_volume, fixture_cases, require_fixtures
+from helpers import origins_of
 
-from fixtures import copy_volume, fixture_cases, require_fixtures  # noqa: E402
-
-import blockfs  # noqa: E402
-from blockfs import BlockCoordinateError, ClosedError, Compression, Directory  # noqa: E402
+import blockfs
+from blockfs import BlockCoordinateError, ClosedError, Compression, Directory
 
 
 def read_header(path: str | Path) -> tuple[int, dict[str, Any]]:
@@ -44,12 +41,6 @@ def new_volume(tmp_path: Path, name: str = "v.blockfs", **kwargs: Any) -> Direct
                                 x_block_size=8, y_block_size=8, z_block_size=4)
     args.update(kwargs)
     return Directory(**args).create()
-
-
-def block_origins(d: Directory) -> list[tuple[int, int, int]]:
-    """(x, y, z) of the first voxel of every block of ``d``."""
-    return [(x, y, z) for z in range(0, d.z_extent, d.z_block_size) for y in range(0, d.y_extent, d.y_block_size)
-            for x in range(0, d.x_extent, d.x_block_size)]
 
 
 # -- defaults ------------------------------------------------------------------------------------
@@ -172,7 +163,7 @@ def test_get_block_size_at_edges(tmp_path: Path) -> None:
         assert d.get_block_size(0, 64, 0) == (16, 6, 64)
         assert d.get_block_size(0, 0, 48) == (2, 32, 64)
         assert d.get_block_size(64, 64, 48) == (2, 6, 36)
-        for x, y, z in block_origins(d):
+        for x, y, z in origins_of(d):
             assert d.read_block(x, y, z).shape == d.get_block_size(x, y, z)
         for bad in ((1, 0, 0), (128, 0, 0), (0, 96, 0), (0, 0, 64), (-64, 0, 0)):
             with pytest.raises(BlockCoordinateError):
@@ -197,23 +188,23 @@ def test_offsetof_arithmetic(tmp_path: Path, strides: tuple[int, int, int] | Non
             assert (sx, sy, sz) == strides
         entry_size = math.ceil((d.n_offset_bits + d.n_size_bits) / 8)
         seen = set()
-        for x, y, z in block_origins(d):
+        for x, y, z in origins_of(d):
             e = (x // 8) * sx + (y // 8) * sy + (z // 4) * sz
             assert d.offsetof(x, y, z) == d.directory_offset + e * entry_size
             seen.add(e)
-        assert len(seen) == len(block_origins(d))
+        assert len(seen) == len(origins_of(d))
 
         # Every block reads back what was written, and the entry at offsetof() points at it.
         rng = np.random.default_rng(7)
         expected = rng.integers(0, 60000, d.shape, dtype=np.uint16)
-        for x, y, z in block_origins(d):
+        for x, y, z in origins_of(d):
             bz, by, bx = d.get_block_size(x, y, z)
             d.write_block(expected[z:z + bz, y:y + by, x:x + bx], x, y, z)
         np.testing.assert_array_equal(d[...], expected, strict=True)
 
         index = Path(d.directory_filename).read_bytes()
         _, doc = read_header(d.directory_filename)
-        for x, y, z in block_origins(d):
+        for x, y, z in origins_of(d):
             at = d.offsetof(x, y, z)
             value = int.from_bytes(index[at:at + entry_size], "little")
             offset = value & ((1 << d.n_offset_bits) - 1)

@@ -29,16 +29,13 @@ import blosc
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import producers
 
-import producers  # noqa: E402
-
-from blockfs import (AttachError, ChecksumError, ClosedError, CorruptBlockError, Directory,  # noqa: E402
+from blockfs import (AttachError, ChecksumError, ClosedError, CorruptBlockError, Directory,
                      EntryOverflowError, VolumeExistsError)
-from blockfs.check import check_volume  # noqa: E402
-from blockfs.info import describe_volume, format_text  # noqa: E402
-from blockfs.repair import repair_volume  # noqa: E402
+from blockfs.check import check_volume
+from blockfs.info import describe_volume, format_text
+from blockfs.repair import repair_volume
 
 pytestmark = pytest.mark.timeout(200)
 
@@ -70,7 +67,7 @@ def write_all(d: Directory, data: np.ndarray, skip: tuple[tuple[int, int, int], 
     return expected
 
 
-# -- 1. reading after close() -------------------------------------------------------------------
+# -- reading after close() -------------------------------------------------------------------
 
 def test_read_block_after_close_on_the_same_object(tmp_path: Path) -> None:
     """spimstitch: write through the writer processes, close(), then read_block on the same object."""
@@ -92,7 +89,7 @@ def test_read_block_after_close_on_the_same_object(tmp_path: Path) -> None:
     np.testing.assert_array_equal(d[...], expected, strict=True)
 
 
-# -- 2. create() over an existing volume ---------------------------------------------------------
+# -- create() over an existing volume ---------------------------------------------------------
 
 def test_create_twice_into_one_folder_replaces_the_volume(tmp_path: Path) -> None:
     """precomputed-tif converts into the same output folder twice."""
@@ -179,7 +176,7 @@ def test_create_refuses_files_that_are_not_the_volumes(tmp_path: Path) -> None:
         Directory(8, 8, 8, np.uint8, str(tmp_path / "v.blockfs"), n_filenames=2).create(overwrite=False)
 
 
-# -- 3. bit widths the earlier mv/cp understand --------------------------------------------------
+# -- bit widths the earlier mv/cp understand --------------------------------------------------
 
 def earlier_rule(doc: dict[str, Any]) -> tuple[int, int]:
     """(NOffsetBits, NSizeBits) as the earlier release computes them from a header's JSON."""
@@ -295,7 +292,7 @@ def test_default_widths_hold_one_full_write_counted_block_by_block(seed: int) ->
     assert (d.n_offset_bits, d.n_size_bits) == (max(rule[0], last_payload.bit_length()), rule[1])
 
 
-# -- 4. blocks written by an earlier-release writer ------------------------------------------------
+# -- blocks written by an earlier-release writer ------------------------------------------------
 
 def earlier_write(path: Path, block: np.ndarray, x: int, y: int, z: int) -> None:
     """What an earlier-release process does to write a block: append the blosc payload to the
@@ -403,7 +400,7 @@ def test_an_unrecorded_payload_must_match_the_block_shape(tmp_path: Path) -> Non
     assert [p.kind for p in check_volume(str(path)).problems] == ["undecodable"]
 
 
-# -- 5. the README pattern under every start method ------------------------------------------------
+# -- the README pattern under every start method ------------------------------------------------
 
 @pytest.mark.parametrize("how", ["set_start_method", "get_context"])
 @pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])

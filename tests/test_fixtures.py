@@ -7,22 +7,18 @@ copy in its temporary folder.
 from __future__ import annotations
 
 import hashlib
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fixtures import (  # noqa: E402
+from fixtures import (
     case_ids, case_params, copy_volume, drop_last_entry, pad_header, require_fixtures,
 )
+from helpers import block_origins
 
-from blockfs import Directory  # noqa: E402
+from blockfs import Directory
 
 params = pytest.mark.parametrize("case", case_params(), ids=case_ids())
 
@@ -34,15 +30,6 @@ def open_case(case: dict[str, Any] | None) -> tuple[Directory, np.ndarray]:
     expected = np.load(folder / case["expected_array"])
     assert hashlib.sha256(np.ascontiguousarray(expected).tobytes()).hexdigest() == case["expected_sha256"]
     return Directory.open(str(folder / case["directory_file"])), expected
-
-
-def block_origins(case: dict[str, Any]) -> Iterator[tuple[int, int, int]]:
-    """(x, y, z) of the first voxel of every block of the case's volume."""
-    (nz, ny, nx), (bz, by, bx) = case["shape_zyx"], case["block_size_zyx"]
-    for z in range(0, nz, bz):
-        for y in range(0, ny, by):
-            for x in range(0, nx, bx):
-                yield x, y, z
 
 
 @params
@@ -75,7 +62,7 @@ def test_every_block(case: dict[str, Any] | None) -> None:
     d, expected = open_case(case)
     assert case is not None
     with d:
-        for x, y, z in block_origins(case):
+        for x, y, z in block_origins(case["shape_zyx"], case["block_size_zyx"]):
             bz, by, bx = d.get_block_size(x, y, z)
             block = d.read_block(x, y, z)
             np.testing.assert_array_equal(block, expected[z:z + bz, y:y + by, x:x + bx], strict=True,

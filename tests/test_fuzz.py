@@ -13,7 +13,6 @@ import contextlib
 import json
 import resource
 import struct
-import sys
 import time
 import tracemalloc
 import warnings
@@ -25,26 +24,23 @@ import crc32c
 import numpy as np
 import psutil
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fixtures
+from crash_writer import DTYPE, block_content
+from helpers import block_origins, examples
 
-import fixtures  # noqa: E402
-from crash_writer import DTYPE, block_content, block_origins  # noqa: E402
-
-from blockfs import BlockfsError, Directory, records  # noqa: E402
-from blockfs import format as fmt  # noqa: E402
-from blockfs.check import check_volume  # noqa: E402
-from blockfs.errors import ChecksumError  # noqa: E402
+from blockfs import BlockfsError, Directory, records
+from blockfs import format as fmt
+from blockfs.check import check_volume
+from blockfs.errors import ChecksumError
 
 pytestmark = pytest.mark.timeout(240)
 
-MANY = settings(max_examples=1500, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
-                                       HealthCheck.data_too_large])
-FEWER = settings(MANY, max_examples=400)
+#: Parser calls are cheap: the whole budget. A damaged volume is read whole per example: a share.
+MANY = examples(1)
+FEWER = examples(4 / 15)
 #: How much more address space than the process already maps a parser may use.
 ADDRESS_SPACE_HEADROOM = 1 << 30
 #: Largest allocation one call of a small parser may make while traced.
@@ -160,11 +156,13 @@ JSON_VALUES = st.recursive(
     max_leaves=8)
 
 
-#: DType values for the structured headers. Values that make numpy's own dtype parser raise
-#: something other than TypeError (dicts, "(2,", "(-1,)i4") or warn ("a") are a known library bug,
-#: pinned by test_decode_header_rejects_bad_dtype_values; the fuzzing keeps to these.
+#: DType values that make numpy's own dtype parser raise something other than TypeError, or warn.
+BAD_DTYPES = {"null": None, "dict": {"": ""}, "unclosed-tuple": "(2,", "comma": ",", "negative-shape": "(-1,)i4",
+              "huge-shape": "(99999999999,)i4", "deprecated-alias": "a"}
+#: DType values for the structured headers: valid, unsupported and malformed ones.
 DTYPE_VALUES = st.sampled_from(["uint8", "uint16", "int32", "float32", "float64", "uint12", "", "float", "S8",
-                                "object", "U4", "bool", "complex64", "datetime64", "i4,i4", "V8", ">u2", "<f8"])
+                                "object", "U4", "bool", "complex64", "datetime64", "i4,i4", "V8", ">u2", "<f8",
+                                *BAD_DTYPES.values()])
 
 
 @st.composite
@@ -200,7 +198,7 @@ def assert_sane(layout: fmt.Layout, start: int, data: bytes) -> None:
     assert start + layout.n_entries * layout.entry_size <= 2**62
 
 
-# -- 7. directory-file headers -----------------------------------------------------------------
+# -- directory-file headers -----------------------------------------------------------------
 
 def _decode(data: bytes) -> None:
     result = call(lambda: fmt.decode_header(data, "fuzz.blockfs"), BlockfsError, traced=True)
@@ -208,18 +206,21 @@ def _decode(data: bytes) -> None:
         assert_sane(*result, data)
 
 
+@pytest.mark.slow
 @MANY
 @given(RANDOM_HEADERS)
 def test_decode_header_random_bytes(data: bytes) -> None:
     _decode(data)
 
 
+@pytest.mark.slow
 @MANY
 @given(MUTATED_HEADERS)
 def test_decode_header_mutated(data: bytes) -> None:
     _decode(data)
 
 
+@pytest.mark.slow
 @MANY
 @given(structured_headers())
 def test_decode_header_structured(data: bytes) -> None:
@@ -251,10 +252,6 @@ def test_decode_header_overlong_integer() -> None:
         fmt.decode_header(_preamble(text), "long.blockfs")
 
 
-BAD_DTYPES = {"null": None, "dict": {"": ""}, "unclosed-tuple": "(2,", "comma": ",", "negative-shape": "(-1,)i4",
-              "huge-shape": "(99999999999,)i4", "deprecated-alias": "a"}
-
-
 @pytest.mark.parametrize("name", sorted(BAD_DTYPES))
 def test_decode_header_rejects_bad_dtype_values(name: str) -> None:
     doc = dict(_document(HEADERS[0]), DType=BAD_DTYPES[name])
@@ -270,7 +267,7 @@ def test_decode_header_rejects_compression_level_above_9() -> None:
         fmt.decode_header(_preamble(json.dumps(doc).encode()), "level.blockfs")
 
 
-# -- 7. Directory.open on damaged files --------------------------------------------------------
+# -- Directory.open on damaged files --------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def volumes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
@@ -296,7 +293,7 @@ def _open(path: Path) -> None:
             volume = Directory.open(str(path))
         try:
             assert volume.shape == volume.layout.shape and volume.dtype == volume.layout.dtype
-            assert repr(volume) and isinstance(volume.metadata, dict)
+            assert str(path) in repr(volume) and isinstance(volume.metadata, dict)
         finally:
             volume.close()
 
@@ -314,6 +311,7 @@ def _bound_first_entry(data: bytes) -> bytes:
     return data[:12] + (start % (len(data) + 4096)).to_bytes(4, "little") + data[16:]
 
 
+@pytest.mark.slow
 @MANY
 @given(data=st.data())
 def test_open_damaged_directory_file(tmp_path: Path, volumes: dict[str, Path], data: st.DataObject) -> None:
@@ -335,7 +333,7 @@ def test_open_does_not_allocate_what_the_preamble_claims(tmp_path: Path, claim: 
     _open(path)
 
 
-# -- 7. records ----------------------------------------------------------------------------------
+# -- records ----------------------------------------------------------------------------------
 
 def _decode_record(raw: bytes) -> records.Record | ChecksumError:
     result = call(lambda: records.decode(raw, "fuzz"), ChecksumError)
@@ -348,18 +346,21 @@ PAYLOADS = st.binary(max_size=300)
 ENTRIES = st.integers(0, 2**64 - 1)
 
 
+@pytest.mark.slow
 @MANY
 @given(st.binary(max_size=64) | st.binary(max_size=40).map(lambda b: records.MAGIC + b))
 def test_record_decode_random_bytes(raw: bytes) -> None:
     _decode_record(raw)
 
 
+@pytest.mark.slow
 @MANY
 @given(st.tuples(ENTRIES, PAYLOADS).flatmap(lambda ep: mutated(records.encode(*ep) + ep[1])))
 def test_record_decode_mutated(raw: bytes) -> None:
     _decode_record(raw)
 
 
+@pytest.mark.slow
 @MANY
 @given(ENTRIES, PAYLOADS, st.data())
 def test_record_any_single_byte_change_is_caught(entry: int, payload: bytes, data: st.DataObject) -> None:
@@ -415,12 +416,14 @@ def _scan(data: bytes) -> dict[int, records.Record]:
     return found
 
 
+@pytest.mark.slow
 @MANY
 @given(st.binary(max_size=2000) | shards().map(lambda s: s[0]) | shards().flatmap(lambda s: mutated(s[0], 6)))
 def test_scan_tiles_random_and_mutated_shards(data: bytes) -> None:
     _scan(data)
 
 
+@pytest.mark.slow
 @MANY
 @given(shards(), st.data())
 def test_scan_finds_every_intact_record(shard: tuple[bytes, list[tuple[int, int, bytes]]],
@@ -437,7 +440,7 @@ def test_scan_finds_every_intact_record(shard: tuple[bytes, list[tuple[int, int,
             assert found.get(offset) == records.Record(entry, len(payload), crc32c.crc32c(payload)), offset
 
 
-# -- 7. damaged indexes of valid volumes -----------------------------------------------------------
+# -- damaged indexes of valid volumes -----------------------------------------------------------
 
 @contextlib.contextmanager
 def damaged_index(path: Path, data: st.DataObject) -> Iterator[bytes]:
@@ -481,6 +484,7 @@ def read_every_block(path: Path, exact: bool) -> dict[tuple[int, int, int], str]
     return outcome
 
 
+@pytest.mark.slow
 @FEWER
 @given(data=st.data())
 def test_damaged_index_reads_right_zeros_or_error(volumes: dict[str, Path], data: st.DataObject) -> None:
@@ -488,6 +492,7 @@ def test_damaged_index_reads_right_zeros_or_error(volumes: dict[str, Path], data
         read_every_block(volumes["records"], exact=True)
 
 
+@pytest.mark.slow
 @FEWER
 @given(data=st.data())
 def test_damaged_index_without_records_raises_only_blockfs_errors(volumes: dict[str, Path],
@@ -496,7 +501,8 @@ def test_damaged_index_without_records_raises_only_blockfs_errors(volumes: dict[
         read_every_block(volumes["plain"], exact=False)
 
 
-@settings(MANY, max_examples=150)
+@pytest.mark.slow
+@examples(1 / 10)
 @given(data=st.data())
 def test_check_finds_every_block_a_damaged_index_breaks(volumes: dict[str, Path], data: st.DataObject) -> None:
     path = volumes["records"]

@@ -10,12 +10,11 @@ fails the producer and leaves a volume that checks clean.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
 import subprocess
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,18 +22,15 @@ import blosc
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fixtures
+from crash_writer import DTYPE, block_content
+from helpers import block_origins, console
 
-import fixtures  # noqa: E402
-from crash_writer import DTYPE, block_content, block_origins  # noqa: E402
-
-from blockfs import BlockfsError, CorruptBlockError, Directory, WriterError, records  # noqa: E402
-from blockfs.errors import ChecksumError  # noqa: E402
+from blockfs import BlockfsError, CorruptBlockError, Directory, WriterError, records
+from blockfs.errors import ChecksumError
 
 pytestmark = pytest.mark.timeout(120)
 
-BLOCKFS = Path(sys.executable).with_name("blockfs")
 SHAPE = (40, 64, 96)  # (z, y, x): 3 x 2 x 2 blocks of 32; the z=32 layer is 8 voxels deep
 BLOCK = 32
 #: Blocks written twice (version 1, then 2): damage to the newest copy leaves the older one.
@@ -44,11 +40,7 @@ ONCE = (0, 0, 0)
 
 # -- helpers -----------------------------------------------------------------------------------
 
-def run_blockfs(*args: str) -> subprocess.CompletedProcess:
-    """Run the ``blockfs`` command; it must never end in a traceback."""
-    result = subprocess.run([str(BLOCKFS), *args], check=False, capture_output=True, text=True, timeout=120)
-    assert "Traceback" not in result.stderr, f"blockfs {' '.join(args)} crashed:\n{result.stderr}"
-    return result
+run_blockfs = functools.partial(console, "blockfs")
 
 
 def check_json(path: Path) -> tuple[int, dict]:
@@ -189,7 +181,7 @@ def repair(vol: Volume) -> subprocess.CompletedProcess:
     return result
 
 
-# -- 3. a flipped byte inside a payload --------------------------------------------------------
+# -- a flipped byte inside a payload --------------------------------------------------------
 
 def test_flipped_payload_byte_with_an_older_copy(tmp_path: Path) -> None:
     vol = build(tmp_path)
@@ -235,7 +227,7 @@ def test_repair_names_a_block_it_cannot_recover(tmp_path: Path) -> None:
     assert names_block(result.stdout + result.stderr, ONCE), result.stdout + result.stderr
 
 
-# -- 3. a flipped byte inside a record header --------------------------------------------------
+# -- a flipped byte inside a record header --------------------------------------------------
 
 HEADER_FIELDS = {"magic": 1, "version": 4, "header-size": 6, "entry": 8, "length": 17, "payload-crc": 25,
                  "header-crc": 30}
@@ -305,7 +297,7 @@ def test_damage_to_an_old_copy_is_noted_but_harmless(tmp_path: Path) -> None:
     vol.assert_reads()
 
 
-# -- 3. a flipped byte inside the index --------------------------------------------------------
+# -- a flipped byte inside the index --------------------------------------------------------
 
 def _entry_bytes() -> list[int]:
     """Positions of the bytes of one entry of the volume ``build`` writes."""
@@ -354,7 +346,7 @@ def test_close_after_a_failed_region_read(tmp_path: Path) -> None:
     assert (failures, len(leaked)) == (0, 0), f"{failures} close() calls failed; {len(leaked)} shard descriptors leaked"
 
 
-# -- 3. volumes without records: checked by decompressing --------------------------------------
+# -- volumes without records: checked by decompressing --------------------------------------
 
 def breaking_flip(payload: bytes, where: str) -> int:
     """A payload position whose flipped byte makes blosc itself refuse the buffer."""
@@ -423,22 +415,7 @@ def test_fixture_flipped_payload_byte(tmp_path: Path, case: dict) -> None:
     check_recordless_damage(vol, origin, "compressed-stream")
 
 
-# -- 4. a shard on a full disk -----------------------------------------------------------------
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A folder on a 2 MiB tmpfs; where mounting is refused, a plain folder in which the test
-    points shard 0 at /dev/full."""
-    folder = tmp_path / "small"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2M", "tmpfs", str(folder)],
-                             check=False, capture_output=True, timeout=30).returncode == 0
-    try:
-        yield folder, "tmpfs" if mounted else "dev-full"
-    finally:
-        if mounted and subprocess.run(["umount", str(folder)], check=False, capture_output=True, timeout=30).returncode:
-            subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True, timeout=30)
-
+# -- a shard on a full disk -----------------------------------------------------------------
 
 def fill_volume(folder: Path, kind: str) -> Directory:
     """128 blocks of about 64 KiB each: 8 MiB that do not fit on the 2 MiB disk."""
@@ -468,8 +445,8 @@ def check_after_full_disk(path: Path, acknowledged: dict[tuple[int, int, int], n
 
 
 @pytest.mark.parametrize("mode", ["direct", "pool"])
-def test_shard_on_a_full_disk(small_disk: tuple[Path, str], mode: str) -> None:
-    folder, kind = small_disk
+def test_shard_on_a_full_disk(tiny_disk: tuple[Path, str], mode: str) -> None:
+    folder, kind = tiny_disk
     d = fill_volume(folder, kind)
     acknowledged: dict[tuple[int, int, int], np.ndarray] = {}
     failures: list[BaseException] = []
@@ -503,12 +480,11 @@ def test_shard_on_a_full_disk(small_disk: tuple[Path, str], mode: str) -> None:
     check_after_full_disk(folder / "volume.blockfs", acknowledged)
 
 
-def test_index_entry_on_a_full_disk(small_disk: tuple[Path, str]) -> None:
+@pytest.mark.parametrize("tiny_disk", ["tmpfs"], indirect=True)  # a small file system holding the index too
+def test_index_entry_on_a_full_disk(tiny_disk: tuple[Path, str]) -> None:
     """The disk fills up exactly when the index entry needs a new page: the write fails, and the
     volume must still check clean (the unacknowledged record must not be left behind)."""
-    folder, kind = small_disk
-    if kind != "tmpfs":
-        pytest.skip("needs a small file system holding the index too")
+    folder, _ = tiny_disk
     d = Directory(256, 256, 8, "uint8", str(folder / "volume.blockfs"), n_filenames=1, x_block_size=8,
                   y_block_size=8, z_block_size=8).create()  # 1024 entries: the index spans two pages
     assert d.offsetof(248, 248, 0) >= 4096
@@ -524,7 +500,7 @@ def test_index_entry_on_a_full_disk(small_disk: tuple[Path, str]) -> None:
     assert result.returncode == 0, result.stdout
 
 
-# -- 5. verified reads and what verify=False skips ---------------------------------------------
+# -- verified reads and what verify=False skips ---------------------------------------------
 
 def test_verify_false_skips_the_record_check(tmp_path: Path) -> None:
     vol = build(tmp_path)
@@ -547,7 +523,7 @@ def test_verify_false_skips_the_record_check(tmp_path: Path) -> None:
     created.close()
 
 
-# -- 6. healthy volumes ------------------------------------------------------------------------
+# -- healthy volumes ------------------------------------------------------------------------
 
 def test_repair_on_a_healthy_volume_changes_nothing(tmp_path: Path) -> None:
     vol = build(tmp_path)

@@ -16,15 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import mpi_writer
+import spec_decoder
+from mpi_run import mpiexec, require_mpi
 
-import mpi_writer  # noqa: E402
-import spec_decoder  # noqa: E402
-from mpi_run import mpiexec, require_mpi  # noqa: E402
-
-from blockfs import Directory, records  # noqa: E402
-from blockfs.repair import repair_volume  # noqa: E402
+from blockfs import Directory, records
+from blockfs.repair import repair_volume
 
 SCRIPT = Path(mpi_writer.__file__)
 SHARDS = 3

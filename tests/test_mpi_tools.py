@@ -19,16 +19,13 @@ import psutil
 import pytest
 import tifffile
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyramid_reference as ref
+from mpi_run import TIMEOUT, environment, mpiexec, require_mpi, run, tool
 
-import pyramid_reference as ref  # noqa: E402
-from mpi_run import TIMEOUT, environment, mpiexec, require_mpi, run, tool  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
-from blockfs.pyramid import open_pyramid, state  # noqa: E402
-from blockfs.pyramid.build import build_tasks, pending, prepare  # noqa: E402
-from blockfs.pyramid.plan import Plan, make_plan  # noqa: E402
+from blockfs import Directory
+from blockfs.pyramid import open_pyramid, state
+from blockfs.pyramid.build import build_tasks, pending, prepare
+from blockfs.pyramid.plan import Plan, make_plan
 
 SHAPE = (37, 50, 70)  # z, y, x: 37 planes in 5 slabs of 8, the last one short
 BLOCKS = "8,16,16"

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from volumes import make_volume
 
-from volumes import make_volume  # noqa: E402
-
-from blockfs import BlockfsError, Directory  # noqa: E402
-from blockfs.planes import PlaneCountError, PlaneError, PlaneWriter, iter_slabs  # noqa: E402
+from blockfs import BlockfsError, Directory
+from blockfs.planes import PlaneCountError, PlaneError, PlaneWriter, iter_slabs
 
 #: (z, y, x): 37 = 16 + 16 + 5 planes, so the last slab is partial; y and x do not divide either.
 SHAPE = (37, 45, 51)

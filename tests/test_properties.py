@@ -8,27 +8,25 @@ change nothing.
 
 from __future__ import annotations
 
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import examples
 
-from blockfs import Directory, RegionError  # noqa: E402
+from blockfs import Directory, RegionError
 
 DTYPES = ("uint8", "uint16", "float32")
 #: At most this many blocks along an axis, which keeps a volume under 512 blocks and the run short.
 MAX_GRID = 8
 
-SETTINGS = settings(max_examples=60, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+#: Each example creates and writes a volume: a small share of the profile's budget.
+SETTINGS = examples(1 / 25)
 
 
 # -- strategies ----------------------------------------------------------------------------------

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pyramid_reference as ref
+from helpers import console, in_process
 
-import pyramid_reference as ref  # noqa: E402
-
-from blockfs import Directory, ReadOnlyError, VolumeExistsError  # noqa: E402
-from blockfs.cli import main as blockfs_main  # noqa: E402
-from blockfs.pyramid import open_pyramid  # noqa: E402
-from blockfs.pyramid.build import build_pyramid  # noqa: E402
-from blockfs.relocate import read_directory_file  # noqa: E402
+from blockfs import Directory, ReadOnlyError, VolumeExistsError
+from blockfs.cli import main as blockfs_main
+from blockfs.pyramid import open_pyramid
+from blockfs.pyramid.build import build_pyramid
+from blockfs.relocate import read_directory_file
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -37,10 +31,8 @@ def missing(z: int, y: int, x: int) -> bool:
 
 def call(*args: object) -> tuple[int, str, str]:
     """``blockfs ...`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = blockfs_main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
+    result = in_process(blockfs_main, *args)
+    return result.returncode, result.stdout, result.stderr
 
 
 def build(tmp_path: Path, dtype: str, method: str, **kwargs) -> tuple[np.ndarray, Path, Path]:
@@ -184,10 +176,8 @@ def test_from_tif_builds_a_pyramid(tmp_path: Path) -> None:
     for z, plane in enumerate(data):
         tifffile.imwrite(tmp_path / f"img_{z}.tif", plane)
     output = tmp_path / "out" / "brain.blockfs"
-    exe = Path(sys.executable).with_name("tif2blockfs")
-    result = subprocess.run([str(exe), "--input", str(tmp_path / "img_*.tif"), "--output", str(output),
-                             "--block-size", "4,8,8", "--pyramid", "3", "--silent"], capture_output=True, text=True,
-                            timeout=120)
+    result = console("tif2blockfs", "--input", tmp_path / "img_*.tif", "--output", output, "--block-size", "4,8,8",
+                     "--pyramid", "3", "--silent")
     assert result.returncode == 0, result.stderr
     dest = tmp_path / "out" / "brain.pyramid"
     assert str(dest) in result.stdout
@@ -239,9 +229,7 @@ def test_a_damaged_source_block_stops_the_build_with_its_name(tmp_path: Path) ->
     ref.write_volume(source, ref.sample(SHAPE, "uint16"), BLOCK, n_files=1)
     shard = Path(Directory.open(str(source)).shard_paths[0])
     os.truncate(shard, shard.stat().st_size // 2)
-    exe = Path(sys.executable).with_name("blockfs")
-    result = subprocess.run([str(exe), "pyramid", str(source), str(tmp_path / "p"), "--n-workers", "2", "--silent"],
-                            capture_output=True, text=True, timeout=120)
+    result = console("blockfs", "pyramid", source, tmp_path / "p", "--n-workers", "2", "--silent")
     assert result.returncode == 1
     assert result.stderr.startswith("blockfs pyramid: ") and "truncated" in result.stderr
     assert len(result.stderr.splitlines()) == 1, result.stderr

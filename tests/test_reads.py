@@ -9,21 +9,18 @@ import multiprocessing
 import os
 import shutil
 import struct
-import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import copy_volume, fixture_cases, require_fixtures
+from helpers import origins_of
 
-from fixtures import copy_volume, fixture_cases, require_fixtures  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
+from blockfs import Directory
 
 # -- helpers -------------------------------------------------------------------------------------
 
@@ -40,21 +37,13 @@ def make_volume(path: Path, missing_every: int = 5, **kwargs: Any) -> tuple[Dire
     d = Directory(**args).create()
     data = np.random.default_rng(2024).integers(0, 65535, d.shape, dtype=np.uint16)
     with d:
-        for i, (x, y, z) in enumerate(block_origins(d)):
+        for i, (x, y, z) in enumerate(origins_of(d)):
             bz, by, bx = d.get_block_size(x, y, z)
             if missing_every and i % missing_every == 0:
                 data[z:z + bz, y:y + by, x:x + bx] = 0
             else:
                 d.write_block(data[z:z + bz, y:y + by, x:x + bx], x, y, z)
     return d, data
-
-
-def block_origins(d: Directory) -> Iterator[tuple[int, int, int]]:
-    """(x, y, z) of the first voxel of every block of ``d``."""
-    for z in range(0, d.z_extent, d.z_block_size):
-        for y in range(0, d.y_extent, d.y_block_size):
-            for x in range(0, d.x_extent, d.x_block_size):
-                yield x, y, z
 
 
 def random_key(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[Any, ...]:
@@ -178,8 +167,8 @@ def test_pickled_directory_reads_in_forked_children(tmp_path: Path) -> None:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*fork.*", category=DeprecationWarning)
             with ctx.Pool(2) as pool:
-                blocks = pool.starmap(Directory.read_block, [(reader, x, y, z) for x, y, z in block_origins(reader)])
-    for (x, y, z), block in zip(block_origins(d), blocks):
+                blocks = pool.starmap(Directory.read_block, [(reader, x, y, z) for x, y, z in origins_of(reader)])
+    for (x, y, z), block in zip(origins_of(d), blocks):
         bz, by, bx = d.get_block_size(x, y, z)
         np.testing.assert_array_equal(block, data[z:z + bz, y:y + by, x:x + bx], strict=True)
 

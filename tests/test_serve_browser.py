@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import sys
 import threading
 import time
 from pathlib import Path
@@ -19,12 +18,9 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_support import require, write_pyramid
 
-from serve_support import require, write_pyramid  # noqa: E402
-
-from blockfs.serve import start, view  # noqa: E402
+from blockfs.serve import start, view
 
 SHAPE = (32, 256, 768)  # z, y, x
 BLOCK = (16, 32, 32)

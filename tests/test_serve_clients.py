@@ -6,7 +6,6 @@ pyramid has three levels. Full blocks must go out as the shard's bytes without a
 
 from __future__ import annotations
 
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -14,13 +13,10 @@ import blosc
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_support import require, volume_data, write_pyramid, write_volume
 
-from serve_support import require, volume_data, write_pyramid, write_volume  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
-from blockfs.serve import start  # noqa: E402
+from blockfs import Directory
+from blockfs.serve import start
 
 BLOCK = (16, 24, 32)  # z, y, x
 SHAPE = (45, 70, 83)

@@ -18,14 +18,11 @@ import blosc
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from serve_support import volume_data, write_volume
 
-from serve_support import volume_data, write_volume  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
-from blockfs.serve import Server, start, view  # noqa: E402
-from blockfs.serve.server import is_loopback  # noqa: E402
+from blockfs import Directory
+from blockfs.serve import Server, start, view
+from blockfs.serve.server import is_loopback
 
 BLOCK = (16, 24, 32)  # z, y, x
 SHAPE = (40, 60, 80)  # grid (3, 3, 3), edge blocks on every axis; chunk (1, 1, 1) never written

@@ -7,20 +7,16 @@ implementation. It needs no part of the blockfs package.
 from __future__ import annotations
 
 import hashlib
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from fixtures import (  # noqa: E402
+from fixtures import (
     case_ids, case_params, copy_volume, drop_last_entry, pad_header, require_fixtures,
 )
-from spec_decoder import read_volume  # noqa: E402
+from spec_decoder import read_volume
 
 
 @pytest.mark.parametrize("case", case_params(), ids=case_ids())

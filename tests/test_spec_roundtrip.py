@@ -9,20 +9,16 @@ from __future__ import annotations
 import json
 import math
 import struct
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import block_origins
+from spec_decoder import read_volume
 
-from spec_decoder import read_volume  # noqa: E402
-
-from blockfs import Compression, Directory  # noqa: E402
+from blockfs import Compression, Directory
 
 METADATA = {"voxel_size": [1.8, 1.8, 2.0]}
 #: (extent, block size) in (z, y, x) order: even blocks with ragged edges, and anisotropic blocks
@@ -31,14 +27,6 @@ GEOMETRIES = {
     "b64": ((65, 70, 100), (64, 64, 64)),
     "aniso": ((37, 70, 100), (16, 32, 48)),
 }
-
-
-def block_origins(shape: tuple[int, ...], block: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
-    """(x, y, z) of the first voxel of every block."""
-    for z in range(0, shape[0], block[0]):
-        for y in range(0, shape[1], block[1]):
-            for x in range(0, shape[2], block[2]):
-                yield x, y, z
 
 
 def sample_volume(shape: tuple[int, int, int], dtype: np.dtype, seed: int) -> np.ndarray:
@@ -123,7 +111,7 @@ def write_volume(path: Path, truth: np.ndarray, block: tuple[int, int, int], n_f
     d.create()
     if parallel:
         d.start_writer_processes()
-    origins = list(block_origins(truth.shape, block))
+    origins = (block_origins(truth.shape, block))
     skipped = {origins[0], origins[len(origins) // 2], origins[-1]}
     twice = origins[-2]
     for x, y, z in origins:
@@ -214,7 +202,7 @@ def test_block_records_follow_the_spec(parallel: bool, tmp_path: Path) -> None:
     truth = sample_volume(shape, np.dtype("uint16"), 2)
     path = tmp_path / "volume.blockfs"
     write_volume(path, truth, block, 3, Compression.zstd, parallel=parallel)
-    n_blocks = len(list(block_origins(shape, block)))
+    n_blocks = len((block_origins(shape, block)))
     assert records_by_spec(path) == n_blocks - 3  # three blocks are left unwritten
 
 

@@ -6,50 +6,33 @@ the tool (which scans the index with numpy).
 
 from __future__ import annotations
 
-import contextlib
-import io
+import functools
 import json
 import math
 import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import case_ids, case_params, copy_volume, drop_last_entry, require_fixtures
+from helpers import console, in_process
+from volumes import make_volume
 
-from fixtures import case_ids, case_params, copy_volume, drop_last_entry, require_fixtures  # noqa: E402
-from volumes import make_volume  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
-from blockfs.cli import main as blockfs_main  # noqa: E402
-from blockfs.info import scan_index  # noqa: E402
-from blockfs.relocate import read_directory_file  # noqa: E402
+from blockfs import Directory
+from blockfs.cli import main as blockfs_main
+from blockfs.info import scan_index
+from blockfs.relocate import read_directory_file
 
 pytestmark = pytest.mark.timeout(120)
 params = pytest.mark.parametrize("case", case_params(), ids=case_ids())
 RECORD_BYTES = 32  # a block record's header (docs/FORMAT.md, "Extension: block records")
 
 
-def run(*args: Any) -> subprocess.CompletedProcess[str]:
-    """``blockfs info ...`` through the installed ``blockfs`` command."""
-    exe = Path(sys.executable).with_name("blockfs")
-    return subprocess.run([str(exe), "info", *map(str, args)], capture_output=True, text=True, timeout=60)
-
-
-def call(*args: Any) -> subprocess.CompletedProcess[str]:
-    """``blockfs info ...`` in this process (warnings are errors here), capturing its output."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = blockfs_main(["info", *map(str, args)])
-        except SystemExit as exc:
-            code = exc.code
-    return subprocess.CompletedProcess(["blockfs", "info", *args], code, out.getvalue(), err.getvalue())
+#: ``blockfs info ...`` through the installed ``blockfs`` command, and in this process (warnings are errors here)
+run = functools.partial(console, "blockfs", "info")
+call = functools.partial(in_process, blockfs_main, "info")
 
 
 def reference(path: Path) -> dict[str, Any]:

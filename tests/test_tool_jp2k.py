@@ -2,32 +2,27 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import functools
 from pathlib import Path
 
 import glymur
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import fixture_cases, require_fixtures
+from helpers import console
+from volumes import make_volume
 
-from fixtures import fixture_cases, require_fixtures  # noqa: E402
-from volumes import make_volume  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
-from blockfs.blockfs2jp2k import ENCODER_BYTES_PER_VOXEL, GB, plan, resolutions  # noqa: E402
-from blockfs.sample import microscopy_block  # noqa: E402
+from blockfs import Directory
+from blockfs.blockfs2jp2k import ENCODER_BYTES_PER_VOXEL, GB, plan, resolutions
+from blockfs.sample import microscopy_block
 
 pytestmark = pytest.mark.timeout(120)
 
-TOOL = Path(sys.executable).with_name("blockfs2jp2k")
 INTEGER_FIXTURES = [c for c in fixture_cases() if c["dtype"] in ("uint8", "uint16")]
 
 
-def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(TOOL), *map(str, args)], capture_output=True, text=True, timeout=90)
+run = functools.partial(console, "blockfs2jp2k")
 
 
 def read_planes(folder: Path, name: str, count: int) -> np.ndarray:

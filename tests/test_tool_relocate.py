@@ -7,32 +7,27 @@ only in its ``BlockFilenames`` value: the rest of the JSON text and every index 
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pytest
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import case_ids, case_params, copy_volume, pad_header, require_fixtures
+from helpers import console, in_process
+from spec_decoder import read_volume
+from volumes import make_volume as write_volume
 
-from fixtures import case_ids, case_params, copy_volume, pad_header, require_fixtures  # noqa: E402
-from spec_decoder import read_volume  # noqa: E402
-from volumes import make_volume as write_volume  # noqa: E402
-
-from blockfs import Directory, VolumeExistsError  # noqa: E402
-from blockfs import mv as mv_tool  # noqa: E402
-from blockfs import rebase as rebase_tool  # noqa: E402
-from blockfs.format import EXTENSION_KEYS  # noqa: E402
-from blockfs.relocate import relocate  # noqa: E402
+from blockfs import Directory, VolumeExistsError
+from blockfs import mv as mv_tool
+from blockfs import rebase as rebase_tool
+from blockfs.format import EXTENSION_KEYS
+from blockfs.relocate import relocate
 
 pytestmark = pytest.mark.timeout(120)
 params = pytest.mark.parametrize("case", case_params(), ids=case_ids())
@@ -42,10 +37,7 @@ METADATA = {"voxel_size": [1.8, 1.8, 2.0], "stain": "Lectin-647 \u00b5m", "prove
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def run(command: str, *args: Any, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """Run an installed console script of this environment."""
-    exe = Path(sys.executable).with_name(command)
-    return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=60)
+run = console
 
 
 TOOLS = {"blockfs-mv": mv_tool.main, "blockfs-cp": mv_tool.copy_main, "blockfs-rebase": rebase_tool.main}
@@ -53,13 +45,7 @@ TOOLS = {"blockfs-mv": mv_tool.main, "blockfs-cp": mv_tool.copy_main, "blockfs-r
 
 def call(command: str, *args: Any) -> subprocess.CompletedProcess[str]:
     """Run a tool's ``main`` in this process, as a caller from Python would, capturing its output."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = TOOLS[command]([str(a) for a in args])
-        except SystemExit as exc:
-            code = exc.code
-    return subprocess.CompletedProcess([command, *args], code, out.getvalue(), err.getvalue())
+    return in_process(TOOLS[command], *args)
 
 
 def parts(path: Path) -> dict[str, Any]:

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+import functools
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fixtures import case_ids, case_params, require_fixtures
+from helpers import console
+from volumes import make_volume
 
-from fixtures import case_ids, case_params, require_fixtures  # noqa: E402
-from volumes import make_volume  # noqa: E402
-
-from blockfs import blockfs2tif  # noqa: E402
+from blockfs import blockfs2tif
 
 pytestmark = pytest.mark.timeout(120)
 
-TOOL = Path(sys.executable).with_name("blockfs2tif")
 #: TIFF Compression tag values
 NONE, DEFLATE = 1, 8
 
 
-def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(TOOL), *map(str, args)], capture_output=True, text=True, timeout=90)
+run = functools.partial(console, "blockfs2tif")
 
 
 def assert_planes_equal(folder: Path, name: str, expected: np.ndarray, compression: int | None = None) -> None:

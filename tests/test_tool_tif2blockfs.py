@@ -3,31 +3,25 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
-if str(Path(__file__).resolve().parent) not in sys.path:  # helpers beside this file, any import mode
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import console
+from volumes import make_volume
 
-from volumes import make_volume  # noqa: E402
-
-from blockfs import Directory  # noqa: E402
-from blockfs.tif2blockfs import Plane, PlaneMismatchError, check_stack, natural_key  # noqa: E402
+from blockfs import Directory
+from blockfs.tif2blockfs import Plane, PlaneMismatchError, check_stack, natural_key
 
 pytestmark = pytest.mark.timeout(120)
 
-TIF2BLOCKFS = Path(sys.executable).with_name("tif2blockfs")
-BLOCKFS2TIF = Path(sys.executable).with_name("blockfs2tif")
+TIF2BLOCKFS, BLOCKFS2TIF = "tif2blockfs", "blockfs2tif"
 SHAPE = (37, 45, 51)
 
 
-def run(tool: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(tool), *map(str, args)], capture_output=True, text=True, timeout=90)
+run = console
 
 
 def write_stack(folder: Path, dtype: str = "uint16", shape: tuple[int, int, int] = SHAPE,

@@ -11,6 +11,7 @@ import zarr
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
 from zarr.core.buffer import Buffer, BufferPrototype, default_buffer_prototype
 
+from ..errors import ReadOnlyError
 from .zarr_format import Source, SourceLike, ZarrView
 
 
@@ -43,7 +44,7 @@ class BlockfsStore(Store):
 
     def with_read_only(self, read_only: bool = False) -> "BlockfsStore":
         if not read_only:
-            raise ValueError(f"{self}: a blockfs zarr view is read-only.")
+            raise ReadOnlyError(f"{self}: a blockfs zarr view is read-only.")
         return BlockfsStore(self.view)
 
     def __reduce__(self) -> tuple:

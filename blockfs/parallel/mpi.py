@@ -15,13 +15,10 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from ..cli_support import describe
+from ..cli_support import USER_ERRORS, describe
 from ..errors import BlockfsError, ExportError
 
 T = TypeVar("T")
-
-#: errors reported as ``file: reason``; anything else is a bug and, in parallel, aborts with a traceback
-EXPECTED = (BlockfsError, OSError, ValueError, TypeError, KeyError)
 
 #: environment variables in which MPI launchers pass a process its rank and the number of ranks
 LAUNCHER_RANK = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")
@@ -58,7 +55,7 @@ class Ranks:
         result, error = None, None
         try:
             result = step()
-        except EXPECTED as exc:
+        except USER_ERRORS as exc:
             error = describe(exc)
             if file is not None and not error.startswith(f"{file}:"):
                 error = f"{file}: {action}: {error}"
@@ -148,7 +145,7 @@ def rounds(work: Sequence[T], ranks: Ranks) -> Iterator[tuple[Sequence[T], T | N
 def abort(ranks: Ranks, exc: BaseException, prog: str) -> None:
     """Print an error met on this rank alone and abort every rank: the others would wait for it forever."""
     print(f"{prog}: rank {ranks.rank} of {ranks.size}: {describe(exc)}", file=sys.stderr)
-    if not isinstance(exc, EXPECTED):
+    if not isinstance(exc, USER_ERRORS):
         traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
     print(f"{prog}: aborting all {ranks.size} ranks", file=sys.stderr, flush=True)
     sys.stdout.flush()

@@ -15,12 +15,12 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..cli_support import describe, progress
+from ..cli_support import USER_ERRORS, describe, progress
 from ..directory import Directory
 from ..errors import BlockfsError
 from ..planes import PlaneWriter
 from ..tif2blockfs import _check_destination, _remove_volume, check_stack, find_planes, inspect_plane, read_in_order
-from .mpi import EXPECTED, Ranks, on_ranks
+from .mpi import Ranks, on_ranks
 
 PROG = "tif2blockfs"
 
@@ -70,11 +70,11 @@ def import_planes(patterns: list[str], output: str, block_size: tuple[int, int, 
                     for plane in reader:
                         writer.write(plane)
                         bar.update()
-    except EXPECTED as exc:
+    except USER_ERRORS as exc:
         error = describe(exc)
     try:
         directory.close()  # collective: every rank comes here, whatever happened to it
-    except EXPECTED as exc:
+    except USER_ERRORS as exc:
         error = error or describe(exc)
     try:
         ranks.agree(error, BlockfsError)

@@ -22,14 +22,14 @@ from typing import Callable, Iterator, TypeVar
 
 from tqdm import tqdm
 
-from ..cli_support import describe
+from ..cli_support import USER_ERRORS, describe
 from ..directory import Directory
 from ..errors import BlockfsError, WriterError
 from ..pyramid import state
 from ..pyramid.build import (CHECKPOINT_SECONDS, TaskResult, build_task, build_top, complete, largest_first, pending,
                              prepare)
 from ..pyramid.plan import Index, Plan, make_plan
-from .mpi import EXPECTED, Ranks, rounds
+from .mpi import Ranks, rounds
 
 T = TypeVar("T")
 PROG = "blockfs pyramid"
@@ -45,7 +45,7 @@ def _close(volumes: dict[int, Directory], error: str | None) -> str | None:
     for volume in volumes.values():
         try:
             volume.close()
-        except EXPECTED as exc:
+        except USER_ERRORS as exc:
             error = error or describe(exc)
     return error
 
@@ -59,7 +59,7 @@ def collectively(ranks: Ranks, plan: Plan, levels: range, work: Callable[[dict[i
     result, error = None, None
     try:
         result = work(volumes)
-    except EXPECTED as exc:
+    except USER_ERRORS as exc:
         error = describe(exc)
     ranks.agree(_close(volumes, error), WriterError)
     return result
@@ -93,7 +93,7 @@ def build_rounds(ranks: Ranks, plan: Plan, source: Directory, todo: list[Index],
         try:
             if task is not None:
                 built.append(build_task(plan, task, source, volumes))
-        except EXPECTED as exc:
+        except USER_ERRORS as exc:
             error = describe(exc)
         tasks += batch
         due = i == len(work) or time.monotonic() - last >= checkpoint_seconds

@@ -20,12 +20,12 @@ import numpy as np
 
 from . import format as fmt
 from . import records
-from .blocks import append_block, load_block, read_entries, read_entry, read_payload, store_block
 from .codec import BLOSC_HEADER_BYTES, Compression, check_compression
-from .errors import (AttachError, BlockCoordinateError, BlockShapeError, ChecksumError, ClosedError, FormatError,
-                     InvalidArgumentError, MissingShardError, ReadOnlyError, RegionError, VolumeExistsError)
+from .errors import (AttachError, BlockCoordinateError, BlockShapeError, ClosedError, FormatError,
+                     InvalidArgumentError, ReadOnlyError, RegionError, VolumeExistsError)
 from .indexing import select
-from .storage import VolumeFiles, resolve_shard_path, shadowing_copy
+from .storage import atomic_write, resolve_shard_path, shadowing_copy
+from .store import BlockStore, StoreSpec
 from .writer import WriterPool
 
 MODES = ("r", "r+")
@@ -96,16 +96,8 @@ def _from_layout(name: str) -> property:
 
 def _read_header(path: str) -> tuple[fmt.Layout, int]:
     """(Layout, D) of the directory file at ``path``."""
-    with open(path, "rb") as f:
-        head = f.read(fmt.PREAMBLE.size)
-        json_len, start = fmt.read_preamble(head, path)
-        size = os.fstat(f.fileno()).st_size
-        if start > size:
-            raise FormatError(f"{path}: the header announces {json_len} bytes of JSON and entries from byte "
-                              f"{start}, but the file has {size} bytes; the file is truncated or its header is "
-                              "damaged.")
-        head += f.read(json_len)
-    return fmt.decode_header(head, path)
+    header = fmt.read_directory_file(path)
+    return header.layout, header.directory_offset
 
 
 def _own_shards(index: str) -> set[str]:
@@ -142,14 +134,8 @@ def _reopen(path: str, mode: str, verify: bool, durable: bool) -> "Directory":
 
 def _replace_with_empty_file(path: str) -> None:
     """Put a new empty file at ``path``; hard links to the old file (a pyramid's level 1, a copy) keep its bytes."""
-    fresh = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(fresh, "wb"):
-            pass
-        os.replace(fresh, path)
-    finally:
-        if os.path.exists(fresh):
-            os.remove(fresh)
+    with atomic_write(path, durable=False):
+        pass
 
 
 class Directory:
@@ -217,11 +203,17 @@ class Directory:
         self.directory_offset = directory_offset
         self._mode = mode
         self._shard_candidates = [resolve_shard_path(path, name) for name in layout.block_filenames]
-        self._files: VolumeFiles | None = None
+        self._store: BlockStore | None = None
         self._pool: WriterPool | None = None
         self._closed = False
         if mode is not None:
-            self._files = VolumeFiles(path, [p for p, _ in self._shard_candidates], writable=mode == "r+")
+            self._store = BlockStore(self._spec(mode == "r+"))
+
+    def _spec(self, writable: bool) -> StoreSpec:
+        """The picklable description of this volume's files."""
+        return StoreSpec(self.directory_filename, tuple(p for p, _ in self._shard_candidates), self._layout,
+                         self.directory_offset, writable, self.durable,
+                         tuple(tuple(looked) for _, looked in self._shard_candidates))
 
     # -- creating and opening ------------------------------------------------------------------
 
@@ -256,14 +248,9 @@ class Directory:
             raise VolumeExistsError(f"{foreign}: not empty, and neither a blockfs directory file nor a shard of the "
                                     f"volume at {index}, so create() will not replace it; remove it or choose "
                                     "another directory_filename.")
-        temporary = f"{index}.tmp-{os.getpid()}"
-        try:
+        with atomic_write(index, durable=self.durable) as temporary:  # first: an old index never points into emptied shards
             with open(temporary, "wb") as f:
                 f.write(fmt.encode_header(self._layout, self.directory_offset))
-            os.replace(temporary, index)  # first, so an old index never points into emptied shards
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
         made = [index]
         try:
             for path in shards:
@@ -275,7 +262,7 @@ class Directory:
                     os.remove(path)
             raise
         self._mode = "r+"
-        self._files = VolumeFiles(index, shards, writable=True)
+        self._store = BlockStore(self._spec(True))
         return self
 
     @classmethod
@@ -386,6 +373,12 @@ class Directory:
         return [path for path, _ in self._shard_candidates]
 
     @property
+    def store(self) -> BlockStore:
+        """The volume's block store in this process (its spec pickles cheaply to other processes)."""
+        self._check_readable()
+        return self._store
+
+    @property
     def records(self) -> bool:
         """Whether each block carries a checksummed record (see docs/FORMAT.md)."""
         return self._layout.records
@@ -413,7 +406,7 @@ class Directory:
 
     def offsetof(self, x: int, y: int, z: int) -> int:
         """Byte position in the index file of the entry for the block at (x, y, z)."""
-        return self.directory_offset + self._entry(x, y, z) * self._layout.entry_size
+        return self._layout.entry_position(self._entry(x, y, z), self.directory_offset)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -425,8 +418,7 @@ class Directory:
         self._check_writable()
         if self._pool is None or not self._pool.is_owner:
             _stop_read_pool()
-            self._pool = WriterPool(self.directory_filename, self._files.shard_paths, self._layout,
-                                    self.directory_offset, _positive("queue_depth", queue_depth), self.durable)
+            self._pool = WriterPool(self._store.spec, _positive("queue_depth", queue_depth))
 
     def write_block(self, block: Any, x: int, y: int, z: int) -> None:
         """Write one block (z, y, x array, cast to the volume's dtype) whose first voxel is (x, y, z).
@@ -445,11 +437,7 @@ class Directory:
         if self._pool is not None and self._pool.is_owner:
             self._pool.submit(array, entry)
         else:
-            try:
-                store_block(self._files, self._layout, self.directory_offset, entry,
-                            np.ascontiguousarray(array, dtype=self.dtype))
-            except FileNotFoundError:
-                raise self._missing_shard(entry) from None
+            self._store.store(entry, np.ascontiguousarray(array, dtype=self.dtype))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         """Write a region made of whole blocks: ``d[z0:z1, y0:y1, x0:x1] = array``."""
@@ -480,7 +468,7 @@ class Directory:
         """The block whose first voxel is (x, y, z), as a (z, y, x) array; zeros if never written."""
         self._check_readable()
         entry = self._entry(x, y, z)
-        offset, size = read_entry(self._files, self._layout, self.directory_offset, entry)
+        offset, size = self._store.entry(entry)
         shape = self._layout.block_shape_at(x, y, z)
         out = np.empty(shape, self.dtype) if size else np.zeros(shape, self.dtype)
         if size:
@@ -498,9 +486,7 @@ class Directory:
         self._check_readable()
         entry = self._entry(x, y, z)
         nbytes = math.prod(self._layout.block_shape_at(x, y, z)) * self.dtype.itemsize
-        return self._with_retry(entry, read_entry(self._files, self._layout, self.directory_offset, entry),
-                                lambda offset, size: bytes(read_payload(self._files, self._layout, entry, offset,
-                                                                        size, nbytes, self.verify)))
+        return self._store.payload(entry, nbytes, self.verify)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read any region with numpy basic indexing in (z, y, x) order; unwritten blocks read as 0."""
@@ -519,8 +505,7 @@ class Directory:
         origins = list(self._blocks_in(start, stop))
         entries = np.array([self._layout.entry_index(x, y, z) for z, y, x in origins])
         first = int(entries.min())
-        offsets, sizes = read_entries(self._files, self._layout, self.directory_offset, first,
-                                      int(entries.max()) - first + 1)
+        offsets, sizes = self._store.entries(first, int(entries.max()) - first + 1)
 
         def fill(i: int) -> None:
             z, y, x = origins[i]
@@ -544,35 +529,7 @@ class Directory:
 
     def _load(self, entry: int, offset: int, size: int, out: np.ndarray) -> None:
         """Decompress the block of ``entry`` at (offset, size) into ``out``."""
-        self._with_retry(entry, (offset, size), lambda o, s: load_block(self._files, self._layout, entry, o, s, out,
-                                                                        self.verify))
-
-    def _with_retry(self, entry: int, where: tuple[int, int], read: Any) -> Any:
-        """``read(offset, size)`` of an entry's block; None if it was never written.
-
-        A writer may repoint the entry between reading it and reading the block: a checksum error
-        is retried once with the entry as it is now.
-        """
-        offset, size = where
-        if not size:
-            return None
-        try:
-            try:
-                return read(offset, size)
-            except ChecksumError:
-                now = read_entry(self._files, self._layout, self.directory_offset, entry)
-                if now == (offset, size) or not now[1]:
-                    raise
-                return read(*now)
-        except FileNotFoundError:
-            raise self._missing_shard(entry) from None
-
-    def _missing_shard(self, entry: int) -> MissingShardError:
-        shard = entry % len(self.block_filenames)
-        return MissingShardError(
-            f"{self.directory_filename}: shard {self.block_filenames[shard]!r} of entry {entry} is missing "
-            f"(looked at {', '.join(self._shard_candidates[shard][1])}); restore it beside the directory "
-            "file or run blockfs-rebase.")
+        self._store.load(entry, offset, size, out, self.verify)
 
     def _blocks_in(self, start: tuple[int, ...], stop: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
         """First voxels (z, y, x) of the blocks that intersect a box."""
@@ -628,14 +585,14 @@ class Directory:
         try:
             if self._pool is not None:
                 self._pool.close()
-            if self._files is not None and self._files.writable and self.durable:
-                self._files.sync()
+            if self._store is not None and self._store.spec.writable and self.durable:
+                self._store.sync()
         finally:
-            if self._files is not None:
-                self._files.close()
+            if self._store is not None:
+                self._store.close()
                 # Reads reopen the files read-only, on demand; they are released with this object.
-                self._files = VolumeFiles(self.directory_filename, self._files.shard_paths, writable=False)
-                weakref.finalize(self, self._files.close)
+                self._store = BlockStore(self._store.spec.read_only())
+                weakref.finalize(self, self._store.close)
 
     def __enter__(self) -> "Directory":
         return self
@@ -664,10 +621,7 @@ class Directory:
                                   f"says {sizes}. Compress the block with blosc first.")
         data, payload_at = ((records.encode(entry, bytes(payload)) + bytes(payload), records.HEADER_SIZE)
                             if self.records else (bytes(payload), 0))
-        try:
-            append_block(self._files, self._layout, self.directory_offset, entry, data, payload_at)
-        except FileNotFoundError:
-            raise self._missing_shard(entry) from None
+        self._store.append(entry, data, payload_at)
 
     def to_dask(self) -> Any:
         """A lazy dask array of the volume, one chunk per block; see :mod:`blockfs.interop.dask_io`."""

@@ -1,7 +1,7 @@
 """blockfs info: what a volume is, how much of it is written, and what it takes on disk.
 
 The index is scanned with numpy a slab of blocks at a time (one positioned read and one
-:func:`blockfs.format.unpack_entries` call per slab), so a volume of millions of blocks is
+:meth:`blockfs.store.BlockStore.entries` call per slab), so a volume of millions of blocks is
 described in a moment and in bounded memory. Shard files are located by the reading rules of
 docs/FORMAT.md section 9.6; a missing shard is reported, not an error.
 """

@@ -6,7 +6,6 @@ import multiprocessing
 import pickle
 import threading
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest

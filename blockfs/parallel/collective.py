@@ -99,6 +99,7 @@ class CollectiveWriter:
         self.comm = comm.Dup()  # our own context: our messages never match the application's
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
         self._store, self._layout = store, store.layout
+        layout = store.layout
         self._durable, self._window = store.spec.durable, window
         self._payload_at = records.HEADER_SIZE if layout.records else 0
         self._ends: dict[int, int] = {}  # shard -> where its next block goes (owned shards only)

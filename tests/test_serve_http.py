@@ -202,8 +202,9 @@ def test_rewritten_blocks_get_a_new_etag_and_new_bytes(server: Server, volume: P
 
 def test_blocks_written_while_served_appear_and_are_never_partial(tmp_path: Path) -> None:
     path = tmp_path / "live.blockfs"
+    # up to 2,000 copies of one block: wider offsets than the earlier release's rule gives
     d = Directory(SHAPE[2], SHAPE[1], SHAPE[0], np.uint16, str(path), x_block_size=BLOCK[2],
-                  y_block_size=BLOCK[1], z_block_size=BLOCK[0]).create()
+                  y_block_size=BLOCK[1], z_block_size=BLOCK[0], n_offset_bits=32).create()
     d.close()
     a = volume_data(BLOCK, seed=1)
     b = volume_data(BLOCK, seed=2) + 1000

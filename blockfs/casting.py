@@ -29,10 +29,9 @@ class Caster:
 
     def __call__(self, array: np.ndarray, what: str) -> np.ndarray:
         """``array`` as the volume's dtype (C-contiguous); ``what`` names it in the warning."""
-        if array.dtype == self.dtype or self._limits is None or np.can_cast(array.dtype, self.dtype, "safe"):
-            return np.ascontiguousarray(array, self.dtype)
-        if array.dtype.kind not in "iufb":  # complex and others: numpy's cast, as before
-            return np.ascontiguousarray(array, self.dtype)
+        if (self._limits is None or array.dtype.kind not in "iuf"  # float or complex volumes, complex input
+                or np.can_cast(array.dtype, self.dtype, "safe")):
+            return np.ascontiguousarray(array, self.dtype)  # numpy's cast, as before
         lo, hi = int(self._limits.min), int(self._limits.max)
         if array.dtype.kind == "f":
             with np.errstate(invalid="ignore"):

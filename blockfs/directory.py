@@ -402,7 +402,7 @@ class Directory:
             self._pool = WriterPool(self._store.spec, _positive("queue_depth", queue_depth))
 
     def write_block(self, block: Any, x: int, y: int, z: int) -> None:
-        """Write one block (z, y, x array, cast to the volume's dtype) whose first voxel is (x, y, z).
+        """Write one block (z, y, x array, cast by :mod:`blockfs.casting`) whose first voxel is (x, y, z).
 
         From the process that started the writer processes, the block is queued to them; from any
         other process (forked, spawned or unrelated) it is compressed and appended here, safely

@@ -7,6 +7,7 @@ opens its own file descriptors on demand (see :mod:`blockfs.storage`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
@@ -36,8 +37,7 @@ class StoreSpec:
 
     def read_only(self) -> "StoreSpec":
         """This spec with ``writable`` off."""
-        return StoreSpec(self.index_path, self.shard_paths, self.layout, self.directory_offset, False, self.durable,
-                         self.looked_at)
+        return dataclasses.replace(self, writable=False)
 
 
 def referenced_bytes(starts: np.ndarray, ends: np.ndarray) -> int:

@@ -1,16 +1,24 @@
 """blockfs: a block store for large 3D volumes, written in parallel into a few shard files."""
 
+import os
 from typing import Any
 
 from .codec import Compression
 from .directory import Directory
-from .errors import (AttachError, BlockCoordinateError, BlockfsError, BlockShapeError, ChecksumError, ClosedError,
-                     CorruptBlockError, DatasetExistsError, EntryOverflowError, ExportError, FormatError,
+from .errors import (AttachError, BlockCoordinateError, BlockfsError, BlockfsWarning, BlockShapeError, ChecksumError,
+                     ClosedError, CorruptBlockError, DatasetExistsError, EntryOverflowError, ExportError, FormatError,
                      InvalidArgumentError, MissingDependencyError, MissingShardError, PlaneCountError, PlaneError,
                      PlaneMismatchError, ReadOnlyError, RegionError, UnsupportedCompressionError, UnsupportedDTypeError,
                      VolumeExistsError, WriterError)
 
+from .volume import BlockProjection, Volume
+
 __version__ = "1.0.0"
+
+
+def open_volume(path: str | os.PathLike, verify: bool = True) -> Volume:
+    """A read-only, thread-safe, cheaply pickled :class:`Volume` of the volume at ``path``."""
+    return Directory.open(os.fspath(path), "r", verify=verify).volume
 
 
 def open_zarr(path: str, zarr_format: int = 3) -> Any:
@@ -27,9 +35,10 @@ def write_dask(array: Any, path: str, **kwargs: Any) -> Directory:
 
 
 __all__ = [
-    "AttachError", "BlockCoordinateError", "BlockShapeError", "BlockfsError", "ChecksumError", "ClosedError", "Compression",
-    "CorruptBlockError", "DatasetExistsError", "Directory", "EntryOverflowError", "ExportError", "FormatError",
-    "InvalidArgumentError", "MissingDependencyError", "MissingShardError", "PlaneCountError", "PlaneError",
-    "PlaneMismatchError", "ReadOnlyError", "RegionError", "UnsupportedCompressionError", "UnsupportedDTypeError",
-    "VolumeExistsError", "WriterError", "__version__", "open_zarr", "write_dask",
+    "AttachError", "BlockCoordinateError", "BlockProjection", "BlockShapeError", "BlockfsError", "BlockfsWarning",
+    "ChecksumError", "ClosedError", "Compression", "CorruptBlockError", "DatasetExistsError", "Directory",
+    "EntryOverflowError", "ExportError", "FormatError", "InvalidArgumentError", "MissingDependencyError",
+    "MissingShardError", "PlaneCountError", "PlaneError", "PlaneMismatchError", "ReadOnlyError", "RegionError",
+    "UnsupportedCompressionError", "UnsupportedDTypeError", "Volume", "VolumeExistsError", "WriterError",
+    "__version__", "open_volume", "open_zarr", "write_dask",
 ]

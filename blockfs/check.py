@@ -12,12 +12,11 @@ from typing import Any
 import numpy as np
 
 from . import records
-from .blocks import load_block, read_entries
 from .cli_support import add_silent, progress, run_tool
 from .directory import Directory
 from .errors import ChecksumError, CorruptBlockError
 from .repair import latest_records
-from .storage import VolumeFiles
+from .store import BlockStore, referenced_bytes
 
 
 @dataclass(frozen=True)
@@ -82,23 +81,13 @@ class Report:
                 "unrecorded_blocks": [list(b) for b in self.unrecorded]}
 
 
-def _union_length(starts: np.ndarray, ends: np.ndarray) -> int:
-    """Bytes covered by the union of [start, end) ranges sorted by start."""
-    if not starts.size:
-        return 0
-    reach = np.maximum.accumulate(ends)
-    previous = np.concatenate([[0], reach[:-1]])
-    return int(np.maximum(0, ends - np.maximum(starts, previous)).sum())
-
-
 def check_volume(path: str, silent: bool = True) -> Report:
     """Check a volume's index, shards and every written block."""
     with Directory.open(path) as volume:
-        layout, shard_paths = volume.layout, volume.shard_paths
-        files = VolumeFiles(path, shard_paths, writable=False)
-        offsets, sizes = read_entries(files, layout, volume.directory_offset, 0, layout.n_entries)
+        store = BlockStore(volume.store.spec)
+    layout, shard_paths = store.layout, list(store.spec.shard_paths)
+    offsets, sizes = store.entries(0, layout.n_entries)
     head = records.HEADER_SIZE if layout.records else 0
-    n_shards = len(shard_paths)
     entries, origins = layout.block_entries()
     report = Report(path, layout.records, len(entries), int(np.count_nonzero(sizes[entries])),
                     [ShardUsage(name, p, os.path.exists(p), os.path.getsize(p) if os.path.exists(p) else 0)
@@ -110,7 +99,7 @@ def check_volume(path: str, silent: bool = True) -> Report:
     written = np.flatnonzero(sizes[entries])
     block_entry = entries[written]
     block_offset, block_size = offsets[block_entry].astype(np.int64), sizes[block_entry].astype(np.int64)
-    block_shard = block_entry % n_shards
+    block_shard = layout.shard_of(block_entry)
     shard_size = np.array([s.size for s in report.shards], np.int64)[block_shard]
     shard_exists = np.array([s.exists for s in report.shards], bool)[block_shard]
     bad = np.zeros(written.size, bool)
@@ -128,7 +117,7 @@ def check_volume(path: str, silent: bool = True) -> Report:
         """(the block's problem, whether a record vouches for it)."""
         x, y, z = (int(c) for c in origins[written[i]])
         try:
-            recorded = load_block(files, layout, int(block_entry[i]), int(block_offset[i]), int(block_size[i]),
+            recorded = store.load(int(block_entry[i]), int(block_offset[i]), int(block_size[i]),
                                   np.empty(layout.block_shape_at(x, y, z), layout.dtype), verify=True)
         except CorruptBlockError as exc:
             kind = "checksum" if isinstance(exc, ChecksumError) else "undecodable"
@@ -152,14 +141,14 @@ def check_volume(path: str, silent: bool = True) -> Report:
     for shard, usage in enumerate(report.shards):
         mine = np.flatnonzero(block_shard == shard)
         order = mine[np.argsort(starts[mine], kind="stable")]
-        usage.referenced = min(usage.size, _union_length(starts[order], ends[order]))
+        usage.referenced = min(usage.size, referenced_bytes(starts[mine], ends[mine]))
         overlapping = np.zeros(written.size, bool)
         overlapping[order[1:]] = starts[order[1:]] < np.maximum.accumulate(ends[order])[:-1]
         flag(overlapping, "overlap", "the block's bytes overlap another block's")
 
     if layout.records:
         _compare_with_records(report, layout, shard_paths, offsets, sizes, origins, entries, silent)
-    files.close()
+    store.close()
     report.problems.sort(key=lambda p: (p.entry if p.entry is not None else -1, p.kind))
     return report
 
@@ -175,7 +164,7 @@ def _compare_with_records(report: Report, layout: Any, shard_paths: list[str], o
     origin_of = dict(zip(entries.tolist(), map(tuple, origins.tolist())))
     for entry, (offset, size) in found.items():
         if not sizes[entry] or offset > int(offsets[entry]):
-            shard = shard_paths[entry % len(shard_paths)]
+            shard = shard_paths[layout.shard_of(entry)]
             report.problems.append(Problem(
                 "unindexed-record", f"the shard's last complete copy of this block ({size} bytes) is not the one "
                 "the index points at (an interrupted write, or a damaged index or block); run blockfs repair",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import multiprocessing
@@ -12,44 +11,24 @@ import os
 import threading
 import warnings
 import weakref
-from concurrent.futures import ThreadPoolExecutor, wait
-from typing import Any, Iterator
+from typing import Any
 
 import blosc
 import numpy as np
 
 from . import format as fmt
 from . import records
-from .blocks import append_block, load_block, read_entries, read_entry, read_payload, store_block
+from .casting import Caster
 from .codec import BLOSC_HEADER_BYTES, Compression, check_compression
-from .errors import (AttachError, BlockCoordinateError, BlockShapeError, ChecksumError, ClosedError, FormatError,
-                     InvalidArgumentError, MissingShardError, ReadOnlyError, RegionError, VolumeExistsError)
+from .errors import (AttachError, BlockShapeError, ClosedError, FormatError,
+                     InvalidArgumentError, ReadOnlyError, RegionError, VolumeExistsError)
 from .indexing import select
-from .storage import VolumeFiles, resolve_shard_path, shadowing_copy
+from .storage import atomic_write, resolve_shard_path, shadowing_copy
+from .store import BlockStore, StoreSpec
+from .volume import Volume, block_entry, projections, stop_read_pool
 from .writer import WriterPool
 
 MODES = ("r", "r+")
-
-_executor: ThreadPoolExecutor | None = None
-_executor_pid = 0
-
-
-def _read_pool() -> ThreadPoolExecutor:
-    """The thread pool that decompresses blocks, created anew in each process."""
-    global _executor, _executor_pid
-    if _executor is None or _executor_pid != os.getpid():
-        _executor, _executor_pid = ThreadPoolExecutor(os.cpu_count() or 1, "blockfs-read"), os.getpid()
-    return _executor
-
-
-def _stop_read_pool() -> None:
-    """End this process's idle decompression threads, so that writer processes fork from a process
-    with one thread (forking a threaded process can deadlock the child; Python 3.12 warns)."""
-    global _executor
-    if _executor is not None and _executor_pid == os.getpid():
-        _executor.shutdown(wait=True)
-    _executor = None
-
 
 def _positive(name: str, value: Any) -> int:
     try:
@@ -76,17 +55,7 @@ def _check_metadata(metadata: dict | None) -> dict:
     return dict(metadata)
 
 
-_scratch = threading.local()
 _attach_lock = threading.Lock()
-
-
-def _block_scratch(shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
-    """This thread's reusable array for decompressing a block of ``shape`` before copying it out."""
-    size = math.prod(shape) * dtype.itemsize
-    buffer = getattr(_scratch, "buffer", None)
-    if buffer is None or buffer.size < size:
-        buffer = _scratch.buffer = np.empty(size, np.uint8)
-    return buffer[:size].view(dtype).reshape(shape)
 
 
 def _from_layout(name: str) -> property:
@@ -96,16 +65,8 @@ def _from_layout(name: str) -> property:
 
 def _read_header(path: str) -> tuple[fmt.Layout, int]:
     """(Layout, D) of the directory file at ``path``."""
-    with open(path, "rb") as f:
-        head = f.read(fmt.PREAMBLE.size)
-        json_len, start = fmt.read_preamble(head, path)
-        size = os.fstat(f.fileno()).st_size
-        if start > size:
-            raise FormatError(f"{path}: the header announces {json_len} bytes of JSON and entries from byte "
-                              f"{start}, but the file has {size} bytes; the file is truncated or its header is "
-                              "damaged.")
-        head += f.read(json_len)
-    return fmt.decode_header(head, path)
+    header = fmt.read_directory_file(path)
+    return header.layout, header.directory_offset
 
 
 def _own_shards(index: str) -> set[str]:
@@ -142,14 +103,8 @@ def _reopen(path: str, mode: str, verify: bool, durable: bool) -> "Directory":
 
 def _replace_with_empty_file(path: str) -> None:
     """Put a new empty file at ``path``; hard links to the old file (a pyramid's level 1, a copy) keep its bytes."""
-    fresh = f"{path}.tmp-{os.getpid()}"
-    try:
-        with open(fresh, "wb"):
-            pass
-        os.replace(fresh, path)
-    finally:
-        if os.path.exists(fresh):
-            os.remove(fresh)
+    with atomic_write(path, durable=False):
+        pass
 
 
 class Directory:
@@ -217,11 +172,19 @@ class Directory:
         self.directory_offset = directory_offset
         self._mode = mode
         self._shard_candidates = [resolve_shard_path(path, name) for name in layout.block_filenames]
-        self._files: VolumeFiles | None = None
+        self._store: BlockStore | None = None
+        self._volume: Volume | None = None
+        self._caster = Caster(layout.dtype, path)
         self._pool: WriterPool | None = None
         self._closed = False
         if mode is not None:
-            self._files = VolumeFiles(path, [p for p, _ in self._shard_candidates], writable=mode == "r+")
+            self._store = BlockStore(self._spec(mode == "r+"))
+
+    def _spec(self, writable: bool) -> StoreSpec:
+        """The picklable description of this volume's files."""
+        return StoreSpec(self.directory_filename, tuple(p for p, _ in self._shard_candidates), self._layout,
+                         self.directory_offset, writable, self.durable,
+                         tuple(tuple(looked) for _, looked in self._shard_candidates))
 
     # -- creating and opening ------------------------------------------------------------------
 
@@ -256,14 +219,10 @@ class Directory:
             raise VolumeExistsError(f"{foreign}: not empty, and neither a blockfs directory file nor a shard of the "
                                     f"volume at {index}, so create() will not replace it; remove it or choose "
                                     "another directory_filename.")
-        temporary = f"{index}.tmp-{os.getpid()}"
-        try:
+        # First, so an old index never points into emptied shards; close() fsyncs the index of a durable volume.
+        with atomic_write(index, durable=False) as temporary:
             with open(temporary, "wb") as f:
                 f.write(fmt.encode_header(self._layout, self.directory_offset))
-            os.replace(temporary, index)  # first, so an old index never points into emptied shards
-        finally:
-            if os.path.exists(temporary):
-                os.remove(temporary)
         made = [index]
         try:
             for path in shards:
@@ -275,7 +234,7 @@ class Directory:
                     os.remove(path)
             raise
         self._mode = "r+"
-        self._files = VolumeFiles(index, shards, writable=True)
+        self._store = BlockStore(self._spec(True))
         return self
 
     @classmethod
@@ -385,6 +344,21 @@ class Directory:
         """Where the shard files are, as resolved when the volume was opened."""
         return [path for path, _ in self._shard_candidates]
 
+    def cast(self, array: Any, what: str) -> np.ndarray:
+        """``array`` as this volume's dtype by the casting rule of :mod:`blockfs.casting` (clips, never wraps)."""
+        return self._caster(np.asarray(array), what)
+
+    @property
+    def clipped_values(self) -> int:
+        """How many values this object's writes clipped to the dtype's range (NaN counted), so far."""
+        return self._caster.clipped
+
+    @property
+    def store(self) -> BlockStore:
+        """The volume's block store in this process (its spec pickles cheaply to other processes)."""
+        self._check_readable()
+        return self._store
+
     @property
     def records(self) -> bool:
         """Whether each block carries a checksummed record (see docs/FORMAT.md)."""
@@ -413,7 +387,7 @@ class Directory:
 
     def offsetof(self, x: int, y: int, z: int) -> int:
         """Byte position in the index file of the entry for the block at (x, y, z)."""
-        return self.directory_offset + self._entry(x, y, z) * self._layout.entry_size
+        return self._layout.entry_position(self._entry(x, y, z), self.directory_offset)
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -424,12 +398,11 @@ class Directory:
         """
         self._check_writable()
         if self._pool is None or not self._pool.is_owner:
-            _stop_read_pool()
-            self._pool = WriterPool(self.directory_filename, self._files.shard_paths, self._layout,
-                                    self.directory_offset, _positive("queue_depth", queue_depth), self.durable)
+            stop_read_pool()
+            self._pool = WriterPool(self._store.spec, _positive("queue_depth", queue_depth))
 
     def write_block(self, block: Any, x: int, y: int, z: int) -> None:
-        """Write one block (z, y, x array, cast to the volume's dtype) whose first voxel is (x, y, z).
+        """Write one block (z, y, x array, cast by :mod:`blockfs.casting`) whose first voxel is (x, y, z).
 
         From the process that started the writer processes, the block is queued to them; from any
         other process (forked, spawned or unrelated) it is compressed and appended here, safely
@@ -442,14 +415,12 @@ class Directory:
         if array.shape != shape:
             raise BlockShapeError(f"{self.directory_filename}: the block at (x={x}, y={y}, z={z}) must have shape "
                                   f"{shape} (z, y, x); got {array.shape}.")
+        if array.dtype != self.dtype:
+            array = self._caster(array, f"the block at (x={x}, y={y}, z={z})")
         if self._pool is not None and self._pool.is_owner:
             self._pool.submit(array, entry)
         else:
-            try:
-                store_block(self._files, self._layout, self.directory_offset, entry,
-                            np.ascontiguousarray(array, dtype=self.dtype))
-            except FileNotFoundError:
-                raise self._missing_shard(entry) from None
+            self._store.store(entry, np.ascontiguousarray(array))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         """Write a region made of whole blocks: ``d[z0:z1, y0:y1, x0:x1] = array``."""
@@ -465,10 +436,8 @@ class Directory:
         except ValueError:
             raise BlockShapeError(f"{self.directory_filename}: cannot write an array of shape {np.shape(value)} to "
                                   f"the region {key!r} of shape {sel.box_shape} (z, y, x).") from None
-        for z, y, x in self._blocks_in(sel.start, sel.stop):
-            dz, dy, dx = self._layout.block_shape_at(x, y, z)
-            oz, oy, ox = z - sel.start[0], y - sel.start[1], x - sel.start[2]
-            self.write_block(data[oz:oz + dz, oy:oy + dy, ox:ox + dx], x, y, z)
+        for part in projections(self._layout, sel.start, sel.stop):
+            self.write_block(data[part.out_selection], *part.origin)
 
     def _is_block_aligned(self, sel: Any) -> bool:
         return all(a % b == 0 and (e % b == 0 or e == n) for a, e, b, n in
@@ -476,16 +445,17 @@ class Directory:
 
     # -- reading -------------------------------------------------------------------------------
 
+    @property
+    def volume(self) -> Volume:
+        """The read-only, thread-safe, cheaply pickled view that serves this Directory's reads."""
+        self._check_readable()
+        if self._volume is None or self._volume.store is not self._store:
+            self._volume = Volume(self._store, self.verify)
+        return self._volume
+
     def read_block(self, x: int, y: int, z: int) -> np.ndarray:
         """The block whose first voxel is (x, y, z), as a (z, y, x) array; zeros if never written."""
-        self._check_readable()
-        entry = self._entry(x, y, z)
-        offset, size = read_entry(self._files, self._layout, self.directory_offset, entry)
-        shape = self._layout.block_shape_at(x, y, z)
-        out = np.empty(shape, self.dtype) if size else np.zeros(shape, self.dtype)
-        if size:
-            self._load(entry, offset, size, out)
-        return out
+        return self.volume.read_block(x, y, z)
 
     def read_block_payload(self, x: int, y: int, z: int) -> bytes | None:
         """The stored (blosc-compressed) bytes of the block at (x, y, z); None if never written.
@@ -495,106 +465,23 @@ class Directory:
         release) is checked by its blosc header's sizes instead. A full-size block's payload is a
         valid zarr v2 chunk with a blosc compressor.
         """
-        self._check_readable()
-        entry = self._entry(x, y, z)
-        nbytes = math.prod(self._layout.block_shape_at(x, y, z)) * self.dtype.itemsize
-        return self._with_retry(entry, read_entry(self._files, self._layout, self.directory_offset, entry),
-                                lambda offset, size: bytes(read_payload(self._files, self._layout, entry, offset,
-                                                                        size, nbytes, self.verify)))
+        return self.volume.read_block_payload(x, y, z)
 
     def __getitem__(self, key: Any) -> np.ndarray:
         """Read any region with numpy basic indexing in (z, y, x) order; unwritten blocks read as 0."""
-        self._check_readable()
-        sel = select(key, self.shape, self.directory_filename)
-        return self._read_box(sel.start, sel.stop)[sel.within]
+        return self.volume.read(key)
+
+    def read_into(self, out: np.ndarray, key: Any = ...) -> np.ndarray:
+        """Fill ``out`` with a region, allocating nothing per block; see :meth:`Volume.read_into`."""
+        return self.volume.read_into(out, key)
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        data = self[...]
-        return data if dtype is None else data.astype(dtype, copy=False)
-
-    def _read_box(self, start: tuple[int, ...], stop: tuple[int, ...]) -> np.ndarray:
-        out = np.zeros([b - a for a, b in zip(start, stop)], self.dtype)
-        if out.size == 0:
-            return out
-        origins = list(self._blocks_in(start, stop))
-        entries = np.array([self._layout.entry_index(x, y, z) for z, y, x in origins])
-        first = int(entries.min())
-        offsets, sizes = read_entries(self._files, self._layout, self.directory_offset, first,
-                                      int(entries.max()) - first + 1)
-
-        def fill(i: int) -> None:
-            z, y, x = origins[i]
-            k = entries[i] - first
-            block = _block_scratch(self._layout.block_shape_at(x, y, z), self.dtype)
-            self._load(int(entries[i]), int(offsets[k]), int(sizes[k]), block)
-            lo = [max(a, o) for a, o in zip(start, (z, y, x))]
-            hi = [min(b, o + n) for b, o, n in zip(stop, (z, y, x), block.shape)]
-            out[tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, start))] = \
-                block[tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, (z, y, x)))]
-
-        written = [i for i in range(len(origins)) if sizes[entries[i] - first]]
-        if len(written) == 1:
-            fill(written[0])
-        else:
-            futures = [_read_pool().submit(fill, i) for i in written]
-            wait(futures)  # all of them, so no read is still running when an error reaches the caller
-            for future in futures:
-                future.result()
-        return out
-
-    def _load(self, entry: int, offset: int, size: int, out: np.ndarray) -> None:
-        """Decompress the block of ``entry`` at (offset, size) into ``out``."""
-        self._with_retry(entry, (offset, size), lambda o, s: load_block(self._files, self._layout, entry, o, s, out,
-                                                                        self.verify))
-
-    def _with_retry(self, entry: int, where: tuple[int, int], read: Any) -> Any:
-        """``read(offset, size)`` of an entry's block; None if it was never written.
-
-        A writer may repoint the entry between reading it and reading the block: a checksum error
-        is retried once with the entry as it is now.
-        """
-        offset, size = where
-        if not size:
-            return None
-        try:
-            try:
-                return read(offset, size)
-            except ChecksumError:
-                now = read_entry(self._files, self._layout, self.directory_offset, entry)
-                if now == (offset, size) or not now[1]:
-                    raise
-                return read(*now)
-        except FileNotFoundError:
-            raise self._missing_shard(entry) from None
-
-    def _missing_shard(self, entry: int) -> MissingShardError:
-        shard = entry % len(self.block_filenames)
-        return MissingShardError(
-            f"{self.directory_filename}: shard {self.block_filenames[shard]!r} of entry {entry} is missing "
-            f"(looked at {', '.join(self._shard_candidates[shard][1])}); restore it beside the directory "
-            "file or run blockfs-rebase.")
-
-    def _blocks_in(self, start: tuple[int, ...], stop: tuple[int, ...]) -> Iterator[tuple[int, int, int]]:
-        """First voxels (z, y, x) of the blocks that intersect a box."""
-        ranges = [range(a // b * b, e, b) for a, e, b in zip(start, stop, self._layout.block_shape)]
-        return itertools.product(*ranges)
+        return self.volume.__array__(dtype, copy)
 
     # -- helpers and lifetime ------------------------------------------------------------------
 
     def _entry(self, x: int, y: int, z: int) -> int:
-        lay = self._layout
-        try:
-            coords = [operator.index(c) for c in (x, y, z)]
-        except TypeError:
-            raise BlockCoordinateError(f"{self.directory_filename}: block coordinates must be integers; "
-                                       f"got (x={x!r}, y={y!r}, z={z!r}).") from None
-        for name, c, size, extent in zip("xyz", coords, (lay.x_block_size, lay.y_block_size, lay.z_block_size),
-                                         (lay.x_extent, lay.y_extent, lay.z_extent)):
-            if c % size or not 0 <= c < extent:
-                raise BlockCoordinateError(
-                    f"{self.directory_filename}: {name}={c} is not the first voxel of a block; {name} must be a "
-                    f"multiple of the block size {size} in [0, {extent}).")
-        return lay.entry_index(*coords)
+        return block_entry(self._layout, self.directory_filename, x, y, z)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -628,14 +515,14 @@ class Directory:
         try:
             if self._pool is not None:
                 self._pool.close()
-            if self._files is not None and self._files.writable and self.durable:
-                self._files.sync()
+            if self._store is not None and self._store.spec.writable and self.durable:
+                self._store.sync()
         finally:
-            if self._files is not None:
-                self._files.close()
+            if self._store is not None:
+                self._store.close()
                 # Reads reopen the files read-only, on demand; they are released with this object.
-                self._files = VolumeFiles(self.directory_filename, self._files.shard_paths, writable=False)
-                weakref.finalize(self, self._files.close)
+                self._store = BlockStore(self._store.spec.read_only())
+                weakref.finalize(self, self._store.close)
 
     def __enter__(self) -> "Directory":
         return self
@@ -664,10 +551,7 @@ class Directory:
                                   f"says {sizes}. Compress the block with blosc first.")
         data, payload_at = ((records.encode(entry, bytes(payload)) + bytes(payload), records.HEADER_SIZE)
                             if self.records else (bytes(payload), 0))
-        try:
-            append_block(self._files, self._layout, self.directory_offset, entry, data, payload_at)
-        except FileNotFoundError:
-            raise self._missing_shard(entry) from None
+        self._store.append(entry, data, payload_at)
 
     def to_dask(self) -> Any:
         """A lazy dask array of the volume, one chunk per block; see :mod:`blockfs.interop.dask_io`."""

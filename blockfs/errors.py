@@ -96,3 +96,7 @@ class DatasetExistsError(BlockfsError, FileExistsError):
 
 class MissingDependencyError(BlockfsError, ImportError):
     """An optional package a feature needs (zarr, dask for blockfs.interop) is not installed."""
+
+
+class BlockfsWarning(UserWarning):
+    """Something blockfs did for the caller that changed data, such as clipping out-of-range values."""

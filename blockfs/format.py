@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import warnings
 from dataclasses import dataclass, field
@@ -115,6 +116,14 @@ class Layout:
         """Entry index of the block whose first voxel is (x, y, z)."""
         return (x // self.x_block_size * self.x_stride + y // self.y_block_size * self.y_stride
                 + z // self.z_block_size * self.z_stride)
+
+    def shard_of(self, entry: Any) -> Any:
+        """The shard (index into ``block_filenames``) that holds block ``entry`` (an int or an int array)."""
+        return entry % len(self.block_filenames)
+
+    def entry_position(self, entry: int, directory_offset: int) -> int:
+        """Byte position of entry ``entry`` in a directory file whose entries start at ``directory_offset``."""
+        return directory_offset + entry * self.entry_size
 
     def block_shape_at(self, x: int, y: int, z: int) -> tuple[int, int, int]:
         """Shape (z, y, x) of the block at (x, y, z): full size, truncated at the volume's edges."""
@@ -280,6 +289,43 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
         raise FormatError(f"{path}: the index would span {layout.n_entries} entries; the extents, block sizes or "
                           "strides in the header are damaged.")
     return layout, start
+
+
+@dataclass(frozen=True)
+class DirectoryFile:
+    """A directory file's header as found on disk."""
+
+    path: str
+    layout: Layout
+    json_text: str
+    directory_offset: int
+    file_size: int
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Shard names as stored."""
+        return self.layout.block_filenames
+
+    @property
+    def index_bytes(self) -> int:
+        """Bytes from D to the end of the file: the entries present, whatever their number."""
+        return max(0, self.file_size - self.directory_offset)
+
+
+def read_directory_file(path: str | os.PathLike) -> DirectoryFile:
+    """The header of the directory file at ``path``: the one header reader of blockfs."""
+    path = os.fspath(path)
+    with open(path, "rb") as f:
+        head = f.read(PREAMBLE.size)
+        json_len, start = read_preamble(head, path)
+        size = os.fstat(f.fileno()).st_size
+        if start > size:
+            raise FormatError(f"{path}: the header announces {json_len} bytes of JSON and entries from byte "
+                              f"{start}, but the file has {size} bytes; the file is truncated or its header is "
+                              "damaged.")
+        head += f.read(json_len)
+    layout, start = decode_header(head, path)
+    return DirectoryFile(path, layout, head[PREAMBLE.size:].decode("utf-8"), start, size)
 
 
 def pack_entry(layout: Layout, offset: int, size: int, where: str) -> bytes:

@@ -1,7 +1,7 @@
 """blockfs info: what a volume is, how much of it is written, and what it takes on disk.
 
 The index is scanned with numpy a slab of blocks at a time (one positioned read and one
-:func:`blockfs.format.unpack_entries` call per slab), so a volume of millions of blocks is
+:meth:`blockfs.store.BlockStore.entries` call per slab), so a volume of millions of blocks is
 described in a moment and in bounded memory. Shard files are located by the reading rules of
 docs/FORMAT.md section 9.6; a missing shard is reported, not an error.
 """
@@ -19,9 +19,9 @@ import numpy as np
 
 from . import records
 from .cli_support import run_tool
-from .format import Layout, field_bit_widths, unpack_entries
-from .relocate import DirectoryFile, locate_shards, read_directory_file
-from .storage import pread_exact
+from .format import DirectoryFile, Layout, field_bit_widths
+from .relocate import locate_shards, read_directory_file
+from .store import BlockStore, StoreSpec, referenced_bytes
 
 #: Blocks whose entries are read and decoded at once.
 SCAN_BLOCKS = 1 << 20
@@ -46,6 +46,8 @@ class IndexScan:
     compressed_bytes: int = 0
     shard_blocks: np.ndarray | None = None
     shard_bytes: np.ndarray | None = None
+    #: Bytes of each shard that entries point at (payloads and their records; overlaps count once).
+    shard_referenced: np.ndarray | None = None
 
 
 def _edge_sizes(extent: int, block: int) -> np.ndarray:
@@ -66,23 +68,31 @@ def scan_index(header: DirectoryFile, slab_blocks: int = SCAN_BLOCKS) -> IndexSc
                     * _edge_sizes(lay.x_extent, lay.x_block_size)[None, :]).ravel()
     depths = _edge_sizes(lay.z_extent, lay.z_block_size)
     planes = max(1, slab_blocks // (ny * nx))
-    with open(header.path, "rb") as f:
+    head = records.HEADER_SIZE if lay.records else 0
+    ranges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    # Only the index is read: the stored names stand in for the shard paths.
+    store = BlockStore(StoreSpec(header.path, lay.block_filenames, lay, header.directory_offset))
+    try:
         for z0 in range(0, nz, planes):
             zs = np.arange(z0, min(nz, z0 + planes), dtype=np.int64)
             entries = (zs[:, None] * lay.z_stride + plane_entries[None, :]).ravel()
             first, count = int(entries.min()), int(entries.max() - entries.min()) + 1
-            nbytes = count * lay.entry_size
-            raw = pread_exact(f.fileno(), nbytes, header.directory_offset + first * lay.entry_size)
-            _, sizes = unpack_entries(raw + bytes(nbytes - len(raw)), lay)
-            sizes = sizes[entries - first].astype(np.int64)
+            offsets, sizes = store.entries(first, count)
+            offsets, sizes = offsets[entries - first].astype(np.int64), sizes[entries - first].astype(np.int64)
             written = sizes > 0
             voxels = (depths[zs][:, None] * plane_voxels[None, :]).ravel()
             scan.blocks_written += int(np.count_nonzero(written))
             scan.uncompressed_bytes += int(voxels[written].sum()) * lay.dtype.itemsize
             scan.compressed_bytes += int(sizes[written].sum())
-            shard = entries[written] % n_shards
+            shard = lay.shard_of(entries[written])
             scan.shard_blocks += np.bincount(shard, minlength=n_shards)
             scan.shard_bytes += np.bincount(shard, weights=sizes[written], minlength=n_shards).astype(np.int64)
+            ranges.append((shard, offsets[written] - head, offsets[written] + sizes[written]))
+    finally:
+        store.close()
+    shard, starts, ends = (np.concatenate(a) for a in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 3
+    scan.shard_referenced = np.array([referenced_bytes(starts[shard == i], ends[shard == i])
+                                      for i in range(n_shards)], np.int64)
     return scan
 
 
@@ -91,7 +101,7 @@ def describe_volume(path: str) -> dict[str, Any]:
     header = read_directory_file(path)
     lay = header.layout
     scan = scan_index(header)
-    assert scan.shard_blocks is not None and scan.shard_bytes is not None
+    assert scan.shard_blocks is not None and scan.shard_bytes is not None and scan.shard_referenced is not None
     shards = []
     for i, shard in enumerate(locate_shards(path, lay.block_filenames)):
         size = os.path.getsize(shard.path) if shard.exists else None
@@ -99,12 +109,9 @@ def describe_volume(path: str) -> dict[str, Any]:
             "index": i, "name": shard.name, "path": os.path.abspath(shard.path) if shard.exists else None,
             "exists": shard.exists, "stale_name": shard.fallback, "size": size,
             "blocks": int(scan.shard_blocks[i]), "block_bytes": int(scan.shard_bytes[i]),
+            "referenced_bytes": int(scan.shard_referenced[i]),
             "looked_at": None if shard.exists else list(shard.looked_at),
         })
-    # Bytes that entries account for in each shard: the payloads, and their records if any.
-    overhead = records.HEADER_SIZE if lay.records else 0
-    for s in shards:
-        s["referenced_bytes"] = s["block_bytes"] + s["blocks"] * overhead
     present = [s for s in shards if s["exists"]]
     distinct_sizes = {s["path"]: s["size"] for s in present}
     shard_total = sum(distinct_sizes.values())

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from .cli_support import add_silent, byte_progress, run_tool
 from .errors import InvalidArgumentError, MissingShardError, VolumeExistsError
-from .relocate import NO_LINK_ERRNOS, fsync_folder, locate_shards, read_directory_file, relocate
+from .relocate import locate_shards, read_directory_file, relocate
+from .storage import fsync_folder, link_exclusive
 
 #: Bytes per copy call; the progress bar advances by at most this much at a time.
 COPY_CHUNK = 64 << 20
@@ -131,17 +132,9 @@ def _copy_file(source: str, target: str, bar: tqdm) -> None:
 
 def _place(placement: Placement, move: bool, bar: tqdm) -> None:
     """Put one shard at its target: a hard link when moving within a file system, else a copy."""
-    if move:
-        try:
-            os.link(placement.source, placement.target)
-        except FileExistsError:
-            raise VolumeExistsError(f"{placement.target}: already exists; it was not overwritten.") from None
-        except OSError as exc:
-            if exc.errno not in NO_LINK_ERRNOS:
-                raise
-        else:
-            bar.update(placement.size)
-            return
+    if move and link_exclusive(placement.source, placement.target):
+        bar.update(placement.size)
+        return
     try:
         _copy_file(placement.source, placement.target, bar)
     except FileExistsError:

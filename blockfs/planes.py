@@ -88,7 +88,7 @@ class PlaneWriter:
         return self.directory.y_extent, self.directory.x_extent
 
     def write(self, plane: Any) -> None:
-        """Add the next plane, a (y, x) array whose dtype casts safely to the volume's."""
+        """Add the next plane, a (y, x) array, cast to the volume's dtype by the rule of :mod:`blockfs.casting`."""
         where = self.directory.directory_filename
         if self._closed:
             raise ClosedError(f"{where}: this PlaneWriter is closed; start a new one to write more planes.")
@@ -99,14 +99,10 @@ class PlaneWriter:
         if array.shape != self.plane_shape:
             raise PlaneError(f"{where}: plane z={self._z} has shape {array.shape}; the volume's planes are "
                              f"{self.plane_shape} (y, x).")
-        dtype = self.directory.dtype
-        if not np.can_cast(array.dtype, dtype, "safe"):
-            raise PlaneError(f"{where}: plane z={self._z} is {array.dtype}, which does not convert to the volume's "
-                             f"{dtype} without loss; convert it first (e.g. plane.astype({dtype.name!r})).")
         depth = self.directory.z_block_size
         if self._slab is None:
-            self._slab = np.empty((depth, *self.plane_shape), dtype)
-        self._slab[self._z % depth] = array
+            self._slab = np.empty((depth, *self.plane_shape), self.directory.dtype)
+        self._slab[self._z % depth] = self.directory.cast(array, f"plane z={self._z}")
         self._z += 1
         if self._z % depth == 0 or self._z == self.z_stop:
             self._flush()

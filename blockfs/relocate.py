@@ -12,47 +12,22 @@ Used by ``blockfs-mv``, ``blockfs-cp``, ``blockfs-rebase`` and ``blockfs info``.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
-import stat
-import tempfile
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from . import format as fmt
 from .errors import FormatError, InvalidArgumentError, VolumeExistsError
-from .storage import resolve_shard_path
+from .format import DirectoryFile, read_directory_file
+from .storage import atomic_write, resolve_shard_path
 
 #: Bytes copied per read when carrying the index over to the new file.
 DEFAULT_BUFFER_SIZE = 1 << 20
 FILENAMES_KEY = "BlockFilenames"
-#: errno values with which ``os.link`` says "hard links are not possible here", not "it failed".
-NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EACCES}
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
-
-
-@dataclass(frozen=True)
-class DirectoryFile:
-    """A directory file's header as found on disk."""
-
-    path: str
-    layout: fmt.Layout
-    json_text: str
-    directory_offset: int
-    file_size: int
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        """Shard names as stored."""
-        return self.layout.block_filenames
-
-    @property
-    def index_bytes(self) -> int:
-        """Bytes from D to the end of the file: the entries present, whatever their number."""
-        return max(0, self.file_size - self.directory_offset)
 
 
 @dataclass(frozen=True)
@@ -64,18 +39,6 @@ class Shard:
     exists: bool
     fallback: bool
     looked_at: tuple[str, ...]
-
-
-def read_directory_file(path: str) -> DirectoryFile:
-    """The header of the directory file at ``path`` (checked as ``Directory.open`` checks it)."""
-    path = os.fspath(path)
-    with open(path, "rb") as f:
-        head = f.read(fmt.PREAMBLE.size)
-        json_len, start = fmt.read_preamble(head, path)
-        head += f.read(json_len)
-        size = os.fstat(f.fileno()).st_size
-    layout, start = fmt.decode_header(head, path)
-    return DirectoryFile(path, layout, head[fmt.PREAMBLE.size:].decode("utf-8"), start, size)
 
 
 def locate_shards(directory_path: str, names: Sequence[str]) -> list[Shard]:
@@ -161,39 +124,6 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def fsync_folder(folder: str) -> None:
-    """Make a rename or link in ``folder`` durable (where the platform allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _publish(temporary: str, target: str, exclusive: bool) -> None:
-    """Move the finished temporary file to ``target``; with ``exclusive``, never replace a file."""
-    if not exclusive:
-        os.replace(temporary, target)
-        return
-    try:
-        os.link(temporary, target)
-    except FileExistsError:
-        raise VolumeExistsError(f"{target}: already exists; it was not overwritten.") from None
-    except OSError as exc:
-        if exc.errno not in NO_LINK_ERRNOS:
-            raise
-        if os.path.lexists(target):
-            raise VolumeExistsError(f"{target}: already exists; it was not overwritten.") from None
-        os.replace(temporary, target)
-    else:
-        os.unlink(temporary)
-
-
 def relocate(source: str, names: Sequence[str], target: str | None = None, *, exclusive: bool = False,
              buffer_size: int = DEFAULT_BUFFER_SIZE, on_bytes: Callable[[int], None] | None = None) -> bool:
     """Write the directory file ``source`` to ``target`` (default: over itself) with new shard names.
@@ -218,22 +148,12 @@ def relocate(source: str, names: Sequence[str], target: str | None = None, *, ex
     header = header_with_names(current, names)
     if exclusive and os.path.lexists(target):
         raise VolumeExistsError(f"{target}: already exists; it was not overwritten.")
-    folder = os.path.dirname(os.path.abspath(target))
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            os.fchmod(out.fileno(), stat.S_IMODE(os.fstat(src.fileno()).st_mode))
+    with atomic_write(target, exclusive=exclusive, like=source) as temporary:
+        with open(temporary, "wb") as out, open(source, "rb") as src:
             out.write(header)
             src.seek(current.directory_offset)
             while chunk := src.read(buffer_size):
                 out.write(chunk)
                 if on_bytes is not None:
                     on_bytes(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
-        _publish(temporary, target, exclusive)
-    finally:
-        if os.path.lexists(temporary):
-            os.unlink(temporary)
-    fsync_folder(folder)
     return True

@@ -12,17 +12,18 @@ from __future__ import annotations
 import argparse
 import mmap
 import os
+import shutil
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import format as fmt
 from . import records
-from .blocks import load_block, read_entries
 from .cli_support import add_silent, progress, run_tool
 from .directory import Directory
 from .errors import CorruptBlockError, FormatError
-from .storage import VolumeFiles
+from .storage import atomic_write, link_exclusive
+from .store import BlockStore
 
 
 @dataclass
@@ -56,7 +57,7 @@ def latest_records(layout: fmt.Layout, shard_paths: list[str], silent: bool = Tr
                 if record is None:
                     damaged.append(f"{path}: {length} bytes at offset {offset} are not a complete block record "
                                    "(an interrupted write, damage, or blocks written without records)")
-                elif record.entry >= valid.size or not valid[record.entry] or record.entry % len(shard_paths) != shard:
+                elif record.entry >= valid.size or not valid[record.entry] or layout.shard_of(record.entry) != shard:
                     damaged.append(f"{path}: the record at offset {offset} names entry {record.entry}, which does "
                                    "not belong in this shard")
                 else:
@@ -64,12 +65,11 @@ def latest_records(layout: fmt.Layout, shard_paths: list[str], silent: bool = Tr
     return found, damaged
 
 
-def _decodes_unrecorded(files: VolumeFiles, layout: fmt.Layout, entry: int, offset: int, size: int,
-                        origin: list[int]) -> bool:
+def _decodes_unrecorded(store: BlockStore, entry: int, offset: int, size: int, origin: list[int]) -> bool:
     """Whether the block an entry points at has no record and decodes to the block's shape."""
-    out = np.empty(layout.block_shape_at(*origin), layout.dtype)
+    out = np.empty(store.layout.block_shape_at(*origin), store.layout.dtype)
     try:
-        return not load_block(files, layout, entry, offset, size, out, verify=True)
+        return not store.load(entry, offset, size, out, verify=True)
     except (CorruptBlockError, OSError):
         return False
 
@@ -84,7 +84,8 @@ def _backup_path(path: str) -> str:
 def repair_volume(path: str, silent: bool = True) -> RepairResult:
     """Rebuild the index of the volume at ``path`` from its shard records."""
     with Directory.open(path) as volume:
-        layout, shard_paths, start = volume.layout, volume.shard_paths, volume.directory_offset
+        store = BlockStore(volume.store.spec)
+    layout, shard_paths, start = store.layout, list(store.spec.shard_paths), store.spec.directory_offset
     if not layout.records:
         raise FormatError(f"{path}: this volume was written without block records, so its index cannot be rebuilt "
                           "from the shards; use blockfs check to find damaged blocks.")
@@ -97,17 +98,16 @@ def repair_volume(path: str, silent: bool = True) -> RepairResult:
         offsets[keys], sizes[keys] = np.array(list(found.values()), np.uint64).T
     result.blocks_indexed = len(found)
 
-    files = VolumeFiles(path, shard_paths, writable=False)
-    old_offsets, old_sizes = read_entries(files, layout, start, 0, layout.n_entries)
+    old_offsets, old_sizes = store.entries(0, layout.n_entries)
     entries, origins = layout.block_entries()
     # An indexed block after the last record of its position (or with none) may be one written
     # without a record: kept if it decodes, as no older copy may replace it.
     later = (old_sizes[entries] > 0) & ((sizes[entries] == 0) | (old_offsets[entries] > offsets[entries]))
     for entry, origin in zip(entries[later].tolist(), origins[later].tolist()):
-        if _decodes_unrecorded(files, layout, entry, int(old_offsets[entry]), int(old_sizes[entry]), origin):
+        if _decodes_unrecorded(store, entry, int(old_offsets[entry]), int(old_sizes[entry]), origin):
             offsets[entry], sizes[entry] = old_offsets[entry], old_sizes[entry]
             result.unrecorded.append(tuple(origin))
-    files.close()
+    store.close()
     changed = (old_sizes != sizes) | ((sizes > 0) & (old_offsets != offsets))
     result.entries_changed = int(np.count_nonzero(changed))
     dropped = (old_sizes[entries] > 0) & (sizes[entries] == 0)
@@ -117,19 +117,12 @@ def repair_volume(path: str, silent: bool = True) -> RepairResult:
 
     with open(path, "rb") as f:
         header = f.read(start)
-    temporary = f"{path}.repair-{os.getpid()}"
-    with open(temporary, "wb") as f:
-        f.write(header + fmt.pack_entries(offsets, sizes, layout))
-        f.flush()
-        os.fsync(f.fileno())
-    result.backup = _backup_path(path)
-    os.link(path, result.backup)
-    os.replace(temporary, path)
-    folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
+    with atomic_write(path, like=path) as temporary:
+        with open(temporary, "wb") as f:
+            f.write(header + fmt.pack_entries(offsets, sizes, layout))
+        result.backup = _backup_path(path)
+        if not link_exclusive(path, result.backup):  # no hard links on this file system: copy
+            shutil.copy2(path, result.backup)
     return result
 
 

@@ -9,12 +9,91 @@ unrelated processes safe.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
 import threading
+import uuid
 import warnings
-from typing import Callable
+from typing import Callable, Iterator
+
+from .errors import VolumeExistsError
+
+#: errno values with which ``os.link`` says "hard links are not possible here", not "it failed".
+NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EACCES}
+
+
+def fsync_folder(folder: str) -> None:
+    """Make a rename or link in ``folder`` durable, where the platform allows it (errors are ignored)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def link_exclusive(source: str, target: str) -> bool:
+    """Hard-link ``source`` as ``target``, never replacing a file (:class:`VolumeExistsError` if one is there).
+
+    Returns False, having done nothing, on a file system without hard links (FAT, some NFS mounts).
+    """
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise VolumeExistsError(f"{target}: already exists; it was not overwritten.") from None
+    except OSError as exc:
+        if exc.errno not in NO_LINK_ERRNOS:
+            raise
+        return False
+    return True
+
+
+def _publish(temporary: str, target: str, exclusive: bool) -> None:
+    """Move a finished temporary file to ``target``; with ``exclusive``, never replace a file."""
+    if exclusive:
+        if link_exclusive(temporary, target):
+            os.unlink(temporary)
+            return
+        if os.path.lexists(target):
+            raise VolumeExistsError(f"{target}: already exists; it was not overwritten.")
+    os.replace(temporary, target)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, exclusive: bool = False, like: str | None = None, durable: bool = True
+                 ) -> Iterator[str]:
+    """Yield a new temporary file's path beside ``path``; when the block ends, it takes ``path``'s place.
+
+    Readers see the old file or the new one, never a mixture. The file is fsynced before it is
+    published (and the folder after) unless ``durable`` is False; it gets the permissions of the
+    file ``like`` if given. With ``exclusive`` an existing ``path`` is an error
+    (:class:`VolumeExistsError`) and is left alone. On any error the temporary file is removed.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+    try:
+        yield temporary
+        if like is not None:
+            os.chmod(temporary, stat.S_IMODE(os.stat(like).st_mode))
+        if durable:
+            fd = os.open(temporary, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _publish(temporary, path, exclusive)
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+    if durable:
+        fsync_folder(folder)
 
 
 def resolve_shard_path(directory_path: str, name: str) -> tuple[str, list[str]]:

@@ -20,14 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from .blocks import append_block, encode_block
-from .errors import WriterError
+from .errors import MissingShardError, WriterError
 from .format import Layout
-from .storage import VolumeFiles
+from .store import BlockStore, StoreSpec
 
 #: How long one blocking step waits before checking the writers' health again, in seconds.
 POLL_SECONDS = 0.2
 _ERROR_BYTES = 4096
+_MISSING = f"{MissingShardError.__name__}: "
 
 
 def _context() -> Any:
@@ -41,13 +41,13 @@ def _slot_view(memory: shared_memory.SharedMemory, layout: Layout, slot: int, sh
     return np.ndarray(shape, layout.dtype, buffer=memory.buf, offset=slot * layout.max_block_bytes)
 
 
-def _run_writer(q_in: Any, free: Any, n_slots: int, memory: shared_memory.SharedMemory, error: Any, index_path: str,
-                shard_paths: list[str], layout: Layout, directory_offset: int, durable: bool, owner_pid: int) -> None:
+def _run_writer(q_in: Any, free: Any, n_slots: int, memory: shared_memory.SharedMemory, error: Any,
+                spec: StoreSpec, owner_pid: int) -> None:
     """Body of a writer process: hand out the free slots, then store blocks until the ``None`` sentinel."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the owner, which drains us
     for slot in range(n_slots):  # here, so the owner starts no queue thread before it forks the writers
         free.put(slot)
-    files = VolumeFiles(index_path, shard_paths, writable=True)
+    store = BlockStore(spec)
     try:
         while True:
             try:
@@ -58,40 +58,40 @@ def _run_writer(q_in: Any, free: Any, n_slots: int, memory: shared_memory.Shared
                 continue
             try:
                 if item is None:
-                    if durable:
-                        files.sync()
+                    if spec.durable:
+                        store.sync()
                     return
                 slot, shape, entry = item
-                data, payload_at = encode_block(layout, entry, _slot_view(memory, layout, slot, shape))
+                data, payload_at = store.encode(entry, _slot_view(memory, spec.layout, slot, shape))
                 free.put(slot)
-                append_block(files, layout, directory_offset, entry, data, payload_at)
+                store.append(entry, data, payload_at)
             except Exception as exc:
                 error.value = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:_ERROR_BYTES - 1]
                 return
     finally:
-        files.close()
+        store.close()
 
 
 class BlockWriter:
     """One writer process, its input queue ``q_in`` and its shared block slots, for one shard."""
 
-    def __init__(self, ctx: Any, shard: int, shard_path: str, queue_depth: int, layout: Layout,
-                 process_args: tuple):
+    def __init__(self, ctx: Any, spec: StoreSpec, shard: int, queue_depth: int, owner_pid: int):
         self.shard = shard
-        self.shard_path = shard_path
+        self.shard_path = spec.shard_paths[shard]
         self.q_in = ctx.Queue(maxsize=queue_depth)
         self._free = ctx.Queue()
-        self._layout = layout
+        self._layout = spec.layout
         n_slots = queue_depth + 2
-        self._memory = shared_memory.SharedMemory(create=True, size=n_slots * layout.max_block_bytes)
+        self._memory = shared_memory.SharedMemory(create=True, size=n_slots * spec.layout.max_block_bytes)
         self._error = ctx.RawArray("c", _ERROR_BYTES)
         self.process = ctx.Process(target=_run_writer, name=f"blockfs-writer-{shard}",
-                                   args=(self.q_in, self._free, n_slots, self._memory, self._error, *process_args))
+                                   args=(self.q_in, self._free, n_slots, self._memory, self._error, spec, owner_pid))
 
     def failure(self) -> str | None:
         """Why this writer stopped early, or None while it is healthy or after a clean stop."""
         if self._error.value:
-            return f"writer for shard {self.shard_path} failed: {self._error.value.decode('utf-8', 'replace')}"
+            cause = self._error.value.decode("utf-8", "replace").removeprefix(_MISSING)
+            return f"writer for shard {self.shard_path} failed: {cause}"
         code = self.process.exitcode
         if code:
             cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
@@ -123,7 +123,11 @@ class BlockWriter:
         reason = self.failure()
         if reason is not None:
             self.q_in.cancel_join_thread()  # a dead reader must not hang our exit
-            raise WriterError(reason)
+            raise self.error_class()(reason)
+
+    def error_class(self) -> type[WriterError] | type[MissingShardError]:
+        """:class:`MissingShardError` when the writer stopped for a missing shard (as a direct write raises)."""
+        return MissingShardError if self._error.value.startswith(_MISSING.encode()) else WriterError
 
     def release(self) -> None:
         """Free the queues and the shared memory once the process has ended."""
@@ -137,13 +141,11 @@ class BlockWriter:
 class WriterPool:
     """Writer processes for every shard of one volume, owned by the process that started them."""
 
-    def __init__(self, index_path: str, shard_paths: list[str], layout: Layout, directory_offset: int,
-                 queue_depth: int, durable: bool):
+    def __init__(self, spec: StoreSpec, queue_depth: int):
         ctx = _context()
         self.owner_pid = os.getpid()
-        args = (index_path, shard_paths, layout, directory_offset, durable, self.owner_pid)
-        self.writers = [BlockWriter(ctx, i, path, queue_depth, layout, args)
-                        for i, path in enumerate(shard_paths)]
+        self._layout = spec.layout
+        self.writers = [BlockWriter(ctx, spec, i, queue_depth, self.owner_pid) for i in range(len(spec.shard_paths))]
         for writer in self.writers:
             writer.process.start()
         self._finalizer = util.Finalize(None, self.close, kwargs={"quiet": True}, exitpriority=100)
@@ -156,7 +158,7 @@ class WriterPool:
 
     def submit(self, block: np.ndarray, entry: int) -> None:
         """Queue a block for the writer of its shard (the block is copied; the caller keeps it)."""
-        self.writers[entry % len(self.writers)].submit(block, entry)
+        self.writers[self._layout.shard_of(entry)].submit(block, entry)
 
     def close(self, quiet: bool = False) -> None:
         """Stop every writer after it has stored what it was given; raise if any failed."""
@@ -168,14 +170,17 @@ class WriterPool:
         for writer in self.writers:
             try:
                 writer.stop()
-            except WriterError as exc:
+            except (WriterError, MissingShardError) as exc:
                 failures.append(str(exc))
+        classes = set()
         for writer in self.writers:
             while writer.process.is_alive():
                 writer.process.join(POLL_SECONDS)
             reason = writer.failure()
-            if reason is not None and reason not in failures:
-                failures.append(reason)
+            if reason is not None:
+                classes.add(writer.error_class())
+                if reason not in failures:
+                    failures.append(reason)
             writer.release()
         if failures and not quiet:
-            raise WriterError("; ".join(failures))
+            raise (MissingShardError if classes == {MissingShardError} else WriterError)("; ".join(failures))

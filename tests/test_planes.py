@@ -9,7 +9,7 @@ import pytest
 
 from volumes import make_volume
 
-from blockfs import BlockfsError, Directory
+from blockfs import BlockfsError, BlockfsWarning, Directory
 from blockfs.planes import PlaneCountError, PlaneError, PlaneWriter, iter_slabs
 
 #: (z, y, x): 37 = 16 + 16 + 5 planes, so the last slab is partial; y and x do not divide either.
@@ -91,14 +91,18 @@ def test_wrong_plane_shape(tmp_path: Path) -> None:
         assert writer.z == 1  # the bad plane was not taken
 
 
-def test_wrong_plane_dtype(tmp_path: Path) -> None:
+def test_plane_dtype_follows_the_casting_rule(tmp_path: Path) -> None:
+    """Planes are cast as write_block casts: in-range values as numpy does, others clipped with one warning."""
     with new_volume(tmp_path) as d:
-        writer = PlaneWriter(d)
-        with pytest.raises(PlaneError, match=r"plane z=0 is float32.*uint16.*astype\('uint16'\)") as info:
-            writer.write(np.zeros(SHAPE[1:], np.float32))
-        assert isinstance(info.value, (BlockfsError, ValueError))
-        with pytest.raises(PlaneError, match="int64"):
-            writer.write(np.zeros(SHAPE[1:], np.int64))
+        with PlaneWriter(d) as writer:
+            writer.write(np.full(SHAPE[1:], 1234.7, np.float32))
+            with pytest.warns(BlockfsWarning, match=r"plane z=1.*clipped"):
+                writer.write(np.full(SHAPE[1:], -1, np.int64))
+            for _ in range(2, SHAPE[0]):
+                writer.write(np.full(SHAPE[1:], 70000, np.int64))  # counted, not warned again
+        assert d.clipped_values == (SHAPE[0] - 1) * SHAPE[1] * SHAPE[2]
+    r = Directory.open(d.directory_filename)
+    assert (r[0] == 1234).all() and (r[1] == 0).all() and (r[2:] == 65535).all()
 
 
 def test_too_many_planes(tmp_path: Path) -> None:

@@ -12,34 +12,29 @@ from dask.base import tokenize
 
 from ..directory import Directory
 from ..errors import InvalidArgumentError
+from ..volume import Volume
 
 #: Bytes of voxels each ``write_dask`` task writes at most (unless one block is larger).
 TASK_BYTES = 32 * 2**20
 
 
-def _read_chunk(volume: Directory, index: tuple[slice, ...], asarray: bool = True, lock: Any = None) -> np.ndarray:
-    """One chunk of ``to_dask``: a whole block straight from ``read_block``, any other region by slicing."""
-    start = tuple(s.start or 0 for s in index)
-    stop = tuple(s.stop for s in index)
-    z, y, x = start
-    if (all(s.step in (None, 1) for s in index) and all(a % b == 0 for a, b in zip(start, volume.layout.block_shape))
-            and tuple(e - a for a, e in zip(start, stop)) == volume.layout.block_shape_at(x, y, z)):
-        return volume.read_block(x, y, z)
+def _read_chunk(volume: Volume, index: tuple[slice, ...], asarray: bool = True, lock: Any = None) -> np.ndarray:
+    """One chunk of ``to_dask``; a whole block is decompressed straight into the chunk (see ``Volume.read``)."""
     return volume[index]
 
 
-def to_dask(volume: Directory) -> da.Array:
+def to_dask(volume: Directory | Volume) -> da.Array:
     """A lazy dask array of a volume with one chunk per block.
 
-    The volume is one key of the graph and pickles as its path, so the graph is cheap to send to
-    process or distributed workers, which reopen the volume read-only.
+    The read-only :class:`Volume` is one key of the graph and pickles as its store's description,
+    so the graph is cheap to send to process or distributed workers, which reopen it read-only.
     """
-    if volume.mode != "r":
-        volume = Directory.open(volume.directory_filename, verify=volume.verify)
-    stat = os.stat(volume.directory_filename)
-    name = "blockfs-" + tokenize(os.path.abspath(volume.directory_filename), stat.st_mtime_ns, stat.st_size)
-    return da.from_array(volume, chunks=volume.layout.block_shape, name=name, getitem=_read_chunk,
-                         meta=np.empty((0, 0, 0), volume.dtype))
+    view = volume.volume if isinstance(volume, Directory) else volume
+    view = Volume.from_spec(view.store.spec.read_only(), view.verify)
+    stat = os.stat(view.path)
+    name = "blockfs-" + tokenize(os.path.abspath(view.path), stat.st_mtime_ns, stat.st_size)
+    return da.from_array(view, chunks=view.block_shape, name=name, getitem=_read_chunk,
+                         meta=np.empty((0, 0, 0), view.dtype))
 
 
 def _write_chunk(chunk: np.ndarray, path: str, block_info: dict | None = None) -> np.ndarray:

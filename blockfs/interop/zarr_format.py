@@ -29,9 +29,7 @@ import numpy as np
 from ..codec import compress, decompress_into
 from ..directory import Directory
 from ..errors import InvalidArgumentError
-from ..format import unpack_entries
 from ..pyramid import Pyramid, is_pyramid, open_pyramid
-from ..storage import pread_exact
 
 #: The blosc codec an edge block is re-encoded with: fast, and any blosc reader decodes it.
 EDGE_CNAME, EDGE_CLEVEL = "lz4", 1
@@ -190,14 +188,13 @@ def written_chunks(volume: Directory) -> Iterator[tuple[int, int, int]]:
     nz, ny, nx = lay.grid
     gy, gx = (a.ravel() for a in np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij"))
     plane = gy * lay.y_stride + gx * lay.x_stride
-    with open(volume.directory_filename, "rb") as f:
-        for cz in range(nz):
-            entries = plane + cz * lay.z_stride
-            first, count = int(entries.min()), int(entries.max() - entries.min()) + 1
-            raw = pread_exact(f.fileno(), count * lay.entry_size, volume.directory_offset + first * lay.entry_size)
-            _, sizes = unpack_entries(raw + bytes(count * lay.entry_size - len(raw)), lay)
-            for i in np.flatnonzero(sizes[entries - first]):
-                yield cz, int(gy[i]), int(gx[i])
+    store = volume.store
+    for cz in range(nz):
+        entries = plane + cz * lay.z_stride
+        first, count = int(entries.min()), int(entries.max() - entries.min()) + 1
+        _, sizes = store.entries(first, count)
+        for i in np.flatnonzero(sizes[entries - first]):
+            yield cz, int(gy[i]), int(gx[i])
 
 
 def parse_chunk_key(key: str, zarr_format: int) -> tuple[int, int, int] | None:

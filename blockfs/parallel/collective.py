@@ -39,12 +39,12 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from .. import records
-from ..blocks import encode_block, read_entries
 from ..cli_support import describe
 from ..directory import Directory
 from ..errors import BlockfsError, WriterError
-from ..format import Layout, pack_entries, pack_entry
-from ..storage import VolumeFiles, pwrite_all
+from ..format import pack_entry
+from ..storage import pwrite_all
+from ..store import BlockStore
 
 T = TypeVar("T")
 
@@ -92,15 +92,15 @@ class CollectiveWriter:
     is_owner = True  # Directory.write_block hands this rank's blocks to submit()
     writers: list = []  # no writer processes
 
-    def __init__(self, comm: Any, files: VolumeFiles, layout: Layout, directory_offset: int, durable: bool,
-                 window: int = DEFAULT_WINDOW):
+    def __init__(self, comm: Any, store: BlockStore, window: int = DEFAULT_WINDOW):
         from mpi4py import MPI
 
         self._mpi = MPI
         self.comm = comm.Dup()  # our own context: our messages never match the application's
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self._files, self._layout, self._directory_offset = files, layout, directory_offset
-        self._durable, self._window = durable, window
+        self._store, self._layout = store, store.layout
+        layout = store.layout
+        self._durable, self._window = store.spec.durable, window
         self._payload_at = records.HEADER_SIZE if layout.records else 0
         self._ends: dict[int, int] = {}  # shard -> where its next block goes (owned shards only)
         self._appended: list[tuple[int, int, int]] = []  # (entry, payload offset, payload size)
@@ -113,13 +113,13 @@ class CollectiveWriter:
 
     def owner(self, entry: int) -> int:
         """The rank that appends block ``entry`` to its shard."""
-        return entry % len(self._layout.block_filenames) % self.size
+        return self._layout.shard_of(entry) % self.size
 
     # -- writing -----------------------------------------------------------------------------
 
     def submit(self, array: np.ndarray, entry: int) -> None:
         """Compress block ``entry`` here, then append it (our shard) or send it to its shard's owner."""
-        data, _ = encode_block(self._layout, entry, np.ascontiguousarray(array, dtype=self._layout.dtype))
+        data, _ = self._store.encode(entry, np.ascontiguousarray(array, dtype=self._layout.dtype))
         with self._lock:
             owner = self.owner(entry)
             if owner == self.rank:
@@ -145,11 +145,11 @@ class CollectiveWriter:
         """Append an encoded block to its shard, which this rank owns; remember where it went."""
         if self._error is not None:
             return  # after a failure this rank only drains its messages, so that no sender waits
-        shard = entry % len(self._layout.block_filenames)
-        path = self._files.shard_paths[shard]
+        shard = self._layout.shard_of(entry)
+        path = self._store.spec.shard_paths[shard]
         fd = offset = None
         try:
-            fd = self._files.shard_fd(shard)
+            fd = self._store.shard_fd(shard)
             offset = self._ends[shard] if shard in self._ends else os.fstat(fd).st_size
             size = len(data) - self._payload_at
             pack_entry(self._layout, offset + self._payload_at, size, f"{path} (entry {entry})")  # fits, or raises
@@ -211,7 +211,7 @@ class CollectiveWriter:
             self._wait(lambda: not self._sends and self._done_from == self.size - 1)
             try:
                 if self._durable and self._error is None:
-                    self._files.sync()
+                    self._store.sync()
             except OSError as exc:
                 self._error = describe(exc)
             errors = self.comm.allgather(self._error)
@@ -226,7 +226,7 @@ class CollectiveWriter:
             self.comm.Free()
         problems = [f"rank {r}: {e}" for r, e in enumerate(errors) if e] + ([f"rank 0: {failure}"] if failure else [])
         if problems:
-            raise WriterError(f"{self._files.index_path}: blocks could not be written: {'; '.join(problems)}. The "
+            raise WriterError(f"{self._store.spec.index_path}: blocks could not be written: {'; '.join(problems)}. The "
                               "blocks that were written are indexed; write the others again.")
 
     def _write_index(self, appended: list[np.ndarray]) -> None:
@@ -238,22 +238,19 @@ class CollectiveWriter:
         last = len(entries) - 1 - np.unique(entries[::-1], return_index=True)[1]  # an owner's last copy wins
         entries, offsets, sizes = entries[last], rows[last, 1], rows[last, 2]
         first, stop = int(entries.min()), int(entries.max()) + 1
-        lay, start = self._layout, self._directory_offset
-        old_offsets, old_sizes = read_entries(self._files, lay, start, first, stop - first)
+        old_offsets, old_sizes = self._store.entries(first, stop - first)
         old_offsets[entries - first], old_sizes[entries - first] = offsets, sizes
-        fd = self._files.index_fd()
-        pwrite_all(fd, pack_entries(old_offsets, old_sizes, lay), start + first * lay.entry_size)
+        self._store.write_entries(first, old_offsets, old_sizes)
         if self._durable:
-            os.fsync(fd)
+            os.fsync(self._store.index_fd())
 
 
 def _attach(directory: Directory, comm: Any, window: int) -> Directory:
     """Give an r+ Directory the collective write path (the Directory's files, opened lazily)."""
-    if directory._files is None:  # a rank other than the one that created the files
+    if directory._store is None:  # a rank other than the one that created the files
         directory._mode = "r+"
-        directory._files = VolumeFiles(directory.directory_filename, directory.shard_paths, writable=True)
-    directory._pool = CollectiveWriter(comm, directory._files, directory.layout, directory.directory_offset,
-                                       directory.durable, window)
+        directory._store = BlockStore(directory._spec(True))
+    directory._pool = CollectiveWriter(comm, directory._store, window)
     return directory
 
 

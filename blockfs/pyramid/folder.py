@@ -14,6 +14,7 @@ from typing import Any
 
 from ..directory import Directory
 from ..errors import FormatError
+from ..storage import atomic_write
 
 INFO_NAME = "info"
 LEVEL_FILE = "precomputed.blockfs"
@@ -111,9 +112,5 @@ def make_info(dtype: str, kind: str, shape_zyx: tuple[int, int, int], block_zyx:
 def write_info(root: str | os.PathLike, info: dict[str, Any]) -> None:
     """Write ``info`` into the pyramid folder ``root`` atomically (a reader sees no file or the whole file)."""
     path = os.path.join(os.fspath(root), INFO_NAME)
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as f:
+    with atomic_write(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)

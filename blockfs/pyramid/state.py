@@ -26,7 +26,8 @@ from ..cli_support import byte_progress
 from ..directory import Directory
 from ..errors import InvalidArgumentError, VolumeExistsError
 from ..mv import Placement, _place
-from ..relocate import fsync_folder, locate_shards, read_directory_file, relocate
+from ..relocate import locate_shards, read_directory_file, relocate
+from ..storage import atomic_write, fsync_folder
 from .folder import INFO_NAME, LEVEL_FILE, is_pyramid
 from .plan import Index, Plan
 
@@ -164,13 +165,9 @@ def start(plan: Plan, n_shards: int, silent: bool = True) -> None:
 def record_done(plan: Plan, results: list[tuple[Index, np.ndarray | None]]) -> None:
     """Record finished tasks with their contributions to the level above (None: nothing written), at once."""
     path = journal(plan, DONE, plan.task_key(results[0][0]) + ".npz")
-    temporary = f"{path}.tmp-{os.getpid()}"
-    with open(temporary, "wb") as f:
+    with atomic_write(path) as temporary, open(temporary, "wb") as f:
         np.savez(f, **{plan.task_key(index): np.empty(0, plan.dtype) if reduced is None else reduced
                        for index, reduced in results})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
 
 
 def finished(plan: Plan) -> dict[str, str]:

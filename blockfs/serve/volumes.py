@@ -11,15 +11,13 @@ from __future__ import annotations
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..directory import Directory
 from ..errors import InvalidArgumentError
-from ..format import unpack_entry
 from ..interop.zarr_format import ZarrView, chunk_bytes, chunk_origin, is_edge, open_source
 from ..pyramid import is_pyramid, level_key, open_pyramid
-from ..storage import pread_exact
 from .cache import ByteCache
 
 #: Names a volume may be served under: one URL path segment of safe characters.
@@ -53,7 +51,6 @@ class ServedVolume:
     info: dict[str, Any]
     zarr: dict[int, ZarrView]
     voxel_size_um: tuple[float, float, float]
-    _index_fds: list[int] = field(default_factory=list)
 
     @property
     def info_bytes(self) -> bytes:
@@ -62,9 +59,7 @@ class ServedVolume:
     def version(self, level: int, origin: tuple[int, int, int]) -> Version:
         """The index entry (offset, size) of the block at first voxel ``origin`` (x, y, z) of a level."""
         volume = self.levels[level]
-        size = volume.layout.entry_size
-        raw = pread_exact(self._index_fds[level], size, volume.offsetof(*origin))
-        return unpack_entry(raw + bytes(size - len(raw)), volume.layout)
+        return volume.store.entry(volume.layout.entry_index(*origin))
 
     def precomputed_origin(self, key: str, chunk_name: str) -> tuple[int, tuple[int, int, int]] | None:
         """(level, first voxel (x, y, z)) of a precomputed chunk URL part; None unless it is exactly one block."""
@@ -110,9 +105,6 @@ class ServedVolume:
         return Chunk(body, version)
 
     def close(self) -> None:
-        for fd in self._index_fds:
-            os.close(fd)
-        self._index_fds.clear()
         for level in self.levels:
             level.close()
 
@@ -156,5 +148,4 @@ def open_served(path: str, name: str | None = None) -> ServedVolume:
     views = {fmt: ZarrView(source, fmt, group=True) for fmt in (2, 3)}
     served = ServedVolume(name, source.levels, keys, info, views,
                           tuple(reversed(source.voxel_sizes_um[0])))  # type: ignore[arg-type]
-    served._index_fds.extend(os.open(level.directory_filename, os.O_RDONLY) for level in source.levels)
     return served

@@ -1,0 +1,212 @@
+"""The block store of one volume: its index entries and the stored bytes of its blocks.
+
+A :class:`StoreSpec` is a small, frozen, picklable description of a volume's files; every process,
+thread pool, MPI rank or worker that needs the volume builds a :class:`BlockStore` from it, which
+opens its own file descriptors on demand (see :mod:`blockfs.storage`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, TypeVar
+
+import numpy as np
+
+from . import records
+from .codec import check_sizes, compress, decompress_into
+from .errors import ChecksumError, CorruptBlockError, MissingShardError
+from .format import Layout, pack_entries, pack_entry, unpack_entries, unpack_entry
+from .storage import VolumeFiles, pwrite_all
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """Where a volume's files are and how its index is laid out."""
+
+    index_path: str
+    shard_paths: tuple[str, ...]
+    layout: Layout
+    directory_offset: int
+    writable: bool = False
+    durable: bool = True
+    #: The places looked at for each shard, named when one is missing.
+    looked_at: tuple[tuple[str, ...], ...] = ()
+
+    def read_only(self) -> "StoreSpec":
+        """This spec with ``writable`` off."""
+        return dataclasses.replace(self, writable=False)
+
+
+def referenced_bytes(starts: np.ndarray, ends: np.ndarray) -> int:
+    """Bytes of a shard that index entries point at: the union of their [start, end) ranges.
+
+    Overlapping entries (a damaged index) count once. ``unreferenced = shard size - this``, the
+    one definition shared by ``blockfs check`` and ``blockfs info``.
+    """
+    if not starts.size:
+        return 0
+    order = np.argsort(starts, kind="stable")
+    starts, ends = starts[order].astype(np.int64), ends[order].astype(np.int64)
+    reach = np.maximum.accumulate(ends)
+    previous = np.concatenate([[0], reach[:-1]])
+    return int(np.maximum(0, ends - np.maximum(starts, previous)).sum())
+
+
+class BlockStore:
+    """Entry lookup, stored-byte reads, block loads and appends for one volume, in this process."""
+
+    def __init__(self, spec: StoreSpec):
+        self.spec = spec
+        self.layout = spec.layout
+        self._files = VolumeFiles(spec.index_path, list(spec.shard_paths), spec.writable)
+
+    def __reduce__(self) -> tuple:
+        return BlockStore, (self.spec,)
+
+    # -- the index -------------------------------------------------------------------------------
+
+    def entry(self, entry: int) -> tuple[int, int]:
+        """(offset, size) of one entry; (0, 0) when it lies past the end of the index file."""
+        lay = self.layout
+        return unpack_entry(self._files.read_index(lay.entry_position(entry, self.spec.directory_offset),
+                                                   lay.entry_size), lay)
+
+    def entries(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, sizes) of ``count`` consecutive entries from entry ``first``, read in one call."""
+        lay = self.layout
+        raw = self._files.read_index(lay.entry_position(first, self.spec.directory_offset), count * lay.entry_size)
+        return unpack_entries(raw, lay)
+
+    def write_entries(self, first: int, offsets: np.ndarray, sizes: np.ndarray) -> None:
+        """Overwrite consecutive entries from entry ``first``."""
+        pwrite_all(self._files.index_fd(), pack_entries(offsets, sizes, self.layout),
+                   self.layout.entry_position(first, self.spec.directory_offset))
+
+    # -- reading blocks --------------------------------------------------------------------------
+
+    def _where(self, entry: int, offset: int, size: int) -> str:
+        return f"{self.spec.shard_paths[self.layout.shard_of(entry)]}: block at offset {offset}, size {size} " \
+               f"(entry {entry})"
+
+    def read_stored(self, entry: int, offset: int, size: int, nbytes: int, verify: bool) -> tuple[memoryview, bool]:
+        """(the stored, compressed bytes an entry (offset, size) points at, whether a record vouched for them).
+
+        The view lies in this thread's reusable buffer: use it before this thread's next read. With
+        ``verify`` on a volume with records, a record before the payload must name this entry and
+        length and its CRC32C must match, else :class:`ChecksumError`. Where no record starts there
+        (a block written by a writer without records, such as an earlier release), the payload's
+        blosc header must instead say ``size`` bytes decompressing to ``nbytes``, else
+        :class:`CorruptBlockError`. A missing shard raises :class:`MissingShardError`.
+        """
+        lay = self.layout
+        where = self._where(entry, offset, size)
+        if size > lay.max_block_bytes:
+            raise CorruptBlockError(f"{where}: {size} bytes is more than a block can compress to "
+                                    f"({lay.max_block_bytes}); the index is damaged.")
+        head = records.HEADER_SIZE if lay.records and verify and offset >= records.HEADER_SIZE else 0
+        try:
+            data = self._files.read_shard(lay.shard_of(entry), offset - head, size + head)
+        except FileNotFoundError:
+            raise self.missing_shard(entry) from None
+        if len(data) < size + head:
+            raise CorruptBlockError(f"{where} points past the end of the shard ({offset - head + len(data)} bytes); "
+                                    "the shard is truncated or the index is damaged (run blockfs check).")
+        if head and records.starts_record(data):
+            return records.verify(data, entry, size, where), True
+        payload = data[head:]
+        if lay.records and verify:
+            check_sizes(payload, nbytes, f"{where}, written without a block record")
+        return payload, False
+
+    def with_retry(self, entry: int, where: tuple[int, int], read: Callable[[int, int], T]) -> T | None:
+        """``read(offset, size)`` of an entry's block; None if it was never written.
+
+        A writer may repoint the entry between reading it and reading the block: a checksum error
+        is retried once with the entry as it is now.
+        """
+        offset, size = where
+        if not size:
+            return None
+        try:
+            return read(offset, size)
+        except ChecksumError:
+            now = self.entry(entry)
+            if now == (offset, size) or not now[1]:
+                raise
+            return read(*now)
+
+    def payload(self, entry: int, nbytes: int, verify: bool) -> bytes | None:
+        """The stored bytes of block ``entry`` (``nbytes`` uncompressed); None if never written."""
+        return self.with_retry(entry, self.entry(entry),
+                               lambda offset, size: bytes(self.read_stored(entry, offset, size, nbytes, verify)[0]))
+
+    def load(self, entry: int, offset: int, size: int, out: np.ndarray, verify: bool) -> bool:
+        """Decompress the block an entry (offset, size) points at into the C-contiguous ``out``.
+
+        Returns whether a record vouched for the block; see :meth:`read_stored` for ``verify``. The
+        entry is read again and the block retried once if its checksum fails meanwhile.
+        """
+        def read(o: int, s: int) -> bool:
+            payload, recorded = self.read_stored(entry, o, s, out.nbytes, verify)
+            decompress_into(payload, out, self._where(entry, o, s))
+            return recorded
+        return bool(self.with_retry(entry, (offset, size), read))
+
+    # -- writing blocks --------------------------------------------------------------------------
+
+    def encode(self, entry: int, block: np.ndarray) -> tuple[bytes, int]:
+        """(the bytes to append for a C-contiguous block, the payload's offset within them)."""
+        lay = self.layout
+        payload = compress(block, lay.compression, lay.compression_level)
+        if not lay.records:
+            return payload, 0
+        return records.encode(entry, payload) + payload, records.HEADER_SIZE
+
+    def append(self, entry: int, data: bytes, payload_at: int) -> None:
+        """Append encoded block bytes to the block's shard under its lock, then point the entry at the payload.
+
+        A write that fails part way is rolled back: the shard cut back, the old entry restored.
+        """
+        lay = self.layout
+        shard = lay.shard_of(entry)
+        where = f"{self.spec.shard_paths[shard]} (entry {entry})"
+        try:
+            self._files.append(shard, data, lay.entry_position(entry, self.spec.directory_offset),
+                               lambda offset: pack_entry(lay, offset + payload_at, len(data) - payload_at, where))
+        except FileNotFoundError as exc:
+            if exc.filename == self.spec.index_path:
+                raise
+            raise self.missing_shard(entry) from None
+
+    def store(self, entry: int, block: np.ndarray) -> None:
+        """Compress a C-contiguous block and append it (after its record) to its shard, then index it."""
+        self.append(entry, *self.encode(entry, block))
+
+    def missing_shard(self, entry: int) -> MissingShardError:
+        """The error for a shard of ``entry`` that cannot be found, naming where it was looked for."""
+        shard = self.layout.shard_of(entry)
+        looked = self.spec.looked_at[shard] if self.spec.looked_at else (self.spec.shard_paths[shard],)
+        return MissingShardError(
+            f"{self.spec.index_path}: shard {self.layout.block_filenames[shard]!r} of entry {entry} is missing "
+            f"(looked at {', '.join(looked)}); restore it beside the directory file or run blockfs-rebase.")
+
+    # -- lifetime ----------------------------------------------------------------------------------
+
+    def shard_fd(self, shard: int) -> int:
+        """This process's descriptor of a shard file (for callers that append on their own, such as MPI ranks)."""
+        return self._files.shard_fd(shard)
+
+    def index_fd(self) -> int:
+        """This process's descriptor of the index file."""
+        return self._files.index_fd()
+
+    def sync(self) -> None:
+        """fsync the shards, then the index, that this process has open."""
+        self._files.sync()
+
+    def close(self) -> None:
+        """Close this process's descriptors (they reopen on the next use)."""
+        self._files.close()

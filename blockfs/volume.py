@@ -1,0 +1,270 @@
+"""Volume: a read-only, thread-safe, cheaply pickled view of a blockfs volume.
+
+Reads go through :meth:`Volume.iter_projections`, which splits a region into the blocks it
+touches (the zarr ``ChunkProjection`` idea): each :class:`BlockProjection` says which block, which
+part of it lies inside the region and where that part goes in the output. Reads, region writes
+(``Directory.__setitem__``) and callers that tile a volume (pyramid, dask) share it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import operator
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import BlockCoordinateError, BlockShapeError
+from .format import Layout
+from .indexing import Selection, select
+from .store import BlockStore, StoreSpec
+
+_executor: ThreadPoolExecutor | None = None
+_executor_pid = 0
+_scratch = threading.local()
+
+
+def read_pool() -> ThreadPoolExecutor:
+    """The thread pool that decompresses blocks, created anew in each process."""
+    global _executor, _executor_pid
+    if _executor is None or _executor_pid != os.getpid():
+        _executor, _executor_pid = ThreadPoolExecutor(os.cpu_count() or 1, "blockfs-read"), os.getpid()
+    return _executor
+
+
+def stop_read_pool() -> None:
+    """End this process's idle decompression threads, so that writer processes fork from a process
+    with one thread (forking a threaded process can deadlock the child; Python 3.12 warns)."""
+    global _executor
+    if _executor is not None and _executor_pid == os.getpid():
+        _executor.shutdown(wait=True)
+    _executor = None
+
+
+def _block_scratch(shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
+    """This thread's reusable array for decompressing a block of ``shape`` before copying part of it out."""
+    size = math.prod(shape) * dtype.itemsize
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.size < size:
+        buffer = _scratch.buffer = np.empty(size, np.uint8)
+    return buffer[:size].view(dtype).reshape(shape)
+
+
+def block_entry(layout: Layout, where: str, x: Any, y: Any, z: Any) -> int:
+    """The entry of the block whose first voxel is (x, y, z), or :class:`BlockCoordinateError`."""
+    try:
+        coords = [operator.index(c) for c in (x, y, z)]
+    except TypeError:
+        raise BlockCoordinateError(f"{where}: block coordinates must be integers; "
+                                   f"got (x={x!r}, y={y!r}, z={z!r}).") from None
+    for name, c, size, extent in zip("xyz", coords, (layout.x_block_size, layout.y_block_size, layout.z_block_size),
+                                     (layout.x_extent, layout.y_extent, layout.z_extent)):
+        if c % size or not 0 <= c < extent:
+            raise BlockCoordinateError(
+                f"{where}: {name}={c} is not the first voxel of a block; {name} must be a "
+                f"multiple of the block size {size} in [0, {extent}).")
+    return layout.entry_index(*coords)
+
+
+@dataclass(frozen=True)
+class BlockProjection:
+    """One block's share of a region (all selections in (z, y, x) order)."""
+
+    #: The block's first voxel (x, y, z), as ``read_block`` and ``write_block`` take it.
+    origin: tuple[int, int, int]
+    entry: int
+    #: The block's shape (z, y, x), truncated at the volume's edges.
+    shape: tuple[int, int, int]
+    #: The part of the block inside the region.
+    block_selection: tuple[slice, slice, slice]
+    #: Where that part goes in the region's bounding box.
+    out_selection: tuple[slice, slice, slice]
+    #: Whether the whole block lies inside the region.
+    is_complete: bool
+
+
+def projections(layout: Layout, start: tuple[int, ...], stop: tuple[int, ...]) -> Iterator[BlockProjection]:
+    """The blocks that intersect the box [start, stop) (z, y, x), z-major."""
+    ranges = [range(a // b * b, e, b) for a, e, b in zip(start, stop, layout.block_shape)]
+    for z, y, x in itertools.product(*ranges):
+        shape = layout.block_shape_at(x, y, z)
+        lo = [max(a, o) for a, o in zip(start, (z, y, x))]
+        hi = [min(b, o + n) for b, o, n in zip(stop, (z, y, x), shape)]
+        yield BlockProjection(
+            (x, y, z), layout.entry_index(x, y, z), shape,
+            tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, (z, y, x))),  # type: ignore[arg-type]
+            tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, start)),  # type: ignore[arg-type]
+            all(h - l == n for l, h, n in zip(lo, hi, shape)))
+
+
+class Volume:
+    """A read-only view of a volume: thread-safe, and pickled as its :class:`StoreSpec`."""
+
+    def __init__(self, store: BlockStore, verify: bool = True):
+        self._store = store
+        self.verify = verify
+
+    @classmethod
+    def from_spec(cls, spec: StoreSpec, verify: bool = True) -> "Volume":
+        return cls(BlockStore(spec), verify)
+
+    def __reduce__(self) -> tuple:
+        return Volume.from_spec, (self._store.spec.read_only(), self.verify)
+
+    def __repr__(self) -> str:
+        return f"<blockfs.Volume {self.path!r} shape (z, y, x)={self.shape} {self.dtype.name}>"
+
+    # -- attributes ------------------------------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """The directory (index) file."""
+        return self._store.spec.index_path
+
+    @property
+    def store(self) -> BlockStore:
+        return self._store
+
+    @property
+    def layout(self) -> Layout:
+        return self._store.layout
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(z, y, x) extent of the volume."""
+        return self.layout.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.layout.dtype
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Application metadata: the JSON keys that are not part of the format."""
+        return dict(self.layout.metadata)
+
+    @property
+    def block_shape(self) -> tuple[int, int, int]:
+        """Full block shape (z, y, x)."""
+        return self.layout.block_shape
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        """Number of blocks along (z, y, x)."""
+        return self.layout.grid
+
+    def entry_of(self, x: Any, y: Any, z: Any) -> int:
+        """The entry of the block whose first voxel is (x, y, z) (checked to be on the block grid)."""
+        return block_entry(self.layout, self.path, x, y, z)
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def read_block(self, x: int, y: int, z: int) -> np.ndarray:
+        """The block whose first voxel is (x, y, z), as a (z, y, x) array; zeros if never written."""
+        entry = self.entry_of(x, y, z)
+        offset, size = self._store.entry(entry)
+        shape = self.layout.block_shape_at(x, y, z)
+        if not size:
+            return np.zeros(shape, self.dtype)
+        out = np.empty(shape, self.dtype)
+        self._store.load(entry, offset, size, out, self.verify)
+        return out
+
+    def read_block_payload(self, x: int, y: int, z: int) -> bytes | None:
+        """The stored (blosc-compressed) bytes of the block at (x, y, z); None if never written.
+
+        Checked against the block's record (CRC32C) when the volume has records and ``verify`` is
+        on; a block written without a record is checked by its blosc header's sizes instead.
+        """
+        entry = self.entry_of(x, y, z)
+        nbytes = math.prod(self.layout.block_shape_at(x, y, z)) * self.dtype.itemsize
+        return self._store.payload(entry, nbytes, self.verify)
+
+    def iter_projections(self, region: Any = ...) -> Iterator[BlockProjection]:
+        """The blocks a region (numpy basic index, (z, y, x)) touches, each with its share of the
+        region's bounding box."""
+        sel = self._select(region)
+        return projections(self.layout, sel.start, sel.stop)
+
+    def _select(self, region: Any) -> Selection:
+        return select(region, self.shape, self.path)
+
+    def read(self, region: Any = ...) -> np.ndarray:
+        """Any region by numpy basic indexing in (z, y, x) order; unwritten blocks read as 0."""
+        sel = self._select(region)
+        out = np.zeros(sel.box_shape, self.dtype)
+        self._fill(out, sel, zero=False)
+        return out[sel.within]
+
+    __getitem__ = read
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        data = self.read()
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    def read_into(self, out: np.ndarray, region: Any = ...) -> np.ndarray:
+        """Fill ``out`` (shaped like ``read(region)``, of the volume's dtype) with a region; return it.
+
+        Nothing is allocated per block: a block that lies whole inside the region is decompressed
+        straight into ``out`` where that part of ``out`` is C-contiguous, others through one
+        reusable buffer per thread. A region with steps other than 1 is read through a temporary.
+        """
+        sel = self._select(region)
+        want = tuple(len(range(*w.indices(n))) for w, n in zip(sel.within, sel.box_shape) if isinstance(w, slice))
+        if out.shape != want or out.dtype != self.dtype:
+            raise BlockShapeError(f"{self.path}: read_into needs an array of shape {want} and dtype {self.dtype} "
+                                  f"for {region!r}; got {out.shape} {out.dtype}.")
+        if any(isinstance(w, slice) and w.step not in (None, 1) for w in sel.within):
+            out[...] = self.read(region)
+            return out
+        box = np.expand_dims(out, tuple(i for i, w in enumerate(sel.within) if not isinstance(w, slice)))
+        self._fill(box, sel, zero=True)
+        return out
+
+    def _fill(self, box: np.ndarray, sel: Selection, zero: bool) -> None:
+        """Read the bounding box of ``sel`` into ``box``; with ``zero``, zero where no block was written.
+
+        The blocks are shared out among the read pool's threads, each walking its own share of the
+        projections, so nothing is kept per block.
+        """
+        if box.size == 0:
+            return
+        lay, start, stop = self.layout, sel.start, sel.stop
+        first = lay.entry_index(*(a // b * b for a, b in zip(reversed(start), reversed(lay.block_shape))))
+        last = lay.entry_index(*((e - 1) // b * b for e, b in zip(reversed(stop), reversed(lay.block_shape))))
+        offsets, sizes = self._store.entries(first, last - first + 1)
+        store, verify, dtype = self._store, self.verify, self.dtype
+        n_blocks = math.prod(-(-e // b) - a // b for a, e, b in zip(start, stop, lay.block_shape))
+
+        def fill(share: int, shares: int) -> None:
+            for part in itertools.islice(projections(lay, start, stop), share, None, shares):
+                k = part.entry - first
+                target = box[part.out_selection]
+                if not sizes[k]:
+                    if zero:
+                        target[...] = 0
+                elif part.is_complete and target.flags.c_contiguous:
+                    store.load(part.entry, int(offsets[k]), int(sizes[k]), target, verify)
+                else:
+                    block = _block_scratch(part.shape, dtype)
+                    store.load(part.entry, int(offsets[k]), int(sizes[k]), block, verify)
+                    target[...] = block[part.block_selection]
+
+        shares = min(n_blocks, os.cpu_count() or 1)
+        if shares == 1:
+            fill(0, 1)
+            return
+        futures = [read_pool().submit(fill, share, shares) for share in range(shares)]
+        wait(futures)  # all of them, so no read is still running when an error reaches the caller
+        for future in futures:
+            future.result()
+
+    def close(self) -> None:
+        """Close this process's file descriptors (a later read reopens them)."""
+        self._store.close()
+

@@ -21,12 +21,12 @@ from blockfs.cli import main as blockfs_main
 from blockfs.parallel.mpi import SOLO
 
 
-def test_every_error_class_is_exported_and_a_blockfs_error() -> None:
+def test_every_error_and_warning_class_is_exported_and_a_blockfs_one() -> None:
     classes = {name: cls for name, cls in vars(errors).items()
                if inspect.isclass(cls) and issubclass(cls, BaseException) and cls.__module__ == errors.__name__}
     assert "BlockfsError" in classes and len(classes) > 10
     for name, cls in classes.items():
-        assert issubclass(cls, blockfs.BlockfsError), name
+        assert issubclass(cls, blockfs.BlockfsWarning if issubclass(cls, Warning) else blockfs.BlockfsError), name
         assert name in blockfs.__all__ and getattr(blockfs, name) is cls, f"{name} is not exported from blockfs"
 
 

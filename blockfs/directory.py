@@ -516,7 +516,8 @@ class Directory:
             if self._pool is not None:
                 self._pool.close()
             if self._store is not None and self._store.spec.writable and self.durable:
-                self._store.sync()
+                # Blocks written by other processes (forked producers) are this close()'s promise too.
+                self._store.sync(every=not getattr(self._pool, "shards_synced_by_owners", False))
         finally:
             if self._store is not None:
                 self._store.close()

@@ -198,6 +198,13 @@ def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
         view, offset = view[written:], offset + written
 
 
+def _fsync(fd: int, path: str) -> None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, path) from None
+
+
 class VolumeFiles:
     """The index file and shard files of one volume, open for reading or for writing."""
 
@@ -260,15 +267,23 @@ class VolumeFiles:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, size)
 
-    def sync(self) -> None:
-        """fsync the shards, then the index, that this process has open (regular files only)."""
+    def sync(self, every: bool = False) -> None:
+        """fsync the shards, then the index, that this process has open (regular files only).
+
+        With ``every``, also the volume's files this process has not opened: other processes (forked
+        producers, say) may have written them through descriptors of their own.
+        """
         opened = self._fds.opened()
         for path in self.shard_paths + [self.index_path]:
-            if path in opened and stat.S_ISREG(os.fstat(opened[path]).st_mode):
+            if path in opened:
+                if stat.S_ISREG(os.fstat(opened[path]).st_mode):
+                    _fsync(opened[path], path)
+            elif every and os.path.isfile(path):
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    os.fsync(opened[path])
-                except OSError as exc:
-                    raise OSError(exc.errno, exc.strerror, path) from None
+                    _fsync(fd, path)
+                finally:
+                    os.close(fd)
 
     def close(self) -> None:
         self._fds.close()

@@ -203,9 +203,9 @@ class BlockStore:
         """This process's descriptor of the index file."""
         return self._files.index_fd()
 
-    def sync(self) -> None:
-        """fsync the shards, then the index, that this process has open."""
-        self._files.sync()
+    def sync(self, every: bool = False) -> None:
+        """fsync the shards, then the index, that this process has open (with ``every``: all of them)."""
+        self._files.sync(every)
 
     def close(self) -> None:
         """Close this process's descriptors (they reopen on the next use)."""

@@ -579,3 +579,31 @@ def test_durable_false_reads_back_and_skips_fsync(tmp_path: Path, monkeypatch: p
     assert set(synced) == shards | {index}, synced
     assert synced[-1] == index, "the index must be synced after the shards"
     durable.assert_reads()
+
+
+def _write_one_block(directory: Directory, value: int) -> None:
+    directory.write_block(np.full((32, 32, 32), value, np.uint16), 32, 0, 0)
+
+
+def test_close_fsyncs_shards_written_by_forked_producers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's Pool pattern: children append to the shards, the parent's close() must make them durable."""
+    import multiprocessing
+
+    d = Directory(64, 32, 32, np.uint16, str(tmp_path / "v.blockfs"), n_filenames=2, x_block_size=32,
+                  y_block_size=32, z_block_size=32).create()
+    child = multiprocessing.get_context("fork").Process(target=_write_one_block, args=(d, 7))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    d.close()
+    assert str(tmp_path / "v.blockfs.1") in synced, f"the shard a child wrote was not fsynced: {synced}"
+    assert synced[-1] == str(tmp_path / "v.blockfs"), "the index must be synced after the shards"
+    assert (d.read_block(32, 0, 0) == 7).all()

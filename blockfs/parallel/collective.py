@@ -90,6 +90,7 @@ class CollectiveWriter:
     """The write path of a Directory shared by the ranks of ``comm`` (used through Directory)."""
 
     is_owner = True  # Directory.write_block hands this rank's blocks to submit()
+    shards_synced_by_owners = True  # close() fsyncs each shard on its owner rank only
     writers: list = []  # no writer processes
 
     def __init__(self, comm: Any, store: BlockStore, window: int = DEFAULT_WINDOW):

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from ..codec import decompress_into
 from ..directory import Directory
 from ..errors import FormatError, InvalidArgumentError
 from ..format import MAGIC
@@ -128,7 +129,8 @@ def _store(volume: Directory, chunk: tuple[int, ...], data: bytes) -> None:
     if shape == volume.layout.block_shape:
         volume.write_block_payload(data, x, y, z)
     else:
-        full = np.frombuffer(blosc.decompress(data), volume.dtype).reshape(volume.layout.block_shape)
+        full = np.empty(volume.layout.block_shape, volume.dtype)
+        decompress_into(data, full, f"{volume.directory_filename}: zarr chunk {chunk}")
         volume.write_block(full[:shape[0], :shape[1], :shape[2]], x, y, z)
 
 

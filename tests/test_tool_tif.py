@@ -14,6 +14,7 @@ from helpers import console
 from volumes import make_volume
 
 from blockfs import blockfs2tif
+from blockfs.convert import tiff
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,8 +80,8 @@ def test_bigtiff_when_a_plane_needs_it(tmp_path: Path, monkeypatch: pytest.Monke
     assert not blockfs2tif.needs_bigtiff(2**32 - 2**26)
     assert blockfs2tif.needs_bigtiff(2**32)
     plane = np.arange(600, dtype=np.uint16).reshape(20, 30)
-    monkeypatch.setattr(blockfs2tif, "BIGTIFF_THRESHOLD", plane.nbytes - 1)
-    blockfs2tif.write_tiff(str(tmp_path / "big.tif"), plane, 3)
+    monkeypatch.setattr(tiff, "BIGTIFF_THRESHOLD", plane.nbytes - 1)
+    tiff.write_tiff(str(tmp_path / "big.tif"), plane, 3)
     with tifffile.TiffFile(tmp_path / "big.tif") as tif:
         assert tif.is_bigtiff
         np.testing.assert_array_equal(tif.asarray(), plane)

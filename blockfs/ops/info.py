@@ -1,4 +1,4 @@
-"""blockfs info: what a volume is, how much of it is written, and what it takes on disk.
+"""What a volume is, how much of it is written, and what it takes on disk.
 
 The index is scanned with numpy a slab of blocks at a time (one positioned read and one
 :meth:`blockfs.store.BlockStore.entries` call per slab), so a volume of millions of blocks is
@@ -8,33 +8,20 @@ docs/FORMAT.md section 9.6; a missing shard is reported, not an error.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from . import records
-from .cli_support import run_tool
-from .format import DirectoryFile, Layout, field_bit_widths
+from .. import records
+from ..format import DirectoryFile, Layout, field_bit_widths
+from ..store import BlockStore, StoreSpec, referenced_bytes
 from .relocate import locate_shards, read_directory_file
-from .store import BlockStore, StoreSpec, referenced_bytes
 
 #: Blocks whose entries are read and decoded at once.
 SCAN_BLOCKS = 1 << 20
-
-EPILOG = """\
-examples:
-  blockfs info /data/brain.blockfs
-  blockfs info /data/brain.blockfs --json | python -c 'import json, sys; print(json.load(sys.stdin)["blocks_written"])'
-
-Sizes are in bytes. "compression ratio" is the uncompressed size of the written blocks divided
-by the sum of their compressed sizes; "unreferenced" counts shard bytes that no entry points at
-(older copies of rewritten blocks, or data from an interrupted write).
-"""
 
 
 @dataclass
@@ -207,33 +194,3 @@ def format_text(info: dict[str, Any]) -> str:
     metadata = info["metadata"]
     lines.append("metadata      " + (json.dumps(metadata, sort_keys=True) if metadata else "(none)"))
     return "\n".join(lines)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="blockfs info", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Describe a blockfs volume: shape, dtype, blocks, compression, shards (and which are "
-                    "missing), blocks written, bytes on disk, compression ratio, application metadata.",
-        epilog=EPILOG)
-    parser.add_argument("index_file", help="the volume's directory (.blockfs) file, or a pyramid folder")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """blockfs info: print a description of a volume."""
-    parser = build_parser()
-
-    def body(args: argparse.Namespace) -> int:
-        describe, text = describe_volume, format_text
-        if os.path.isdir(args.index_file):  # a pyramid folder
-            from .pyramid.describe import describe_pyramid as describe, format_pyramid as text
-        info = describe(args.index_file)
-        print(json.dumps(info, indent=1) if args.json else text(info))
-        return 0
-
-    return run_tool(parser, body, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""blockfs-mv and blockfs-cp: move or copy a volume into a folder, rewriting its shard names.
+"""Move or copy a volume into a folder, rewriting its shard names.
 
 The new directory file names its shards by their absolute paths in the destination, so readers
 that open names as stored (the earlier blockfs did, relative to the working directory) find them
@@ -13,40 +13,20 @@ removes what was placed in the destination and leaves the source untouched.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import os
 import stat
-import sys
 from dataclasses import dataclass
 
 from tqdm import tqdm
 
-from .cli_support import add_silent, byte_progress, run_tool
-from .errors import InvalidArgumentError, MissingShardError, VolumeExistsError
+from ..errors import InvalidArgumentError, MissingShardError, VolumeExistsError
+from ..progress import byte_progress
+from ..storage import fsync_folder, link_exclusive
 from .relocate import locate_shards, read_directory_file, relocate
-from .storage import fsync_folder, link_exclusive
 
 #: Bytes per copy call; the progress bar advances by at most this much at a time.
 COPY_CHUNK = 64 << 20
-
-EPILOG = """\
-example:
-  {prog} /data/brain.blockfs /archive/brain
-      {verb} brain.blockfs and its shard files into /archive/brain (created if missing;
-      /archive must exist), and records the shards' new absolute paths in the directory file.
-
-The index, bit widths and application metadata are kept exactly. An existing volume (the
-directory file or any shard file) at the destination is never overwritten.
-{detail}
-"""
-
-DETAILS = {
-    True: ("moves", "Nothing of the source remains afterwards. Within one file system the shards are\n"
-                    "hard-linked, else copied; the source is removed only once the new volume is\n"
-                    "complete, so a move that fails part way leaves the source whole and readable."),
-    False: ("copies", "The source is left untouched."),
-}
 
 
 @dataclass(frozen=True)
@@ -188,41 +168,3 @@ def transfer(source: str, dest: str, move: bool, silent: bool = True, prog: str 
         for folder in {os.path.dirname(os.path.abspath(p)) for p in [source] + [p.source for p in placements]}:
             fsync_folder(folder)
     return new_index
-
-
-def build_parser(move: bool) -> argparse.ArgumentParser:
-    prog = "blockfs-mv" if move else "blockfs-cp"
-    verb, detail = DETAILS[move]
-    parser = argparse.ArgumentParser(
-        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=f"{'Move' if move else 'Copy'} a blockfs volume (its directory file and shard files) into "
-                    "a folder, rewriting the shard names in the new directory file.",
-        epilog=EPILOG.format(prog=prog, verb=verb.capitalize(), detail=detail))
-    parser.add_argument("source", help="the volume's directory (.blockfs) file")
-    parser.add_argument("dest", help="the folder to put the volume in (created if missing; its parent must exist)")
-    add_silent(parser)
-    return parser
-
-
-def _main(argv: list[str] | None, move: bool) -> int:
-    parser = build_parser(move)
-
-    def body(args: argparse.Namespace) -> int:
-        transfer(args.source, args.dest, move, args.silent, parser.prog)
-        return 0
-
-    return run_tool(parser, body, argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """blockfs-mv: move a volume into a folder."""
-    return _main(argv, move=True)
-
-
-def copy_main(argv: list[str] | None = None) -> int:
-    """blockfs-cp: copy a volume into a folder."""
-    return _main(argv, move=False)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

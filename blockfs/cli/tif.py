@@ -1,21 +1,15 @@
-"""blockfs2tif: export a volume as one TIFF file per z-plane."""
+"""``blockfs tif`` (blockfs2tif): export a volume as one TIFF file per z-plane."""
 
 from __future__ import annotations
 
 import argparse
 import functools
-import sys
 
-import numpy as np
-import tifffile
-
-from .cli_support import run_tool
-from .directory import Directory
-from .export import add_export_arguments, check_pattern, export_planes
-from .parallel.mpi import Ranks, on_ranks
-
-#: Planes larger than this are written as BigTIFF (4 GiB, less room for the header and strip tables).
-BIGTIFF_THRESHOLD = 2**32 - 2**25
+from ..convert.planes import check_pattern, export_planes
+from ..convert.tiff import write_tiff
+from ..directory import Directory
+from ..parallel.mpi import Ranks, on_ranks
+from ._support import add_export_arguments, run_tool
 
 EPILOG = """\
 example:
@@ -24,18 +18,6 @@ example:
 writes /data/tiff/img_0000.tiff, img_0001.tiff, ... one plane per z, reading one slab of the
 volume's block depth at a time.
 """
-
-
-def needs_bigtiff(nbytes: int) -> bool:
-    """True if a plane of ``nbytes`` bytes does not fit a classic TIFF (32-bit offsets)."""
-    return nbytes > BIGTIFF_THRESHOLD
-
-
-def write_tiff(path: str, plane: np.ndarray, level: int) -> None:
-    """One plane as a TIFF file, zlib-compressed at ``level`` (0: uncompressed)."""
-    options = {"compression": "zlib", "compressionargs": {"level": level}} if level else {"compression": None}
-    tifffile.imwrite(path, plane, bigtiff=needs_bigtiff(plane.nbytes), photometric="minisblack", maxworkers=1,
-                     **options)
 
 
 def _level(text: str) -> int:
@@ -76,6 +58,3 @@ def main(argv: list[str] | None = None) -> int:
     """Run blockfs2tif with ``argv`` (default: the command line); return the exit status."""
     return run_tool(build_parser(), _run, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

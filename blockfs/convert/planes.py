@@ -8,7 +8,6 @@ interrupted export never leaves a truncated file under a plane's name.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import re
@@ -17,18 +16,17 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .cli_support import add_silent, progress
-from .directory import Directory
-from .errors import BlockfsError, ExportError, InvalidArgumentError
-from .parallel.mpi import SOLO, Ranks
-from .planes import iter_slabs
+from ..progress import progress
+from ..directory import Directory
+from ..errors import BlockfsError, ExportError, InvalidArgumentError
+from ..parallel.mpi import SOLO, Ranks
+from ..planes import iter_slabs
 
 #: printf-style conversion fields: ``%%``, ``%d``, ``%04d``, ``%-5i`` ... (flags, width, precision, type)
 _FIELD = re.compile(r"%(?:%|[-+ #0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?([a-zA-Z]))")
 _INTEGER_TYPES = "diu"
 
 WritePlane = Callable[[str, np.ndarray], None]
-
 
 
 def _suggest(pattern: str) -> str:
@@ -57,28 +55,6 @@ def check_pattern(pattern: str) -> str:
     if first == second or not os.path.basename(first):
         raise InvalidArgumentError(f"{pattern}: the z field must be in the file name; e.g. {_suggest(pattern)}")
     return pattern
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
-
-
-def add_export_arguments(parser: argparse.ArgumentParser, example: str, what: str) -> None:
-    """--input, --output-pattern, --n-workers and --silent, as every exporter has them."""
-    parser.add_argument("--input", required=True, metavar="BLOCKFS_FILE", help="the volume's directory file")
-    parser.add_argument("--output-pattern", required=True, metavar="PATTERN",
-                        help=f"file name of each {what} plane with one %%d-style field for its z, e.g. {example}; "
-                             "folders are created as needed and existing files of the same name are replaced")
-    parser.add_argument("--n-workers", type=positive_int, default=os.cpu_count() or 1, metavar="N",
-                        help="planes written at once, in threads (default: the number of CPUs, %(default)s)")
-    add_silent(parser)
 
 
 def _temporary_name(path: str) -> str:

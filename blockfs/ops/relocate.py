@@ -19,10 +19,10 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from . import format as fmt
-from .errors import FormatError, InvalidArgumentError, VolumeExistsError
-from .format import DirectoryFile, read_directory_file
-from .storage import atomic_write, resolve_shard_path
+from .. import format as fmt
+from ..errors import FormatError, InvalidArgumentError, VolumeExistsError
+from ..format import DirectoryFile, read_directory_file
+from ..storage import atomic_write, resolve_shard_path
 
 #: Bytes copied per read when carrying the index over to the new file.
 DEFAULT_BUFFER_SIZE = 1 << 20

@@ -1,4 +1,4 @@
-"""``blockfs repair``: rebuild a volume's index from the block records in its shards.
+"""Rebuild a volume's index from the block records in its shards.
 
 For each block position the last complete, CRC-valid record in its shard wins (appends are
 serialised, so the last one in a shard is the newest), except over an indexed block written later
@@ -9,7 +9,6 @@ as a backup. A volume whose index already agrees with its records is left untouc
 
 from __future__ import annotations
 
-import argparse
 import mmap
 import os
 import shutil
@@ -17,13 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import format as fmt
-from . import records
-from .cli_support import add_silent, progress, run_tool
-from .directory import Directory
-from .errors import CorruptBlockError, FormatError
-from .storage import atomic_write, link_exclusive
-from .store import BlockStore
+from .. import format as fmt
+from .. import records
+from ..directory import Directory
+from ..errors import CorruptBlockError, FormatError
+from ..progress import progress
+from ..storage import atomic_write, link_exclusive
+from ..store import BlockStore
 
 
 @dataclass
@@ -124,32 +123,3 @@ def repair_volume(path: str, silent: bool = True) -> RepairResult:
         if not link_exclusive(path, result.backup):  # no hard links on this file system: copy
             shutil.copy2(path, result.backup)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="blockfs repair", description=__doc__.split("\n\n")[0],
-        epilog="Stop every writer first. The old index is kept as <volume>.bak.\n\n"
-               "example:\n  blockfs repair /data/brain.blockfs && blockfs check /data/brain.blockfs",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("volume", help="the volume's directory (index) file")
-    add_silent(parser)
-
-    def body(args: argparse.Namespace) -> int:
-        result = repair_volume(args.volume, silent=args.silent)
-        for line in result.damaged:
-            print(f"blockfs repair: {line}; skipped")
-        for x, y, z in result.unrecorded:
-            print(f"blockfs repair: {args.volume}: block (x={x}, y={y}, z={z}) was written without a record (by an "
-                  "earlier blockfs release) and decodes; it is kept")
-        for x, y, z in result.lost:
-            print(f"blockfs repair: {args.volume}: block (x={x}, y={y}, z={z}) has no complete copy in its shard; "
-                  "it now reads as zeros")
-        if result.entries_changed:
-            print(f"{args.volume}: rebuilt the index from {result.blocks_indexed} block records; "
-                  f"{result.entries_changed} entries changed; the old index is {result.backup}")
-        else:
-            print(f"{args.volume}: the index agrees with the {result.blocks_indexed} block records; nothing changed")
-        return 0
-
-    return run_tool(parser, body, argv)

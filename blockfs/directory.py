@@ -22,7 +22,7 @@ from .casting import Caster
 from .codec import BLOSC_HEADER_BYTES, Compression, check_compression
 from .errors import (AttachError, BlockShapeError, ClosedError, FormatError,
                      InvalidArgumentError, ReadOnlyError, RegionError, VolumeExistsError)
-from .indexing import select
+from .selection import select
 from .storage import atomic_write, resolve_shard_path, shadowing_copy
 from .store import BlockStore, StoreSpec
 from .volume import Volume, block_entry, projections, stop_read_pool

@@ -66,17 +66,18 @@ def _publish(temporary: str, target: str, exclusive: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, exclusive: bool = False, like: str | None = None, durable: bool = True
-                 ) -> Iterator[str]:
+def atomic_write(path: str, exclusive: bool = False, like: str | None = None, durable: bool = True,
+                 suffix: str = ".tmp") -> Iterator[str]:
     """Yield a new temporary file's path beside ``path``; when the block ends, it takes ``path``'s place.
 
     Readers see the old file or the new one, never a mixture. The file is fsynced before it is
     published (and the folder after) unless ``durable`` is False; it gets the permissions of the
-    file ``like`` if given. With ``exclusive`` an existing ``path`` is an error
+    file ``like`` if given. The temporary name ends in ``suffix`` (image writers choose the
+    format by it). With ``exclusive`` an existing ``path`` is an error
     (:class:`VolumeExistsError`) and is left alone. On any error the temporary file is removed.
     """
     folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{suffix}")
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
     try:
         yield temporary

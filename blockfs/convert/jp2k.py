@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,9 +55,11 @@ def resolutions(shape_yx: tuple[int, ...]) -> int:
 
 
 def write_jp2k(path: str, plane: np.ndarray, psnr: float | None) -> None:
-    """One plane as JPEG 2000: lossless, or lossy at ``psnr`` dB."""
+    """One plane as JPEG 2000 (a new file at ``path``): lossless, or lossy at ``psnr`` dB."""
     import glymur
 
+    with contextlib.suppress(FileNotFoundError):  # glymur parses a file already there instead of replacing it
+        os.unlink(path)
     options = {} if psnr is None else {"psnr": [psnr]}
     glymur.Jp2k(path, data=plane, numres=resolutions(plane.shape), **options)
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -42,18 +41,16 @@ class Shard:
 
 
 def locate_shards(directory_path: str, names: Sequence[str]) -> list[Shard]:
-    """Resolve every stored name by the reading rules of docs/FORMAT.md section 9.6, quietly.
+    """Resolve every stored name by the reading rules of docs/FORMAT.md section 9.6.
 
     ``fallback`` marks a name found only as the same base name beside the directory file (a
-    stale name); the reader warns about those, callers here report them their own way.
+    stale name); Directory warns about those, callers here report them their own way.
     """
     shards = []
     for name in names:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            path, looked_at = resolve_shard_path(directory_path, name)
+        path, looked_at, fallback = resolve_shard_path(directory_path, name)
         exists = os.path.isfile(path)
-        shards.append(Shard(name, path, exists, exists and bool(caught), tuple(looked_at)))
+        shards.append(Shard(name, path, exists, exists and fallback, tuple(looked_at)))
     return shards
 
 

@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                   "blockfs.convert")),
     ("facade", ("blockfs.directory", "blockfs.volume", "blockfs.planes")),
     ("store", ("blockfs.store", "blockfs.writer", "blockfs.casting", "blockfs.storage", "blockfs.selection",
-               "blockfs.progress", "blockfs.sample")),
+               "blockfs.progress", "blockfs.sample", "blockfs.threads")),
     ("format", ("blockfs.format", "blockfs.records", "blockfs.codec")),
     ("errors", ("blockfs.errors",)),
 ]

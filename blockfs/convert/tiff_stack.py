@@ -7,7 +7,6 @@ import contextlib
 import glob
 import os
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -16,6 +15,7 @@ import tifffile
 
 from ..directory import Directory
 from ..errors import PlaneMismatchError, VolumeExistsError
+from ..threads import ordered_map
 
 
 @dataclass(frozen=True)
@@ -97,18 +97,7 @@ def read_plane(path: str) -> np.ndarray:
 
 def read_in_order(paths: list[str], n_threads: int) -> Iterator[np.ndarray]:
     """The planes of ``paths`` in order, read by ``n_threads`` threads at most ``n_threads`` ahead."""
-    with ThreadPoolExecutor(n_threads, "tif2blockfs-read") as pool:
-        pending: collections.deque[Future[np.ndarray]] = collections.deque()
-        try:
-            for path in paths:
-                pending.append(pool.submit(read_plane, path))
-                if len(pending) >= n_threads:
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()
+    return ordered_map(read_plane, paths, n_threads, in_flight=n_threads, name="tif2blockfs-read")
 
 
 def _check_destination(output: str) -> None:

@@ -1,81 +1,11 @@
-"""blockfs2tif: export a volume as one TIFF file per z-plane."""
+"""Compatibility path of blockfs2tif: the command is :mod:`blockfs.cli.tif`, the writer :mod:`blockfs.convert.tiff`."""
 
-from __future__ import annotations
-
-import argparse
-import functools
 import sys
 
-import numpy as np
-import tifffile
+from .cli.tif import main
+from .convert.tiff import BIGTIFF_THRESHOLD, needs_bigtiff, write_tiff
 
-from .cli_support import run_tool
-from .directory import Directory
-from .export import add_export_arguments, check_pattern, export_planes
-from .parallel.mpi import Ranks, on_ranks
-
-#: Planes larger than this are written as BigTIFF (4 GiB, less room for the header and strip tables).
-BIGTIFF_THRESHOLD = 2**32 - 2**25
-
-EPILOG = """\
-example:
-  blockfs2tif --input /data/brain.blockfs --output-pattern /data/tiff/img_%04d.tiff --compression 3
-
-writes /data/tiff/img_0000.tiff, img_0001.tiff, ... one plane per z, reading one slab of the
-volume's block depth at a time.
-"""
-
-
-def needs_bigtiff(nbytes: int) -> bool:
-    """True if a plane of ``nbytes`` bytes does not fit a classic TIFF (32-bit offsets)."""
-    return nbytes > BIGTIFF_THRESHOLD
-
-
-def write_tiff(path: str, plane: np.ndarray, level: int) -> None:
-    """One plane as a TIFF file, zlib-compressed at ``level`` (0: uncompressed)."""
-    options = {"compression": "zlib", "compressionargs": {"level": level}} if level else {"compression": None}
-    tifffile.imwrite(path, plane, bigtiff=needs_bigtiff(plane.nbytes), photometric="minisblack", maxworkers=1,
-                     **options)
-
-
-def _level(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 9:
-        raise argparse.ArgumentTypeError(f"the zlib level must be an integer from 0 (none) to 9; got {text!r}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="blockfs2tif", description="Export a blockfs volume as one TIFF file per z-plane.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_export_arguments(parser, "/path/img_%%04d.tiff", "TIFF")
-    parser.add_argument("--compression", type=_level, default=3, metavar="0-9",
-                        help="zlib level of each plane, 0 for none (default: %(default)s); planes over 4 GB are "
-                             "written as BigTIFF")
-    return parser
-
-
-def _export(args: argparse.Namespace, ranks: Ranks) -> int:
-    check_pattern(args.output_pattern)
-    with Directory.open(args.input) as directory:
-        export_planes(directory, args.output_pattern, functools.partial(write_tiff, level=args.compression),
-                      args.n_workers, args.silent, "blockfs2tif", ranks=ranks)
-    return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    """Under ``mpiexec -n N`` the ranks share the slabs; otherwise one process writes every plane."""
-    return on_ranks("blockfs2tif", lambda ranks: _export(args, ranks))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run blockfs2tif with ``argv`` (default: the command line); return the exit status."""
-    return run_tool(build_parser(), _run, argv)
-
+__all__ = ["BIGTIFF_THRESHOLD", "main", "needs_bigtiff", "write_tiff"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from .cli_support import run_tool
+from .cli._support import run_tool
 from .directory import Directory
 from .pyramid import open_pyramid
 from .pyramid.build import build_pyramid

@@ -22,7 +22,7 @@ from .casting import Caster
 from .codec import BLOSC_HEADER_BYTES, Compression, check_compression
 from .errors import (AttachError, BlockShapeError, ClosedError, FormatError,
                      InvalidArgumentError, ReadOnlyError, RegionError, VolumeExistsError)
-from .indexing import select
+from .selection import select
 from .storage import atomic_write, resolve_shard_path, shadowing_copy
 from .store import BlockStore, StoreSpec
 from .volume import Volume, block_entry, projections, stop_read_pool
@@ -75,9 +75,7 @@ def _own_shards(index: str) -> set[str]:
         layout, _ = _read_header(index)
     except (OSError, FormatError):
         return set()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a stale name found by base name is still this volume's shard
-        return {os.path.realpath(resolve_shard_path(index, name)[0]) for name in layout.block_filenames}
+    return {os.path.realpath(resolve_shard_path(index, name).path) for name in layout.block_filenames}
 
 
 def _foreign_file(index: str, shards: list[str]) -> str | None:
@@ -171,7 +169,12 @@ class Directory:
         self._layout = layout
         self.directory_offset = directory_offset
         self._mode = mode
-        self._shard_candidates = [resolve_shard_path(path, name) for name in layout.block_filenames]
+        resolved = [resolve_shard_path(path, name) for name in layout.block_filenames]
+        self._shard_candidates = [(shard.path, shard.looked_at) for shard in resolved]
+        for name, shard in zip(layout.block_filenames, resolved):
+            if shard.fallback:
+                warnings.warn(f"{path}: shard {name!r} not found; using {shard.path} beside the directory file "
+                              "(run blockfs-rebase to record the new location)", stacklevel=3)
         self._store: BlockStore | None = None
         self._volume: Volume | None = None
         self._caster = Caster(layout.dtype, path)

@@ -100,3 +100,15 @@ class MissingDependencyError(BlockfsError, ImportError):
 
 class BlockfsWarning(UserWarning):
     """Something blockfs did for the caller that changed data, such as clipping out-of-range values."""
+
+
+#: What a user can cause (a bad argument, a damaged or missing file, a full disk): every tool prints it as
+#: ``prog: file: reason`` and exits 1. Anything else is a bug in blockfs and shows its traceback.
+USER_ERRORS = (BlockfsError, OSError)
+
+
+def describe(exc: BaseException) -> str:
+    """``file: reason`` for an error (blockfs messages already start with their file)."""
+    if isinstance(exc, OSError) and not isinstance(exc, BlockfsError) and exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return str(exc)

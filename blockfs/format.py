@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,12 +41,17 @@ RESERVED_KEYS = FORMAT_KEYS + EXTENSION_KEYS
 _INT_KEYS = tuple(k for k in FORMAT_KEYS if k not in ("DType", "BlockFilenames", "Compression", "Version"))
 
 
+#: A field in numpy's deprecated code for bytes ("a4", "<a", "(2,)a8"), which numpy parses with a warning.
+_BYTES_ALIAS = re.compile(r"(?:^|,)\s*(?:\([^)]*\))?\s*[<>=|]?a\d*\s*(?:,|$)")
+
+
 def check_dtype(dtype: Any, where: str) -> np.dtype:
     """Return ``dtype`` as a numpy dtype if blockfs can store it, else raise naming ``where``."""
+    if isinstance(dtype, str) and _BYTES_ALIAS.search(dtype):
+        raise UnsupportedDTypeError(f"{where}: dtype {dtype!r} is numpy's deprecated code 'a' for bytes, which cannot be "
+                                    "stored; use a numeric dtype such as 'uint16'.")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            dt = np.dtype(dtype)
+        dt = np.dtype(dtype)
     except Exception as exc:  # numpy's parser raises TypeError, ValueError or SyntaxError
         raise UnsupportedDTypeError(f"{where}: dtype {dtype!r} is not a numpy dtype ({exc}); use e.g. 'uint16'.") from None
     if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:

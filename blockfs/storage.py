@@ -15,8 +15,7 @@ import os
 import stat
 import threading
 import uuid
-import warnings
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 from .errors import VolumeExistsError
 
@@ -66,17 +65,18 @@ def _publish(temporary: str, target: str, exclusive: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, exclusive: bool = False, like: str | None = None, durable: bool = True
-                 ) -> Iterator[str]:
+def atomic_write(path: str, exclusive: bool = False, like: str | None = None, durable: bool = True,
+                 suffix: str = ".tmp") -> Iterator[str]:
     """Yield a new temporary file's path beside ``path``; when the block ends, it takes ``path``'s place.
 
     Readers see the old file or the new one, never a mixture. The file is fsynced before it is
     published (and the folder after) unless ``durable`` is False; it gets the permissions of the
-    file ``like`` if given. With ``exclusive`` an existing ``path`` is an error
+    file ``like`` if given. The temporary name ends in ``suffix`` (image writers choose the
+    format by it). With ``exclusive`` an existing ``path`` is an error
     (:class:`VolumeExistsError`) and is left alone. On any error the temporary file is removed.
     """
     folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}{suffix}")
     os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
     try:
         yield temporary
@@ -96,12 +96,22 @@ def atomic_write(path: str, exclusive: bool = False, like: str | None = None, du
         fsync_folder(folder)
 
 
-def resolve_shard_path(directory_path: str, name: str) -> tuple[str, list[str]]:
+class ResolvedShard(NamedTuple):
+    """Where a stored shard name leads."""
+
+    path: str
+    looked_at: list[str]
+    #: found only as the same base name beside the directory file: the stored name is stale
+    fallback: bool
+
+
+def resolve_shard_path(directory_path: str, name: str) -> ResolvedShard:
     """Where shard ``name`` of the volume at ``directory_path`` is, and the places looked at.
 
     An absolute name is used if it exists; a relative one is tried against the directory file's
     folder, then the working directory. Otherwise the same base name beside the directory file is
-    used (with a warning if it exists). The first candidate is returned when nothing exists.
+    used (``fallback``; the caller decides whether to warn). The first candidate is returned when
+    nothing exists.
     """
     folder = os.path.dirname(os.path.abspath(directory_path))
     candidates = [name] if os.path.isabs(name) else [os.path.join(folder, name), os.path.abspath(name)]
@@ -109,12 +119,10 @@ def resolve_shard_path(directory_path: str, name: str) -> tuple[str, list[str]]:
     beside = os.path.join(folder, os.path.basename(name))
     for path in candidates:
         if os.path.exists(path):
-            return path, candidates
+            return ResolvedShard(path, candidates, False)
     if os.path.exists(beside):
-        warnings.warn(f"{directory_path}: shard {name!r} not found; using {beside} beside the directory file "
-                      "(run blockfs-rebase to record the new location)", stacklevel=3)
-        return beside, candidates + [beside]
-    return candidates[0], list(dict.fromkeys(candidates + [beside]))
+        return ResolvedShard(beside, candidates + [beside], True)
+    return ResolvedShard(candidates[0], list(dict.fromkeys(candidates + [beside])), False)
 
 
 def shadowing_copy(directory_path: str, name: str, found: str) -> str | None:

@@ -21,7 +21,7 @@ import numpy as np
 
 from .errors import BlockCoordinateError, BlockShapeError
 from .format import Layout
-from .indexing import Selection, select
+from .selection import Selection, select
 from .store import BlockStore, StoreSpec
 
 _executor: ThreadPoolExecutor | None = None

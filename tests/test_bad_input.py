@@ -668,3 +668,12 @@ def test_corrupted_byte_in_a_new_volume(tmp_path: Path) -> None:
     shard.write_bytes(pristine)
     with Directory.open(d.directory_filename) as r:
         np.testing.assert_array_equal(r[...], data, strict=True)
+
+
+@pytest.mark.parametrize("dtype", ["a", "a4", "<a8", "(2,)a4", "u2,a4"])
+def test_deprecated_bytes_code_is_refused_without_a_warning(tmp_path: Path, dtype: str) -> None:
+    """numpy parses 'a' with a DeprecationWarning; blockfs refuses it before numpy sees it."""
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(UnsupportedDTypeError, match="'a' for bytes"):
+        warnings.simplefilter("always")
+        Directory(10, 10, 10, dtype, str(tmp_path / "dtype.blockfs"))
+    assert caught == []

@@ -40,21 +40,21 @@ class Tool(NamedTuple):
 
 
 TOOLS = {
-    "info": Tool(["info", "{missing}"], "blockfs info", "blockfs.info:describe_volume"),
-    "check": Tool(["check", "--silent", "{missing}"], "blockfs check", "blockfs.check:check_volume"),
-    "repair": Tool(["repair", "--silent", "{missing}"], "blockfs repair", "blockfs.repair:repair_volume"),
-    "mv": Tool(["mv", "--silent", "{missing}", "{tmp}"], "blockfs-mv", "blockfs.mv:transfer"),
-    "cp": Tool(["cp", "--silent", "{missing}", "{tmp}"], "blockfs-cp", "blockfs.mv:transfer"),
-    "rebase": Tool(["rebase", "--silent", "{missing}"], "blockfs-rebase", "blockfs.rebase:rebase"),
+    "info": Tool(["info", "{missing}"], "blockfs info", "blockfs.cli.info:describe_volume"),
+    "check": Tool(["check", "--silent", "{missing}"], "blockfs check", "blockfs.cli.check:check_volume"),
+    "repair": Tool(["repair", "--silent", "{missing}"], "blockfs repair", "blockfs.cli.repair:repair_volume"),
+    "mv": Tool(["mv", "--silent", "{missing}", "{tmp}"], "blockfs-mv", "blockfs.cli.mv:transfer"),
+    "cp": Tool(["cp", "--silent", "{missing}", "{tmp}"], "blockfs-cp", "blockfs.cli.mv:transfer"),
+    "rebase": Tool(["rebase", "--silent", "{missing}"], "blockfs-rebase", "blockfs.cli.rebase:rebase"),
     "tif": Tool(["tif", "--silent", "--input", "{missing}", "--output-pattern", "{tmp}/z%04d.tif"], "blockfs2tif",
-                "blockfs.blockfs2tif:_export"),
+                "blockfs.cli.tif:_export"),
     "jp2k": Tool(["jp2k", "--silent", "--input", "{missing}", "--output-pattern", "{tmp}/z%04d.jp2"], "blockfs2jp2k",
-                 "blockfs.blockfs2jp2k:_export"),
+                 "blockfs.cli.jp2k:_export"),
     "hdf5": Tool(["hdf5", "--silent", "{missing}", "{tmp}/out.h5", "/raw"], "blockfs2hdf5",
-                 "blockfs.blockfs2hdf5:export"),
+                 "blockfs.cli.hdf5:export"),
     "from-tif": Tool(["from-tif", "--silent", "--input", "{tmp}/planes/*.tif", "--output", "{tmp}/out.blockfs"],
                      "tif2blockfs",
-                     "blockfs.tif2blockfs:find_planes"),
+                     "blockfs.cli.from_tif:find_planes"),
     "pyramid": Tool(["pyramid", "--silent", "{missing}", "{tmp}/pyramid"], "blockfs pyramid",
                     "blockfs.pyramid.cli:build_pyramid"),
     "to-zarr": Tool(["to-zarr", "--silent", "{missing}", "{tmp}/out.zarr"], "blockfs to-zarr",
@@ -80,7 +80,7 @@ def argv_of(argv: list[str], tmp_path: Path) -> list[str]:
 def no_mpi(monkeypatch: pytest.MonkeyPatch) -> None:
     """blockfs2hdf5 asks mpi4py for its ranks first; in this process it works alone (MPI is tested in
     test_tool_hdf5.py), so that MPI is never initialised in pytest's process."""
-    monkeypatch.setattr("blockfs.blockfs2hdf5.find_ranks", lambda why_serial=None: (SOLO, None))
+    monkeypatch.setattr("blockfs.cli.hdf5.find_ranks", lambda why_serial=None: (SOLO, None))
 
 
 @pytest.mark.parametrize("name", sorted(TOOLS))

@@ -27,6 +27,7 @@ from blockfs import Directory, VolumeExistsError
 from blockfs import mv as mv_tool
 from blockfs import rebase as rebase_tool
 from blockfs.format import EXTENSION_KEYS
+from blockfs.ops import transfer as transfer_ops
 from blockfs.relocate import relocate
 
 pytestmark = pytest.mark.timeout(120)
@@ -283,9 +284,9 @@ def test_failure_half_way_leaves_the_source(move: bool, tmp_path: Path, monkeypa
     def fail(*args: Any, **kwargs: Any) -> bool:
         raise OSError(28, "No space left on device", str(tmp_path / "b" / source.name))
 
-    monkeypatch.setattr(mv_tool, "relocate", fail)
+    monkeypatch.setattr(transfer_ops, "relocate", fail)
     with pytest.raises(OSError, match="No space left"):
-        mv_tool.transfer(str(source), str(tmp_path / "b"), move=move)
+        transfer_ops.transfer(str(source), str(tmp_path / "b"), move=move)
     assert snapshot(tmp_path / "a") == before
     assert not (tmp_path / "b").exists()  # the folder it created, and what it put there, are gone
     assert_reads(source, expected)
@@ -301,7 +302,7 @@ def test_mv_without_hard_links_or_copy_file_range(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(os, "link", refuse)
     monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
-    monkeypatch.setattr(mv_tool, "COPY_CHUNK", 4096)
+    monkeypatch.setattr(transfer_ops, "COPY_CHUNK", 4096)
     result = call("blockfs-mv", source, tmp_path / "b")
     assert result.returncode == 0, result.stderr
     assert list((tmp_path / "a").iterdir()) == []

@@ -13,7 +13,9 @@ from fixtures import case_ids, case_params, require_fixtures
 from helpers import console
 from volumes import make_volume
 
-from blockfs import blockfs2tif
+from blockfs import Directory, ExportError, blockfs2tif
+from blockfs.convert import tiff
+from blockfs.convert.planes import export_planes
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -79,8 +81,8 @@ def test_bigtiff_when_a_plane_needs_it(tmp_path: Path, monkeypatch: pytest.Monke
     assert not blockfs2tif.needs_bigtiff(2**32 - 2**26)
     assert blockfs2tif.needs_bigtiff(2**32)
     plane = np.arange(600, dtype=np.uint16).reshape(20, 30)
-    monkeypatch.setattr(blockfs2tif, "BIGTIFF_THRESHOLD", plane.nbytes - 1)
-    blockfs2tif.write_tiff(str(tmp_path / "big.tif"), plane, 3)
+    monkeypatch.setattr(tiff, "BIGTIFF_THRESHOLD", plane.nbytes - 1)
+    tiff.write_tiff(str(tmp_path / "big.tif"), plane, 3)
     with tifffile.TiffFile(tmp_path / "big.tif") as tif:
         assert tif.is_bigtiff
         np.testing.assert_array_equal(tif.asarray(), plane)
@@ -131,3 +133,22 @@ def test_help_shows_an_example() -> None:
     assert result.returncode == 0
     assert "example:" in result.stdout
     assert "blockfs2tif --input /data/brain.blockfs --output-pattern /data/tiff/img_%04d.tiff" in result.stdout
+
+
+def test_a_failed_plane_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
+    """A writer that fails half way through a plane: the plane's old file stays, nothing hidden is left."""
+    path, _ = make_volume(tmp_path, (4, 8, 8), (4, 8, 8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "z1.tif").write_bytes(b"old")
+
+    def fail_on_z1(name: str, plane: np.ndarray) -> None:
+        assert name.endswith(".tif") and Path(name).name.startswith(".")  # the writer picks TIFF by the suffix
+        tiff.write_tiff(name, plane, 1)
+        if Path(name).name.startswith(".z1.tif."):
+            raise RuntimeError("encoder failed")
+
+    with Directory.open(str(path)) as volume, pytest.raises(ExportError, match=r"z1\.tif: RuntimeError: encoder"):
+        export_planes(volume, str(out / "z%d.tif"), fail_on_z1, 1, True, "test")
+    assert (out / "z1.tif").read_bytes() == b"old"
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli_support import add_silent, run_tool
+from ..cli._support import add_silent, run_tool
 from .tools import load
 
 TO_EPILOG = """\

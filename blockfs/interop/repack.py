@@ -17,7 +17,8 @@ from tqdm import tqdm
 from ..directory import Directory
 from ..errors import InvalidArgumentError
 from .shard import encode_shard
-from .tools import bounded_map, refuse_existing
+from ..threads import ordered_map
+from .tools import refuse_existing
 from .zarr_format import SourceLike, array_metadata, chunk_bytes, group_metadata, open_source, written_chunks
 
 DEFAULT_SHARD_BLOCKS = 4
@@ -95,7 +96,7 @@ def to_zarr(source: SourceLike, dest: str | os.PathLike, zarr_format: int = 3, s
         else _shard_tasks(level, os.path.join(dest, str(i)), shard_blocks)))
     written = 0
     with tqdm(total=total, unit="block", desc="to-zarr", disable=silent) as bar:
-        for nbytes, blocks in bounded_map(lambda task: (task[0](), task[1]), tasks, workers):
+        for nbytes, blocks in ordered_map(lambda task: (task[0](), task[1]), tasks, workers):
             written += nbytes
             bar.update(blocks)
     for key, document in documents.items():  # metadata last: an interrupted run leaves no valid hierarchy

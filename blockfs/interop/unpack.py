@@ -27,7 +27,8 @@ from ..errors import FormatError, InvalidArgumentError
 from ..format import MAGIC
 from ..pyramid.folder import INFO_NAME, LEVEL_FILE, is_pyramid, level_key
 from .shard import decode_index, inner_chunk
-from .tools import bounded_map, refuse_existing
+from ..threads import ordered_map
+from .tools import refuse_existing
 from .zarr_format import VOXEL_SIZE_KEY
 
 UNIT_TO_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, None: 1.0}
@@ -206,7 +207,7 @@ def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool
             total = math.prod(-(-n // s) for n, s in zip(array.shape, step))
             task = lambda key: _transcode_region(array, volume, step, key)  # noqa: E731
         with tqdm(total=total, unit="chunk" if plan else "region", desc=label, disable=silent) as bar:
-            for _ in bounded_map(task, keys, workers):
+            for _ in ordered_map(task, keys, workers):
                 bar.update()
     finally:
         volume.close()

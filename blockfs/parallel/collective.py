@@ -39,7 +39,7 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from .. import records
-from ..cli_support import describe
+from ..errors import describe
 from ..directory import Directory
 from ..errors import BlockfsError, WriterError
 from ..format import pack_entry

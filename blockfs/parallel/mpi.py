@@ -15,7 +15,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
-from ..cli_support import USER_ERRORS, describe
+from ..errors import USER_ERRORS, describe
 from ..errors import BlockfsError, ExportError
 
 T = TypeVar("T")

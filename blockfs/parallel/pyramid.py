@@ -22,7 +22,7 @@ from typing import Callable, Iterator, TypeVar
 
 from tqdm import tqdm
 
-from ..cli_support import USER_ERRORS, describe
+from ..errors import USER_ERRORS, describe
 from ..directory import Directory
 from ..errors import BlockfsError, WriterError
 from ..pyramid import state

@@ -15,11 +15,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..cli_support import USER_ERRORS, describe, progress
+from ..convert.tiff_stack import _check_destination, _remove_volume, check_stack, find_planes, inspect_plane, read_in_order
 from ..directory import Directory
-from ..errors import BlockfsError
+from ..errors import USER_ERRORS, BlockfsError, describe
 from ..planes import PlaneWriter
-from ..tif2blockfs import _check_destination, _remove_volume, check_stack, find_planes, inspect_plane, read_in_order
+from ..progress import progress
 from .mpi import Ranks, on_ranks
 
 PROG = "tif2blockfs"

@@ -6,8 +6,8 @@ import argparse
 import os
 import sys
 
-from ..cli_support import add_silent, run_tool
-from ..export import positive_int
+from ..cli._support import add_silent, run_tool
+from ..cli._support import positive_int
 from ..parallel.mpi import Ranks, on_ranks
 from .build import build_pyramid
 from .reduce import METHODS

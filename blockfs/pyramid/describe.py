@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from ..errors import FormatError
-from ..info import describe_volume, human
+from ..ops.info import describe_volume, human
 from .folder import LEVEL_FILE, is_pyramid, read_info
 from .state import JOURNAL
 

@@ -22,11 +22,11 @@ import shutil
 
 import numpy as np
 
-from ..cli_support import byte_progress
+from ..progress import byte_progress
 from ..directory import Directory
 from ..errors import InvalidArgumentError, VolumeExistsError
-from ..mv import Placement, _place
-from ..relocate import locate_shards, read_directory_file, relocate
+from ..ops.transfer import Placement, _place
+from ..ops.relocate import locate_shards, read_directory_file, relocate
 from ..storage import atomic_write, fsync_folder
 from .folder import INFO_NAME, LEVEL_FILE, is_pyramid
 from .plan import Index, Plan

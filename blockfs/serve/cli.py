@@ -11,7 +11,7 @@ import threading
 import webbrowser
 from typing import Callable, Iterator
 
-from ..cli_support import run_tool
+from ..cli._support import run_tool
 
 SERVE_EPILOG = """\
 examples:

@@ -1,34 +1,34 @@
 """What the plane exporters (blockfs2tif, blockfs2jp2k) share.
 
-Output patterns, their arguments, and the loop that reads the volume one slab at a time and
+Output patterns and the loop that reads the volume one slab at a time and
 writes the slab's planes in worker threads (zlib, OpenJPEG and file I/O release the GIL). Each
-plane is written under a hidden temporary name in its folder and renamed into place, so an
+plane is written under a hidden temporary name in its folder and renamed into place
+(:func:`blockfs.storage.atomic_write`, keeping the suffix that tells the writer the format), so an
 interrupted export never leaves a truncated file under a plane's name.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
 import re
+import tempfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import numpy as np
 
-from .cli_support import add_silent, progress
-from .directory import Directory
-from .errors import BlockfsError, ExportError, InvalidArgumentError
-from .parallel.mpi import SOLO, Ranks
-from .planes import iter_slabs
+from ..directory import Directory
+from ..errors import BlockfsError, ExportError, InvalidArgumentError
+from ..parallel.mpi import SOLO, Ranks
+from ..planes import iter_slabs
+from ..progress import progress
+from ..storage import atomic_write
 
 #: printf-style conversion fields: ``%%``, ``%d``, ``%04d``, ``%-5i`` ... (flags, width, precision, type)
 _FIELD = re.compile(r"%(?:%|[-+ #0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?([a-zA-Z]))")
 _INTEGER_TYPES = "diu"
 
 WritePlane = Callable[[str, np.ndarray], None]
-
 
 
 def _suggest(pattern: str) -> str:
@@ -59,41 +59,11 @@ def check_pattern(pattern: str) -> str:
     return pattern
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
-
-
-def add_export_arguments(parser: argparse.ArgumentParser, example: str, what: str) -> None:
-    """--input, --output-pattern, --n-workers and --silent, as every exporter has them."""
-    parser.add_argument("--input", required=True, metavar="BLOCKFS_FILE", help="the volume's directory file")
-    parser.add_argument("--output-pattern", required=True, metavar="PATTERN",
-                        help=f"file name of each {what} plane with one %%d-style field for its z, e.g. {example}; "
-                             "folders are created as needed and existing files of the same name are replaced")
-    parser.add_argument("--n-workers", type=positive_int, default=os.cpu_count() or 1, metavar="N",
-                        help="planes written at once, in threads (default: the number of CPUs, %(default)s)")
-    add_silent(parser)
-
-
-def _temporary_name(path: str) -> str:
-    """A hidden name beside ``path`` with the same suffix (image libraries choose formats by suffix)."""
-    folder, name = os.path.split(path)
-    stem, suffix = os.path.splitext(name)
-    return os.path.join(folder, f".{stem}.partial-{os.getpid()}{suffix}")
-
-
 def _check_writable(path: str) -> None:
-    """Create and remove the temporary file of ``path``: raise OSError naming ``path`` if that fails."""
+    """Create and remove a hidden file beside ``path``: raise OSError naming ``path`` if that fails."""
     try:
-        with open(_temporary_name(path), "wb"):
+        with tempfile.NamedTemporaryFile(dir=os.path.dirname(path) or ".", prefix="."):
             pass
-        os.unlink(_temporary_name(path))
     except OSError as exc:
         if exc.errno is None:
             raise
@@ -102,16 +72,15 @@ def _check_writable(path: str) -> None:
 
 def _write_atomically(write_plane: WritePlane, path: str, plane: np.ndarray) -> None:
     """Write one plane under a temporary name beside ``path`` (same suffix), then rename it."""
-    temporary = _temporary_name(path)
+    temporary: list[str] = []
     try:
-        write_plane(temporary, plane)
-        os.replace(temporary, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        if isinstance(exc, BlockfsError) or not isinstance(exc, Exception):
-            raise
-        if isinstance(exc, OSError) and exc.filename not in (None, temporary):
+        with atomic_write(path, durable=False, suffix=os.path.splitext(path)[1]) as name:
+            temporary.append(name)
+            write_plane(name, plane)
+    except BlockfsError:
+        raise
+    except Exception as exc:
+        if isinstance(exc, OSError) and exc.filename not in (None, *temporary):
             raise
         if isinstance(exc, OSError) and exc.errno is not None:
             raise OSError(exc.errno, exc.strerror, path) from exc

@@ -7,16 +7,16 @@ import sys
 
 #: subcommand -> (module, function, one-line summary)
 SUBCOMMANDS = {
-    "info": ("blockfs.info", "main", "describe a volume: shape, blocks written, bytes on disk, metadata"),
-    "check": ("blockfs.check", "main", "verify every block; exit status 0 only for a healthy volume"),
-    "repair": ("blockfs.repair", "main", "rebuild the index from the block records in the shards"),
-    "mv": ("blockfs.mv", "main", "move a volume into a folder, rewriting its shard names"),
-    "cp": ("blockfs.mv", "copy_main", "copy a volume into a folder, rewriting its shard names"),
-    "rebase": ("blockfs.rebase", "main", "point a hand-moved volume at the shard files beside it"),
-    "tif": ("blockfs.blockfs2tif", "main", "export one TIFF plane per z"),
-    "jp2k": ("blockfs.blockfs2jp2k", "main", "export one JPEG 2000 plane per z"),
-    "hdf5": ("blockfs.blockfs2hdf5", "main", "export to an HDF5 dataset (in parallel under mpiexec)"),
-    "from-tif": ("blockfs.tif2blockfs", "main", "import a z-stack of TIFF planes"),
+    "info": ("blockfs.cli.info", "main", "describe a volume: shape, blocks written, bytes on disk, metadata"),
+    "check": ("blockfs.cli.check", "main", "verify every block; exit status 0 only for a healthy volume"),
+    "repair": ("blockfs.cli.repair", "main", "rebuild the index from the block records in the shards"),
+    "mv": ("blockfs.cli.mv", "main", "move a volume into a folder, rewriting its shard names"),
+    "cp": ("blockfs.cli.mv", "copy_main", "copy a volume into a folder, rewriting its shard names"),
+    "rebase": ("blockfs.cli.rebase", "main", "point a hand-moved volume at the shard files beside it"),
+    "tif": ("blockfs.cli.tif", "main", "export one TIFF plane per z"),
+    "jp2k": ("blockfs.cli.jp2k", "main", "export one JPEG 2000 plane per z"),
+    "hdf5": ("blockfs.cli.hdf5", "main", "export to an HDF5 dataset (in parallel under mpiexec)"),
+    "from-tif": ("blockfs.cli.from_tif", "main", "import a z-stack of TIFF planes"),
     "pyramid": ("blockfs.pyramid.cli", "main", "build a multi-resolution pyramid folder for Neuroglancer, in one pass"),
     "to-zarr": ("blockfs.interop.cli", "to_zarr_main", "repack a volume or pyramid as OME-Zarr without recompressing"),
     "from-zarr": ("blockfs.interop.cli", "from_zarr_main", "import a zarr array or OME-Zarr image"),
@@ -45,6 +45,3 @@ def main(argv: list[str] | None = None) -> int:
     module, function, _ = SUBCOMMANDS[name]
     return getattr(importlib.import_module(module), function)(rest)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

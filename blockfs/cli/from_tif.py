@@ -1,0 +1,111 @@
+"""``blockfs from-tif`` (tif2blockfs): import a z-stack of TIFF planes as a new volume."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+
+from ..codec import Compression
+from ..convert.tiff_stack import _check_destination, _remove_volume, check_stack, find_planes, inspect_plane, read_in_order
+from ..directory import Directory
+from ..errors import InvalidArgumentError
+from ..parallel.mpi import launcher_rank
+from ..planes import PlaneWriter
+from ..progress import progress
+from ._support import add_silent, positive_int, run_tool
+
+EPILOG = """\
+example:
+  tif2blockfs --input "/data/tiff/img_*.tiff" --output /data/brain.blockfs --block-size 64,64,64
+
+reads /data/tiff/img_0000.tiff, img_0001.tiff, ... as z = 0, 1, ... (quote the pattern so the
+shell leaves it alone) and writes /data/brain.blockfs and its shards brain.blockfs.0, .1, ...
+"""
+
+
+def block_size(text: str) -> tuple[int, int, int]:
+    """argparse type: ``Z,Y,X`` or one ``N`` for all three."""
+    parts = text.split(",")
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        sizes = ()
+    if len(sizes) == 1:
+        sizes *= 3
+    if len(sizes) != 3 or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected Z,Y,X (e.g. 64,64,64) or one size N; got {text!r}")
+    return sizes  # type: ignore[return-value]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tif2blockfs", description="Write a z-stack of 2-D TIFF planes, one file per z, into a new blockfs "
+                                        "volume.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, nargs="+", metavar="GLOB",
+                        help="the TIFF planes: a quoted glob (or several, or the files themselves), sorted by name "
+                             "with numbers compared as numbers (img_2 before img_10); every plane must have the "
+                             "same shape and dtype, which become the volume's")
+    parser.add_argument("--output", required=True, metavar="BLOCKFS_FILE",
+                        help="the new volume's directory file; its shards are written beside it. An existing "
+                             "volume is an error unless --overwrite is given")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a volume already at --output (its directory file and shards)")
+    parser.add_argument("--block-size", type=block_size, default=(64, 64, 64), metavar="Z,Y,X",
+                        help="block size in voxels (default: 64,64,64)")
+    parser.add_argument("--n-workers", type=positive_int, default=os.cpu_count() or 1, metavar="N",
+                        help="shard files and writer processes (default: the number of CPUs, %(default)s)")
+    parser.add_argument("--compression", default=Compression.zstd.value,
+                        choices=[c.value for c in Compression], help="blosc compressor (default: %(default)s)")
+    parser.add_argument("--level", type=int, default=5, choices=range(10), metavar="0-9",
+                        help="compression level (default: %(default)s)")
+    parser.add_argument("--pyramid", type=positive_int, metavar="LEVELS",
+                        help="then build a pyramid of LEVELS levels in OUTPUT's name with .pyramid for .blockfs "
+                             "(level 1 hard-linked; see blockfs pyramid)")
+    add_silent(parser)
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    if launcher_rank()[1] > 1:  # started by mpiexec -n N: the ranks share the planes (blockfs.parallel.tools)
+        if args.pyramid:  # its worker processes would fork MPI ranks
+            raise InvalidArgumentError(f"{args.output}: --pyramid {args.pyramid} does not run under mpiexec; import "
+                                       "without it, then run blockfs pyramid on the volume.")
+        from ..parallel.tools import run_import
+        return run_import(args)
+    # Absolute shard names, as earlier blockfs releases wrote them, so that every reader finds them.
+    output = os.path.abspath(os.path.expanduser(args.output))
+    if not args.overwrite:
+        _check_destination(output)
+    paths = find_planes(args.input)
+    planes = [inspect_plane(p) for p in progress(paths, args.silent, "tif2blockfs: checking", unit="file")]
+    common = check_stack(planes)
+    (y_extent, x_extent), (bz, by, bx) = common.shape, args.block_size
+    directory = Directory(x_extent, y_extent, len(paths), common.dtype, output, n_filenames=args.n_workers,
+                          x_block_size=bx, y_block_size=by, z_block_size=bz, compression=args.compression,
+                          compression_level=args.level)
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    directory.create(overwrite=args.overwrite)  # without it, any file of the volume there is an error
+    try:
+        directory.start_writer_processes()
+        reader = read_in_order(paths, args.n_workers)
+        with contextlib.closing(reader), PlaneWriter(directory) as writer:
+            for plane in progress(reader, args.silent, "tif2blockfs", len(paths), "plane"):
+                writer.write(plane)
+        directory.close()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            directory.close()
+        _remove_volume(directory)  # ours and half written: a re-run starts clean
+        raise
+    if args.pyramid:
+        from ..pyramid.build import build_pyramid
+        dest = build_pyramid(output, os.path.splitext(output)[0] + ".pyramid", args.pyramid,
+                             n_workers=args.n_workers, silent=args.silent)
+        print(f"tif2blockfs: pyramid in {dest}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run tif2blockfs with ``argv`` (default: the command line); return the exit status."""
+    return run_tool(build_parser(), _run, argv)

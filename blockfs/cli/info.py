@@ -1,0 +1,46 @@
+"""``blockfs info``: print a description of a volume or a pyramid folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from ..ops.info import describe_volume, format_text
+from ._support import run_tool
+
+EPILOG = """\
+examples:
+  blockfs info /data/brain.blockfs
+  blockfs info /data/brain.blockfs --json | python -c 'import json, sys; print(json.load(sys.stdin)["blocks_written"])'
+
+Sizes are in bytes. "compression ratio" is the uncompressed size of the written blocks divided
+by the sum of their compressed sizes; "unreferenced" counts shard bytes that no entry points at
+(older copies of rewritten blocks, or data from an interrupted write).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blockfs info", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Describe a blockfs volume: shape, dtype, blocks, compression, shards (and which are "
+                    "missing), blocks written, bytes on disk, compression ratio, application metadata.",
+        epilog=EPILOG)
+    parser.add_argument("index_file", help="the volume's directory (.blockfs) file, or a pyramid folder")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """blockfs info: print a description of a volume."""
+    parser = build_parser()
+
+    def body(args: argparse.Namespace) -> int:
+        describe, text = describe_volume, format_text
+        if os.path.isdir(args.index_file):  # a pyramid folder
+            from ..pyramid.describe import describe_pyramid as describe, format_pyramid as text
+        info = describe(args.index_file)
+        print(json.dumps(info, indent=1) if args.json else text(info))
+        return 0
+
+    return run_tool(parser, body, argv)

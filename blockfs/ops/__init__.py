@@ -1,0 +1,1 @@
+"""Operations on whole volumes: check, repair, info, relocating shard names, moving, copying, rebasing."""

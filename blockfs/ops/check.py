@@ -1,0 +1,169 @@
+"""Verify every block of a volume and report each problem with its block (``blockfs check``)."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import records
+from ..directory import Directory
+from ..errors import ChecksumError, CorruptBlockError
+from ..progress import progress
+from ..store import BlockStore, referenced_bytes
+from .repair import latest_records
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a volume, and where."""
+
+    kind: str
+    detail: str
+    block: tuple[int, int, int] | None = None
+    entry: int | None = None
+    shard: str | None = None
+    offset: int | None = None
+
+    def __str__(self) -> str:
+        where = [f"block (x={self.block[0]}, y={self.block[1]}, z={self.block[2]})" if self.block else "",
+                 f"entry {self.entry}" if self.entry is not None else "",
+                 f"{self.shard} at offset {self.offset}" if self.shard and self.offset is not None else self.shard or ""]
+        return f"{self.kind}: {', '.join(w for w in where if w)}: {self.detail}"
+
+
+@dataclass
+class ShardUsage:
+    """How much of one shard the index points at."""
+
+    name: str
+    path: str
+    exists: bool
+    size: int = 0
+    referenced: int = 0
+
+    @property
+    def unreferenced(self) -> int:
+        return self.size - self.referenced
+
+
+@dataclass
+class Report:
+    """The result of checking a volume."""
+
+    volume: str
+    records: bool
+    blocks_total: int
+    blocks_written: int
+    shards: list[ShardUsage]
+    problems: list[Problem] = field(default_factory=list)
+    #: Shard bytes that are neither a block nor a record (interrupted writes): harmless, reported.
+    damaged: list[str] = field(default_factory=list)
+    #: First voxels (x, y, z) of blocks, in a volume with records, that were written without one (by
+    #: an earlier release) and decode to their shape: healthy, reported.
+    unrecorded: list[tuple[int, int, int]] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {"volume": self.volume, "healthy": self.healthy, "records": self.records,
+                "blocks_total": self.blocks_total, "blocks_written": self.blocks_written,
+                "unreferenced_bytes": sum(s.unreferenced for s in self.shards),
+                "shards": [dict(asdict(s), unreferenced=s.unreferenced) for s in self.shards],
+                "problems": [asdict(p) for p in self.problems], "unrecognised_bytes": self.damaged,
+                "unrecorded_blocks": [list(b) for b in self.unrecorded]}
+
+
+def check_volume(path: str, silent: bool = True) -> Report:
+    """Check a volume's index, shards and every written block."""
+    with Directory.open(path) as volume:
+        store = BlockStore(volume.store.spec)
+    layout, shard_paths = store.layout, list(store.spec.shard_paths)
+    offsets, sizes = store.entries(0, layout.n_entries)
+    head = records.HEADER_SIZE if layout.records else 0
+    entries, origins = layout.block_entries()
+    report = Report(path, layout.records, len(entries), int(np.count_nonzero(sizes[entries])),
+                    [ShardUsage(name, p, os.path.exists(p), os.path.getsize(p) if os.path.exists(p) else 0)
+                     for name, p in zip(layout.block_filenames, shard_paths)])
+    stray = np.setdiff1d(np.flatnonzero(sizes), entries)
+    report.problems += [Problem("stray-entry", "a non-empty entry that belongs to no block position", entry=int(e))
+                        for e in stray]
+
+    written = np.flatnonzero(sizes[entries])
+    block_entry = entries[written]
+    block_offset, block_size = offsets[block_entry].astype(np.int64), sizes[block_entry].astype(np.int64)
+    block_shard = layout.shard_of(block_entry)
+    shard_size = np.array([s.size for s in report.shards], np.int64)[block_shard]
+    shard_exists = np.array([s.exists for s in report.shards], bool)[block_shard]
+    bad = np.zeros(written.size, bool)
+
+    def flag(mask: np.ndarray, kind: str, detail: str) -> None:
+        for i in np.flatnonzero(mask & ~bad):
+            report.problems.append(Problem(kind, detail, tuple(int(c) for c in origins[written[i]]),
+                                           int(block_entry[i]), shard_paths[block_shard[i]], int(block_offset[i])))
+        bad[:] |= mask
+
+    flag(~shard_exists, "missing-shard", "the shard file holding this block does not exist")
+    flag(block_offset + block_size > shard_size, "past-end", "the entry points outside its shard")
+
+    def verify(i: int) -> tuple[Problem | None, bool]:
+        """(the block's problem, whether a record vouches for it)."""
+        x, y, z = (int(c) for c in origins[written[i]])
+        try:
+            recorded = store.load(int(block_entry[i]), int(block_offset[i]), int(block_size[i]),
+                                  np.empty(layout.block_shape_at(x, y, z), layout.dtype), verify=True)
+        except CorruptBlockError as exc:
+            kind = "checksum" if isinstance(exc, ChecksumError) else "undecodable"
+            return Problem(kind, str(exc), (x, y, z), int(block_entry[i]),
+                           shard_paths[block_shard[i]], int(block_offset[i])), True
+        return None, recorded
+
+    todo = np.flatnonzero(~bad)
+    recorded = np.full(written.size, layout.records)
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        found = progress(pool.map(verify, todo), silent, "checking", total=len(todo), unit="block")
+        for i, (problem, has_record) in zip(todo, found):
+            if problem is not None:
+                report.problems.append(problem)
+                bad[i] = True
+            recorded[i] = has_record
+    if layout.records:
+        report.unrecorded = [tuple(int(c) for c in origins[written[i]]) for i in np.flatnonzero(~recorded & ~bad)]
+
+    starts, ends = block_offset - head * recorded, block_offset + block_size
+    for shard, usage in enumerate(report.shards):
+        mine = np.flatnonzero(block_shard == shard)
+        order = mine[np.argsort(starts[mine], kind="stable")]
+        usage.referenced = min(usage.size, referenced_bytes(starts[mine], ends[mine]))
+        overlapping = np.zeros(written.size, bool)
+        overlapping[order[1:]] = starts[order[1:]] < np.maximum.accumulate(ends[order])[:-1]
+        flag(overlapping, "overlap", "the block's bytes overlap another block's")
+
+    if layout.records:
+        _compare_with_records(report, layout, shard_paths, offsets, sizes, origins, entries, silent)
+    store.close()
+    report.problems.sort(key=lambda p: (p.entry if p.entry is not None else -1, p.kind))
+    return report
+
+
+def _compare_with_records(report: Report, layout: Any, shard_paths: list[str], offsets: np.ndarray,
+                          sizes: np.ndarray, origins: np.ndarray, entries: np.ndarray, silent: bool) -> None:
+    """Flag blocks whose shard holds a complete record newer than the block the index points at.
+
+    A block written later without a record (by an earlier release) lies after its older recorded
+    copies: the index rightly points at it.
+    """
+    found, report.damaged = latest_records(layout, shard_paths, silent)
+    origin_of = dict(zip(entries.tolist(), map(tuple, origins.tolist())))
+    for entry, (offset, size) in found.items():
+        if not sizes[entry] or offset > int(offsets[entry]):
+            shard = shard_paths[layout.shard_of(entry)]
+            report.problems.append(Problem(
+                "unindexed-record", f"the shard's last complete copy of this block ({size} bytes) is not the one "
+                "the index points at (an interrupted write, or a damaged index or block); run blockfs repair",
+                origin_of[entry], entry, shard, offset))

@@ -1,0 +1,196 @@
+"""What a volume is, how much of it is written, and what it takes on disk.
+
+The index is scanned with numpy a slab of blocks at a time (one positioned read and one
+:meth:`blockfs.store.BlockStore.entries` call per slab), so a volume of millions of blocks is
+described in a moment and in bounded memory. Shard files are located by the reading rules of
+docs/FORMAT.md section 9.6; a missing shard is reported, not an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .. import records
+from ..format import DirectoryFile, Layout, field_bit_widths
+from ..store import BlockStore, StoreSpec, referenced_bytes
+from .relocate import locate_shards, read_directory_file
+
+#: Blocks whose entries are read and decoded at once.
+SCAN_BLOCKS = 1 << 20
+
+
+@dataclass
+class IndexScan:
+    """What the index says about the written blocks."""
+
+    blocks_written: int = 0
+    uncompressed_bytes: int = 0
+    compressed_bytes: int = 0
+    shard_blocks: np.ndarray | None = None
+    shard_bytes: np.ndarray | None = None
+    #: Bytes of each shard that entries point at (payloads and their records; overlaps count once).
+    shard_referenced: np.ndarray | None = None
+
+
+def _edge_sizes(extent: int, block: int) -> np.ndarray:
+    """Size along one axis of every block along it (the last one truncated)."""
+    starts = np.arange(0, extent, block, dtype=np.int64)
+    return np.minimum(block, extent - starts)
+
+
+def scan_index(header: DirectoryFile, slab_blocks: int = SCAN_BLOCKS) -> IndexScan:
+    """Count written blocks, their uncompressed and compressed bytes, in total and per shard."""
+    lay: Layout = header.layout
+    nz, ny, nx = lay.grid
+    n_shards = len(lay.block_filenames)
+    scan = IndexScan(shard_blocks=np.zeros(n_shards, np.int64), shard_bytes=np.zeros(n_shards, np.int64))
+    plane_entries = (np.arange(ny, dtype=np.int64)[:, None] * lay.y_stride
+                     + np.arange(nx, dtype=np.int64)[None, :] * lay.x_stride).ravel()
+    plane_voxels = (_edge_sizes(lay.y_extent, lay.y_block_size)[:, None]
+                    * _edge_sizes(lay.x_extent, lay.x_block_size)[None, :]).ravel()
+    depths = _edge_sizes(lay.z_extent, lay.z_block_size)
+    planes = max(1, slab_blocks // (ny * nx))
+    head = records.HEADER_SIZE if lay.records else 0
+    ranges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    # Only the index is read: the stored names stand in for the shard paths.
+    store = BlockStore(StoreSpec(header.path, lay.block_filenames, lay, header.directory_offset))
+    try:
+        for z0 in range(0, nz, planes):
+            zs = np.arange(z0, min(nz, z0 + planes), dtype=np.int64)
+            entries = (zs[:, None] * lay.z_stride + plane_entries[None, :]).ravel()
+            first, count = int(entries.min()), int(entries.max() - entries.min()) + 1
+            offsets, sizes = store.entries(first, count)
+            offsets, sizes = offsets[entries - first].astype(np.int64), sizes[entries - first].astype(np.int64)
+            written = sizes > 0
+            voxels = (depths[zs][:, None] * plane_voxels[None, :]).ravel()
+            scan.blocks_written += int(np.count_nonzero(written))
+            scan.uncompressed_bytes += int(voxels[written].sum()) * lay.dtype.itemsize
+            scan.compressed_bytes += int(sizes[written].sum())
+            shard = lay.shard_of(entries[written])
+            scan.shard_blocks += np.bincount(shard, minlength=n_shards)
+            scan.shard_bytes += np.bincount(shard, weights=sizes[written], minlength=n_shards).astype(np.int64)
+            ranges.append((shard, offsets[written] - head, offsets[written] + sizes[written]))
+    finally:
+        store.close()
+    shard, starts, ends = (np.concatenate(a) for a in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 3
+    scan.shard_referenced = np.array([referenced_bytes(starts[shard == i], ends[shard == i])
+                                      for i in range(n_shards)], np.int64)
+    return scan
+
+
+def describe_volume(path: str) -> dict[str, Any]:
+    """Everything ``blockfs info`` reports, as one JSON-ready dict."""
+    header = read_directory_file(path)
+    lay = header.layout
+    scan = scan_index(header)
+    assert scan.shard_blocks is not None and scan.shard_bytes is not None and scan.shard_referenced is not None
+    shards = []
+    for i, shard in enumerate(locate_shards(path, lay.block_filenames)):
+        size = os.path.getsize(shard.path) if shard.exists else None
+        shards.append({
+            "index": i, "name": shard.name, "path": os.path.abspath(shard.path) if shard.exists else None,
+            "exists": shard.exists, "stale_name": shard.fallback, "size": size,
+            "blocks": int(scan.shard_blocks[i]), "block_bytes": int(scan.shard_bytes[i]),
+            "referenced_bytes": int(scan.shard_referenced[i]),
+            "looked_at": None if shard.exists else list(shard.looked_at),
+        })
+    present = [s for s in shards if s["exists"]]
+    distinct_sizes = {s["path"]: s["size"] for s in present}
+    shard_total = sum(distinct_sizes.values())
+    nz, ny, nx = lay.grid
+    rule = field_bit_widths((lay.x_extent, lay.y_extent, lay.z_extent),
+                            (lay.x_block_size, lay.y_block_size, lay.z_block_size),
+                            (lay.x_stride, lay.y_stride, lay.z_stride), lay.dtype.itemsize, len(lay.block_filenames))
+    return {
+        "path": os.path.abspath(path),
+        "shape_zyx": list(lay.shape),
+        "dtype": lay.dtype.name,
+        "block_size_zyx": list(lay.block_shape),
+        "grid_zyx": [nz, ny, nx],
+        "compression": lay.compression,
+        "compression_level": lay.compression_level,
+        "n_offset_bits": lay.n_offset_bits,
+        "n_size_bits": lay.n_size_bits,
+        "entry_size": lay.entry_size,
+        "earlier_rule_bits": list(rule),
+        "bits_differ_from_earlier_rule": rule != (lay.n_offset_bits, lay.n_size_bits),
+        "strides_xyz": [lay.x_stride, lay.y_stride, lay.z_stride],
+        "directory_offset": header.directory_offset,
+        "entries_in_file": min(lay.n_entries, header.index_bytes // lay.entry_size),
+        "entry_positions": lay.n_entries,
+        "blocks_total": nx * ny * nz,
+        "blocks_written": scan.blocks_written,
+        "blocks_in_missing_shards": sum(s["blocks"] for s in shards if not s["exists"]),
+        "uncompressed_bytes": scan.uncompressed_bytes,
+        "compressed_bytes": scan.compressed_bytes,
+        "compression_ratio": (scan.uncompressed_bytes / scan.compressed_bytes) if scan.compressed_bytes else None,
+        "index_bytes": header.file_size,
+        "shard_bytes": shard_total,
+        "bytes_on_disk": header.file_size + shard_total,
+        "unreferenced_bytes": sum(max(0, s["size"] - s["referenced_bytes"]) for s in present),
+        "block_records": lay.records,
+        "shards": shards,
+        "missing_shards": [s["name"] for s in shards if not s["exists"]],
+        "metadata": dict(lay.metadata),
+    }
+
+
+def human(n: int | float) -> str:
+    """A byte count for people: ``1.5 GiB (1610612736 bytes)``; small counts as they are."""
+    if n < 1024:
+        return f"{n} B"
+    value, unit = float(n), "B"
+    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        value /= 1024
+        if value < 1024:
+            break
+    return f"{value:.1f} {unit} ({n} bytes)"
+
+
+def format_text(info: dict[str, Any]) -> str:
+    """The report ``blockfs info`` prints without ``--json``."""
+    z, y, x = info["shape_zyx"]
+    bz, by, bx = info["block_size_zyx"]
+    gz, gy, gx = info["grid_zyx"]
+    sx, sy, sz = info["strides_xyz"]
+    written, total = info["blocks_written"], info["blocks_total"]
+    ratio = info["compression_ratio"]
+    lines = [
+        f"volume        {info['path']}",
+        f"shape         {z} x {y} x {x} (z, y, x) voxels, {info['dtype']}",
+        f"blocks        {bz} x {by} x {bx} (z, y, x) voxels; grid {gz} x {gy} x {gx} = {total}",
+        f"compression   {info['compression']}, level {info['compression_level']}; "
+        f"block records {'yes (checksummed)' if info['block_records'] else 'no'}",
+        f"entries       NOffsetBits {info['n_offset_bits']}, NSizeBits {info['n_size_bits']} "
+        f"({info['entry_size']} bytes each); strides x {sx}, y {sy}, z {sz}; first at byte {info['directory_offset']}",
+    ]
+    if info["bits_differ_from_earlier_rule"]:
+        offset_bits, size_bits = info["earlier_rule_bits"]
+        lines.append(f"              NOTE: the earlier blockfs rule gives NOffsetBits {offset_bits}, NSizeBits "
+                     f"{size_bits}; the earlier release's blockfs-mv and blockfs-cp would damage this volume "
+                     "(move or copy it with this release's blockfs mv / blockfs cp)")
+    lines += [
+        f"written       {written} of {total} blocks ({100 * written / total:.1f}%)",
+        f"data          {human(info['uncompressed_bytes'])} in {human(info['compressed_bytes'])}"
+        + (f", compression ratio {ratio:.2f}" if ratio is not None else ""),
+        f"on disk       {human(info['bytes_on_disk'])}: index {human(info['index_bytes'])}, "
+        f"shards {human(info['shard_bytes'])}, of which unreferenced {human(info['unreferenced_bytes'])}",
+        f"shards        {len(info['shards'])}" + (f", {len(info['missing_shards'])} MISSING "
+                                                   f"(holding {info['blocks_in_missing_shards']} written blocks)"
+                                                   if info["missing_shards"] else ""),
+    ]
+    for s in info["shards"]:
+        if s["exists"]:
+            where = f"{s['path']}, {s['size']} bytes" + (" (found by base name: stale, run blockfs-rebase)"
+                                                         if s["stale_name"] else "")
+        else:
+            where = f"MISSING (looked at {', '.join(s['looked_at'])})"
+        lines.append(f"  [{s['index']}] {s['name']}: {where}; {s['blocks']} blocks")
+    metadata = info["metadata"]
+    lines.append("metadata      " + (json.dumps(metadata, sort_keys=True) if metadata else "(none)"))
+    return "\n".join(lines)

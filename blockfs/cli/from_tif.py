@@ -7,10 +7,10 @@ import contextlib
 import os
 
 from ..codec import Compression
-from ..convert.tiff_stack import _check_destination, _remove_volume, check_stack, find_planes, inspect_plane, read_in_order
+from ..convert.tiff_stack import check_destination, remove_volume, check_stack, find_planes, inspect_plane, read_in_order
 from ..directory import Directory
 from ..errors import InvalidArgumentError
-from ..parallel.mpi import launcher_rank
+from ..parallel.mpi import launcher_rank, on_ranks
 from ..planes import PlaneWriter
 from ..progress import progress
 from ._support import add_silent, positive_int, run_tool
@@ -67,16 +67,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # Absolute shard names, as earlier blockfs releases wrote them, so that every reader finds them.
+    output = os.path.abspath(os.path.expanduser(args.output))
     if launcher_rank()[1] > 1:  # started by mpiexec -n N: the ranks share the planes (blockfs.parallel.tools)
         if args.pyramid:  # its worker processes would fork MPI ranks
             raise InvalidArgumentError(f"{args.output}: --pyramid {args.pyramid} does not run under mpiexec; import "
                                        "without it, then run blockfs pyramid on the volume.")
-        from ..parallel.tools import run_import
-        return run_import(args)
-    # Absolute shard names, as earlier blockfs releases wrote them, so that every reader finds them.
-    output = os.path.abspath(os.path.expanduser(args.output))
+        from ..parallel.tools import PROG, import_planes
+        return on_ranks(PROG, lambda ranks: import_planes(args.input, output, args.block_size, args.n_workers,
+                                                          args.compression, args.level, args.silent, ranks))
     if not args.overwrite:
-        _check_destination(output)
+        check_destination(output)
     paths = find_planes(args.input)
     planes = [inspect_plane(p) for p in progress(paths, args.silent, "tif2blockfs: checking", unit="file")]
     common = check_stack(planes)
@@ -96,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     except BaseException:
         with contextlib.suppress(Exception):
             directory.close()
-        _remove_volume(directory)  # ours and half written: a re-run starts clean
+        remove_volume(directory)  # ours and half written: a re-run starts clean
         raise
     if args.pyramid:
         from ..pyramid.build import build_pyramid

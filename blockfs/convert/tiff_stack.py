@@ -100,7 +100,7 @@ def read_in_order(paths: list[str], n_threads: int) -> Iterator[np.ndarray]:
     return ordered_map(read_plane, paths, n_threads, in_flight=n_threads, name="tif2blockfs-read")
 
 
-def _check_destination(output: str) -> None:
+def check_destination(output: str) -> None:
     """Fail before the (long) header scan if a volume is already at ``output``."""
     for path in (output, f"{output}.0"):
         if os.path.exists(path):
@@ -108,7 +108,8 @@ def _check_destination(output: str) -> None:
                                     "--overwrite to replace it.")
 
 
-def _remove_volume(directory: Directory) -> None:
+def remove_volume(directory: Directory) -> None:
+    """Remove a volume this import created and left half written, so that a re-run starts clean."""
     for path in [directory.directory_filename, *directory.shard_paths]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

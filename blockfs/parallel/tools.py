@@ -8,19 +8,18 @@ result equals a serial run's: the same header, and every block compressed to the
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 from typing import Any
 
 from tqdm import tqdm
 
-from ..convert.tiff_stack import _check_destination, _remove_volume, check_stack, find_planes, inspect_plane, read_in_order
+from ..convert.tiff_stack import check_destination, remove_volume, check_stack, find_planes, inspect_plane, read_in_order
 from ..directory import Directory
 from ..errors import USER_ERRORS, BlockfsError, describe
 from ..planes import PlaneWriter
 from ..progress import progress
-from .mpi import Ranks, on_ranks
+from .mpi import Ranks
 
 PROG = "tif2blockfs"
 
@@ -45,7 +44,7 @@ def import_planes(patterns: list[str], output: str, block_size: tuple[int, int, 
     quiet = silent or ranks.rank != 0
 
     def find() -> list[str]:
-        _check_destination(output)
+        check_destination(output)
         paths = find_planes(patterns)
         os.makedirs(os.path.dirname(output), exist_ok=True)
         return paths
@@ -80,12 +79,5 @@ def import_planes(patterns: list[str], output: str, block_size: tuple[int, int, 
         ranks.agree(error, BlockfsError)
     except BlockfsError:
         if ranks.rank == 0:
-            _remove_volume(directory)  # ours and half written: a re-run starts clean
+            remove_volume(directory)  # ours and half written: a re-run starts clean
         raise
-
-
-def run_import(args: argparse.Namespace) -> int:
-    """tif2blockfs started by ``mpiexec -n N``: its arguments, the work shared by the ranks."""
-    output = os.path.abspath(os.path.expanduser(args.output))
-    return on_ranks(PROG, lambda ranks: import_planes(args.input, output, args.block_size, args.n_workers,
-                                                      args.compression, args.level, args.silent, ranks))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterator, NoReturn, Sequence
 
 if TYPE_CHECKING:  # hypothesis and pytest only where used: child processes import this module too
@@ -41,6 +43,14 @@ def unavailable(reason: str) -> NoReturn:
     if os.environ.get("CI"):
         pytest.fail(f"{reason} (required under CI)")
     pytest.skip(reason)
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module``, or treat it as a missing dependency (see :func:`unavailable`)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        unavailable(f"{module} is not installed ({exc}); make install sets it up")
 
 
 def console(command: str, *args: Any, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -1,29 +1,14 @@
-"""Helpers for the interop tests: the optional stacks they need, and a small pyramid folder."""
+"""Helpers for the interop tests: a small pyramid folder."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
-import pytest
 
 from blockfs import Directory
 from volumes import make_volume
-
-
-def need(module: str) -> ModuleType:
-    """Import ``module``; skip the test if it is missing, or fail under CI (where it must be installed)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        message = f"{module} is not installed ({exc}); install the [interop] extra"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
 
 
 def make_pyramid(folder: Path, shape: tuple[int, int, int] = (45, 70, 83), block: tuple[int, int, int] = (16, 16, 16),

@@ -1,31 +1,16 @@
-"""Test volumes and pyramids for the server tests, and dependency checks that fail under CI."""
+"""Test volumes and pyramids for the server tests."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import os
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
-import pytest
 
 from blockfs import Directory
 
 #: Blocks left unwritten in every level (chunk coordinates z, y, x, where they are on the grid).
 MISSING = {(1, 1, 1), (0, 2, 0)}
-
-
-def require(module: str) -> ModuleType:
-    """Import ``module``; skip the test without it, or fail under CI (where everything must be installed)."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        message = f"{module} is not installed ({exc}); make install sets it up"
-        if os.environ.get("CI"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
 
 
 def volume_data(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:

@@ -10,7 +10,8 @@ import pytest
 import blockfs
 from blockfs import Directory, check
 from blockfs.pyramid import open_pyramid
-from interop_support import make_pyramid, need
+from helpers import require
+from interop_support import make_pyramid
 from volumes import make_volume
 
 SHAPE = (40, 50, 70)
@@ -24,7 +25,7 @@ def volume(tmp_path):
 
 @pytest.mark.parametrize("scheduler", ["threads", "processes", "synchronous"])
 def test_to_dask_equals_the_library_read(volume, scheduler):
-    need("dask")
+    require("dask")
     path, expected = volume
     d = Directory.open(path)
     array = d.to_dask()
@@ -36,8 +37,8 @@ def test_to_dask_equals_the_library_read(volume, scheduler):
 
 
 def test_to_dask_on_pyramid_levels_and_open_zarr_with_from_zarr(tmp_path):
-    da = need("dask.array")
-    need("zarr")
+    da = require("dask.array")
+    require("zarr")
     root, arrays = make_pyramid(tmp_path / "p")
     for level, expected in zip(open_pyramid(root).levels, arrays):
         np.testing.assert_array_equal(level.to_dask().compute(), expected)
@@ -47,13 +48,13 @@ def test_to_dask_on_pyramid_levels_and_open_zarr_with_from_zarr(tmp_path):
 
 
 def test_to_dask_on_a_distributed_cluster(volume):
-    distributed = need("distributed")
+    distributed = require("distributed")
     path, expected = volume
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, distributed.Client(cluster) as client:
         array = Directory.open(path).to_dask()
         np.testing.assert_array_equal(client.compute(array).result(), expected)
-        zarr_array = need("dask.array").from_zarr(blockfs.open_zarr(path))
+        zarr_array = require("dask.array").from_zarr(blockfs.open_zarr(path))
         np.testing.assert_array_equal(client.compute(zarr_array).result(), expected)
 
 
@@ -65,7 +66,7 @@ def _input(da):
 
 @pytest.mark.parametrize("scheduler", ["threads", "processes"])
 def test_write_dask_on_local_schedulers(tmp_path, scheduler):
-    da = need("dask.array")
+    da = require("dask.array")
     data, array = _input(da)
     path = tmp_path / "out.blockfs"
     out = blockfs.write_dask(array, path, compute_kwargs={"scheduler": scheduler}, n_filenames=3, task_bytes=40_000,
@@ -82,8 +83,8 @@ def test_write_dask_on_local_schedulers(tmp_path, scheduler):
 
 
 def test_write_dask_on_a_distributed_cluster_with_retries(tmp_path):
-    da = need("dask.array")
-    distributed = need("distributed")
+    da = require("dask.array")
+    distributed = require("distributed")
     from blockfs.interop.dask_io import _write_chunk
     data, array = _input(da)
     path = tmp_path / "out.blockfs"
@@ -109,6 +110,6 @@ def test_write_dask_tasks_are_whole_blocks_up_to_task_bytes():
 
 
 def test_write_dask_rejects_a_2d_array(tmp_path):
-    da = need("dask.array")
+    da = require("dask.array")
     with pytest.raises(blockfs.InvalidArgumentError, match="3D"):
         blockfs.write_dask(da.zeros((4, 4)), tmp_path / "flat.blockfs")

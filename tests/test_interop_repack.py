@@ -15,7 +15,8 @@ import pytest
 from blockfs import Directory
 from blockfs.cli import main as blockfs_main
 from blockfs.pyramid import open_pyramid
-from interop_support import make_pyramid, need
+from helpers import require
+from interop_support import make_pyramid
 from volumes import make_volume
 
 BLOCK = 16
@@ -40,9 +41,9 @@ def blocks(d: Directory):
 
 @pytest.mark.parametrize("zarr_format, shard_blocks", FORMS)
 def test_zarr_python_tensorstore_and_the_validator_read_every_level(pyramid, tmp_path, zarr_format, shard_blocks):
-    zarr = need("zarr")
-    ts = need("tensorstore")
-    need("ome_zarr_models")
+    zarr = require("zarr")
+    ts = require("tensorstore")
+    require("ome_zarr_models")
     from ome_zarr_models import v04, v05
     root, arrays = pyramid
     dest = tmp_path / "brain.ome.zarr"
@@ -65,8 +66,8 @@ def test_zarr_python_tensorstore_and_the_validator_read_every_level(pyramid, tmp
 
 
 def test_the_validator_accepts_a_single_volume(tmp_path):
-    zarr = need("zarr")
-    need("ome_zarr_models")
+    zarr = require("zarr")
+    require("ome_zarr_models")
     from ome_zarr_models.v05 import Image
     path, expected = make_volume(tmp_path, shape=(20, 33, 40), block=(BLOCK,) * 3,
                                  metadata={"voxel_size_um": [0.4, 0.4, 1.5], "stain": "DAPI"})
@@ -95,7 +96,7 @@ def test_a_shard_holds_the_blocks_stored_bytes(pyramid, tmp_path):
 
 
 def test_from_zarr_round_trips_to_zarr_byte_for_byte_on_full_blocks(pyramid, tmp_path):
-    need("zarr")
+    require("zarr")
     root, arrays = pyramid
     for zarr_format, shard_blocks in FORMS[:1] + FORMS[-1:]:
         dest = tmp_path / f"v{zarr_format}.zarr"
@@ -117,7 +118,7 @@ def test_from_zarr_round_trips_to_zarr_byte_for_byte_on_full_blocks(pyramid, tmp
 
 
 def test_from_zarr_transcodes_other_chunkings_and_codecs(tmp_path):
-    zarr = need("zarr")
+    zarr = require("zarr")
     from blockfs.interop.unpack import from_zarr
     data = np.random.default_rng(1).integers(0, 1000, (30, 40, 50), dtype=np.uint16)
     data[:16] = 0  # blocks of zeros stay unwritten
@@ -139,7 +140,7 @@ def test_from_zarr_transcodes_other_chunkings_and_codecs(tmp_path):
 
 @pytest.mark.parametrize("zarr_format", ["2", "3"])
 def test_a_float_volume_with_odd_blocks_reads_the_same_in_tensorstore(tmp_path, zarr_format):
-    ts = need("tensorstore")
+    ts = require("tensorstore")
     path, expected = make_volume(tmp_path, shape=(19, 23, 29), block=(8, 16, 12), dtype="float32",
                                  missing=((12, 0, 8),))
     dest = tmp_path / "f.zarr"
@@ -151,7 +152,7 @@ def test_a_float_volume_with_odd_blocks_reads_the_same_in_tensorstore(tmp_path, 
 
 
 def test_tools_refuse_an_existing_output_unless_overwrite(pyramid, tmp_path, capsys):
-    need("zarr")
+    require("zarr")
     root, _ = pyramid
     dest = tmp_path / "out.zarr"
     assert to_zarr(root, dest) == 0
@@ -183,8 +184,8 @@ def test_console_script_shows_progress(pyramid, tmp_path):
 
 
 def test_from_zarr_passes_foreign_blosc_chunks_through(tmp_path):
-    zarr = need("zarr")
-    numcodecs = need("numcodecs")
+    zarr = require("zarr")
+    numcodecs = require("numcodecs")
     data = np.random.default_rng(2).integers(0, 3000, (32, 40, 48), dtype=np.uint16)
     for name, kwargs in [("v2", {"zarr_format": 2, "compressors": numcodecs.Blosc("lz4", 3, numcodecs.Blosc.SHUFFLE)}),
                          ("v3", {"shards": (32, 32, 32),
@@ -205,7 +206,7 @@ def test_from_zarr_passes_foreign_blosc_chunks_through(tmp_path):
 
 
 def test_bad_sources_and_arguments_are_named(tmp_path, capsys):
-    need("zarr")
+    require("zarr")
     assert blockfs_main(["from-zarr", str(tmp_path / "none.zarr"), str(tmp_path / "v.blockfs")]) == 1
     assert "none.zarr: not a zarr array or group" in capsys.readouterr().err
     assert to_zarr(tmp_path / "none.blockfs", tmp_path / "o.zarr") == 1
@@ -234,7 +235,7 @@ def test_a_missing_optional_package_is_named_with_the_extra(tmp_path):
 
 
 def test_from_zarr_writes_out_a_non_zero_fill_and_checks_axes(tmp_path, capsys):
-    zarr = need("zarr")
+    zarr = require("zarr")
     array = zarr.create_array(tmp_path / "fill.zarr", shape=(20, 20, 20), chunks=(16, 16, 16), dtype="uint16",
                               fill_value=7, compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=3))
     array[:16, :16, :16] = 1  # one chunk stored; the others are missing and read as 7

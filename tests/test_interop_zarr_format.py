@@ -15,7 +15,8 @@ import pytest
 import blockfs
 from blockfs import Directory
 from blockfs.interop.zarr_format import ZarrView, chunk_bytes, parse_chunk_key, written_chunks
-from interop_support import make_pyramid, need
+from helpers import require
+from interop_support import make_pyramid
 from volumes import make_volume
 
 MISSING = ((32, 0, 0), (96, 64, 64))
@@ -29,7 +30,7 @@ def volume(tmp_path):
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_zarr_python_reads_a_volume(volume, zarr_format):
-    need("zarr")
+    require("zarr")
     from blockfs.interop.store import BlockfsStore, open_zarr
     path, expected = volume
     array = open_zarr(path, zarr_format=zarr_format)
@@ -67,7 +68,7 @@ def test_chunk_keys_of_both_forms():
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_zarr_python_reads_a_pyramid_with_ome_multiscales(tmp_path, zarr_format):
-    need("zarr")
+    require("zarr")
     from blockfs.interop.store import open_zarr
     root, arrays = make_pyramid(tmp_path / "pyramid")
     group = open_zarr(root, zarr_format=zarr_format)
@@ -83,7 +84,7 @@ def test_zarr_python_reads_a_pyramid_with_ome_multiscales(tmp_path, zarr_format)
 
 
 def test_store_pickles_and_reads_from_threads(volume):
-    need("zarr")
+    require("zarr")
     import zarr
     from blockfs.interop.store import BlockfsStore
     path, expected = volume

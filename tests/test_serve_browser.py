@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
-from serve_support import require, write_pyramid
+from helpers import require
+from serve_support import write_pyramid
 
 from blockfs.serve import start, view
 

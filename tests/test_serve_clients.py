@@ -13,7 +13,8 @@ import blosc
 import numpy as np
 import pytest
 
-from serve_support import require, volume_data, write_pyramid, write_volume
+from helpers import require
+from serve_support import volume_data, write_pyramid, write_volume
 
 from blockfs import Directory
 from blockfs.serve import start

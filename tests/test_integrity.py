@@ -552,15 +552,21 @@ def test_check_json_on_a_healthy_volume(tmp_path: Path) -> None:
     assert text.returncode == 0 and "healthy" in text.stdout
 
 
-def test_durable_false_reads_back_and_skips_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced: list[str] = []
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths this process fsyncs from now on, in order."""
+    paths: list[str] = []
     real_fsync = os.fsync
 
     def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", recording_fsync)
+    return paths
+
+
+def test_durable_false_reads_back_and_skips_fsync(tmp_path: Path, synced: list[str]) -> None:
     (tmp_path / "scratch").mkdir()
     scratch = build(tmp_path / "scratch", durable=False)
     assert synced == [], f"durable=False must not fsync: {synced}"
@@ -585,7 +591,7 @@ def _write_one_block(directory: Directory, value: int) -> None:
     directory.write_block(np.full((32, 32, 32), value, np.uint16), 32, 0, 0)
 
 
-def test_close_fsyncs_shards_written_by_forked_producers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_close_fsyncs_shards_written_by_forked_producers(tmp_path: Path, synced: list[str]) -> None:
     """The README's Pool pattern: children append to the shards, the parent's close() must make them durable."""
     import multiprocessing
 
@@ -595,14 +601,7 @@ def test_close_fsyncs_shards_written_by_forked_producers(tmp_path: Path, monkeyp
     child.start()
     child.join(60)
     assert child.exitcode == 0
-    synced: list[str] = []
-    real_fsync = os.fsync
-
-    def recording_fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", recording_fsync)
+    synced.clear()  # only what close() syncs
     d.close()
     assert str(tmp_path / "v.blockfs.1") in synced, f"the shard a child wrote was not fsynced: {synced}"
     assert synced[-1] == str(tmp_path / "v.blockfs"), "the index must be synced after the shards"

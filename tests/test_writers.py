@@ -259,7 +259,8 @@ def test_writer_memory_is_bounded(tmp_path: Path) -> None:
               f"{[round(sampler.peak_uss[p] / mib) for p in writer_pids]} MiB, growth "
               f"{[round((sampler.peak_rss[p] - sampler.first[p]) / mib) for p in writer_pids]} MiB")
     for pid in writer_pids:
-        assert sampler.peak_rss[pid] < 300 * mib, report
+        # a forked writer's RSS counts the pages it shares with this (large) test process; its own are USS
+        assert sampler.peak_uss[pid] < 100 * mib, report
         # a writer that kept its blocks would grow by its half of the data (128 MiB)
         assert sampler.peak_rss[pid] - sampler.first[pid] < 64 * mib, report
     # unbounded queues would buffer most of the 256 MiB in this process's feeder threads

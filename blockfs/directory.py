@@ -13,14 +13,13 @@ import warnings
 import weakref
 from typing import Any
 
-import blosc
 import numpy as np
 
 from . import format as fmt
 from . import records
 from .casting import Caster
-from .codec import BLOSC_HEADER_BYTES, Compression, check_compression
-from .errors import (AttachError, BlockShapeError, ClosedError, FormatError,
+from .codec import Compression, check_compression, check_sizes
+from .errors import (AttachError, BlockShapeError, ClosedError, CorruptBlockError, FormatError,
                      InvalidArgumentError, ReadOnlyError, RegionError, VolumeExistsError)
 from .selection import select
 from .storage import atomic_write, resolve_shard_path, shadowing_copy
@@ -545,14 +544,12 @@ class Directory:
         self._check_writable()
         entry = self._entry(x, y, z)
         nbytes = math.prod(self._layout.block_shape_at(x, y, z)) * self.dtype.itemsize
+        where = (f"{self.directory_filename}: the payload for the block at (x={x}, y={y}, z={z}) must be one blosc "
+                 f"buffer decompressing to {nbytes} bytes")
         try:
-            sizes = blosc.get_cbuffer_sizes(bytes(payload[:BLOSC_HEADER_BYTES]))
-        except Exception:  # blosc raises its own untyped error for bad headers
-            sizes = None
-        if sizes is None or sizes[:2] != (nbytes, len(payload)):
-            raise BlockShapeError(f"{self.directory_filename}: the payload for the block at (x={x}, y={y}, z={z}) must "
-                                  f"be one blosc buffer of {len(payload)} bytes decompressing to {nbytes}; its header "
-                                  f"says {sizes}. Compress the block with blosc first.")
+            check_sizes(payload, nbytes, where)
+        except CorruptBlockError as exc:
+            raise BlockShapeError(f"{exc} Compress the block with blosc first.") from None
         data, payload_at = ((records.encode(entry, bytes(payload)) + bytes(payload), records.HEADER_SIZE)
                             if self.records else (bytes(payload), 0))
         self._store.append(entry, data, payload_at)

@@ -129,17 +129,9 @@ def _write_from_threads(d: Directory, ds: Dataset, producers: int) -> None:
 
 
 def in_flight_bound(d: Directory, producers: int) -> int:
-    """Bytes of blocks the owner may hold in flight: what the writers' queues (or shared-memory
-    slots) can take, plus one block being copied by each producer thread.
-
-    With shared-memory slots (``queue_depth + 2`` per writer) that is the slots' size; with pickled
-    blocks through a pipe it is ``queue_depth + 1`` blocks per writer (one more being pickled).
-    """
-    total = 0
-    for writer in d.writers:
-        memory = getattr(writer, "_memory", None)
-        total += memory.size if memory is not None else (QUEUE_DEPTH + 1) * BLOCK_BYTES
-    return total + producers * BLOCK_BYTES
+    """Bytes of blocks the owner may hold in flight: the writers' shared-memory slots
+    (``queue_depth + threads + 1`` blocks per writer), plus one block being copied by each producer thread."""
+    return sum(writer.slot_bytes for writer in d.writers) + producers * BLOCK_BYTES
 
 
 def write_once(ds: Dataset, path: str, config: WriteConfig) -> tuple[float, PeakRss, int]:

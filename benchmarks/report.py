@@ -271,7 +271,8 @@ def render(run: Run) -> str:
                          _mib(w.producer_growth) if w.config.mode == "pool" else "-"])
         out += _table(["size", "data", "from", "producers", "shards", "ms min / median (spread)", "x compress limit",
                        "owner growth MiB", "owner bound MiB", "writer growth MiB", "producer growth MiB"], rows)
-        out += [f"Owner bound: ((queue_depth + 2) x shards + producers) x block bytes, `queue_depth` = {QUEUE_DEPTH} "
+        out += [f"Owner bound: ((queue_depth + threads + 1) x shards + producers) x block bytes, `queue_depth` = {QUEUE_DEPTH}, "
+                f"threads = ceil(cores / shards) per writer "
                 f"(the writers' shared-memory slots of one {BLOCK_BYTES // 1024} KiB block each, plus one block being "
                 "copied by each producer thread).", ""]
 

@@ -3,8 +3,8 @@
 The main process generates 64^3 uint16 microscopy-like blocks one at a time (never the whole
 volume) and hands each to ``write_block``, which copies it into a free slot of its writer's shared
 memory. A sampler thread records the resident set size (RSS) of the main process and of every
-writer process every 50 ms. Each writer has ``queue_depth + 2`` slots of one block, so what is in
-flight is bounded by ``(queue_depth + 2) x n_writers x block bytes``: the main process (which
+writer process every 50 ms. Each writer has ``queue_depth + threads + 1`` slots of one block, so what
+is in flight is bounded by ``sum of the writers' slots``: the main process (which
 touches every slot) should grow by about that much, each writer by its own slots plus a
 block's compression buffers, whatever the volume's size.
 
@@ -110,7 +110,7 @@ def run(folder: str, gib: float, shards: int, queue_depth: int, interval: float,
 
     total = len(origins) * block_bytes
     on_disk = sum(os.path.getsize(p) for p in [path, *(f"{path}.{i}" for i in range(shards))])
-    bound = (queue_depth + 2) * shards * block_bytes
+    bound = sum(w.slot_bytes for w in d.writers)
     print(f"volume          {z_extent} x {y_extent} x {x_extent} (z, y, x) uint16, {len(origins)} blocks of "
           f"{BLOCK}^3, {shards} shards, zstd 5, queue_depth {queue_depth}")
     print(f"total bytes     {total:,} ({total / 2**30:.2f} GiB uncompressed, {on_disk / MIB:,.0f} MiB on disk, "
@@ -124,8 +124,8 @@ def run(folder: str, gib: float, shards: int, queue_depth: int, interval: float,
         growth = sampler.peak[name] - sampler.first[name]
         print(f"peak RSS        {name:<9} {sampler.peak[name] / MIB:7.1f} MiB "
               f"(at start {sampler.first[name] / MIB:6.1f} MiB, growth {growth / MIB:+6.1f} MiB)")
-    print(f"bound           (queue_depth + 2) x n_writers x block bytes = ({queue_depth} + 2) x {shards} x "
-          f"{block_bytes:,} = {bound:,} bytes ({bound / MIB:.1f} MiB) of shared slots")
+    print(f"bound           (queue_depth + threads + 1) x block bytes per writer = {bound:,} bytes "
+          f"({bound / MIB:.1f} MiB) of shared slots")
 
     if verify:
         mismatched = 0

@@ -57,15 +57,24 @@ def compress(block: np.ndarray, compressor: str, level: int) -> bytes:
                                     shuffle=_SHUFFLE, numthreads=1)
 
 
+def sizes_agree(data: bytes | memoryview, nbytes: int) -> bool:
+    """Whether ``data`` is one blosc buffer of exactly its length that decompresses to ``nbytes``."""
+    if len(data) < BLOSC_HEADER_BYTES:
+        return False
+    expands, _, cbytes = _SIZES.unpack_from(data)
+    return cbytes == len(data) and expands == nbytes
+
+
 def check_sizes(data: bytes | memoryview, nbytes: int, where: str) -> None:
     """Raise unless ``data`` is one blosc buffer of exactly its length that decompresses to ``nbytes``."""
+    if sizes_agree(data, nbytes):
+        return
     if len(data) < BLOSC_HEADER_BYTES:
         raise CorruptBlockError(f"{where}: not a blosc buffer ({len(data)} bytes, shorter than its header).")
     expands, _, cbytes = _SIZES.unpack_from(data)
-    if cbytes != len(data) or expands != nbytes:
-        raise CorruptBlockError(
-            f"{where}: the blosc header says {cbytes} compressed bytes decompressing to {expands}, but the block "
-            f"is {len(data)} bytes and should decompress to {nbytes}.")
+    raise CorruptBlockError(
+        f"{where}: the blosc header says {cbytes} compressed bytes decompressing to {expands}, but the block "
+        f"is {len(data)} bytes and should decompress to {nbytes}.")
 
 
 def decompress_into(data: bytes | memoryview, out: np.ndarray, where: str) -> None:
@@ -74,7 +83,8 @@ def decompress_into(data: bytes | memoryview, out: np.ndarray, where: str) -> No
     The buffer's own header must agree with its length and with ``out``, so damaged bytes raise
     instead of being read past their end.
     """
-    check_sizes(data, out.nbytes, f"{where} (shape {out.shape}, {out.dtype})")
+    if not sizes_agree(data, out.nbytes):  # the message is formatted only when it is needed
+        check_sizes(data, out.nbytes, f"{where} (shape {out.shape}, {out.dtype})")
     try:
         imagecodecs.blosc_decode(data, numthreads=1, out=memoryview(out).cast("B"))
     except Exception as exc:

@@ -34,6 +34,12 @@ METADATA_KEY = "BlockfsRecords"
 METADATA_VALUE = {"version": VERSION, "header_size": HEADER_SIZE, "checksum": "crc32c"}
 
 
+def checksum(data: bytes | memoryview) -> int:
+    """CRC32C of ``data``, keeping the GIL: hashing a block takes microseconds, less than handing
+    the GIL to another thread and waiting to get it back (which stalls parallel reads)."""
+    return crc32c.crc32c(data, gil_release_mode=0)
+
+
 @dataclass(frozen=True)
 class Record:
     """A record header as found in a shard."""
@@ -45,8 +51,8 @@ class Record:
 
 def encode(entry: int, payload: bytes) -> bytes:
     """The record header for ``payload`` of block ``entry``."""
-    head = HEADER.pack(MAGIC, VERSION, HEADER_SIZE, entry, len(payload), crc32c.crc32c(payload), 0)[:_CHECKED]
-    return head + struct.pack("<I", crc32c.crc32c(head))
+    head = HEADER.pack(MAGIC, VERSION, HEADER_SIZE, entry, len(payload), checksum(payload), 0)[:_CHECKED]
+    return head + struct.pack("<I", checksum(head))
 
 
 def starts_record(raw: bytes | memoryview) -> bool:
@@ -54,28 +60,28 @@ def starts_record(raw: bytes | memoryview) -> bool:
     return bytes(raw[:len(MAGIC)]) == MAGIC
 
 
-def decode(raw: bytes | memoryview, where: str) -> Record:
+def decode(raw: bytes | memoryview, where: object) -> Record:
     """Parse and check a record header; raise :class:`ChecksumError` if it is not a sound one."""
     if len(raw) < HEADER_SIZE:
         raise ChecksumError(f"{where}: {len(raw)} bytes is too short for a {HEADER_SIZE}-byte block record.")
     magic, version, size, entry, length, crc, head_crc = HEADER.unpack_from(raw)
     if magic != MAGIC:
         raise ChecksumError(f"{where}: no block record here (found {bytes(magic)!r}, expected {MAGIC!r}).")
-    if crc32c.crc32c(raw[:_CHECKED]) != head_crc:
+    if checksum(raw[:_CHECKED]) != head_crc:
         raise ChecksumError(f"{where}: the block record header fails its checksum; the header is damaged.")
     if version != VERSION or size != HEADER_SIZE:
         raise ChecksumError(f"{where}: block record version {version} with header size {size} is not supported.")
     return Record(entry, length, crc)
 
 
-def verify(raw: bytes | memoryview, entry: int, length: int, where: str) -> memoryview:
+def verify(raw: bytes | memoryview, entry: int, length: int, where: object) -> memoryview:
     """Check a record header plus payload read from a shard; return the payload."""
     record = decode(raw, where)
     if record.entry != entry or record.length != length:
         raise ChecksumError(f"{where}: the record belongs to entry {record.entry} with {record.length} bytes, "
                             f"but the index expects entry {entry} with {length} bytes; the index or shard is damaged.")
     payload = memoryview(raw)[HEADER_SIZE:HEADER_SIZE + length]
-    if len(payload) != length or crc32c.crc32c(payload) != record.crc:
+    if len(payload) != length or checksum(payload) != record.crc:
         raise ChecksumError(f"{where}: the block's bytes fail their CRC32C; the shard is damaged.")
     return payload
 
@@ -87,7 +93,7 @@ def _sound_record_at(data: bytes, position: int, where: str) -> Record | None:
     except ChecksumError:
         return None
     end = position + HEADER_SIZE + record.length
-    if end > len(data) or crc32c.crc32c(data[position + HEADER_SIZE:end]) != record.crc:
+    if end > len(data) or checksum(data[position + HEADER_SIZE:end]) != record.crc:
         return None
     return record
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,18 @@ from .format import Layout, pack_entries, pack_entry, unpack_entries, unpack_ent
 from .storage import VolumeFiles, pwrite_all
 
 T = TypeVar("T")
+
+
+class StoredBlock(NamedTuple):
+    """Where a stored block is, as error messages name it; formatted only when one is raised."""
+
+    shard_path: str
+    offset: int
+    size: int
+    entry: int
+
+    def __str__(self) -> str:
+        return f"{self.shard_path}: block at offset {self.offset}, size {self.size} (entry {self.entry})"
 
 
 @dataclass(frozen=True)
@@ -87,9 +99,8 @@ class BlockStore:
 
     # -- reading blocks --------------------------------------------------------------------------
 
-    def _where(self, entry: int, offset: int, size: int) -> str:
-        return f"{self.spec.shard_paths[self.layout.shard_of(entry)]}: block at offset {offset}, size {size} " \
-               f"(entry {entry})"
+    def _where(self, entry: int, offset: int, size: int) -> "StoredBlock":
+        return StoredBlock(self.spec.shard_paths[self.layout.shard_of(entry)], offset, size, entry)
 
     def read_stored(self, entry: int, offset: int, size: int, nbytes: int, verify: bool) -> tuple[memoryview, bool]:
         """(the stored, compressed bytes an entry (offset, size) points at, whether a record vouched for them).

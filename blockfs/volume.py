@@ -229,8 +229,8 @@ class Volume:
     def _fill(self, box: np.ndarray, sel: Selection, zero: bool) -> None:
         """Read the bounding box of ``sel`` into ``box``; with ``zero``, zero where no block was written.
 
-        The blocks are shared out among the read pool's threads, each walking its own share of the
-        projections, so nothing is kept per block.
+        The read pool's threads each take the next block until none is left (so a thread that is
+        held up delays no one), and nothing is kept per block.
         """
         if box.size == 0:
             return
@@ -240,26 +240,40 @@ class Volume:
         offsets, sizes = self._store.entries(first, last - first + 1)
         store, verify, dtype = self._store, self.verify, self.dtype
         n_blocks = math.prod(-(-e // b) - a // b for a, e, b in zip(start, stop, lay.block_shape))
+        parts = projections(lay, start, stop)
+        taking = threading.Lock()
 
-        def fill(share: int, shares: int) -> None:
-            for part in itertools.islice(projections(lay, start, stop), share, None, shares):
-                k = part.entry - first
-                target = box[part.out_selection]
-                if not sizes[k]:
-                    if zero:
-                        target[...] = 0
-                elif part.is_complete and target.flags.c_contiguous:
-                    store.load(part.entry, int(offsets[k]), int(sizes[k]), target, verify)
-                else:
-                    block = _block_scratch(part.shape, dtype)
-                    store.load(part.entry, int(offsets[k]), int(sizes[k]), block, verify)
-                    target[...] = block[part.block_selection]
+        def fill() -> None:
+            while True:
+                with taking:
+                    part = next(parts, None)
+                if part is None:
+                    return
+                try:
+                    place(part)
+                except BaseException:
+                    with taking:
+                        parts.close()  # the other threads stop at their next block
+                    raise
 
-        shares = min(n_blocks, os.cpu_count() or 1)
-        if shares == 1:
-            fill(0, 1)
+        def place(part: BlockProjection) -> None:
+            k = part.entry - first
+            target = box[part.out_selection]
+            if not sizes[k]:
+                if zero:
+                    target[...] = 0
+            elif part.is_complete and target.flags.c_contiguous:
+                store.load(part.entry, int(offsets[k]), int(sizes[k]), target, verify)
+            else:
+                block = _block_scratch(part.shape, dtype)
+                store.load(part.entry, int(offsets[k]), int(sizes[k]), block, verify)
+                target[...] = block[part.block_selection]
+
+        threads = min(n_blocks, os.cpu_count() or 1)
+        if threads == 1:
+            fill()
             return
-        futures = [read_pool().submit(fill, share, shares) for share in range(shares)]
+        futures = [read_pool().submit(fill) for _ in range(threads)]
         wait(futures)  # all of them, so no read is still running when an error reaches the caller
         for future in futures:
             future.result()

@@ -1,21 +1,32 @@
-"""The writer process pool: one process per shard, fed by a bounded multiprocessing queue.
+"""The writer process pool: one process per shard, fed through shared memory and two pipes.
 
-The process that starts the pool owns it. Its ``write_block`` copies the block into a free slot of
-the writer's shared memory and queues (slot, shape, entry) on the writer's ``q_in``; the writer
-compresses straight from the slot, hands the slot back, then appends and indexes the block. So a
-block crosses between processes as one memory copy, and at most ``queue_depth + 2`` blocks per
-writer are in flight. A writer that fails records the cause in shared memory and stops; one that
-is killed is seen through its exit code. Either way the owner raises :class:`WriterError` on its
-next write and at ``close()``, and never waits on a dead writer.
+The process that starts the pool owns it. Its ``write_block`` takes a free slot number from the
+writer's ``free`` pipe, copies the block into that slot of memory shared with the writer (an
+anonymous mapping inherited through fork), and writes (slot, entry, shape) to the writer's
+``q_in`` pipe. The writer's threads compress straight from the slots (the GIL released), hand each
+slot back, and append the blocks in the order they were queued, so the last write of a block wins.
+A block crosses between processes as one memory copy, with no queue thread and no pickling, and
+at most ``queue_depth + threads + 1`` blocks per writer are in flight.
+
+A writer that fails records the cause in shared memory and exits; one that is killed is seen
+through its exit code, and through the end of its ``free`` pipe. Either way the owner raises
+:class:`WriterError` on its next write and at ``close()``, and never waits on a dead writer. A
+writer whose owner dies sees the end of its ``q_in`` pipe (or its new parent) and exits.
 """
 
 from __future__ import annotations
 
+import fcntl
+import math
+import mmap
 import multiprocessing
 import os
-import queue
+import select
 import signal
-from multiprocessing import shared_memory, util
+import struct
+import termios
+import threading
+from multiprocessing import util
 from typing import Any
 
 import numpy as np
@@ -28,64 +39,156 @@ from .store import BlockStore, StoreSpec
 POLL_SECONDS = 0.2
 _ERROR_BYTES = 4096
 _MISSING = f"{MissingShardError.__name__}: "
+#: A queued block: its slot (-1: stop), its entry and its shape (z, y, x). Far below PIPE_BUF, so
+#: every write and read of one message is whole, from any number of threads and processes.
+_BLOCK = struct.Struct("<qqiii")
+_SLOT = struct.Struct("<q")
+_STOP = -1
 
 
-def _context() -> Any:
-    """fork where the platform has it (no re-import of the caller's main module), else spawn."""
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+class MessagePipe:
+    """A pipe of fixed-size messages between the owner and one writer."""
+
+    def __init__(self, message: struct.Struct):
+        self._message = message
+        self.read_fd, self.write_fd = os.pipe()
+
+    def qsize(self) -> int:
+        """Messages written and not yet read (as ``multiprocessing.Queue.qsize``)."""
+        fd = self.write_fd if self.write_fd >= 0 else self.read_fd
+        waiting = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
+        return struct.unpack("i", waiting)[0] // self._message.size
+
+    def put(self, *values: int) -> None:
+        os.write(self.write_fd, self._message.pack(*values))
+
+    def get(self) -> tuple[int, ...] | None:
+        """The next message; None at the end (every writing end closed). Raises BlockingIOError
+        when the reading end is non-blocking and the pipe is empty."""
+        data = os.read(self.read_fd, self._message.size)
+        return self._message.unpack(data) if data else None
+
+    def wait_readable(self, seconds: float) -> bool:
+        return bool(select.select([self.read_fd], [], [], seconds)[0])
+
+    def keep_only(self, end: str) -> None:
+        """Close the other end in this process ("read" keeps the reading end)."""
+        other = "write_fd" if end == "read" else "read_fd"
+        os.close(getattr(self, other))
+        setattr(self, other, -1)
+
+    def close(self) -> None:
+        for name in ("read_fd", "write_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
 
 
-def _slot_view(memory: shared_memory.SharedMemory, layout: Layout, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+def _slot_view(slots: np.ndarray, layout: Layout, slot: int, shape: tuple[int, ...]) -> np.ndarray:
     """The block-shaped array in one slot (room for one full block) of a writer's shared memory."""
-    return np.ndarray(shape, layout.dtype, buffer=memory.buf, offset=slot * layout.max_block_bytes)
+    start = slot * layout.max_block_bytes
+    return slots[start:start + math.prod(shape) * layout.dtype.itemsize].view(layout.dtype).reshape(shape)
 
 
-def _run_writer(q_in: Any, free: Any, n_slots: int, memory: shared_memory.SharedMemory, error: Any,
-                spec: StoreSpec, owner_pid: int) -> None:
-    """Body of a writer process: hand out the free slots, then store blocks until the ``None`` sentinel."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the owner, which drains us
-    for slot in range(n_slots):  # here, so the owner starts no queue thread before it forks the writers
-        free.put(slot)
-    store = BlockStore(spec)
-    try:
-        while True:
-            try:
-                item = q_in.get(timeout=1.0)
-            except queue.Empty:
-                if os.getppid() != owner_pid:
-                    return
-                continue
-            try:
-                if item is None:
-                    if spec.durable:
-                        store.sync()
-                    return
-                slot, shape, entry = item
-                data, payload_at = store.encode(entry, _slot_view(memory, spec.layout, slot, shape))
-                free.put(slot)
-                store.append(entry, data, payload_at)
-            except Exception as exc:
-                error.value = f"{type(exc).__name__}: {exc}".encode("utf-8", "replace")[:_ERROR_BYTES - 1]
-                return
-    finally:
-        store.close()
+class _WriterProcess:
+    """What runs in a writer process: threads that compress from the slots and append in queue order."""
+
+    def __init__(self, writer: "BlockWriter", spec: StoreSpec, owner_pid: int):
+        self.writer = writer
+        self.owner_pid = owner_pid
+        self.store = BlockStore(spec)
+        self.durable = spec.durable
+        self._take = threading.Lock()
+        self._order = threading.Condition()
+        self._taken = 0
+        self._appended = 0
+
+    def run(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the owner, which stops us
+        threads = [threading.Thread(target=self._work, name=f"blockfs-compress-{i}")
+                   for i in range(self.writer.threads)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        if self.durable:
+            self._guard(self.store.sync)
+        self.store.close()
+
+    def _next(self) -> tuple[int, tuple[int, ...]] | None:
+        """(sequence number, message) of the next queued block, or None: stop, or the owner is gone."""
+        q_in = self.writer.q_in
+        with self._take:
+            while not q_in.wait_readable(1.0):
+                if os.getppid() != self.owner_pid:
+                    return None
+            message = q_in.get()
+            if message is None or message[0] == _STOP:
+                return None
+            self._taken += 1
+            return self._taken - 1, message
+
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            number, (slot, entry, *shape) = item
+            self._guard(self._store_block, number, slot, entry, tuple(shape))
+
+    def _store_block(self, number: int, slot: int, entry: int, shape: tuple[int, ...]) -> None:
+        try:
+            data, payload_at = self.store.encode(entry, _slot_view(self.writer.slots, self.store.layout, slot, shape))
+        finally:  # even when compression fails, so that the blocks queued before it are stored first
+            self.writer.free.put(slot)
+            with self._order:
+                self._order.wait_for(lambda: self._appended == number)
+        self.store.append(entry, data, payload_at)
+        with self._order:
+            self._appended += 1
+            self._order.notify_all()
+
+    def _guard(self, step: Any, *args: Any) -> None:
+        """Run a step; on failure record why and end the process (the owner reports it)."""
+        try:
+            step(*args)
+        except BaseException as exc:
+            self.writer.record_failure(f"{type(exc).__name__}: {exc}")
+            os._exit(1)
 
 
 class BlockWriter:
-    """One writer process, its input queue ``q_in`` and its shared block slots, for one shard."""
+    """One writer process, its ``q_in`` pipe of queued blocks and its shared block slots, for one shard."""
 
-    def __init__(self, ctx: Any, spec: StoreSpec, shard: int, queue_depth: int, owner_pid: int):
+    def __init__(self, ctx: Any, spec: StoreSpec, shard: int, queue_depth: int, threads: int, owner_pid: int,
+                 others: list["BlockWriter"]):
         self.shard = shard
         self.shard_path = spec.shard_paths[shard]
-        self.q_in = ctx.Queue(maxsize=queue_depth)
-        self._free = ctx.Queue()
+        self.threads = threads
         self._layout = spec.layout
-        n_slots = queue_depth + 2
-        self._memory = shared_memory.SharedMemory(create=True, size=n_slots * spec.layout.max_block_bytes)
+        n_slots = queue_depth + threads + 1
+        self.slot_bytes = n_slots * spec.layout.max_block_bytes
+        self.slots = np.frombuffer(mmap.mmap(-1, self.slot_bytes), np.uint8)  # shared with the forked writer
+        self.q_in = MessagePipe(_BLOCK)
+        self.free = MessagePipe(_SLOT)
+        for slot in range(n_slots):
+            self.free.put(slot)
         self._error = ctx.RawArray("c", _ERROR_BYTES)
-        self.process = ctx.Process(target=_run_writer, name=f"blockfs-writer-{shard}",
-                                   args=(self.q_in, self._free, n_slots, self._memory, self._error, spec, owner_pid))
+        self.process = ctx.Process(target=self._run, name=f"blockfs-writer-{shard}", args=(spec, owner_pid, others))
+        self.process.start()
+        self.q_in.keep_only("write")
+        self.free.keep_only("read")
+        os.set_blocking(self.free.read_fd, False)
+
+    def _run(self, spec: StoreSpec, owner_pid: int, others: list["BlockWriter"]) -> None:
+        """The writer process: drop the owner's ends of every pipe, then store blocks until stopped."""
+        for writer in others:
+            writer.q_in.close()
+            writer.free.close()
+        self.q_in.keep_only("read")
+        self.free.keep_only("write")
+        _WriterProcess(self, spec, owner_pid).run()
+
+    def record_failure(self, text: str) -> None:
+        self._error.value = text.encode("utf-8", "replace")[:_ERROR_BYTES - 1]
 
     def failure(self) -> str | None:
         """Why this writer stopped early, or None while it is healthy or after a clean stop."""
@@ -98,31 +201,47 @@ class BlockWriter:
             return f"writer for shard {self.shard_path} died ({cause}); blocks queued for it were not written"
         return None
 
-    def _wait(self, take: Any) -> Any:
-        """Run a blocking ``take(timeout)`` without ever waiting on a writer that failed or stopped."""
+    def _stopped(self) -> WriterError:
+        self.process.join(POLL_SECONDS)
+        self.raise_if_failed()
+        return WriterError(f"writer for shard {self.shard_path} has stopped; the volume was closed")
+
+    def _free_slot(self) -> int:
+        """A free slot, waiting while the writer is busy but never on a writer that failed or stopped."""
         while True:
             self.raise_if_failed()
             if self.process.exitcode is not None:
-                raise WriterError(f"writer for shard {self.shard_path} has stopped; the volume was closed")
+                raise self._stopped()
             try:
-                return take(POLL_SECONDS)
-            except (queue.Full, queue.Empty):
+                message = self.free.get()
+            except BlockingIOError:
+                self.free.wait_readable(POLL_SECONDS)
                 continue
+            if message is None:  # the writer's end is closed: it has exited
+                raise self._stopped()
+            return message[0]
 
     def submit(self, block: np.ndarray, entry: int) -> None:
         """Copy ``block`` (cast to the volume's dtype) into a free slot and queue it."""
-        slot = self._wait(lambda timeout: self._free.get(timeout=timeout))
-        _slot_view(self._memory, self._layout, slot, block.shape)[...] = block
-        self._wait(lambda timeout: self.q_in.put((slot, block.shape, entry), timeout=timeout))
+        slot = self._free_slot()
+        _slot_view(self.slots, self._layout, slot, block.shape)[...] = block
+        try:
+            self.q_in.put(slot, entry, *block.shape)
+        except BrokenPipeError:  # the writer has exited
+            raise self._stopped() from None
 
     def stop(self) -> None:
-        """Queue the sentinel that makes the writer sync and exit."""
-        self._wait(lambda timeout: self.q_in.put(None, timeout=timeout))
+        """Queue the messages that make each of the writer's threads finish, and the writer sync and exit."""
+        self.raise_if_failed()
+        try:
+            for _ in range(self.threads):
+                self.q_in.put(_STOP, 0, 0, 0, 0)
+        except BrokenPipeError:
+            raise self._stopped() from None
 
     def raise_if_failed(self) -> None:
         reason = self.failure()
         if reason is not None:
-            self.q_in.cancel_join_thread()  # a dead reader must not hang our exit
             raise self.error_class()(reason)
 
     def error_class(self) -> type[WriterError] | type[MissingShardError]:
@@ -130,24 +249,27 @@ class BlockWriter:
         return MissingShardError if self._error.value.startswith(_MISSING.encode()) else WriterError
 
     def release(self) -> None:
-        """Free the queues and the shared memory once the process has ended."""
-        for q in (self.q_in, self._free):
-            q.cancel_join_thread()
-            q.close()
-        self._memory.close()
-        self._memory.unlink()
+        """Close the pipes once the process has ended (the slots go with the last reference)."""
+        self.q_in.close()
+        self.free.close()
 
 
 class WriterPool:
-    """Writer processes for every shard of one volume, owned by the process that started them."""
+    """Writer processes for every shard of one volume, owned by the process that started them.
+
+    Each writer compresses on ``ceil(cores / shards)`` threads, so one shard uses every core too.
+    """
 
     def __init__(self, spec: StoreSpec, queue_depth: int):
-        ctx = _context()
+        ctx = multiprocessing.get_context("fork")  # the slots and pipes are inherited, never pickled
         self.owner_pid = os.getpid()
         self._layout = spec.layout
-        self.writers = [BlockWriter(ctx, spec, i, queue_depth, self.owner_pid) for i in range(len(spec.shard_paths))]
-        for writer in self.writers:
-            writer.process.start()
+        n_shards = len(spec.shard_paths)
+        threads = max(1, -(-(os.cpu_count() or 1) // n_shards))
+        self.writers: list[BlockWriter] = []
+        for shard in range(n_shards):
+            self.writers.append(BlockWriter(ctx, spec, shard, queue_depth, threads, self.owner_pid,
+                                            list(self.writers)))
         self._finalizer = util.Finalize(None, self.close, kwargs={"quiet": True}, exitpriority=100)
         self._closed = False
 

@@ -35,8 +35,8 @@ POOL_SECONDS = 60
 
 def new_volume(tmp_path: Path, extents: tuple[int, int, int] = EXTENTS, name: str = "volume.blockfs",
                **kwargs: Any) -> Directory:
-    d = Directory(*extents, np.uint16, str(tmp_path / name), n_filenames=2, x_block_size=64, y_block_size=64,
-                  z_block_size=64, **kwargs)
+    d = Directory(*extents, np.uint16, str(tmp_path / name), **({"n_filenames": 2} | kwargs), x_block_size=64,
+                  y_block_size=64, z_block_size=64)
     return d.create()
 
 
@@ -153,6 +153,51 @@ def test_last_write_wins_many_versions(tmp_path: Path) -> None:
                                                                       f"{d.directory_filename}.1"))
     last = {o: versions - 1 for o in owner_blocks + producer_blocks}
     assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED, last))
+
+
+def test_one_shard_compresses_on_every_core_and_appends_in_queue_order(tmp_path: Path) -> None:
+    """One shard, so its writer compresses on several threads: a slow block queued before a fast
+    version of the same block must still be appended first, so the fast (later) one wins."""
+    d = new_volume(tmp_path, n_filenames=1, n_offset_bits=32)
+    origins = origins_of(d)
+    # sparse photon counts take zstd about 14x longer than a sample block
+    slow = [np.random.default_rng(k).poisson(5, d.get_block_size(*o)).astype(np.uint16)
+            for k, o in enumerate(origins[:2])]
+    try:
+        d.start_writer_processes(queue_depth=4)
+        assert [w.threads for w in d.writers] == [max(1, os.cpu_count() or 1)]
+        for version in range(40):
+            for k, (x, y, z) in enumerate(origins[:2]):
+                d.write_block(slow[k], x, y, z)
+                d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED, version), x, y, z)
+        for x, y, z in origins[2:]:
+            d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
+    finally:
+        d.close()
+    assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED, {o: 39 for o in origins[:2]}))
+
+
+def test_writers_exit_when_their_owner_is_killed(tmp_path: Path) -> None:
+    path = tmp_path / "volume.blockfs"
+    script = (f"import sys, time, numpy as np; sys.path.insert(0, {str(producers.REPO_ROOT)!r}); "
+              "from blockfs import Directory; "
+              f"d = Directory(256, 256, 256, np.uint16, {str(path)!r}, n_filenames=2).create(); "
+              "d.start_writer_processes(); "
+              "[d.write_block(np.full((64, 64, 64), k, np.uint16), 64 * (k % 4), 64 * (k // 4 % 4), 0) "
+              "for k in range(16)]; "
+              "print(*[w.process.pid for w in d.writers], flush=True); time.sleep(60)")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        writer_pids = [int(p) for p in owner.stdout.readline().split()]
+        assert len(writer_pids) == 2
+        writers = [psutil.Process(pid) for pid in writer_pids]
+        owner.kill()
+        owner.wait(10)
+        gone, alive = psutil.wait_procs(writers, timeout=10)
+        assert not alive, f"writer processes {[p.pid for p in alive]} outlived their killed owner"
+    finally:
+        owner.kill()
+        owner.stdout.close()
 
 
 # -- without writer processes, writes are synchronous ---------------------------------------

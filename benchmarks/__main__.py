@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 
+import blosc
 import psutil
 
 from . import blockfs_bench, compare, interop_bench, limits, mpi_bench, peers, pyramid_bench, report, serve_bench
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         _log(f"benchmarks: sizes {', '.join(size_label(n) for n in args.sizes)}, {args.repeats} rounds, "
              f"scratch {folder}")
         backing = args.back_memory or min(max(4 * 2**30, 3 * max(args.sizes)), psutil.virtual_memory().available // 2)
+        blosc.set_nthreads(os.cpu_count() or 1)  # process-wide, as a user or another library may set it
         run.backed = (backing, back_memory(backing))
         _log(f"benchmarks: touched and freed {size_label(backing)} in {run.backed[1]:.1f} s")
         run.memcpy = limits.memcpy_mbps(args.repeats)

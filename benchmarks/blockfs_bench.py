@@ -1,15 +1,21 @@
 """blockfs on the benchmark data: the write matrix, the reads, and the memory of both.
 
-Writes go through the two ways the README shows:
+Writes go through the ways the README shows:
 
 - ``main``: the process that called ``start_writer_processes()`` calls ``write_block`` (from 1, 2
-  or 4 producer threads); blocks are queued to one writer process per shard;
+  or 4 producer threads); blocks are handed to one writer process per shard;
 - ``pool``: a fork ``multiprocessing.Pool`` of N producers calls ``write_block`` on a module-level
   Directory (after ``start_writer_processes()``, as in the README); each producer compresses and
-  appends its blocks itself.
+  appends its blocks itself;
+- ``forkserver``: the same with a forkserver Pool, which receives the Directory through its
+  initializer (it pickles by reopening the volume) and reads the blocks from a memory-mapped
+  ``.npy`` file, as forkserver children inherit no memory;
+- ``processes``: N unrelated processes, each ``Directory.open(path, "r+")``, write every Nth
+  block from that ``.npy`` file; the clock starts once all of them have opened the volume.
 
-Each timed write runs from ``start_writer_processes()`` to the end of ``close()``. The volume is
-created (empty) before the clock starts and is ``durable=False`` unless the row says otherwise.
+Each timed write runs from ``start_writer_processes()`` (``processes``: from the start signal) to
+the end of the owner's ``close()``. The volume is created (empty) before the clock starts and is
+``durable=False`` unless the row says otherwise.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -38,18 +45,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _state: dict[str, object] = {}
 
 
+MODES = {"main": "main process", "pool": "fork Pool", "forkserver": "forkserver Pool",
+         "processes": "independent processes"}
+
+
 @dataclass(frozen=True)
 class WriteConfig:
-    mode: str  # "main" or "pool"
+    mode: str  # a key of MODES
     producers: int
     shards: int
     durable: bool = False
 
     @property
     def label(self) -> str:
-        how = "main process" if self.mode == "main" else "fork Pool"
-        return f"{how}, {self.producers} producer{'s' if self.producers > 1 else ''}, {self.shards} shard" \
-               f"{'s' if self.shards > 1 else ''}{', durable' if self.durable else ''}"
+        return f"{MODES[self.mode]}, {self.producers} producer{'s' if self.producers > 1 else ''}, " \
+               f"{self.shards} shard{'s' if self.shards > 1 else ''}{', durable' if self.durable else ''}"
 
 
 @dataclass
@@ -78,10 +88,12 @@ class WriteResult:
 
 def matrix(quick: bool, kind: str) -> list[WriteConfig]:
     """The write configurations to run for one data kind (the side-by-side comparison has the README's)."""
+    cores = os.cpu_count() or 1
     if quick or kind == "random":
         return [WriteConfig("main", 1, 1), WriteConfig("main", 2, 2), WriteConfig("pool", 2, 1)]
     return [WriteConfig(mode, producers, shards) for mode, producers in (("main", 1), ("main", 2), ("pool", 2),
-                                                                        ("pool", 4)) for shards in (1, 2, 4)]
+                                                                        ("pool", 4)) for shards in (1, 2, 4)] + \
+        [WriteConfig(mode, cores, cores) for mode in ("forkserver", "processes")]
 
 
 def new_volume(ds: Dataset, path: str, shards: int, durable: bool) -> Directory:
@@ -103,6 +115,85 @@ def remove_volume(path: str, shards: int) -> None:
 
 def _pool_write(i: int, x: int, y: int, z: int) -> None:
     _state["volume"].write_block(_state["blocks"][i], x, y, z)
+
+
+def _attach(volume: Directory, blocks_file: str) -> None:
+    """Pool initializer of a forkserver producer: the Directory (reopened by pickling) and the blocks."""
+    _state.update(volume=volume, blocks=np.load(blocks_file, mmap_mode="r"))
+
+
+def _producer_pid(_: int) -> int:
+    time.sleep(0.01)
+    return os.getpid()
+
+
+def _start_forkserver_pool(d: Directory, ds: Dataset, config: WriteConfig, folder: str) -> Any:
+    """A forkserver Pool whose every worker has received the Directory and mapped the blocks."""
+    pool = multiprocessing.get_context("forkserver").Pool(config.producers, initializer=_attach,
+                                                          initargs=(d, ds.blocks_file(folder)))
+    seen: set[int] = set()
+    while len(seen) < config.producers:  # each worker has imported, attached and answered
+        seen.update(pool.map(_producer_pid, range(4 * config.producers), chunksize=1))
+    return pool
+
+
+def _write_from_pool(d: Directory, ds: Dataset, pool: Any, sampler: PeakRss) -> None:
+    """The README pattern: a fork Pool (``pool`` None) or the given Pool calls ``write_block``."""
+    writers = {w.process.pid for w in d.writers}
+    args = [(i, x, y, z) for i, (z, y, x) in enumerate(ds.origins)]
+    if pool is None:
+        _state.update(volume=d, blocks=ds.blocks)
+        pool = multiprocessing.get_context("fork").Pool(len(writers))
+    try:
+        with pool:
+            for child in multiprocessing.active_children():
+                if child.pid not in writers:
+                    sampler.watch(f"producer {child.pid}", child.pid)
+            pool.starmap(_pool_write, args)
+    finally:
+        _state.clear()
+
+
+_INDEPENDENT = """
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from blockfs import Directory
+path, blocks_file, k, n = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+origins = [tuple(o) for o in np.load(sys.argv[6])]
+blocks = np.load(blocks_file, mmap_mode="r")
+d = Directory.open(path, "r+", durable=False)
+print("ready", flush=True)
+sys.stdin.readline()
+for i in range(k, len(origins), n):
+    z, y, x = origins[i]
+    d.write_block(blocks[i], x, y, z)
+d.close()
+print("done", flush=True)
+"""
+
+
+def _start_independent(path: str, ds: Dataset, config: WriteConfig, folder: str) -> list[subprocess.Popen]:
+    """Unrelated writer processes that have opened the volume and wait for a line on stdin to start."""
+    origins = os.path.join(folder, f"{ds.kind}-{ds.nbytes}-origins.npy")
+    np.save(origins, np.array(ds.origins))
+    children = [subprocess.Popen([sys.executable, "-c", _INDEPENDENT, ROOT, path, ds.blocks_file(folder), str(k),
+                                  str(config.producers), origins], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 text=True) for k in range(config.producers)]
+    for child in children:
+        if child.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{path}: an independent writer process failed to open the volume")
+    return children
+
+
+def _finish_independent(children: list[subprocess.Popen]) -> None:
+    for child in children:
+        child.stdin.write("go\n")
+        child.stdin.flush()
+    for child in children:
+        done = child.stdout.readline().strip()
+        child.wait()
+        if done != "done" or child.returncode:
+            raise RuntimeError(f"an independent writer process failed (exit status {child.returncode})")
 
 
 def _write_from_threads(d: Directory, ds: Dataset, producers: int) -> None:
@@ -134,39 +225,48 @@ def in_flight_bound(d: Directory, producers: int) -> int:
     return sum(writer.slot_bytes for writer in d.writers) + producers * BLOCK_BYTES
 
 
-def write_once(ds: Dataset, path: str, config: WriteConfig) -> tuple[float, PeakRss, int]:
-    """Write every block of ``ds`` into a new volume at ``path``; (seconds, memory samples, bound)."""
+def write_once(ds: Dataset, path: str, config: WriteConfig, folder: str | None = None
+               ) -> tuple[float, PeakRss, int]:
+    """Write every block of ``ds`` into a new volume at ``path``; (seconds, memory samples, bound).
+
+    Producers that start an interpreter (a forkserver Pool, independent processes) start, import
+    and open the volume before the clock starts. ``folder`` holds the ``.npy`` file of the blocks
+    they read (default: the volume's folder)."""
+    folder = folder or os.path.dirname(os.path.abspath(path))
     d = new_volume(ds, path, config.shards, config.durable)
     sampler = PeakRss(0.02)
     sampler.watch("owner", os.getpid())
+    bound = 0
+    children = _start_independent(path, ds, config, folder) if config.mode == "processes" else []
+    pool = _start_forkserver_pool(d, ds, config, folder) if config.mode == "forkserver" else None
+    for child in children:
+        sampler.watch(f"producer {child.pid}", child.pid)
     sampler.start()
     try:
         start = time.perf_counter()
-        d.start_writer_processes(queue_depth=QUEUE_DEPTH)
-        for k, writer in enumerate(d.writers):
-            process = getattr(writer, "process", None)
-            if process is not None and process.pid is not None:
-                sampler.watch(f"writer {k}", process.pid)
-        bound = in_flight_bound(d, config.producers) if config.mode == "main" else 0
-        if config.mode == "main":
-            _write_from_threads(d, ds, config.producers)
+        if config.mode == "processes":
+            _finish_independent(children)
         else:
-            writers = {getattr(getattr(w, "process", None), "pid", None) for w in d.writers}
-            _state.update(volume=d, blocks=ds.blocks)
-            args = [(i, x, y, z) for i, (z, y, x) in enumerate(ds.origins)]
-            try:
-                with multiprocessing.get_context("fork").Pool(config.producers) as pool:
-                    for child in multiprocessing.active_children():
-                        if child.pid not in writers:
-                            sampler.watch(f"producer {child.pid}", child.pid)
-                    pool.starmap(_pool_write, args)
-            finally:
-                _state.clear()
+            d.start_writer_processes(queue_depth=QUEUE_DEPTH)
+            for k, writer in enumerate(d.writers):
+                sampler.watch(f"writer {k}", writer.process.pid)
+            if config.mode == "main":
+                bound = in_flight_bound(d, config.producers)
+                _write_from_threads(d, ds, config.producers)
+            else:
+                _write_from_pool(d, ds, pool, sampler)
         d.close()
         seconds = time.perf_counter() - start
     finally:
         sampler.stop()
         d.close()
+        if pool is not None:
+            pool.terminate()
+        for child in children:
+            child.kill()
+            child.wait()
+            for stream in (child.stdin, child.stdout):
+                stream.close()
     return seconds, sampler, bound
 
 

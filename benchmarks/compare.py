@@ -1,9 +1,10 @@
 """blockfs side by side with the limits and the peers: same process, same data, interleaved rounds.
 
 Each round writes the same in-memory volume once with every contender — the compress limit, the
-blockfs write paths (fork Pool producers; main-process producer with writer processes; each with
-``durable=False`` and ``durable=True``), tensorstore (``file_io_sync`` off and on), zarr-python with
-zarrs, zarr-python, h5py — then reads each store back whole once, beside the decompress limits.
+blockfs write paths (fork Pool producers and a main-process producer with writer processes, each
+with ``durable=False`` and ``durable=True``; forkserver Pool producers; independent processes),
+tensorstore (``file_io_sync`` off and on), zarr-python with zarrs, zarr-python, h5py — then reads
+each store back whole once (blockfs also into a caller's buffer), beside the decompress limits.
 The order of the contenders rotates from round to round; before every timed step come
 ``os.sync()``, a garbage collection and a touch of as much memory as the volume (see
 ``measure.back_memory``). The first round's reads are compared with the data.
@@ -22,6 +23,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable
+
+import numpy as np
 
 from blockfs import Directory
 
@@ -84,18 +87,18 @@ class _BlockfsWriter:
 
     def write(self, ds: Dataset) -> float:
         settle(ds.nbytes)
-        return write_once(ds, self.path, self.config)[0]
+        return write_once(ds, self.path, self.config, os.path.dirname(self.path))[0]
 
 
 def _blockfs_rows(folder: str, workers: int) -> list[_BlockfsWriter]:
     made = []
-    for mode, producers, label in (("pool", workers, f"blockfs, fork Pool of {workers} producers"),
-                                   ("main", 1, "blockfs, main-process producer, writer processes")):
-        for durable in (False, True):
-            config = WriteConfig(mode, producers, workers, durable)
+    for mode, label, durabilities in (("pool", f"blockfs, fork Pool of {workers} producers", (False, True)),
+                                      ("main", "blockfs, main-process producer, writer processes", (False, True)),
+                                      ("forkserver", f"blockfs, forkserver Pool of {workers} producers", (False,)),
+                                      ("processes", f"blockfs, {workers} independent processes", (False,))):
+        for durable in durabilities:
+            config = WriteConfig(mode, 1 if mode == "main" else workers, workers, durable)
             how = f"{workers} shards, queue_depth 10, durable={durable}"
-            if mode == "pool" and durable:  # measured with strace: no fsync at all on this path
-                how += " (the owner fsyncs only files it opened itself: nothing here)"
             row = Row(f"{label}{', durable' if durable else ''}", "blockfs", how,
                       "sync at end" if durable else "no sync", Figure())
             made.append(_BlockfsWriter(row, config, os.path.join(folder, f"cmp-{mode}-{int(durable)}.blockfs")))
@@ -135,13 +138,16 @@ def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: l
     reader = blockfs_writers[2]  # main-process producer, no sync: one shard per core
     blockfs_read = Row("blockfs `d[:, :, :]` (verified)", "blockfs", "Directory.open(path)[:, :, :], "
                        "CRC32C of every block checked", "-", None, Figure())
+    blockfs_read_into = Row("blockfs `read_into` a caller's buffer (verified)", "blockfs",
+                            "Directory.open(path).read_into(out), `out` allocated and touched once before the rounds",
+                            "-", None, Figure())
     stores = peer_module.make(peer_names)
     peer_rows = {id(p): Row(p.name, "peer", p.how, "sync at end" if p.sync else "no sync", Figure(),
                             None if p.sync else Figure()) for p in stores}
     paths = {id(p): os.path.join(folder, f"cmp-peer-{k}") for k, p in enumerate(stores)}
     volume = ds.volume()
-    result.rows = [limit_write, limit_place, limit_decompress] + [w.row for w in blockfs_writers] + [blockfs_read] + \
-        [peer_rows[id(p)] for p in stores]
+    result.rows = [limit_write, limit_place, limit_decompress] + [w.row for w in blockfs_writers] + \
+        [blockfs_read, blockfs_read_into] + [peer_rows[id(p)] for p in stores]
 
     def compress_limit() -> float:
         settle(ds.nbytes)
@@ -157,7 +163,13 @@ def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: l
         with Directory.open(reader.path) as d:
             return d[:, :, :]
 
-    reads: list[tuple[Row, Callable[[], object]]] = [(blockfs_read, read_blockfs)]
+    buffer = np.ones(ds.shape, volume.dtype)
+
+    def read_into_blockfs() -> object:
+        with Directory.open(reader.path) as d:
+            return d.read_into(buffer)
+
+    reads: list[tuple[Row, Callable[[], object]]] = [(blockfs_read, read_blockfs), (blockfs_read_into, read_into_blockfs)]
     reads += [(peer_rows[id(p)], (lambda p=p: p.read(paths[id(p)]))) for p in stores if not p.sync]
     try:
         for r in range(repeats):

@@ -103,6 +103,14 @@ class Dataset:
             self._volume = volume
         return self._volume
 
+    def blocks_file(self, folder: str) -> str:
+        """A ``.npy`` file of every block, (n, z, y, x), in ``folder`` (written once), for producers
+        that inherit no memory from this process."""
+        path = os.path.join(folder, f"{self.kind}-{self.nbytes}-blocks.npy")
+        if not os.path.exists(path):
+            np.save(path, np.stack(self.blocks))
+        return path
+
     def drop_volume(self) -> None:
         self._volume = None
 

@@ -226,9 +226,17 @@ def render(run: Run) -> str:
         f"the end of `close()` into a volume created empty beforehand, `queue_depth={QUEUE_DEPTH}`.",
         "- blockfs writes (the matrix): *main process*: producer threads in the process that started the "
         "writers call `write_block`, which hands blocks to one writer process per shard; *fork Pool*: "
-        "`multiprocessing.Pool(N).starmap(write_block, ...)` on a module-level Directory (the README pattern). "
+        "`multiprocessing.Pool(N).starmap(write_block, ...)` on a module-level Directory (the README pattern); "
+        "*forkserver Pool*: the same from a forkserver Pool whose initializer receives the Directory (it pickles "
+        "by reopening the volume) and memory-maps the blocks from a `.npy` file (forkserver children inherit "
+        "no memory); *independent processes*: N unrelated interpreters, each `Directory.open(path, \"r+\")`, "
+        "write every Nth block from that file, timed from a start signal sent once all have opened the volume "
+        "to the end of the owner's `close()`. "
         "Memory: RSS of the owner, the writers and the producers sampled every 20 ms; *growth* is the peak "
         "minus the first sample.",
+        "- Process-wide state: python-blosc's global thread count is set to the number of cores before "
+        "anything runs (as a user or another library may); blockfs calls c-blosc's context API and never "
+        "reads it. blockfs's full read is also timed in a fresh interpreter that imports only blockfs.",
         "- blockfs reads (detail): a volume written with one shard per core; *random* is 1000 `read_block` "
         "calls at random blocks after 100 warm-up calls; reader peak RSS (`VmHWM`) of a fresh process.",
         "",

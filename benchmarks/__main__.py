@@ -19,6 +19,8 @@ from .data import KINDS, make_dataset, parse_size, size_label
 from .measure import back_memory
 
 CATEGORIES = ("compare", "write", "read", "interop", "serve", "mpi", "pyramid")
+#: Data kinds whose throughput across sizes is measured (the goals' microscopy-like sets).
+SCALE_KINDS = ("microscopy", "poisson")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -43,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog="examples:\n  python -m benchmarks --quick --output ''\n"
                "  python -m benchmarks --sizes 128M --only compare,read\n"
                "  python -m benchmarks --sizes 256M,1G,4G --repeats 5\n"
-               "  python -m benchmarks --only write,read --sizes 1G --data microscopy")
+               "  python -m benchmarks --only write,read --sizes 1G --data microscopy\n"
+               "  python -m benchmarks --sizes 1G --only compare,write,read --scale-sizes 256M,4G")
     parser.add_argument("--sizes", help="data sizes, e.g. 128M,1G,4G (default: 128M,1G; 64M with --quick)")
     parser.add_argument("--repeats", type=int, help="interleaved rounds, at least 5 for figures worth quoting; min "
                                                     "and median are reported (default: 5; 2 with --quick)")
@@ -55,6 +58,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="data kinds (default: microscopy,poisson,random)")
     parser.add_argument("--peers", type=lambda t: _list(t, peers.PEERS, "--peers"), default=list(peers.PEERS),
                         help="peers to run (default: those installed of tensorstore,zarrs,zarr,h5py)")
+    parser.add_argument("--scale-sizes", default="",
+                        help="more sizes at which only blockfs's main-process write and full read run (of the "
+                             "microscopy-like data kinds in --data), for throughput across sizes, e.g. 256M,4G")
     parser.add_argument("--back-memory", type=parse_size, default=None,
                         help="memory touched and freed once before measuring (default: 3 x the largest size, "
                              "at least 4G, at most half the free memory)")
@@ -66,6 +72,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:
         args.sizes = [parse_size(s) for s in (args.sizes or ("64M" if args.quick else "128M,1G")).split(",")]
+        args.scale_sizes = [parse_size(s) for s in args.scale_sizes.split(",") if s.strip()]
     except ValueError as exc:
         parser.error(str(exc))
     args.repeats = args.repeats or (2 if args.quick else 5)
@@ -98,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _log(f"benchmarks: sizes {', '.join(size_label(n) for n in args.sizes)}, {args.repeats} rounds, "
              f"scratch {folder}")
-        backing = args.back_memory or min(max(4 * 2**30, 3 * max(args.sizes)), psutil.virtual_memory().available // 2)
+        largest = max(args.sizes + args.scale_sizes)
+        backing = args.back_memory or min(max(4 * 2**30, 3 * largest), psutil.virtual_memory().available // 2)
         blosc.set_nthreads(os.cpu_count() or 1)  # process-wide, as a user or another library may set it
         run.backed = (backing, back_memory(backing))
         _log(f"benchmarks: touched and freed {size_label(backing)} in {run.backed[1]:.1f} s")
@@ -137,6 +145,17 @@ def main(argv: list[str] | None = None) -> int:
                 _log(f"  limits: compress {lim.rate(lim.compress.min):,.0f} MB/s, decompress + place "
                      f"{lim.rate(lim.place.min):,.0f} MB/s (best of {lim.compress.samples} / {lim.place.samples}), "
                      f"ratio {lim.ratio:.2f}")
+                del ds, meter
+                gc.collect()
+        for nbytes in args.scale_sizes:
+            for kind in (k for k in args.data if k in SCALE_KINDS):
+                _log(f"{size_label(nbytes)} {kind}: making blocks (throughput across sizes)")
+                ds = make_dataset(kind, nbytes)
+                meter = limits.LimitMeter(ds, folder)
+                meter.measure_disk()
+                meter.sample_block_decompress()
+                run.limits[(kind, ds.nbytes)] = meter.limits
+                run.scale.append(blockfs_bench.scale_run(ds, folder, args.repeats, meter, _log))
                 del ds, meter
                 gc.collect()
     finally:

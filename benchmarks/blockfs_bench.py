@@ -91,8 +91,8 @@ def matrix(quick: bool, kind: str) -> list[WriteConfig]:
     cores = os.cpu_count() or 1
     if quick or kind == "random":
         return [WriteConfig("main", 1, 1), WriteConfig("main", 2, 2), WriteConfig("pool", 2, 1)]
-    return [WriteConfig(mode, producers, shards) for mode, producers in (("main", 1), ("main", 2), ("pool", 2),
-                                                                        ("pool", 4)) for shards in (1, 2, 4)] + \
+    return [WriteConfig(mode, producers, shards) for mode, producers in (("main", 1), ("pool", 2))
+            for shards in (1, 2, 4)] + [WriteConfig("main", 2, cores), WriteConfig("pool", 4, cores)] + \
         [WriteConfig(mode, cores, cores) for mode in ("forkserver", "processes")]
 
 
@@ -429,3 +429,42 @@ def reader_child(path: str, what: str) -> None:
     peak = _high_water_mark()
     d.close()
     print(json.dumps({"baseline": baseline, "peak": peak, "output": output}))
+
+
+@dataclass
+class ScaleResult:
+    """blockfs's main-process write and full read of one data set, for throughput across sizes."""
+
+    kind: str
+    nbytes: int
+    write: Figure = field(default_factory=Figure)
+    read: Figure = field(default_factory=Figure)
+    correct: bool | None = None
+
+
+def scale_run(ds: Dataset, folder: str, repeats: int, meter, log) -> ScaleResult:
+    """The main-process write (one shard per core) and ``d[:, :, :]``, interleaved with the compress
+    and decompress + place limits (sampled into ``meter``), ``repeats`` rounds."""
+    cores = os.cpu_count() or 1
+    config = WriteConfig("main", 1, cores)
+    path = os.path.join(folder, "scale.blockfs")
+    result = ScaleResult(ds.kind, ds.nbytes)
+    for r in range(repeats):
+        settle(ds.nbytes)
+        meter.sample_compress()
+        settle(ds.nbytes)
+        result.write.add(write_once(ds, path, config, folder)[0])
+        settle(ds.nbytes)
+        meter.sample_place()
+        settle(ds.nbytes)
+        start = time.perf_counter()
+        with Directory.open(path) as d:
+            data = d[:, :, :]
+        result.read.add(time.perf_counter() - start)
+        if r == 0:
+            result.correct = ds.matches(data)
+        del data
+        remove_volume(path, cores)
+    log(f"  scale: write {ds.nbytes / result.write.min / MB:,.0f} MB/s, full read "
+        f"{ds.nbytes / result.read.min / MB:,.0f} MB/s{'' if result.correct else ', DATA MISMATCH'}")
+    return result

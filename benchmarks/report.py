@@ -15,7 +15,7 @@ import imagecodecs
 import psutil
 
 from . import goals, interop_bench, pyramid_bench, serve_bench
-from .blockfs_bench import QUEUE_DEPTH, ReadResult, WriteResult
+from .blockfs_bench import MODES, QUEUE_DEPTH, ReadResult, ScaleResult, WriteResult
 from .compare import Comparison
 from .data import BLOCK_BYTES, PHOTON_BACKGROUND, PHOTON_SCALE, size_label
 from .limits import Limits
@@ -46,6 +46,7 @@ class Run:
     interop: list[dict] = field(default_factory=list)
     serve: list[dict] = field(default_factory=list)
     mpi: list[tuple[MpiResult, Limits]] = field(default_factory=list)
+    scale: list[ScaleResult] = field(default_factory=list)
     backed: tuple[int, float] = (0, 0.0)
     load_start: tuple[float, float, float] = field(default_factory=os.getloadavg)
     load_end: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -189,6 +190,35 @@ def _side_by_side(c: Comparison) -> list[str]:
     return out
 
 
+def scale_figures(run: Run) -> dict[tuple[str, int], tuple[Figure, Figure, bool | None]]:
+    """(main-process write, full read, read back equal) of blockfs by (kind, size), from the
+    side-by-side comparisons and the runs across sizes."""
+    found = {(s.kind, s.nbytes): (s.write, s.read, s.correct) for s in run.scale}
+    for c in run.comparisons:
+        write = c.row("blockfs, main-process producer, writer processes")
+        read = c.row("blockfs `d[:, :, :]` (verified)")
+        if write is not None and read is not None:
+            found[(c.kind, c.nbytes)] = (write.write, read.read, read.correct)
+    return found
+
+
+def _across_sizes(run: Run) -> list[str]:
+    figures = scale_figures(run)
+    if not run.scale or not figures:
+        return []
+    rows = []
+    for (kind, nbytes), (write, read, correct) in sorted(figures.items()):
+        lim = run.limits[(kind, nbytes)]
+        rows.append([kind, size_label(nbytes), f"{_mb(lim.rate(write.min))} ({_ms(write)})",
+                     _versus(write, lim.compress, "compress"), f"{_mb(lim.rate(read.min))} ({_ms(read)})",
+                     _versus(read, lim.place, "decompress + place"), {None: "-", True: "yes", False: "**NO**"}[correct]])
+    return ["## Throughput across sizes", "",
+            "blockfs's main-process write (one shard per core) and `d[:, :, :]`, each size interleaved with its "
+            "own limits; the size of the side-by-side comparison comes from that table.", ""] + \
+        _table(["data", "size", "write MB/s (ms min / median)", "x compress limit", "full read MB/s (ms)",
+                "x decompress + place limit", "read back equal"], rows)
+
+
 def render(run: Run) -> str:
     out = ["# Performance", ""]
     out += [f"Measured by `{run.command}` on {run.started:%Y-%m-%d %H:%M %Z} "
@@ -271,12 +301,11 @@ def render(run: Run) -> str:
         rows = []
         for w in run.writes:
             lim = run.limits[(w.kind, w.nbytes)]
-            how = "main process" if w.config.mode == "main" else "fork Pool"
-            rows.append([size_label(w.nbytes), w.kind, how + (", durable" if w.config.durable else ""),
+            rows.append([size_label(w.nbytes), w.kind, MODES[w.config.mode] + (", durable" if w.config.durable else ""),
                          str(w.config.producers), str(w.config.shards), _ms(w.figure),
                          _versus(w.figure, lim.compress, "compress"), _mib(w.owner_growth),
                          _mib(w.memory_bound) if w.memory_bound else "-", _mib(w.writer_growth),
-                         _mib(w.producer_growth) if w.config.mode == "pool" else "-"])
+                         _mib(w.producer_growth) if w.config.mode != "main" else "-"])
         out += _table(["size", "data", "from", "producers", "shards", "ms min / median (spread)", "x compress limit",
                        "owner growth MiB", "owner bound MiB", "writer growth MiB", "producer growth MiB"], rows)
         out += [f"Owner bound: ((queue_depth + threads + 1) x shards + producers) x block bytes, `queue_depth` = {QUEUE_DEPTH}, "
@@ -315,6 +344,7 @@ def render(run: Run) -> str:
                        "reader peak RSS MiB, full read (= at start + output + other)",
                        "reader peak RSS MiB, block by block (= at start + growth)", "read back equal"], rows)
 
+    out += _across_sizes(run)
     out += pyramid_bench.render(run.pyramids)
     out += interop_bench.render(run.interop)
     out += serve_bench.render(run.serve)

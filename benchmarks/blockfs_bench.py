@@ -137,13 +137,13 @@ def _start_forkserver_pool(d: Directory, ds: Dataset, config: WriteConfig, folde
     return pool
 
 
-def _write_from_pool(d: Directory, ds: Dataset, pool: Any, sampler: PeakRss) -> None:
-    """The README pattern: a fork Pool (``pool`` None) or the given Pool calls ``write_block``."""
+def _write_from_pool(d: Directory, ds: Dataset, producers: int, pool: Any, sampler: PeakRss) -> None:
+    """The README pattern: a fork Pool of ``producers`` (``pool`` None) or the given Pool calls ``write_block``."""
     writers = {w.process.pid for w in d.writers}
     args = [(i, x, y, z) for i, (z, y, x) in enumerate(ds.origins)]
     if pool is None:
         _state.update(volume=d, blocks=ds.blocks)
-        pool = multiprocessing.get_context("fork").Pool(len(writers))
+        pool = multiprocessing.get_context("fork").Pool(producers)
     try:
         with pool:
             for child in multiprocessing.active_children():
@@ -254,7 +254,7 @@ def write_once(ds: Dataset, path: str, config: WriteConfig, folder: str | None =
                 bound = in_flight_bound(d, config.producers)
                 _write_from_threads(d, ds, config.producers)
             else:
-                _write_from_pool(d, ds, pool, sampler)
+                _write_from_pool(d, ds, config.producers, pool, sampler)
         d.close()
         seconds = time.perf_counter() - start
     finally:

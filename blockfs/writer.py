@@ -69,7 +69,10 @@ class MessagePipe:
         return self._message.unpack(data) if data else None
 
     def wait_readable(self, seconds: float) -> bool:
-        return bool(select.select([self.read_fd], [], [], seconds)[0])
+        """Whether a message (or the end) can be read within ``seconds`` (poll: any descriptor number)."""
+        poller = select.poll()
+        poller.register(self.read_fd, select.POLLIN)
+        return bool(poller.poll(seconds * 1000))
 
     def keep_only(self, end: str) -> None:
         """Close the other end in this process ("read" keeps the reading end)."""
@@ -130,9 +133,12 @@ class _WriterProcess:
             return self._taken - 1, message
 
     def _work(self) -> None:
+        self._guard(self._serve)
+
+    def _serve(self) -> None:
         while (item := self._next()) is not None:
             number, (slot, entry, *shape) = item
-            self._guard(self._store_block, number, slot, entry, tuple(shape))
+            self._store_block(number, slot, entry, tuple(shape))
 
     def _store_block(self, number: int, slot: int, entry: int, shape: tuple[int, ...]) -> None:
         try:

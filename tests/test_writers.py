@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import subprocess
 import sys
 import threading
@@ -198,6 +199,29 @@ def test_writers_exit_when_their_owner_is_killed(tmp_path: Path) -> None:
     finally:
         owner.kill()
         owner.stdout.close()
+
+
+def test_writers_work_above_descriptor_1024(tmp_path: Path) -> None:
+    """A pipeline with many files open: the writers' pipes get descriptor numbers select() cannot take."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 2048:
+        pytest.fail(f"this test needs RLIMIT_NOFILE of at least 2048; the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 2048), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        d = new_volume(tmp_path)
+        try:
+            d.start_writer_processes(queue_depth=2)
+            assert min(w.q_in.write_fd for w in d.writers) > 1024
+            for x, y, z in origins_of(d):
+                d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
+        finally:
+            d.close()
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
 
 
 # -- without writer processes, writes are synchronous ---------------------------------------

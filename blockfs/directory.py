@@ -24,7 +24,7 @@ from .errors import (AttachError, BlockShapeError, ClosedError, CorruptBlockErro
 from .selection import select
 from .storage import atomic_write, resolve_shard_path, shadowing_copy
 from .store import BlockStore, StoreSpec
-from .volume import Volume, block_entry, projections, stop_read_pool
+from .volume import Volume, block_entry, projections
 from .writer import WriterPool
 
 MODES = ("r", "r+")
@@ -400,7 +400,6 @@ class Directory:
         """
         self._check_writable()
         if self._pool is None or not self._pool.is_owner:
-            stop_read_pool()
             self._pool = WriterPool(self._store.spec, _positive("queue_depth", queue_depth))
 
     def write_block(self, block: Any, x: int, y: int, z: int) -> None:

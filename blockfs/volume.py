@@ -37,15 +37,6 @@ def read_pool() -> ThreadPoolExecutor:
     return _executor
 
 
-def stop_read_pool() -> None:
-    """End this process's idle decompression threads, so that writer processes fork from a process
-    with one thread (forking a threaded process can deadlock the child; Python 3.12 warns)."""
-    global _executor
-    if _executor is not None and _executor_pid == os.getpid():
-        _executor.shutdown(wait=True)
-    _executor = None
-
-
 def _block_scratch(shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
     """This thread's reusable array for decompressing a block of ``shape`` before copying part of it out."""
     size = math.prod(shape) * dtype.itemsize

@@ -1,17 +1,18 @@
 """The writer process pool: one process per shard, fed through shared memory and two pipes.
 
 The process that starts the pool owns it. Its ``write_block`` takes a free slot number from the
-writer's ``free`` pipe, copies the block into that slot of memory shared with the writer (an
-anonymous mapping inherited through fork), and writes (slot, entry, shape) to the writer's
-``q_in`` pipe. The writer's threads compress straight from the slots (the GIL released), hand each
-slot back, and append the blocks in the order they were queued, so the last write of a block wins.
-A block crosses between processes as one memory copy, with no queue thread and no pickling, and
-at most ``queue_depth + threads + 1`` blocks per writer are in flight.
+writer's ``free`` pipe, copies the block into that slot of memory shared with the writer (a memfd),
+and writes (slot, entry, shape) to the writer's ``q_in`` pipe. The writer's threads compress
+straight from the slots (the GIL released), hand each slot back, and append the blocks in the order
+they were queued, so the last write of a block wins. A block crosses between processes as one
+memory copy, with no queue thread and no pickling, and at most ``queue_depth + threads + 1`` blocks
+per writer are in flight. Writers are forked by this process's launcher (:mod:`blockfs.launcher`),
+never from the owner itself, so starting and ending them costs the same in an owner of any size.
 
-A writer that fails records the cause in shared memory and exits; one that is killed is seen
-through its exit code, and through the end of its ``free`` pipe. Either way the owner raises
-:class:`WriterError` on its next write and at ``close()``, and never waits on a dead writer. A
-writer whose owner dies sees the end of its ``q_in`` pipe (or its new parent) and exits.
+A writer that fails records the cause in the shared memory and exits; one that is killed is seen
+through its exit code (recorded there by the launcher) and through the end of its ``free`` pipe.
+Either way the owner raises :class:`WriterError` on its next write and at ``close()``, and never
+waits on a dead writer. A writer whose owner dies sees it through a pidfd of the owner, and exits.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from __future__ import annotations
 import fcntl
 import math
 import mmap
-import multiprocessing
 import os
 import select
 import signal
@@ -33,11 +33,15 @@ import numpy as np
 
 from .errors import MissingShardError, WriterError
 from .format import Layout
+from .launcher import STATUS, Child, launcher
 from .store import BlockStore, StoreSpec
 
 #: How long one blocking step waits before checking the writers' health again, in seconds.
 POLL_SECONDS = 0.2
-_ERROR_BYTES = 4096
+#: The shared memory of a writer: the launcher's record of how it ended, why it failed (UTF-8, NUL
+#: ended), then the block slots from the second page on.
+_ERROR_AT = STATUS.size
+_SLOTS_AT = mmap.PAGESIZE
 _MISSING = f"{MissingShardError.__name__}: "
 #: A queued block: its slot (-1: stop), its entry and its shape (z, y, x). Far below PIPE_BUF, so
 #: every write and read of one message is whole, from any number of threads and processes.
@@ -49,9 +53,10 @@ _STOP = -1
 class MessagePipe:
     """A pipe of fixed-size messages between the owner and one writer."""
 
-    def __init__(self, message: struct.Struct):
+    def __init__(self, message: struct.Struct, read_fd: int = -1, write_fd: int = -1):
+        """A new pipe, or (given its descriptors) one end of a pipe made elsewhere."""
         self._message = message
-        self.read_fd, self.write_fd = os.pipe()
+        self.read_fd, self.write_fd = os.pipe() if read_fd < 0 and write_fd < 0 else (read_fd, write_fd)
 
     def qsize(self) -> int:
         """Messages written and not yet read (as ``multiprocessing.Queue.qsize``)."""
@@ -68,11 +73,15 @@ class MessagePipe:
         data = os.read(self.read_fd, self._message.size)
         return self._message.unpack(data) if data else None
 
-    def wait_readable(self, seconds: float) -> bool:
-        """Whether a message (or the end) can be read within ``seconds`` (poll: any descriptor number)."""
+    def wait_readable(self, seconds: float | None, unless: int = -1) -> bool:
+        """Whether a message (or the end) can be read within ``seconds`` (None: however long it takes),
+        and before descriptor ``unless`` (if given) becomes readable. poll(): any descriptor number."""
         poller = select.poll()
         poller.register(self.read_fd, select.POLLIN)
-        return bool(poller.poll(seconds * 1000))
+        if unless >= 0:
+            poller.register(unless, select.POLLIN)
+        ready = dict(poller.poll(None if seconds is None else seconds * 1000))
+        return self.read_fd in ready
 
     def keep_only(self, end: str) -> None:
         """Close the other end in this process ("read" keeps the reading end)."""
@@ -88,45 +97,65 @@ class MessagePipe:
                 setattr(self, name, -1)
 
 
-def _slot_view(slots: np.ndarray, layout: Layout, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+def _slot_view(memory: np.ndarray, layout: Layout, slot: int, shape: tuple[int, ...]) -> np.ndarray:
     """The block-shaped array in one slot (room for one full block) of a writer's shared memory."""
-    start = slot * layout.max_block_bytes
-    return slots[start:start + math.prod(shape) * layout.dtype.itemsize].view(layout.dtype).reshape(shape)
+    start = _SLOTS_AT + slot * layout.max_block_bytes
+    return memory[start:start + math.prod(shape) * layout.dtype.itemsize].view(layout.dtype).reshape(shape)
+
+
+def _record_failure(memory: np.ndarray, text: str) -> None:
+    encoded = text.encode("utf-8", "replace")[:_SLOTS_AT - _ERROR_AT - 1]
+    memory[_ERROR_AT:_ERROR_AT + len(encoded) + 1] = np.frombuffer(encoded + b"\0", np.uint8)
+
+
+def _recorded_failure(memory: np.ndarray) -> bytes:
+    text = memory[_ERROR_AT:_SLOTS_AT].tobytes()
+    return text[:text.index(b"\0")] if b"\0" in text else text
+
+
+def run_writer(mapping: mmap.mmap, fds: list[int], owner: int, spec: StoreSpec, threads: int) -> None:
+    """A writer process (forked by the launcher): store the blocks queued on ``q_in`` (``fds[0]``),
+    handing slots back on ``free`` (``fds[1]``), until told to stop or the owner (pidfd) has gone."""
+    memory = np.frombuffer(mapping, np.uint8)
+    _WriterProcess(memory, MessagePipe(_BLOCK, read_fd=fds[0]), MessagePipe(_SLOT, write_fd=fds[1]),
+                   owner, threads).run(spec)
+    STATUS.pack_into(mapping, 0, 1, 0)  # a clean end, known to the owner even if the launcher has gone
 
 
 class _WriterProcess:
     """What runs in a writer process: threads that compress from the slots and append in queue order."""
 
-    def __init__(self, writer: "BlockWriter", spec: StoreSpec, owner_pid: int):
-        self.writer = writer
-        self.owner_pid = owner_pid
-        self.store = BlockStore(spec)
-        self.durable = spec.durable
+    def __init__(self, memory: np.ndarray, q_in: MessagePipe, free: MessagePipe, owner: int, threads: int):
+        self.memory = memory
+        self.q_in = q_in
+        self.free = free
+        self.owner = owner
+        self.threads = threads
         self._take = threading.Lock()
         self._order = threading.Condition()
         self._taken = 0
         self._appended = 0
 
-    def run(self) -> None:
+    def run(self, spec: StoreSpec) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the owner, which stops us
-        threads = [threading.Thread(target=self._work, name=f"blockfs-compress-{i}")
-                   for i in range(self.writer.threads)]
+        self._guard(self._open, spec)
+        threads = [threading.Thread(target=self._work, name=f"blockfs-compress-{i}") for i in range(self.threads)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        if self.durable:
+        if spec.durable:
             self._guard(self.store.sync)
         self.store.close()
 
+    def _open(self, spec: StoreSpec) -> None:
+        self.store = BlockStore(spec)
     def _next(self) -> tuple[int, tuple[int, ...]] | None:
         """(sequence number, message) of the next queued block, or None: stop, or the owner is gone."""
-        q_in = self.writer.q_in
         with self._take:
-            while not q_in.wait_readable(1.0):
-                if os.getppid() != self.owner_pid:
-                    return None
-            message = q_in.get()
+            if not self.q_in.wait_readable(None, unless=self.owner):
+                return None
+            message = self.q_in.get()
             if message is None or message[0] == _STOP:
                 return None
             self._taken += 1
@@ -142,9 +171,9 @@ class _WriterProcess:
 
     def _store_block(self, number: int, slot: int, entry: int, shape: tuple[int, ...]) -> None:
         try:
-            data, payload_at = self.store.encode(entry, _slot_view(self.writer.slots, self.store.layout, slot, shape))
+            data, payload_at = self.store.encode(entry, _slot_view(self.memory, self.store.layout, slot, shape))
         finally:  # even when compression fails, so that the blocks queued before it are stored first
-            self.writer.free.put(slot)
+            self.free.put(slot)
             with self._order:
                 self._order.wait_for(lambda: self._appended == number)
         self.store.append(entry, data, payload_at)
@@ -157,53 +186,53 @@ class _WriterProcess:
         try:
             step(*args)
         except BaseException as exc:
-            self.writer.record_failure(f"{type(exc).__name__}: {exc}")
+            _record_failure(self.memory, f"{type(exc).__name__}: {exc}")
             os._exit(1)
 
 
 class BlockWriter:
     """One writer process, its ``q_in`` pipe of queued blocks and its shared block slots, for one shard."""
 
-    def __init__(self, ctx: Any, spec: StoreSpec, shard: int, queue_depth: int, threads: int, owner_pid: int,
-                 others: list["BlockWriter"]):
+    def __init__(self, spec: StoreSpec, shard: int, queue_depth: int, threads: int):
         self.shard = shard
         self.shard_path = spec.shard_paths[shard]
         self.threads = threads
         self._layout = spec.layout
         n_slots = queue_depth + threads + 1
         self.slot_bytes = n_slots * spec.layout.max_block_bytes
-        self.slots = np.frombuffer(mmap.mmap(-1, self.slot_bytes), np.uint8)  # shared with the forked writer
-        self.q_in = MessagePipe(_BLOCK)
-        self.free = MessagePipe(_SLOT)
-        for slot in range(n_slots):
-            self.free.put(slot)
-        self._error = ctx.RawArray("c", _ERROR_BYTES)
-        self.process = ctx.Process(target=self._run, name=f"blockfs-writer-{shard}", args=(spec, owner_pid, others))
-        self.process.start()
+        memory_fd = os.memfd_create(f"blockfs-writer-{shard}", os.MFD_CLOEXEC)
+        try:
+            os.ftruncate(memory_fd, _SLOTS_AT + self.slot_bytes)
+            mapping = mmap.mmap(memory_fd, _SLOTS_AT + self.slot_bytes)
+            self.memory = np.frombuffer(mapping, np.uint8)
+            self.q_in = MessagePipe(_BLOCK)
+            self.free = MessagePipe(_SLOT)
+            for slot in range(n_slots):
+                self.free.put(slot)
+            self.process: Child = launcher().start(run_writer, (spec, threads), memory_fd, mapping,
+                                                   [self.q_in.read_fd, self.free.write_fd])
+        except BaseException:
+            for pipe in ("q_in", "free"):
+                if hasattr(self, pipe):
+                    getattr(self, pipe).close()
+            raise
+        finally:
+            os.close(memory_fd)
         self.q_in.keep_only("write")
         self.free.keep_only("read")
         os.set_blocking(self.free.read_fd, False)
 
-    def _run(self, spec: StoreSpec, owner_pid: int, others: list["BlockWriter"]) -> None:
-        """The writer process: drop the owner's ends of every pipe, then store blocks until stopped."""
-        for writer in others:
-            writer.q_in.close()
-            writer.free.close()
-        self.q_in.keep_only("read")
-        self.free.keep_only("write")
-        _WriterProcess(self, spec, owner_pid).run()
-
-    def record_failure(self, text: str) -> None:
-        self._error.value = text.encode("utf-8", "replace")[:_ERROR_BYTES - 1]
-
     def failure(self) -> str | None:
         """Why this writer stopped early, or None while it is healthy or after a clean stop."""
-        if self._error.value:
-            cause = self._error.value.decode("utf-8", "replace").removeprefix(_MISSING)
+        recorded = _recorded_failure(self.memory)
+        if recorded:
+            cause = recorded.decode("utf-8", "replace").removeprefix(_MISSING)
             return f"writer for shard {self.shard_path} failed: {cause}"
         code = self.process.exitcode
         if code:
-            cause = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit status {code}"
+            cause = (f"signal {signal.Signals(-code).name}" if code < 0 else
+                     "cause unknown: the launcher process that started it had ended" if self.process.end_unrecorded
+                     else f"exit status {code}")
             return f"writer for shard {self.shard_path} died ({cause}); blocks queued for it were not written"
         return None
 
@@ -230,7 +259,7 @@ class BlockWriter:
     def submit(self, block: np.ndarray, entry: int) -> None:
         """Copy ``block`` (cast to the volume's dtype) into a free slot and queue it."""
         slot = self._free_slot()
-        _slot_view(self.slots, self._layout, slot, block.shape)[...] = block
+        _slot_view(self.memory, self._layout, slot, block.shape)[...] = block
         try:
             self.q_in.put(slot, entry, *block.shape)
         except BrokenPipeError:  # the writer has exited
@@ -252,12 +281,13 @@ class BlockWriter:
 
     def error_class(self) -> type[WriterError] | type[MissingShardError]:
         """:class:`MissingShardError` when the writer stopped for a missing shard (as a direct write raises)."""
-        return MissingShardError if self._error.value.startswith(_MISSING.encode()) else WriterError
+        return MissingShardError if _recorded_failure(self.memory).startswith(_MISSING.encode()) else WriterError
 
     def release(self) -> None:
-        """Close the pipes once the process has ended (the slots go with the last reference)."""
+        """Close the pipes and the pidfd once the process has ended (the memory goes with the last reference)."""
         self.q_in.close()
         self.free.close()
+        self.process.release()
 
 
 class WriterPool:
@@ -267,17 +297,19 @@ class WriterPool:
     """
 
     def __init__(self, spec: StoreSpec, queue_depth: int):
-        ctx = multiprocessing.get_context("fork")  # the slots and pipes are inherited, never pickled
         self.owner_pid = os.getpid()
         self._layout = spec.layout
         n_shards = len(spec.shard_paths)
         threads = max(1, -(-(os.cpu_count() or 1) // n_shards))
         self.writers: list[BlockWriter] = []
-        for shard in range(n_shards):
-            self.writers.append(BlockWriter(ctx, spec, shard, queue_depth, threads, self.owner_pid,
-                                            list(self.writers)))
-        self._finalizer = util.Finalize(None, self.close, kwargs={"quiet": True}, exitpriority=100)
         self._closed = False
+        self._finalizer = util.Finalize(None, self.close, kwargs={"quiet": True}, exitpriority=100)
+        try:
+            for shard in range(n_shards):
+                self.writers.append(BlockWriter(spec, shard, queue_depth, threads))
+        except BaseException:
+            self.close(quiet=True)  # the writers already started
+            raise
 
     @property
     def is_owner(self) -> bool:

@@ -192,10 +192,12 @@ def test_writers_exit_when_their_owner_is_killed(tmp_path: Path) -> None:
         writer_pids = [int(p) for p in owner.stdout.readline().split()]
         assert len(writer_pids) == 2
         writers = [psutil.Process(pid) for pid in writer_pids]
+        launcher = psutil.Process(writers[0].ppid())
+        assert launcher.ppid() == owner.pid
         owner.kill()
         owner.wait(10)
-        gone, alive = psutil.wait_procs(writers, timeout=10)
-        assert not alive, f"writer processes {[p.pid for p in alive]} outlived their killed owner"
+        gone, alive = psutil.wait_procs([*writers, launcher], timeout=10)
+        assert not alive, f"writer processes or their launcher {[p.pid for p in alive]} outlived their killed owner"
     finally:
         owner.kill()
         owner.stdout.close()

@@ -224,11 +224,11 @@ class BlockWriter:
 
     def failure(self) -> str | None:
         """Why this writer stopped early, or None while it is healthy or after a clean stop."""
+        code = self.process.exitcode  # first: a writer records why it failed before it exits
         recorded = _recorded_failure(self.memory)
         if recorded:
             cause = recorded.decode("utf-8", "replace").removeprefix(_MISSING)
             return f"writer for shard {self.shard_path} failed: {cause}"
-        code = self.process.exitcode
         if code:
             cause = (f"signal {signal.Signals(-code).name}" if code < 0 else
                      "cause unknown: the launcher process that started it had ended" if self.process.end_unrecorded

@@ -3,7 +3,8 @@
     python -m benchmarks.profile [--size 1G] [--data microscopy] [--rounds 3]
 
 *Write*: the compress limit and each blockfs write path (one shard per core), interleaved: wall
-time and the CPU time of this process and its children (``getrusage``), at the fastest round.
+time and the CPU time of this process, its children and the writers (children of the launcher), at the
+fastest round.
 ``busy`` = CPU / (wall x cores) says whether the path kept every core working, ``CPU x limit`` how
 much CPU it spends beyond compression alone.
 
@@ -17,6 +18,7 @@ the same blocks from memory, with the median ``pread`` of those blocks.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import resource
 import statistics
@@ -25,19 +27,26 @@ import time
 from typing import Callable
 
 import numpy as np
+import psutil
 
-from blockfs import Directory, records
+from blockfs import Directory, launcher, records
 from blockfs.volume import projections
 
-from .blockfs_bench import WriteConfig, remove_volume, write_once
+from .blockfs_bench import WriteConfig, new_volume, remove_volume, write_once
 from .data import BLOCK_SHAPE, DTYPE, Dataset, make_dataset, parse_size
 from .limits import LimitMeter, decompress_block
 from .measure import settle
 
 
 def _cpu() -> float:
+    """CPU seconds of this process, its ended children and the writers its launcher forked and reaped."""
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    seconds = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    forker = launcher.running()
+    if forker is not None:
+        times = psutil.Process(forker.process.pid).cpu_times()
+        seconds += times.user + times.system + times.children_user + times.children_system
+    return seconds
 
 
 def write_paths(ds: Dataset, meter: LimitMeter, folder: str, rounds: int) -> None:
@@ -56,9 +65,11 @@ def write_paths(ds: Dataset, meter: LimitMeter, folder: str, rounds: int) -> Non
              "main process, 1 shard": blockfs(WriteConfig("main", 1, 1)),
              f"fork Pool of {cores}": blockfs(WriteConfig("pool", cores, cores)),
              f"{cores} independent processes": blockfs(WriteConfig("processes", cores, cores))}
+    fixed = {"writers started and closed": lambda: _no_blocks(ds, path, WriteConfig("main", 1, cores)),
+             f"fork Pool of {cores} started and ended": lambda: _fork_pool_alone(cores)}
     best: dict[str, tuple[float, float]] = {}
     for _ in range(rounds):
-        for name, run in paths.items():
+        for name, run in (paths | fixed).items():
             settle(ds.nbytes)
             before = _cpu()
             wall = run()
@@ -66,9 +77,33 @@ def write_paths(ds: Dataset, meter: LimitMeter, folder: str, rounds: int) -> Non
     limit_wall, limit_cpu = best["limit: compress, all cores"]
     print(f"\nWrite, {ds.label} {ds.kind}, {cores} cores, fastest of {rounds} rounds")
     print(f"{'path':34s} {'wall ms':>8s} {'x limit':>8s} {'CPU s':>6s} {'busy':>5s} {'CPU x limit':>12s}")
-    for name, (wall, cpu) in best.items():
+    for name in paths:
+        wall, cpu = best[name]
         print(f"{name:34s} {wall * 1000:8.0f} {limit_wall / wall:8.2f} {cpu:6.2f} {cpu / wall / cores:5.0%} "
               f"{cpu / limit_cpu:12.2f}")
+    print(f"Fixed costs in this process (it holds the {ds.label} of blocks), no block written:")
+    for name in fixed:
+        wall, cpu = best[name]
+        print(f"{name:34s} {wall * 1000:8.0f} ms wall, {cpu * 1000:.0f} ms CPU")
+
+
+def _no_blocks(ds: Dataset, path: str, config: WriteConfig) -> float:
+    """Seconds to start a volume's writer processes and close it, writing nothing."""
+    d = new_volume(ds, path, config.shards, durable=False)
+    start = time.perf_counter()
+    d.start_writer_processes()
+    d.close()
+    seconds = time.perf_counter() - start
+    remove_volume(path, config.shards)
+    return seconds
+
+
+def _fork_pool_alone(processes: int) -> float:
+    """Seconds to fork a Pool from this process, run one trivial task per worker and end it."""
+    start = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        pool.map(abs, range(processes), chunksize=1)
+    return time.perf_counter() - start
 
 
 def _median_us(action: Callable[[int], object], items: range | list[int]) -> float:

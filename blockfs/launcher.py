@@ -148,6 +148,11 @@ _launcher: Launcher | None = None
 _launcher_lock = threading.Lock()
 
 
+def running() -> Launcher | None:
+    """This process's launcher if it has started one, else None."""
+    return _launcher if _launcher is not None and _launcher.owner_pid == os.getpid() else None
+
+
 def launcher() -> Launcher:
     """This process's launcher, started on first use (and again if it has exited, or in a forked child)."""
     global _launcher

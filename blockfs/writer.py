@@ -132,9 +132,11 @@ class _WriterProcess:
         self.owner = owner
         self.threads = threads
         self._take = threading.Lock()
-        self._order = threading.Condition()
+        self._order = threading.Lock()
         self._taken = 0
         self._appended = 0
+        self._ready: dict[int, tuple[int, int, tuple[bytes, int] | Exception]] = {}
+        self._appending = False
 
     def run(self, spec: StoreSpec) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the owner, which stops us
@@ -150,6 +152,7 @@ class _WriterProcess:
 
     def _open(self, spec: StoreSpec) -> None:
         self.store = BlockStore(spec)
+
     def _next(self) -> tuple[int, tuple[int, ...]] | None:
         """(sequence number, message) of the next queued block, or None: stop, or the owner is gone."""
         with self._take:
@@ -170,16 +173,37 @@ class _WriterProcess:
             self._store_block(number, slot, entry, tuple(shape))
 
     def _store_block(self, number: int, slot: int, entry: int, shape: tuple[int, ...]) -> None:
+        """Compress a block; then, unless another thread is appending, append the blocks that are ready
+        in queue order. No thread waits for another's compression, and a slot is handed back once its
+        block is appended, so the slots bound the blocks held, compressed or not."""
+        encoded: tuple[bytes, int] | Exception
         try:
-            data, payload_at = self.store.encode(entry, _slot_view(self.memory, self.store.layout, slot, shape))
-        finally:  # even when compression fails, so that the blocks queued before it are stored first
-            self.free.put(slot)
-            with self._order:
-                self._order.wait_for(lambda: self._appended == number)
-        self.store.append(entry, data, payload_at)
+            encoded = self.store.encode(entry, _slot_view(self.memory, self.store.layout, slot, shape))
+        except Exception as exc:  # raised in its turn, so the blocks queued before it are stored first
+            encoded = exc
         with self._order:
-            self._appended += 1
-            self._order.notify_all()
+            self._ready[number] = (slot, entry, encoded)
+            if self._appending:
+                return  # the appending thread takes this block in its turn
+            self._appending = True
+        while (ready := self._next_ready()) is not None:
+            slot, entry, encoded = ready
+            try:
+                if isinstance(encoded, Exception):
+                    raise encoded
+                self.store.append(entry, *encoded)
+            finally:
+                self.free.put(slot)
+
+    def _next_ready(self) -> tuple[int, int, tuple[bytes, int] | Exception] | None:
+        """The next block in queue order if it is compressed; else None, and this thread stops appending."""
+        with self._order:
+            ready = self._ready.pop(self._appended, None)
+            if ready is None:
+                self._appending = False
+            else:
+                self._appended += 1
+            return ready
 
     def _guard(self, step: Any, *args: Any) -> None:
         """Run a step; on failure record why and end the process (the owner reports it)."""

@@ -3,8 +3,8 @@
 The process that starts the pool owns it. Its ``write_block`` takes a free slot number from the
 writer's ``free`` pipe, copies the block into that slot of memory shared with the writer (a memfd),
 and writes (slot, entry, shape) to the writer's ``q_in`` pipe. The writer's threads compress
-straight from the slots (the GIL released), hand each slot back, and append the blocks in the order
-they were queued, so the last write of a block wins. A block crosses between processes as one
+straight from the slots (the GIL released) and append the blocks in the order they were queued, so
+the last write of a block wins, handing each slot back once its block is appended. A block crosses between processes as one
 memory copy, with no queue thread and no pickling, and at most ``queue_depth + threads + 1`` blocks
 per writer are in flight. Writers are forked by this process's launcher (:mod:`blockfs.launcher`),
 never from the owner itself, so starting and ending them costs the same in an owner of any size.

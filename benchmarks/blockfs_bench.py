@@ -3,7 +3,8 @@
 Writes go through the ways the README shows:
 
 - ``main``: the process that called ``start_writer_processes()`` calls ``write_block`` (from 1, 2
-  or 4 producer threads); blocks are handed to one writer process per shard;
+  or 4 producer threads); blocks are handed to the writer processes (one per shard, whichever is
+  free takes the next block);
 - ``pool``: a fork ``multiprocessing.Pool`` of N producers calls ``write_block`` on a module-level
   Directory (after ``start_writer_processes()``, as in the README); each producer compresses and
   appends its blocks itself;

@@ -255,8 +255,9 @@ def render(run: Run) -> str:
         "blockfs writes one shard file per core. blockfs write times run from `start_writer_processes()` to "
         f"the end of `close()` into a volume created empty beforehand, `queue_depth={QUEUE_DEPTH}`.",
         "- blockfs writes (the matrix): *main process*: producer threads in the process that started the "
-        "writers call `write_block`, which hands blocks to one writer process per shard; *fork Pool*: "
-        "`multiprocessing.Pool(N).starmap(write_block, ...)` on a module-level Directory (the README pattern); "
+        "writers call `write_block`, which hands blocks to the writer processes (one per shard; whichever is "
+        "free takes the next block); *fork Pool*: `multiprocessing.Pool(N).starmap(write_block, ...)` on a "
+        "module-level Directory (the README pattern); "
         "*forkserver Pool*: the same from a forkserver Pool whose initializer receives the Directory (it pickles "
         "by reopening the volume) and memory-maps the blocks from a `.npy` file (forkserver children inherit "
         "no memory); *independent processes*: N unrelated interpreters, each `Directory.open(path, \"r+\")`, "

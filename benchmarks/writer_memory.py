@@ -88,7 +88,7 @@ def run(folder: str, gib: float, shards: int, queue_depth: int, interval: float,
     block_bytes = BLOCK**3 * 2
 
     d.start_writer_processes(queue_depth=queue_depth)
-    pids = {"main": os.getpid(), **{f"writer {w.shard}": w.process.pid for w in d.writers}}
+    pids = {"main": os.getpid(), **{f"writer {w.number}": w.process.pid for w in d.writers}}
     sampler = PeakRss(pids, interval)
     sampler.sample()
     sampler.start()

@@ -1,18 +1,23 @@
-"""The writer process pool: one process per shard, fed through shared memory and two pipes.
+"""The writer process pool: a few processes that compress and append the blocks their owner queues.
 
 The process that starts the pool owns it. Its ``write_block`` takes a free slot number from the
-writer's ``free`` pipe, copies the block into that slot of memory shared with the writer (a memfd),
-and writes (slot, entry, shape) to the writer's ``q_in`` pipe. The writer's threads compress
-straight from the slots (the GIL released) and append the blocks in the order they were queued, so
-the last write of a block wins, handing each slot back once its block is appended. A block crosses between processes as one
-memory copy, with no queue thread and no pickling, and at most ``queue_depth + threads + 1`` blocks
-per writer are in flight. Writers are forked by this process's launcher (:mod:`blockfs.launcher`),
-never from the owner itself, so starting and ending them costs the same in an owner of any size.
+pool's ``free`` pipe, copies the block into that slot of memory shared with the writers (a memfd),
+and writes (slot, entry, shape) to the ``q_in`` pipe that every writer reads. Whichever writer
+thread is idle takes the next block, compresses it straight from the slot (the GIL released),
+appends it to the block's shard (under the shard's lock, so any writer may append to any shard) and
+hands the slot back: a writer that lags never holds up the others. The owner queues a block only
+once any earlier block of the same entry has been appended, so the last write of a block wins. A
+block crosses between processes as one memory copy, with no queue thread and no pickling, and the
+slots (``queue_depth + threads + 1`` per writer) bound the blocks in flight. Writers are forked by
+this process's launcher (:mod:`blockfs.launcher`), never from the owner itself, so starting and
+ending them costs the same in an owner of any size.
 
-A writer that fails records the cause in the shared memory and exits; one that is killed is seen
-through its exit code (recorded there by the launcher) and through the end of its ``free`` pipe.
+A block a writer cannot store (disk full, no permission) is recorded in the writer's own page of
+shared memory (the first such cause), and the writer goes on storing the others. A writer that is
+killed is seen through its exit code (recorded there by the launcher); the blocks it held are lost.
 Either way the owner raises :class:`WriterError` on its next write and at ``close()``, and never
-waits on a dead writer. A writer whose owner dies sees it through a pidfd of the owner, and exits.
+waits on a dead writer, while the writers still running store what was queued. A writer whose owner
+dies sees it through a pidfd of the owner, and exits.
 """
 
 from __future__ import annotations
@@ -38,10 +43,10 @@ from .store import BlockStore, StoreSpec
 
 #: How long one blocking step waits before checking the writers' health again, in seconds.
 POLL_SECONDS = 0.2
-#: The shared memory of a writer: the launcher's record of how it ended, why it failed (UTF-8, NUL
-#: ended), then the block slots from the second page on.
+#: A writer's own page of shared memory: the launcher's record of how it ended, then why it failed
+#: (UTF-8, NUL ended).
 _ERROR_AT = STATUS.size
-_SLOTS_AT = mmap.PAGESIZE
+_STATUS_BYTES = mmap.PAGESIZE
 _MISSING = f"{MissingShardError.__name__}: "
 #: A queued block: its slot (-1: stop), its entry and its shape (z, y, x). Far below PIPE_BUF, so
 #: every write and read of one message is whole, from any number of threads and processes.
@@ -56,6 +61,7 @@ class MessagePipe:
     def __init__(self, message: struct.Struct, read_fd: int = -1, write_fd: int = -1):
         """A new pipe, or (given its descriptors) one end of a pipe made elsewhere."""
         self._message = message
+        self.message_size = message.size
         self.read_fd, self.write_fd = os.pipe() if read_fd < 0 and write_fd < 0 else (read_fd, write_fd)
 
     def qsize(self) -> int:
@@ -97,51 +103,58 @@ class MessagePipe:
                 setattr(self, name, -1)
 
 
-def _slot_view(memory: np.ndarray, layout: Layout, slot: int, shape: tuple[int, ...]) -> np.ndarray:
-    """The block-shaped array in one slot (room for one full block) of a writer's shared memory."""
-    start = _SLOTS_AT + slot * layout.max_block_bytes
-    return memory[start:start + math.prod(shape) * layout.dtype.itemsize].view(layout.dtype).reshape(shape)
+def _slot_view(slots: np.ndarray, layout: Layout, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The block-shaped array in one slot (room for one full block) of the shared slot memory."""
+    start = slot * layout.max_block_bytes
+    return slots[start:start + math.prod(shape) * layout.dtype.itemsize].view(layout.dtype).reshape(shape)
 
 
-def _record_failure(memory: np.ndarray, text: str) -> None:
-    encoded = text.encode("utf-8", "replace")[:_SLOTS_AT - _ERROR_AT - 1]
-    memory[_ERROR_AT:_ERROR_AT + len(encoded) + 1] = np.frombuffer(encoded + b"\0", np.uint8)
+def _record_failure(status: np.ndarray, text: str) -> None:
+    """Record why a writer failed; the first byte last, so the owner, which may look at any moment,
+    sees the whole text or none of it."""
+    encoded = np.frombuffer(text.encode("utf-8", "replace")[:_STATUS_BYTES - _ERROR_AT - 1] + b"\0", np.uint8)
+    status[_ERROR_AT + 1:_ERROR_AT + len(encoded)] = encoded[1:]
+    status[_ERROR_AT] = encoded[0]
 
 
-def _recorded_failure(memory: np.ndarray) -> bytes:
-    text = memory[_ERROR_AT:_SLOTS_AT].tobytes()
+def _recorded_failure(status: np.ndarray) -> bytes:
+    if not status[_ERROR_AT]:
+        return b""
+    text = status[_ERROR_AT:_STATUS_BYTES].tobytes()
     return text[:text.index(b"\0")] if b"\0" in text else text
 
 
-def run_writer(mapping: mmap.mmap, fds: list[int], owner: int, spec: StoreSpec, threads: int) -> None:
-    """A writer process (forked by the launcher): store the blocks queued on ``q_in`` (``fds[0]``),
-    handing slots back on ``free`` (``fds[1]``), until told to stop or the owner (pidfd) has gone."""
-    memory = np.frombuffer(mapping, np.uint8)
-    _WriterProcess(memory, MessagePipe(_BLOCK, read_fd=fds[0]), MessagePipe(_SLOT, write_fd=fds[1]),
-                   owner, threads).run(spec)
-    STATUS.pack_into(mapping, 0, 1, 0)  # a clean end, known to the owner even if the launcher has gone
+def run_writer(status: mmap.mmap, fds: list[int], owner: int, spec: StoreSpec, threads: int) -> None:
+    """A writer process (forked by the launcher): store the blocks queued on ``q_in`` (``fds[0]``) from
+    the slots (``fds[2]``), handing slots back on ``free`` (``fds[1]``), until told to stop or the owner
+    (pidfd) has gone."""
+    q_in, free, slots_fd = fds
+    slots = mmap.mmap(slots_fd, 0)
+    os.close(slots_fd)
+    os.set_blocking(q_in, False)  # the other writers read the same pipe: a message seen may be taken
+    _WriterProcess(np.frombuffer(status, np.uint8), np.frombuffer(slots, np.uint8),
+                   MessagePipe(_BLOCK, read_fd=q_in), MessagePipe(_SLOT, write_fd=free), owner, threads).run(spec)
+    STATUS.pack_into(status, 0, 1, 0)  # a clean end, known to the owner even if the launcher has gone
 
 
 class _WriterProcess:
-    """What runs in a writer process: threads that compress from the slots and append in queue order."""
+    """What runs in a writer process: threads that each take a queued block, compress and append it."""
 
-    def __init__(self, memory: np.ndarray, q_in: MessagePipe, free: MessagePipe, owner: int, threads: int):
-        self.memory = memory
+    def __init__(self, status: np.ndarray, slots: np.ndarray, q_in: MessagePipe, free: MessagePipe, owner: int,
+                 threads: int):
+        self.status = status
+        self.slots = slots
         self.q_in = q_in
         self.free = free
         self.owner = owner
         self.threads = threads
-        self._take = threading.Lock()
-        self._order = threading.Lock()
-        self._taken = 0
-        self._appended = 0
-        self._ready: dict[int, tuple[int, int, tuple[bytes, int] | Exception]] = {}
-        self._appending = False
+        self._failing = threading.Lock()
 
     def run(self, spec: StoreSpec) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the owner, which stops us
         self._guard(self._open, spec)
-        threads = [threading.Thread(target=self._work, name=f"blockfs-compress-{i}") for i in range(self.threads)]
+        threads = [threading.Thread(target=self._guard, args=(self._serve,), name=f"blockfs-compress-{i}")
+                   for i in range(self.threads)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -153,187 +166,129 @@ class _WriterProcess:
     def _open(self, spec: StoreSpec) -> None:
         self.store = BlockStore(spec)
 
-    def _next(self) -> tuple[int, tuple[int, ...]] | None:
-        """(sequence number, message) of the next queued block, or None: stop, or the owner is gone."""
-        with self._take:
-            if not self.q_in.wait_readable(None, unless=self.owner):
-                return None
-            message = self.q_in.get()
-            if message is None or message[0] == _STOP:
-                return None
-            self._taken += 1
-            return self._taken - 1, message
-
-    def _work(self) -> None:
-        self._guard(self._serve)
+    def _next(self) -> tuple[int, ...] | None:
+        """The next queued block, or None: stop, or the owner is gone."""
+        while self.q_in.wait_readable(None, unless=self.owner):
+            try:
+                message = self.q_in.get()
+            except BlockingIOError:
+                continue  # another thread or writer took it
+            return None if message is None or message[0] == _STOP else message
+        return None
 
     def _serve(self) -> None:
-        while (item := self._next()) is not None:
-            number, (slot, entry, *shape) = item
-            self._store_block(number, slot, entry, tuple(shape))
-
-    def _store_block(self, number: int, slot: int, entry: int, shape: tuple[int, ...]) -> None:
-        """Compress a block; then, unless another thread is appending, append the blocks that are ready
-        in queue order. No thread waits for another's compression, and a slot is handed back once its
-        block is appended, so the slots bound the blocks held, compressed or not."""
-        encoded: tuple[bytes, int] | Exception
-        try:
-            encoded = self.store.encode(entry, _slot_view(self.memory, self.store.layout, slot, shape))
-        except Exception as exc:  # raised in its turn, so the blocks queued before it are stored first
-            encoded = exc
-        with self._order:
-            self._ready[number] = (slot, entry, encoded)
-            if self._appending:
-                return  # the appending thread takes this block in its turn
-            self._appending = True
-        while (ready := self._next_ready()) is not None:
-            slot, entry, encoded = ready
+        while (message := self._next()) is not None:
+            slot, entry, *shape = message
             try:
-                if isinstance(encoded, Exception):
-                    raise encoded
-                self.store.append(entry, *encoded)
+                self.store.store(entry, _slot_view(self.slots, self.store.layout, slot, tuple(shape)))
+            except Exception as exc:  # the owner stops taking blocks; the ones queued are still stored
+                self._record_first(exc)
             finally:
                 self.free.put(slot)
 
-    def _next_ready(self) -> tuple[int, int, tuple[bytes, int] | Exception] | None:
-        """The next block in queue order if it is compressed; else None, and this thread stops appending."""
-        with self._order:
-            ready = self._ready.pop(self._appended, None)
-            if ready is None:
-                self._appending = False
-            else:
-                self._appended += 1
-            return ready
+    def _record_first(self, exc: BaseException) -> None:
+        with self._failing:
+            if not _recorded_failure(self.status):
+                _record_failure(self.status, f"{type(exc).__name__}: {exc}")
 
     def _guard(self, step: Any, *args: Any) -> None:
-        """Run a step; on failure record why and end the process (the owner reports it)."""
+        """Run a step; if it fails, record why and end the process (the owner reports it)."""
         try:
             step(*args)
         except BaseException as exc:
-            _record_failure(self.memory, f"{type(exc).__name__}: {exc}")
+            self._record_first(exc)
             os._exit(1)
 
 
 class BlockWriter:
-    """One writer process, its ``q_in`` pipe of queued blocks and its shared block slots, for one shard."""
+    """One writer process of a pool, as its owner sees it: its ``process``, its health, and the pool's
+    ``q_in`` pipe (shared by every writer of the pool)."""
 
-    def __init__(self, spec: StoreSpec, shard: int, queue_depth: int, threads: int):
-        self.shard = shard
-        self.shard_path = spec.shard_paths[shard]
+    def __init__(self, spec: StoreSpec, number: int, count: int, threads: int, q_in: MessagePipe, fds: list[int],
+                 slot_bytes: int):
+        self.number = number
         self.threads = threads
-        self._layout = spec.layout
-        n_slots = queue_depth + threads + 1
-        self.slot_bytes = n_slots * spec.layout.max_block_bytes
-        memory_fd = os.memfd_create(f"blockfs-writer-{shard}", os.MFD_CLOEXEC)
+        self.q_in = q_in  # compatibility: callers poll writers[i].q_in.qsize()
+        #: This writer's share of the pool's slot memory.
+        self.slot_bytes = slot_bytes
+        status_fd = os.memfd_create(f"blockfs-writer-{number}", os.MFD_CLOEXEC)
         try:
-            os.ftruncate(memory_fd, _SLOTS_AT + self.slot_bytes)
-            mapping = mmap.mmap(memory_fd, _SLOTS_AT + self.slot_bytes)
+            os.ftruncate(status_fd, _STATUS_BYTES)
+            mapping = mmap.mmap(status_fd, _STATUS_BYTES)
             self.memory = np.frombuffer(mapping, np.uint8)
-            self.q_in = MessagePipe(_BLOCK)
-            self.free = MessagePipe(_SLOT)
-            for slot in range(n_slots):
-                self.free.put(slot)
-            self.process: Child = launcher().start(run_writer, (spec, threads), memory_fd, mapping,
-                                                   [self.q_in.read_fd, self.free.write_fd])
-        except BaseException:
-            for pipe in ("q_in", "free"):
-                if hasattr(self, pipe):
-                    getattr(self, pipe).close()
-            raise
+            self.process: Child = launcher().start(run_writer, (spec, threads), status_fd, mapping, fds)
         finally:
-            os.close(memory_fd)
-        self.q_in.keep_only("write")
-        self.free.keep_only("read")
-        os.set_blocking(self.free.read_fd, False)
+            os.close(status_fd)
+        self.name = f"writer {number + 1} of {count} (pid {self.process.pid}) of {spec.index_path}"
 
     def failure(self) -> str | None:
-        """Why this writer stopped early, or None while it is healthy or after a clean stop."""
-        code = self.process.exitcode  # first: a writer records why it failed before it exits
+        """What went wrong in this writer (the first block it could not store, or its death), or None."""
+        code = self.process.exitcode  # first: a writer that dies of a failure records it before it exits
         recorded = _recorded_failure(self.memory)
         if recorded:
             cause = recorded.decode("utf-8", "replace").removeprefix(_MISSING)
-            return f"writer for shard {self.shard_path} failed: {cause}"
+            return f"{self.name} failed: {cause}"
         if code:
             cause = (f"signal {signal.Signals(-code).name}" if code < 0 else
                      "cause unknown: the launcher process that started it had ended" if self.process.end_unrecorded
                      else f"exit status {code}")
-            return f"writer for shard {self.shard_path} died ({cause}); blocks queued for it were not written"
+            return f"{self.name} died ({cause}); the blocks it was storing were not written"
         return None
-
-    def _stopped(self) -> WriterError:
-        self.process.join(POLL_SECONDS)
-        self.raise_if_failed()
-        return WriterError(f"writer for shard {self.shard_path} has stopped; the volume was closed")
-
-    def _free_slot(self) -> int:
-        """A free slot, waiting while the writer is busy but never on a writer that failed or stopped."""
-        while True:
-            self.raise_if_failed()
-            if self.process.exitcode is not None:
-                raise self._stopped()
-            try:
-                message = self.free.get()
-            except BlockingIOError:
-                self.free.wait_readable(POLL_SECONDS)
-                continue
-            if message is None:  # the writer's end is closed: it has exited
-                raise self._stopped()
-            return message[0]
-
-    def submit(self, block: np.ndarray, entry: int) -> None:
-        """Copy ``block`` (cast to the volume's dtype) into a free slot and queue it."""
-        slot = self._free_slot()
-        _slot_view(self.memory, self._layout, slot, block.shape)[...] = block
-        try:
-            self.q_in.put(slot, entry, *block.shape)
-        except BrokenPipeError:  # the writer has exited
-            raise self._stopped() from None
-
-    def stop(self) -> None:
-        """Queue the messages that make each of the writer's threads finish, and the writer sync and exit."""
-        self.raise_if_failed()
-        try:
-            for _ in range(self.threads):
-                self.q_in.put(_STOP, 0, 0, 0, 0)
-        except BrokenPipeError:
-            raise self._stopped() from None
 
     def raise_if_failed(self) -> None:
         reason = self.failure()
         if reason is not None:
             raise self.error_class()(reason)
+        if self.process.exitcode is not None:
+            raise WriterError(f"{self.name} has stopped; the volume was closed")
 
     def error_class(self) -> type[WriterError] | type[MissingShardError]:
         """:class:`MissingShardError` when the writer stopped for a missing shard (as a direct write raises)."""
         return MissingShardError if _recorded_failure(self.memory).startswith(_MISSING.encode()) else WriterError
 
-    def release(self) -> None:
-        """Close the pipes and the pidfd once the process has ended (the memory goes with the last reference)."""
-        self.q_in.close()
-        self.free.close()
-        self.process.release()
-
 
 class WriterPool:
-    """Writer processes for every shard of one volume, owned by the process that started them.
+    """The writer processes of one volume, one per shard, owned by the process that started them.
 
-    Each writer compresses on ``ceil(cores / shards)`` threads, so one shard uses every core too.
+    Each writer compresses on ``ceil(cores / shards)`` threads, so the pool uses every core.
     """
 
     def __init__(self, spec: StoreSpec, queue_depth: int):
         self.owner_pid = os.getpid()
+        self.index_path = spec.index_path
         self._layout = spec.layout
-        n_shards = len(spec.shard_paths)
-        threads = max(1, -(-(os.cpu_count() or 1) // n_shards))
+        count = len(spec.shard_paths)
+        threads = max(1, -(-(os.cpu_count() or 1) // count))
+        per_writer = queue_depth + threads + 1
+        n_slots = count * per_writer
         self.writers: list[BlockWriter] = []
         self._closed = False
+        self._lock = threading.Lock()
+        self._spare: list[int] = []  # free slots read from the pipe and not used yet
+        self._queued: dict[int, int] = {}  # slot -> entry of the block queued in it, until it comes back
+        self._slot_of: dict[int, int] = {}  # entry -> its slot, while a block of it is queued
+        self.q_in = MessagePipe(_BLOCK)
+        self.free = MessagePipe(_SLOT)
         self._finalizer = util.Finalize(None, self.close, kwargs={"quiet": True}, exitpriority=100)
+        slots_fd = os.memfd_create("blockfs-slots", os.MFD_CLOEXEC)
         try:
-            for shard in range(n_shards):
-                self.writers.append(BlockWriter(spec, shard, queue_depth, threads))
+            os.ftruncate(slots_fd, n_slots * spec.layout.max_block_bytes)
+            self.slots = np.frombuffer(mmap.mmap(slots_fd, n_slots * spec.layout.max_block_bytes), np.uint8)
+            _hold(self.free, n_slots)
+            for slot in range(n_slots):
+                self.free.put(slot)
+            for number in range(count):
+                self.writers.append(BlockWriter(spec, number, count, threads, self.q_in,
+                                                [self.q_in.read_fd, self.free.write_fd, slots_fd],
+                                                per_writer * spec.layout.max_block_bytes))
         except BaseException:
             self.close(quiet=True)  # the writers already started
             raise
+        finally:
+            os.close(slots_fd)
+        self.q_in.keep_only("write")
+        self.free.keep_only("read")
+        os.set_blocking(self.free.read_fd, False)
 
     @property
     def is_owner(self) -> bool:
@@ -341,30 +296,80 @@ class WriterPool:
         return os.getpid() == self.owner_pid and not self._closed
 
     def submit(self, block: np.ndarray, entry: int) -> None:
-        """Queue a block for the writer of its shard (the block is copied; the caller keeps it)."""
-        self.writers[self._layout.shard_of(entry)].submit(block, entry)
+        """Copy ``block`` (cast to the volume's dtype) into a free slot and queue it for the writers."""
+        with self._lock:
+            slot = self._slot_for(entry)
+        _slot_view(self.slots, self._layout, slot, block.shape)[...] = block
+        try:
+            self.q_in.put(slot, entry, *block.shape)
+        except BrokenPipeError:  # every writer has exited
+            self._raise_if_failed()
+            raise WriterError(f"the writers of {self.index_path} have stopped; the volume was closed") from None
+
+    def _slot_for(self, entry: int) -> int:
+        """A free slot for a block of ``entry``, once any block of it queued earlier has been appended (the
+        writers store blocks in any order, so this is what makes the last write win)."""
+        while entry in self._slot_of:
+            self._spare.append(self._returned_slot())
+        slot = self._spare.pop() if self._spare else self._returned_slot()
+        self._queued[slot] = entry
+        self._slot_of[entry] = slot
+        return slot
+
+    def _returned_slot(self) -> int:
+        """The next slot a writer handed back (waiting while they are busy, never on a failed one)."""
+        while True:
+            self._raise_if_failed()
+            try:
+                message = self.free.get()
+            except BlockingIOError:
+                self.free.wait_readable(POLL_SECONDS)
+                continue
+            if message is None:  # every writer's end is closed: they have exited
+                self._raise_if_failed()
+                raise WriterError(f"the writers of {self.index_path} have stopped; the volume was closed")
+            slot = message[0]
+            entry = self._queued.pop(slot, None)
+            if entry is not None:
+                del self._slot_of[entry]
+            return slot
+
+    def _raise_if_failed(self) -> None:
+        for writer in self.writers:
+            writer.raise_if_failed()
 
     def close(self, quiet: bool = False) -> None:
-        """Stop every writer after it has stored what it was given; raise if any failed."""
+        """Stop every writer after the pool has stored what it was given; raise if any failed."""
         if self._closed or os.getpid() != self.owner_pid:
             return
         self._closed = True
         self._finalizer.cancel()
-        failures = []
-        for writer in self.writers:
-            try:
-                writer.stop()
-            except (WriterError, MissingShardError) as exc:
-                failures.append(str(exc))
-        classes = set()
+        try:
+            for _ in range(sum(writer.threads for writer in self.writers)):
+                self.q_in.put(_STOP, 0, 0, 0, 0)  # one for each thread: it takes one and ends
+        except BrokenPipeError:
+            pass  # every writer has exited; each says why below
+        failures, classes = [], set()
         for writer in self.writers:
             while writer.process.is_alive():
                 writer.process.join(POLL_SECONDS)
             reason = writer.failure()
             if reason is not None:
                 classes.add(writer.error_class())
-                if reason not in failures:
-                    failures.append(reason)
-            writer.release()
+                failures.append(reason)
+            writer.process.release()
+        self.q_in.close()
+        self.free.close()
         if failures and not quiet:
             raise (MissingShardError if classes == {MissingShardError} else WriterError)("; ".join(failures))
+
+
+def _hold(pipe: MessagePipe, messages: int) -> None:
+    """Make ``pipe`` hold ``messages`` unread messages, so writing them never blocks."""
+    needed = messages * pipe.message_size
+    if needed > fcntl.fcntl(pipe.write_fd, fcntl.F_GETPIPE_SZ):
+        try:
+            fcntl.fcntl(pipe.write_fd, fcntl.F_SETPIPE_SZ, needed)
+        except OSError as exc:
+            raise ValueError(f"{messages} writer slots need a pipe of {needed} bytes, more than this system "
+                             f"allows ({exc.strerror}); pass a smaller queue_depth") from None

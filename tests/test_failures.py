@@ -115,21 +115,21 @@ def close_raises(d: Directory, *fragments: str) -> str:
 # -- a writer killed with SIGKILL -----------------------------------------------------------
 
 def test_writer_killed_with_sigkill(tmp_path: Path) -> None:
-    d = new_volume(tmp_path, extents=(256, 256, 256))  # 64 blocks, 32 per shard
+    """Every write after the kill is refused, naming the dead writer; the other writer stores what
+    was queued, so at most the blocks the dead one held (one per thread) are lost."""
+    d = new_volume(tmp_path, extents=(256, 256, 256))  # 64 blocks
     origins = origins_of(d)
     acked: dict[tuple[int, int, int], np.ndarray] = {}
-    refused: list[tuple[int, int, int]] = []
     try:
         d.start_writer_processes(queue_depth=2)
         victim = d.writers[0]
         for origin in origins[:8]:
             acked[origin] = sample(d, *origin)
             d.write_block(acked[origin], *origin)
-        first_shard0 = [o for o in origins[:8] if shard_of(d, *o) == 0][:2]
-        for origin in first_shard0:
+        for origin in origins[:2]:
             wait_until(lambda: block_visible(d.directory_filename, origin, acked[origin]), 10,
                        f"block {origin} is stored")
-        for origin in origins[8:14]:  # keep the writer busy, then kill it mid-write
+        for origin in origins[8:14]:  # keep the writers busy, then kill one mid-write
             acked[origin] = sample(d, *origin)
             d.write_block(acked[origin], *origin)
         os.kill(victim.process.pid, signal.SIGKILL)
@@ -141,29 +141,25 @@ def test_writer_killed_with_sigkill(tmp_path: Path) -> None:
             try:
                 d.write_block(block, *origin)
             except WriterError as exc:
-                assert shard_of(d, *origin) == 0, f"a write to the healthy shard failed: {exc}"
-                refused.append(origin)
                 if first_error is None:
                     first_error = (time.monotonic() - killed_at, str(exc))
             else:
-                assert first_error is None or shard_of(d, *origin) == 1, \
-                    "a write to the dead writer was accepted after it was reported dead"
+                assert first_error is None, "a write was accepted after the dead writer was reported"
                 acked[origin] = block
         assert first_error is not None, "no write_block call reported the dead writer"
         seconds, message = first_error
         assert seconds < DETECT_SECONDS, message
-        assert victim.shard_path in message and "SIGKILL" in message, message
-        close_raises(d, victim.shard_path, "SIGKILL")
+        for fragment in (f"pid {victim.process.pid}", d.directory_filename, "SIGKILL"):
+            assert fragment in message, message
+        close_raises(d, f"pid {victim.process.pid}", "SIGKILL")
     finally:
         with contextlib.suppress(WriterError):
             d.close()
 
-    healthy = [o for o in origins if shard_of(d, *o) == 1]
-    assert all(o in acked for o in healthy)
-    # queued blocks of the dead writer may be lost, but none may read as anything but itself or zeros
-    check_blocks(d.directory_filename, lambda o: [acked[o], np.zeros_like(acked[o])] if o in acked
-                 else [np.zeros(d.get_block_size(*o), np.uint16)])
-    for origin in healthy + first_shard0:  # acknowledged to the healthy shard, or stored before the kill
+    counts = check_blocks(d.directory_filename, lambda o: [acked[o], np.zeros_like(acked[o])] if o in acked
+                          else [np.zeros(d.get_block_size(*o), np.uint16)])
+    assert counts.get("1", 0) <= victim.threads, f"{counts}: more blocks lost than the dead writer held"
+    for origin in origins[:2]:  # stored before the kill
         assert block_visible(d.directory_filename, origin, acked[origin]), origin
 
 
@@ -292,7 +288,7 @@ def test_unwritable_shard(tmp_path: Path, how: str) -> None:
             if not immutable:
                 pytest.skip(f"{shard0}: this file system does not support chattr +i")
             cause = "Operation not permitted"
-        refused = []
+        refused: list[str] = []
         deadline = time.monotonic() + 30
         for origin in origins:
             block = sample(d, *origin)
@@ -301,6 +297,7 @@ def test_unwritable_shard(tmp_path: Path, how: str) -> None:
             except WriterError as exc:
                 refused.append(str(exc))
             else:
+                assert not refused, "a write was accepted after a writer reported its failure"
                 acked[origin] = block
             assert time.monotonic() < deadline
         assert refused, "no write_block call reported the failed writer"
@@ -312,7 +309,7 @@ def test_unwritable_shard(tmp_path: Path, how: str) -> None:
             _chattr("-i", shard0)
         with contextlib.suppress(WriterError):
             d.close()
-    assert all(o in acked for o in origins if shard_of(d, *o) == 1)
+    # the writers went on storing every block of the healthy shard they had been given
     counts = check_blocks(d.directory_filename, lambda o: [acked[o]] if o in acked and shard_of(d, *o) == 1
                           else [np.zeros(d.get_block_size(*o), np.uint16)])
     assert counts == {"0": len(origins)}
@@ -334,7 +331,7 @@ def test_readme_pattern_survives_killed_writer(tmp_path: Path) -> None:
         x, y, z = next(o for o in origins_of(d) if shard_of(d, *o) == 0)
         with pytest.raises(WriterError, match="SIGKILL"):
             d.write_block(sample(d, x, y, z), x, y, z)
-        close_raises(d, victim.shard_path, "SIGKILL")
+        close_raises(d, victim.name, "SIGKILL")
     assert os.getpid() not in pids
     check_blocks(d.directory_filename, lambda o: [sample(d, *o)])
 
@@ -348,8 +345,9 @@ def test_readme_pattern_with_unwritable_shard(tmp_path: Path) -> None:
     with producers.module_directory(d):
         d.start_writer_processes()
         first = next(o for o in origins if shard_of(d, *o) == 0)
-        d.write_block(sample(d, *first), *first)  # the owner's writer fails on it
-        wait_until(lambda: d.writers[0].failure() is not None, DETECT_SECONDS, "the writer reports its failure")
+        d.write_block(sample(d, *first), *first)  # the writer that takes it fails on it
+        wait_until(lambda: any(w.failure() is not None for w in d.writers), DETECT_SECONDS,
+                   "a writer reports its failure")
         with producers.pool_of("fork", 2) as pool:
             # chunksize=1: a failed task must not take the healthy shard's blocks of its chunk with it
             result = pool.starmap_async(producers.write_sample, [(x, y, z, SEED) for x, y, z in origins],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import threading
@@ -21,6 +22,7 @@ import psutil
 import pytest
 
 import producers
+import spec_decoder
 from helpers import origins_of
 
 from blockfs import Directory
@@ -176,6 +178,31 @@ def test_one_shard_compresses_on_every_core_and_appends_in_queue_order(tmp_path:
     finally:
         d.close()
     assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED, {o: 39 for o in origins[:2]}))
+
+
+def test_a_stalled_writer_does_not_hold_up_the_others(tmp_path: Path) -> None:
+    """Blocks go to whichever writer is free and any writer appends to any shard: with one writer
+    stopped (SIGSTOP), the owner queues every block of both shards through the other one."""
+    d = new_volume(tmp_path, extents=(256, 256, 256))  # 64 blocks, 8 slots in all
+    origins = origins_of(d)
+    try:
+        d.start_writer_processes(queue_depth=2)
+        stalled, running = d.writers
+        os.kill(stalled.process.pid, signal.SIGSTOP)
+        try:
+            for x, y, z in origins:
+                d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
+            deadline = time.monotonic() + 30
+            while (stored := sum(spec_decoder.entry(d.directory_filename, d.layout.entry_index(*o))[1] > 0
+                                 for o in origins)) < len(origins) - stalled.threads:
+                assert time.monotonic() < deadline, f"{stored} of {len(origins)} blocks stored"
+                time.sleep(0.05)
+        finally:
+            os.kill(stalled.process.pid, signal.SIGCONT)
+        d.close()
+    finally:
+        d.close()
+    assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
 
 
 def test_writers_exit_when_their_owner_is_killed(tmp_path: Path) -> None:

@@ -65,8 +65,10 @@ class MessagePipe:
         self.read_fd, self.write_fd = os.pipe() if read_fd < 0 and write_fd < 0 else (read_fd, write_fd)
 
     def qsize(self) -> int:
-        """Messages written and not yet read (as ``multiprocessing.Queue.qsize``)."""
+        """Messages written and not yet read (as ``multiprocessing.Queue.qsize``); 0 once closed."""
         fd = self.write_fd if self.write_fd >= 0 else self.read_fd
+        if fd < 0:
+            return 0
         waiting = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
         return struct.unpack("i", waiting)[0] // self._message.size
 

@@ -205,6 +205,34 @@ def test_a_stalled_writer_does_not_hold_up_the_others(tmp_path: Path) -> None:
     assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
 
 
+def test_callers_poll_the_queue_size(tmp_path: Path) -> None:
+    """``writers[i].q_in.qsize()`` (as pipelines poll it) counts the blocks queued and not yet taken."""
+    d = new_volume(tmp_path)
+    origins = origins_of(d)
+    try:
+        d.start_writer_processes(queue_depth=2)
+        for writer in d.writers:
+            os.kill(writer.process.pid, signal.SIGSTOP)
+        try:
+            for x, y, z in origins[:5]:
+                d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
+            assert [w.q_in.qsize() for w in d.writers] == [5, 5]
+        finally:
+            for writer in d.writers:
+                os.kill(writer.process.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 30
+        while any(w.q_in.qsize() for w in d.writers):
+            assert time.monotonic() < deadline, "the writers never took the queued blocks"
+            time.sleep(0.01)
+        for x, y, z in origins[5:]:
+            d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
+        d.close()
+        assert [w.q_in.qsize() for w in d.writers] == [0, 0]  # nothing is queued once closed
+    finally:
+        d.close()
+    assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
+
+
 def test_writers_exit_when_their_owner_is_killed(tmp_path: Path) -> None:
     path = tmp_path / "volume.blockfs"
     script = (f"import sys, time, numpy as np; sys.path.insert(0, {str(producers.REPO_ROOT)!r}); "

@@ -310,7 +310,9 @@ class WriterPool:
 
     def _slot_for(self, entry: int) -> int:
         """A free slot for a block of ``entry``, once any block of it queued earlier has been appended (the
-        writers store blocks in any order, so this is what makes the last write win)."""
+        writers store blocks in any order, so this is what makes the last write win). Raises once a
+        writer has failed, so no block is taken after that."""
+        self._raise_if_failed()
         while entry in self._slot_of:
             self._spare.append(self._returned_slot())
         slot = self._spare.pop() if self._spare else self._returned_slot()
@@ -321,11 +323,11 @@ class WriterPool:
     def _returned_slot(self) -> int:
         """The next slot a writer handed back (waiting while they are busy, never on a failed one)."""
         while True:
-            self._raise_if_failed()
             try:
                 message = self.free.get()
             except BlockingIOError:
                 self.free.wait_readable(POLL_SECONDS)
+                self._raise_if_failed()
                 continue
             if message is None:  # every writer's end is closed: they have exited
                 self._raise_if_failed()

@@ -158,7 +158,7 @@ def test_last_write_wins_many_versions(tmp_path: Path) -> None:
     assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED, last))
 
 
-def test_one_shard_compresses_on_every_core_and_appends_in_queue_order(tmp_path: Path) -> None:
+def test_one_shard_compresses_on_every_core_and_the_last_write_wins(tmp_path: Path) -> None:
     """One shard, so its writer compresses on several threads: a slow block queued before a fast
     version of the same block must still be appended first, so the fast (later) one wins."""
     d = new_volume(tmp_path, n_filenames=1, n_offset_bits=32)

@@ -305,8 +305,7 @@ class WriterPool:
         try:
             self.q_in.put(slot, entry, *block.shape)
         except BrokenPipeError:  # every writer has exited
-            self._raise_if_failed()
-            raise WriterError(f"the writers of {self.index_path} have stopped; the volume was closed") from None
+            raise self._stopped() from None
 
     def _slot_for(self, entry: int) -> int:
         """A free slot for a block of ``entry``, once any block of it queued earlier has been appended (the
@@ -330,8 +329,7 @@ class WriterPool:
                 self._raise_if_failed()
                 continue
             if message is None:  # every writer's end is closed: they have exited
-                self._raise_if_failed()
-                raise WriterError(f"the writers of {self.index_path} have stopped; the volume was closed")
+                raise self._stopped()
             slot = message[0]
             entry = self._queued.pop(slot, None)
             if entry is not None:
@@ -341,6 +339,11 @@ class WriterPool:
     def _raise_if_failed(self) -> None:
         for writer in self.writers:
             writer.raise_if_failed()
+
+    def _stopped(self) -> WriterError:
+        """The error for writers that have all exited: a writer's own failure if one failed."""
+        self._raise_if_failed()
+        return WriterError(f"the writers of {self.index_path} have stopped; the volume was closed")
 
     def close(self, quiet: bool = False) -> None:
         """Stop every writer after the pool has stored what it was given; raise if any failed."""

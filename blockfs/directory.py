@@ -11,7 +11,7 @@ import os
 import threading
 import warnings
 import weakref
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -28,6 +28,25 @@ from .volume import Volume, block_entry, projections
 from .writer import WriterPool
 
 MODES = ("r", "r+")
+
+
+class BlockSink(Protocol):
+    """Where ``write_block`` hands this process's blocks: the writer processes, or an MPI collective writer."""
+
+    #: writer processes, each with ``q_in`` (empty when there are none)
+    writers: list
+    #: whether each shard is fsynced by the process that appended to it, so ``close()`` need not
+    shards_synced_by_owners: bool
+
+    @property
+    def is_owner(self) -> bool:
+        """Whether this process hands its blocks to the sink (else it appends them itself)."""
+
+    def submit(self, block: np.ndarray, entry: int) -> None:
+        """Take one C-contiguous block of the volume's dtype for entry ``entry``."""
+
+    def close(self) -> None:
+        """Return once every block taken is stored; raise if any could not be."""
 
 def _positive(name: str, value: Any) -> int:
     try:
@@ -177,7 +196,7 @@ class Directory:
         self._store: BlockStore | None = None
         self._volume: Volume | None = None
         self._caster = Caster(layout.dtype, path)
-        self._pool: WriterPool | None = None
+        self._pool: BlockSink | None = None
         self._closed = False
         if mode is not None:
             self._store = BlockStore(self._spec(mode == "r+"))
@@ -402,6 +421,19 @@ class Directory:
         if self._pool is None or not self._pool.is_owner:
             self._pool = WriterPool(self._store.spec, _positive("queue_depth", queue_depth))
 
+    def write_through(self, make_sink: Callable[[BlockStore], "BlockSink"]) -> "Directory":
+        """Hand this process's writes to ``make_sink(store)`` (an MPI collective writer, say).
+
+        A Directory neither created nor opened in this process (an MPI rank other than the one that
+        created the volume) first takes the volume's files as its arguments name them, for writing.
+        """
+        self._check_open()
+        if self._mode is None:
+            self._mode, self._store = "r+", BlockStore(self._spec(True))
+        self._check_writable()
+        self._pool = make_sink(self._store)
+        return self
+
     def write_block(self, block: Any, x: int, y: int, z: int) -> None:
         """Write one block (z, y, x array, cast by :mod:`blockfs.casting`) whose first voxel is (x, y, z).
 
@@ -518,7 +550,7 @@ class Directory:
                 self._pool.close()
             if self._store is not None and self._store.spec.writable and self.durable:
                 # Blocks written by other processes (forked producers) are this close()'s promise too.
-                self._store.sync(every=not getattr(self._pool, "shards_synced_by_owners", False))
+                self._store.sync(every=self._pool is None or not self._pool.shards_synced_by_owners)
         finally:
             if self._store is not None:
                 self._store.close()

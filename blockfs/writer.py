@@ -255,6 +255,8 @@ class WriterPool:
     Each writer compresses on ``ceil(cores / shards)`` threads, so the pool uses every core.
     """
 
+    shards_synced_by_owners = False  # the writers leave fsync to the owner's close()
+
     def __init__(self, spec: StoreSpec, queue_depth: int):
         self.owner_pid = os.getpid()
         self.index_path = spec.index_path

@@ -248,11 +248,7 @@ class CollectiveWriter:
 
 def _attach(directory: Directory, comm: Any, window: int) -> Directory:
     """Give an r+ Directory the collective write path (the Directory's files, opened lazily)."""
-    if directory._store is None:  # a rank other than the one that created the files
-        directory._mode = "r+"
-        directory._store = BlockStore(directory._spec(True))
-    directory._pool = CollectiveWriter(comm, directory._store, window)
-    return directory
+    return directory.write_through(lambda store: CollectiveWriter(comm, store, window))
 
 
 def create(directory: Directory, comm: Any, overwrite: bool = True, window: int = DEFAULT_WINDOW) -> Directory:

@@ -138,6 +138,15 @@ def _start_forkserver_pool(d: Directory, ds: Dataset, config: WriteConfig, folde
     return pool
 
 
+def fork_pool_alone(processes: int) -> float:
+    """Seconds to fork a Pool from this process, run one trivial task per worker and end it: what
+    the fork Pool write path pays before and after its blocks, growing with this process's memory."""
+    start = time.perf_counter()
+    with multiprocessing.get_context("fork").Pool(processes) as pool:
+        pool.map(abs, range(processes), chunksize=1)
+    return time.perf_counter() - start
+
+
 def _write_from_pool(d: Directory, ds: Dataset, producers: int, pool: Any, sampler: PeakRss) -> None:
     """The README pattern: a fork Pool of ``producers`` (``pool`` None) or the given Pool calls ``write_block``."""
     writers = {w.process.pid for w in d.writers}

@@ -4,7 +4,9 @@ Each round writes the same in-memory volume once with every contender — the co
 blockfs write paths (fork Pool producers and a main-process producer with writer processes, each
 with ``durable=False`` and ``durable=True``; forkserver Pool producers; independent processes),
 tensorstore (``file_io_sync`` off and on), zarr-python with zarrs, zarr-python, h5py — then reads
-each store back whole once (blockfs also into a caller's buffer), beside the decompress limits.
+each store back whole once (blockfs also into a caller's buffer), beside the decompress limits,
+and times forking the fork Pool rows' Pool alone (no blocks), the part of those rows this
+process's memory decides.
 The order of the contenders rotates from round to round; before every timed step come
 ``os.sync()``, a garbage collection and a touch of as much memory as the volume (see
 ``measure.back_memory``). The first round's reads are compared with the data.
@@ -29,7 +31,7 @@ import numpy as np
 from blockfs import Directory
 
 from . import peers as peer_module
-from .blockfs_bench import WriteConfig, remove_volume, volume_files, write_once
+from .blockfs_bench import WriteConfig, fork_pool_alone, remove_volume, volume_files, write_once
 from .data import Dataset
 from .limits import LimitMeter, Limits
 from .measure import Figure, settle
@@ -62,10 +64,22 @@ class Comparison:
     rows: list[Row] = field(default_factory=list)
     fresh_read: Figure = field(default_factory=Figure)
     fresh_faults: list[int] = field(default_factory=list)
+    #: forking the fork Pool rows' Pool from this process and ending it, no blocks written
+    fork_pool: Figure = field(default_factory=Figure)
     load: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
 
     def row(self, name: str) -> Row | None:
         return next((r for r in self.rows if r.name == name), None)
+
+    def fork_pool_row(self) -> Row | None:
+        """blockfs's fork Pool write without sync."""
+        return next((r for r in self.rows if r.name.startswith("blockfs, fork Pool") and r.sync == "no sync"), None)
+
+    def without_pool_fork(self, row: Row) -> float | None:
+        """A fork Pool row's fastest write less the fastest fork and end of its Pool alone, in seconds."""
+        if row.write is None or not row.write.samples or not self.fork_pool.samples:
+            return None
+        return row.write.min - self.fork_pool.min
 
 
 def _faults() -> int:
@@ -197,10 +211,13 @@ def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: l
                     if r == 0:
                         row.correct = ds.matches(data)
                     del data
+            settle(ds.nbytes)
+            result.fork_pool.add(fork_pool_alone(workers))
             meter.sample_block_decompress()
             log(f"  round {r + 1}/{repeats}: write ms " + " / ".join(f"{row.write.seconds[-1] * 1000:.0f}"
                                                                     for row, _ in writes)
-                + "; read ms " + " / ".join(f"{row.read.seconds[-1] * 1000:.0f}" for row in result.rows if row.read))
+                + "; read ms " + " / ".join(f"{row.read.seconds[-1] * 1000:.0f}" for row in result.rows if row.read)
+                + f"; fork Pool alone {result.fork_pool.seconds[-1] * 1000:.0f} ms")
         for w in blockfs_writers:
             w.row.on_disk = sum(os.path.getsize(p) for p in volume_files(w.path, w.config.shards))
             w.row.files = len(volume_files(w.path, w.config.shards))

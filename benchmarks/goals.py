@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .compare import Comparison
+from .compare import Comparison, Row
 from .data import size_label
 from .measure import MIB, Figure, median
 
@@ -54,6 +54,17 @@ def _ratio(goal: str, target: str, fast: Figure | None, slow: Figure | None, wha
     return Goal(goal, target, text, ratio >= floor)
 
 
+def _add_net_of_fork(goals: list[Goal], c: Comparison, row: Row, others: list[Figure | None]) -> None:
+    """Say in each fork Pool goal what its ratio is without the Pool's own fork and end (the verdict stays)."""
+    net = c.without_pool_fork(row)
+    if net is None:
+        return
+    for goal, other in zip(goals, others):
+        if other is not None and other.samples:
+            goal.measured += (f"; without forking and ending the Pool ({c.fork_pool.min * 1000:,.0f} ms here): "
+                              f"{net * 1000:,.0f} ms = {other.min / net:.2f}x")
+
+
 def _comparison_goals(c: Comparison) -> list[Goal]:
     where = f"{c.kind} {size_label(c.nbytes)}"
     compress = c.row("limit: compress, one block per thread, all cores")
@@ -70,6 +81,8 @@ def _comparison_goals(c: Comparison) -> list[Goal]:
         name = other.name if other else "tensorstore"
         goals.append(_ratio(f"{where}: write, {row.name}", f">= {OVER_TENSORSTORE}x {name}", row.write,
                             other.write if other else None, name, OVER_TENSORSTORE))
+        if row is c.fork_pool_row():
+            _add_net_of_fork(goals[-2:], c, row, [compress.write, other.write if other else None])
     read = c.row("blockfs `d[:, :, :]` (verified)")
     if read is not None:
         goals.append(_ratio(f"{where}: full read", f">= {LIMIT_READ}x the decompress + place limit", read.read,

@@ -18,7 +18,6 @@ the same blocks from memory, with the median ``pread`` of those blocks.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import os
 import resource
 import statistics
@@ -32,7 +31,7 @@ import psutil
 from blockfs import Directory, launcher, records
 from blockfs.volume import projections
 
-from .blockfs_bench import WriteConfig, new_volume, remove_volume, write_once
+from .blockfs_bench import WriteConfig, fork_pool_alone, new_volume, remove_volume, write_once
 from .data import BLOCK_SHAPE, DTYPE, Dataset, make_dataset, parse_size
 from .limits import LimitMeter, decompress_block
 from .measure import settle
@@ -66,7 +65,7 @@ def write_paths(ds: Dataset, meter: LimitMeter, folder: str, rounds: int) -> Non
              f"fork Pool of {cores}": blockfs(WriteConfig("pool", cores, cores)),
              f"{cores} independent processes": blockfs(WriteConfig("processes", cores, cores))}
     fixed = {"writers started and closed": lambda: _no_blocks(ds, path, WriteConfig("main", 1, cores)),
-             f"fork Pool of {cores} started and ended": lambda: _fork_pool_alone(cores)}
+             f"fork Pool of {cores} started and ended": lambda: fork_pool_alone(cores)}
     best: dict[str, tuple[float, float]] = {}
     for _ in range(rounds):
         for name, run in (paths | fixed).items():
@@ -96,14 +95,6 @@ def _no_blocks(ds: Dataset, path: str, config: WriteConfig) -> float:
     seconds = time.perf_counter() - start
     remove_volume(path, config.shards)
     return seconds
-
-
-def _fork_pool_alone(processes: int) -> float:
-    """Seconds to fork a Pool from this process, run one trivial task per worker and end it."""
-    start = time.perf_counter()
-    with multiprocessing.get_context("fork").Pool(processes) as pool:
-        pool.map(abs, range(processes), chunksize=1)
-    return time.perf_counter() - start
 
 
 def _median_us(action: Callable[[int], object], items: range | list[int]) -> float:

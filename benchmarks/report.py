@@ -185,6 +185,13 @@ def _side_by_side(c: Comparison) -> list[str]:
         out += [f"blockfs full read in this process (after the other stores ran in it): {_ms(read.read)} ms, "
                 f"{median(read.faults):,.0f} minor page faults per read; in a fresh interpreter that imports only "
                 f"blockfs: {_ms(c.fresh_read)} ms, {median(c.fresh_faults):,.0f} faults per read.", ""]
+    if c.fork_pool.samples:
+        pool = c.fork_pool_row()
+        net = c.without_pool_fork(pool) if pool is not None else None
+        out += [f"Forking the fork Pool rows' Pool of {lim.workers} from this process (which holds every store's data) "
+                f"and ending it, one trivial task per worker and no blocks: {_ms(c.fork_pool)} ms"
+                + (f"; the fork Pool write less that, on minima: {net * 1000:,.0f} ms" if net is not None else "")
+                + ".", ""]
     out += [f"Limits on these blocks: one block's decompress on one core {lim.block_decompress_us:.0f} us; disk "
             f"{_mb(lim.disk)} MB/s of voxels without fsync, {_mb(lim.disk_fsync)} MB/s with fsync.", ""]
     return out

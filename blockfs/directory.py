@@ -48,6 +48,7 @@ class BlockSink(Protocol):
     def close(self) -> None:
         """Return once every block taken is stored; raise if any could not be."""
 
+
 def _positive(name: str, value: Any) -> int:
     try:
         number = operator.index(value)
@@ -421,7 +422,7 @@ class Directory:
         if self._pool is None or not self._pool.is_owner:
             self._pool = WriterPool(self._store.spec, _positive("queue_depth", queue_depth))
 
-    def write_through(self, make_sink: Callable[[BlockStore], "BlockSink"]) -> "Directory":
+    def write_through(self, make_sink: Callable[[BlockStore], BlockSink]) -> "Directory":
         """Hand this process's writes to ``make_sink(store)`` (an MPI collective writer, say).
 
         A Directory neither created nor opened in this process (an MPI rank other than the one that

@@ -433,3 +433,54 @@ def test_copy_of_fixture_keeps_relative_names(tmp_path: Path) -> None:
     with Directory.open(str(directory_file)) as d:
         assert d.block_filenames == case["block_files"]
         assert d.directory_filename == str(directory_file)
+
+
+class _StoringSink:
+    """A write path that stores each block at once through the volume's block store, counting them."""
+
+    writers: list = []
+    shards_synced_by_owners = False
+    is_owner = True
+
+    def __init__(self, store: Any):
+        self.store, self.entries, self.closed = store, [], False
+
+    def submit(self, block: np.ndarray, entry: int) -> None:
+        self.entries.append(entry)
+        self.store.store(entry, block)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_write_through_hands_every_write_to_the_sink(tmp_path: Path) -> None:
+    made = new_volume(tmp_path)
+    made.close()
+    # As an MPI rank that did not create the volume: a Directory built from the same arguments.
+    d = Directory(30, 20, 10, np.uint16, str(tmp_path / "v.blockfs"), n_filenames=2, x_block_size=8,
+                  y_block_size=8, z_block_size=4)
+    sinks: list[_StoringSink] = []
+
+    def make_sink(store: Any) -> _StoringSink:
+        sinks.append(_StoringSink(store))
+        return sinks[-1]
+
+    d.write_through(make_sink)
+    expected = {}
+    for x, y, z in [(0, 0, 0), (8, 16, 4), (24, 16, 8)]:
+        block = np.full(d.get_block_size(x, y, z), x + y + z + 1, np.uint16)
+        d.write_block(block, x, y, z)
+        expected[(x, y, z)] = block
+    d.close()
+    assert sinks[0].closed and len(sinks[0].entries) == 3
+    with Directory.open(str(tmp_path / "v.blockfs")) as back:
+        for (x, y, z), block in expected.items():
+            np.testing.assert_array_equal(back.read_block(x, y, z), block)
+
+
+def test_write_through_refuses_a_read_only_volume(tmp_path: Path) -> None:
+    new_volume(tmp_path).close()
+    d = Directory.open(str(tmp_path / "v.blockfs"))
+    with pytest.raises(blockfs.ReadOnlyError, match="read-only"):
+        d.write_through(_StoringSink)
+    assert d.read_block(0, 0, 0).shape == (4, 8, 8)

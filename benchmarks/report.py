@@ -260,7 +260,9 @@ def render(run: Run) -> str:
         "the shards and the index at `close()`; tensorstore `file_io_sync`: fsync as each file is committed; "
         "zarr and h5py have no such switch). Peers store 64^3 chunks in shards of 4x4x4 chunks (256^3); "
         "blockfs writes one shard file per core. blockfs write times run from `start_writer_processes()` to "
-        f"the end of `close()` into a volume created empty beforehand, `queue_depth={QUEUE_DEPTH}`.",
+        f"the end of `close()` into a volume created empty beforehand, `queue_depth={QUEUE_DEPTH}`. Every round "
+        "also times forking the fork Pool rows' Pool alone (one trivial task per worker, no blocks): the part of "
+        "those rows that the forking process's memory decides.",
         "- blockfs writes (the matrix): *main process*: producer threads in the process that started the "
         "writers call `write_block`, which hands blocks to the writer processes (one per shard; whichever is "
         "free takes the next block); *fork Pool*: `multiprocessing.Pool(N).starmap(write_block, ...)` on a "

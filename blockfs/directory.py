@@ -16,13 +16,15 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from . import format as fmt
-from . import records
+from . import marks, records
 from .casting import Caster
 from .codec import Compression, check_compression, check_sizes
 from .errors import (AttachError, BlockShapeError, ClosedError, CorruptBlockError, FormatError,
-                     InvalidArgumentError, ReadOnlyError, RegionError, VolumeExistsError)
+                     IncompleteVolumeWarning, InvalidArgumentError, LostBlocksWarning, ReadOnlyError, RegionError,
+                     VolumeExistsError)
 from .selection import select
-from .storage import atomic_write, resolve_shard_path, shadowing_copy
+from . import locking
+from .storage import atomic_write, publish_index, resolve_shard_path, shadowing_copy
 from .store import BlockStore, StoreSpec
 from .volume import Volume, block_entry, projections
 from .writer import WriterPool
@@ -82,16 +84,16 @@ def _from_layout(name: str) -> property:
     return property(lambda self: getattr(self._layout, name), doc=f"The header's {name}.")
 
 
-def _read_header(path: str) -> tuple[fmt.Layout, int]:
-    """(Layout, D) of the directory file at ``path``."""
+def _read_header(path: str) -> tuple[fmt.Layout, int, tuple[int, int]]:
+    """(Layout, D, the file's identity) of the directory file at ``path``."""
     header = fmt.read_directory_file(path)
-    return header.layout, header.directory_offset
+    return header.layout, header.directory_offset, header.identity
 
 
 def _own_shards(index: str) -> set[str]:
     """Real paths of the shards named by the volume at ``index``; empty if it is not a readable volume."""
     try:
-        layout, _ = _read_header(index)
+        layout = fmt.read_directory_file(index).layout
     except (OSError, FormatError):
         return set()
     return {os.path.realpath(resolve_shard_path(index, name).path) for name in layout.block_filenames}
@@ -175,14 +177,16 @@ class Directory:
         if layout.n_offset_bits + layout.n_size_bits > fmt.MAX_ENTRY_BITS:
             raise InvalidArgumentError(f"{where}: n_offset_bits + n_size_bits = {layout.n_offset_bits + layout.n_size_bits} "
                              f"exceeds {fmt.MAX_ENTRY_BITS}; choose narrower widths.")
+        self._directory_offset_arg = directory_offset
         self._setup(os.fspath(directory_filename), layout,
                     len(fmt.encode_header(layout, directory_offset)), None, verify, durable)
         # A new volume's shards go where the caller names them: relative names from the working directory.
         self._shard_candidates = [(os.path.abspath(name), [os.path.abspath(name)]) for name in layout.block_filenames]
 
     def _setup(self, path: str, layout: fmt.Layout, directory_offset: int, mode: str | None, verify: bool,
-               durable: bool) -> None:
+               durable: bool, identity: tuple[int, int] | None = None) -> None:
         self.directory_filename = path
+        self._identity = identity
         self.verify = verify
         self.durable = durable
         self._layout = layout
@@ -206,19 +210,22 @@ class Directory:
         """The picklable description of this volume's files."""
         return StoreSpec(self.directory_filename, tuple(p for p, _ in self._shard_candidates), self._layout,
                          self.directory_offset, writable, self.durable,
-                         tuple(tuple(looked) for _, looked in self._shard_candidates))
+                         tuple(tuple(looked) for _, looked in self._shard_candidates), self._identity)
 
     # -- creating and opening ------------------------------------------------------------------
 
-    def create(self, overwrite: bool = True, comm: Any = None) -> "Directory":
+    def create(self, overwrite: bool = True, comm: Any = None, incomplete: str | None = None) -> "Directory":
         """Write a new, empty volume: the index file and empty shard files.
 
         As in earlier releases, a volume (or empty files) already at these paths is replaced: the
         new index atomically replaces the old one, and only then are the shards emptied. Only the
         volume's own files are touched: a non-empty file that is neither a blockfs index nor a
         shard of the volume at this path is refused. ``overwrite=False`` refuses any existing file.
-        With an MPI communicator ``comm`` the call is collective and every rank may write
-        (blockfs.parallel).
+        A volume open for writing in any process is never replaced (:class:`VolumeBusyError`), and
+        of two processes creating the same volume at once, one gets that error. With an MPI
+        communicator ``comm`` the call is collective and every rank may write (blockfs.parallel).
+        A tool that writes the whole volume passes ``incomplete="its name"``: the header says the
+        volume is incomplete until :func:`blockfs.storage.mark_complete` (see docs/FORMAT.md).
         """
         if comm is not None:
             from .parallel.collective import create
@@ -241,23 +248,36 @@ class Directory:
             raise VolumeExistsError(f"{foreign}: not empty, and neither a blockfs directory file nor a shard of the "
                                     f"volume at {index}, so create() will not replace it; remove it or choose "
                                     "another directory_filename.")
+        if incomplete is not None:
+            self._layout = dataclasses.replace(self._layout, marks={marks.INCOMPLETE_KEY: marks.incomplete(incomplete)})
+            self.directory_offset = len(fmt.encode_header(self._layout, self._directory_offset_arg))
         # First, so an old index never points into emptied shards; close() fsyncs the index of a durable volume.
-        with atomic_write(index, durable=False) as temporary:
-            with open(temporary, "wb") as f:
-                f.write(fmt.encode_header(self._layout, self.directory_offset))
+        fd = publish_index(index, fmt.encode_header(self._layout, self.directory_offset), overwrite, "create()")
+        try:
+            self._replace_shards(shards, index, bool(existing))
+            locking.share(fd, index, "create() emptied the shards")
+        except BaseException:
+            os.close(fd)
+            raise
+        self._mode = "r+"
+        self._store = BlockStore(self._spec(True))
+        self._store.adopt_index(fd)
+        self._identity = self._store.spec.index_identity
+        return self
+
+    @staticmethod
+    def _replace_shards(shards: list[str], index: str, existed: bool) -> None:
+        """New empty shard files; if that fails and nothing was there before, remove what was made."""
         made = [index]
         try:
             for path in shards:
                 _replace_with_empty_file(path)
                 made.append(path)
         except OSError:
-            if not existing:  # leave nothing half-made behind, so a re-run can start over
+            if not existed:  # leave nothing half-made behind, so a re-run can start over
                 for path in made:
                     os.remove(path)
             raise
-        self._mode = "r+"
-        self._store = BlockStore(self._spec(True))
-        return self
 
     @classmethod
     def open(cls, directory_filename: str, mode: str = "r", verify: bool = True, durable: bool = True,
@@ -272,9 +292,9 @@ class Directory:
         path = os.fspath(directory_filename)
         if mode not in MODES:
             raise InvalidArgumentError(f"{path}: mode must be one of {MODES}; got {mode!r}.")
-        layout, start = _read_header(path)
+        layout, start, identity = _read_header(path)
         self = cls.__new__(cls)
-        self._setup(path, layout, start, mode, verify, durable)
+        self._setup(path, layout, start, mode, verify, durable, identity)
         for name, (found, _) in zip(layout.block_filenames, self._shard_candidates):
             copy = shadowing_copy(path, name, found)
             if copy is not None:
@@ -283,7 +303,25 @@ class Directory:
                               f"blockfs-rebase {path} to use its own.", stacklevel=2)
         if mode == "r+":
             self._check_writable_files()
+            self._store.index_fd()  # the shared lock of a writer: refused during repair, mv, rebase
+        self._warn_marks()
         return self
+
+    def _warn_marks(self) -> None:
+        """Warn when the header says the volume is incomplete, or holds blocks repair could not save."""
+        state = self._layout.marks
+        if marks.INCOMPLETE_KEY in state:
+            warnings.warn(f"{self.directory_filename}: {marks.describe_incomplete(state[marks.INCOMPLETE_KEY])}.",
+                          IncompleteVolumeWarning, stacklevel=3)
+        lost = self.unsaved_blocks()
+        if lost:
+            warnings.warn(f"{self.directory_filename}: {len(lost)} blocks that repair could not save read as zeros "
+                          f"(the first at (x, y, z) = {lost[0]}); write them again, or accept the loss with "
+                          f"blockfs repair --accept-loss {self.directory_filename}.", LostBlocksWarning, stacklevel=3)
+
+    def unsaved_blocks(self) -> list[tuple[int, int, int]]:
+        """First voxels (x, y, z) of the blocks repair recorded as lost that are still unwritten."""
+        return self.store.unsaved_blocks()
 
     def _check_writable_files(self) -> None:
         for path in [self.directory_filename] + [p for p, _ in self._shard_candidates]:
@@ -299,19 +337,22 @@ class Directory:
         """
         path = self.directory_filename
         try:
-            layout, start = _read_header(path)
+            layout, start, identity = _read_header(path)
         except FileNotFoundError:
             raise AttachError(f"{path}: this Directory was never create()d in this worker process, and there is "
                               "no volume at that path to write into; call create() in the parent before starting "
                               "the workers.") from None
-        mine = dataclasses.asdict(self._layout) | {"directory_offset": self.directory_offset}
-        disk = dataclasses.asdict(layout) | {"directory_offset": start}
+        mine = dataclasses.asdict(self._layout) | {"directory_offset": self.directory_offset, "marks": None}
+        disk = dataclasses.asdict(layout) | {"directory_offset": start, "marks": None}
         differ = [f"{key} is {disk[key]!r} on disk but {mine[key]!r} here" for key in mine if mine[key] != disk[key]]
         if differ:
             raise AttachError(f"{path}: the volume on disk does not match this Directory(...), so this worker "
                               f"cannot write into it: {'; '.join(differ)}. Construct it with the arguments the "
                               "volume was created with, or pass the volume to the workers instead.")
-        self._setup(path, layout, start, "r+" if os.access(path, os.W_OK) else "r", self.verify, self.durable)
+        self._setup(path, layout, start, "r+" if os.access(path, os.W_OK) else "r", self.verify, self.durable,
+                    identity)
+        if self._mode == "r+":
+            self._store.index_fd()
 
     def __reduce__(self) -> tuple:
         if self._mode is None:

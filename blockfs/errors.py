@@ -98,8 +98,25 @@ class MissingDependencyError(BlockfsError, ImportError):
     """An optional package a feature needs (zarr, dask for blockfs.interop) is not installed."""
 
 
+class VolumeBusyError(BlockfsError, BlockingIOError):
+    """The volume is open for writing elsewhere, or an offline operation (repair, mv, rebase, create over
+    it) holds it; the operation that needed it alone, or the write, is refused."""
+
+
+class StaleVolumeError(BlockfsError, RuntimeError):
+    """The volume's index file was replaced (by create, repair, rebase) after this object opened it."""
+
+
 class BlockfsWarning(UserWarning):
     """Something blockfs did for the caller that changed data, such as clipping out-of-range values."""
+
+
+class IncompleteVolumeWarning(BlockfsWarning):
+    """A volume was opened that the tool writing it has not finished (interrupted, or still running)."""
+
+
+class LostBlocksWarning(BlockfsWarning):
+    """A volume was opened whose blocks repair could not save (they read as zeros until rewritten)."""
 
 
 #: What a user can cause (a bad argument, a damaged or missing file, a full disk): every tool prints it as

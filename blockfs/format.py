@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import records
+from . import marks, records
 from .errors import EntryOverflowError, FormatError, UnsupportedDTypeError
 
 MAGIC = b"BlockFS\x00"
@@ -36,7 +36,7 @@ FORMAT_KEYS = (
     "Compression", "CompressionLvl", "Version",
 )
 #: Keys of this implementation's extensions: an old reader takes them for application metadata.
-EXTENSION_KEYS = (records.METADATA_KEY,)
+EXTENSION_KEYS = (records.METADATA_KEY, *marks.KEYS)
 RESERVED_KEYS = FORMAT_KEYS + EXTENSION_KEYS
 _INT_KEYS = tuple(k for k in FORMAT_KEYS if k not in ("DType", "BlockFilenames", "Compression", "Version"))
 
@@ -85,6 +85,8 @@ class Layout:
     metadata: dict[str, Any] = field(default_factory=dict)
     #: Whether every block's payload is preceded by a checksummed record (an extension).
     records: bool = False
+    #: The header's state marks (:mod:`blockfs.marks`): not part of the layout, so not compared.
+    marks: dict[str, Any] = field(default_factory=dict, compare=False)
 
     @property
     def entry_size(self) -> int:
@@ -205,7 +207,8 @@ def default_bit_widths(extents_xyz: tuple[int, int, int], block_sizes_xyz: tuple
 
 def encode_header(layout: Layout, directory_offset: int | None = None) -> bytes:
     """The directory file's bytes before the first entry."""
-    doc: dict[str, Any] = dict(layout.metadata)
+    doc: dict[str, Any] = {key: layout.marks[key] for key in marks.KEYS if key in layout.marks}  # the first keys
+    doc.update(layout.metadata)
     doc.update({
         "XBlockSize": layout.x_block_size, "YBlockSize": layout.y_block_size, "ZBlockSize": layout.z_block_size,
         "XExtent": layout.x_extent, "YExtent": layout.y_extent, "ZExtent": layout.z_extent,
@@ -289,6 +292,7 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
         x_stride=doc["XStride"], y_stride=doc["YStride"], z_stride=doc["ZStride"],
         block_filenames=tuple(names), compression=doc["Compression"], compression_level=doc["CompressionLvl"],
         metadata={k: v for k, v in doc.items() if k not in RESERVED_KEYS}, records=has_records,
+        marks={k: doc[k] for k in marks.KEYS if k in doc},
     )
     if start + layout.n_entries * layout.entry_size > 2**62:
         raise FormatError(f"{path}: the index would span {layout.n_entries} entries; the extents, block sizes or "
@@ -305,6 +309,8 @@ class DirectoryFile:
     json_text: str
     directory_offset: int
     file_size: int
+    #: (st_dev, st_ino) of the file the header was read from
+    identity: tuple[int, int] = (0, 0)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -323,14 +329,16 @@ def read_directory_file(path: str | os.PathLike) -> DirectoryFile:
     with open(path, "rb") as f:
         head = f.read(PREAMBLE.size)
         json_len, start = read_preamble(head, path)
-        size = os.fstat(f.fileno()).st_size
+        info = os.fstat(f.fileno())
+        size = info.st_size
         if start > size:
             raise FormatError(f"{path}: the header announces {json_len} bytes of JSON and entries from byte "
                               f"{start}, but the file has {size} bytes; the file is truncated or its header is "
                               "damaged.")
         head += f.read(json_len)
     layout, start = decode_header(head, path)
-    return DirectoryFile(path, layout, head[PREAMBLE.size:].decode("utf-8"), start, size)
+    return DirectoryFile(path, layout, head[PREAMBLE.size:].decode("utf-8"), start, size,
+                         (info.st_dev, info.st_ino))
 
 
 def pack_entry(layout: Layout, offset: int, size: int, where: str) -> bytes:

@@ -15,9 +15,13 @@ import os
 import stat
 import threading
 import uuid
+import weakref
 from typing import Callable, Iterator, NamedTuple
 
-from .errors import VolumeExistsError
+from . import locking
+from .errors import StaleVolumeError, VolumeExistsError
+from .format import PREAMBLE, read_directory_file
+from .marks import without_incomplete
 
 #: errno values with which ``os.link`` says "hard links are not possible here", not "it failed".
 NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EACCES}
@@ -96,6 +100,11 @@ def atomic_write(path: str, exclusive: bool = False, like: str | None = None, du
         fsync_folder(folder)
 
 
+def file_identity(info: os.stat_result) -> tuple[int, int]:
+    """(st_dev, st_ino): which file a path or descriptor leads to."""
+    return info.st_dev, info.st_ino
+
+
 class ResolvedShard(NamedTuple):
     """Where a stored shard name leads."""
 
@@ -137,25 +146,51 @@ def shadowing_copy(directory_path: str, name: str, found: str) -> str | None:
     return None if os.path.samefile(found, beside) else beside
 
 
+def _close_all(fds: dict[str, int], pid: int) -> None:
+    """Close the descriptors ``fds`` if this is the process ``pid`` that opened them."""
+    if pid == os.getpid():
+        for fd in fds.values():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    fds.clear()
+
+
 class _PerProcessFds:
-    """File descriptors opened lazily and reopened after a fork."""
+    """File descriptors opened lazily, reopened after a fork, and closed with their owner."""
 
     def __init__(self, flags: int):
         self._flags = flags
         self._fds: dict[str, int] = {}
         self._pid = os.getpid()
         self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, _close_all, self._fds, self._pid)
 
-    def get(self, path: str) -> int:
+    def _forked(self) -> None:
+        self._finalizer.detach()
+        self._fds, self._pid, self._lock = {}, os.getpid(), threading.Lock()
+        self._finalizer = weakref.finalize(self, _close_all, self._fds, self._pid)
+
+    def get(self, path: str, opener: Callable[[str, int], int] | None = None) -> int:
+        """The descriptor of ``path``, opened on first use (by ``opener(path, flags)`` if given)."""
         if self._pid != os.getpid():
-            self._fds, self._pid, self._lock = {}, os.getpid(), threading.Lock()
+            self._forked()
         fd = self._fds.get(path)
         if fd is None:
             with self._lock:
                 fd = self._fds.get(path)
                 if fd is None:
-                    fd = self._fds[path] = os.open(path, self._flags | os.O_CLOEXEC)
+                    fd = self._fds[path] = (opener or _open_cloexec)(path, self._flags)
         return fd
+
+    def adopt(self, path: str, fd: int) -> None:
+        """Use the already open ``fd`` for ``path`` in this process."""
+        if self._pid != os.getpid():
+            self._forked()
+        with self._lock:
+            old = self._fds.pop(path, None)
+            self._fds[path] = fd
+        if old is not None:
+            os.close(old)
 
     def opened(self) -> dict[str, int]:
         """The descriptors this process has opened, by path."""
@@ -163,9 +198,14 @@ class _PerProcessFds:
 
     def close(self) -> None:
         with self._lock:
-            opened, self._fds = self.opened(), {}
+            opened = dict(self.opened())
+            self._fds.clear()
         for fd in opened.values():
             os.close(fd)
+
+
+def _open_cloexec(path: str, flags: int) -> int:
+    return os.open(path, flags | os.O_CLOEXEC)
 
 
 def pread_exact(fd: int, size: int, offset: int) -> bytes:
@@ -213,21 +253,128 @@ def _fsync(fd: int, path: str) -> None:
         raise OSError(exc.errno, exc.strerror, path) from None
 
 
-class VolumeFiles:
-    """The index file and shard files of one volume, open for reading or for writing."""
+def mark_complete(path: str, durable: bool = True) -> bool:
+    """Blank out the header's incomplete mark in place: the last step of a tool that wrote the volume.
 
-    def __init__(self, index_path: str, shard_paths: list[str], writable: bool):
+    Returns False when the volume carries no such mark. The header keeps its length, so the entries
+    stay where they are; with ``durable`` the index is fsynced before (the blocks' entries) and after.
+    """
+    header = read_directory_file(path)
+    text = without_incomplete(header.json_text)
+    if text is None:
+        return False
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        if not locking.same_file(fd, path) or file_identity(os.fstat(fd)) != header.identity:
+            raise StaleVolumeError(f"{path}: the index was replaced while it was being marked complete; "
+                                   "run the tool that writes it again.")
+        if durable:
+            _fsync(fd, path)
+        pwrite_all(fd, text.encode("utf-8"), PREAMBLE.size)
+        if durable:
+            _fsync(fd, path)
+    finally:
+        os.close(fd)
+    return True
+
+
+def publish_index(path: str, header: bytes, replace: bool, doing: str) -> int:
+    """Put a new index file holding ``header`` at ``path``; return its descriptor, locked exclusively.
+
+    The file is written and locked under a temporary name, then linked (or, when ``replace``,
+    renamed) into place, so no other process ever finds it unlocked. An index already at ``path``
+    is an error (:class:`VolumeExistsError`) without ``replace``, and is replaced only while this
+    process holds it exclusively, so never under a process writing into it, and never by two
+    processes at once (:class:`VolumeBusyError` for the other).
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        pwrite_all(fd, header, 0)
+        while not _link_new(temporary, path, replace):
+            try:
+                with locking.exclusively(path, doing):
+                    os.replace(temporary, path)
+                break
+            except FileNotFoundError:  # removed meanwhile: link it again
+                continue
+    except BaseException:
+        os.close(fd)
+        raise
+    finally:
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+    return fd
+
+
+def _link_new(temporary: str, path: str, replace: bool) -> bool:
+    """Link ``temporary`` as ``path`` if nothing is there; False when a file is there (or links are not
+    possible) and ``replace`` allows replacing it."""
+    try:
+        if link_exclusive(temporary, path):
+            return True
+    except VolumeExistsError:
+        if not replace:
+            raise
+        return False
+    if not os.path.lexists(path):  # a file system without hard links
+        os.replace(temporary, path)
+        return True
+    if not replace:
+        raise VolumeExistsError(f"{path}: already exists; it was not overwritten.")
+    return False
+
+
+class VolumeFiles:
+    """The index file and shard files of one volume, open for reading or for writing.
+
+    A process writing holds a shared lock on the index while its descriptor is open
+    (:mod:`blockfs.locking`). ``identity`` (st_dev, st_ino) is the index file the volume's header
+    was read from: an index found replaced by another file, when this process opens it or a shard,
+    raises :class:`StaleVolumeError` instead of mixing two volumes' bytes.
+    """
+
+    def __init__(self, index_path: str, shard_paths: list[str], writable: bool,
+                 identity: tuple[int, int] | None = None):
         self.index_path = index_path
         self.shard_paths = shard_paths
         self.writable = writable
+        self.identity = identity
         self._fds = _PerProcessFds(os.O_RDWR if writable else os.O_RDONLY)
         self._append_locks = [threading.Lock() for _ in shard_paths]
 
+    def _open_index(self, path: str, flags: int) -> int:
+        fd = (locking.lock_index(path, False, "writing blocks") if self.writable
+              else locking.open_regular(path, flags))
+        if self.identity is not None and file_identity(os.fstat(fd)) != self.identity:
+            os.close(fd)
+            raise self._stale()
+        return fd
+
+    def _stale(self) -> StaleVolumeError:
+        return StaleVolumeError(f"{self.index_path}: the index file was replaced (by create, repair or rebase) since "
+                                "this volume was opened; open it again to read or write the volume there now.")
+
     def index_fd(self) -> int:
-        return self._fds.get(self.index_path)
+        return self._fds.get(self.index_path, self._open_index)
+
+    def adopt_index(self, fd: int) -> None:
+        """Use ``fd`` (a new volume's index, already locked by its creator) as this process's index descriptor."""
+        self.identity = file_identity(os.fstat(fd))
+        self._fds.adopt(self.index_path, fd)
 
     def shard_fd(self, shard: int) -> int:
-        return self._fds.get(self.shard_paths[shard])
+        index = self.index_fd()
+
+        def open_shard(path: str, flags: int) -> int:
+            fd = locking.open_regular(path, flags, "a shard file", devices=True)
+            if not locking.same_file(index, self.index_path):
+                os.close(fd)
+                raise self._stale()
+            return fd
+        return self._fds.get(self.shard_paths[shard], open_shard)
 
     def read_index(self, offset: int, size: int) -> bytes:
         """Index bytes at ``offset``, zero-filled past the end of the file (unwritten entries)."""

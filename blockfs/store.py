@@ -13,7 +13,7 @@ from typing import Callable, NamedTuple, TypeVar
 
 import numpy as np
 
-from . import records
+from . import marks, records
 from .codec import check_sizes, compress, decompress_into
 from .errors import ChecksumError, CorruptBlockError, MissingShardError
 from .format import Layout, pack_entries, pack_entry, unpack_entries, unpack_entry
@@ -46,6 +46,8 @@ class StoreSpec:
     durable: bool = True
     #: The places looked at for each shard, named when one is missing.
     looked_at: tuple[tuple[str, ...], ...] = ()
+    #: (st_dev, st_ino) of the index file the layout was read from; a replaced index is then detected.
+    index_identity: tuple[int, int] | None = None
 
     def read_only(self) -> "StoreSpec":
         """This spec with ``writable`` off."""
@@ -73,7 +75,7 @@ class BlockStore:
     def __init__(self, spec: StoreSpec):
         self.spec = spec
         self.layout = spec.layout
-        self._files = VolumeFiles(spec.index_path, list(spec.shard_paths), spec.writable)
+        self._files = VolumeFiles(spec.index_path, list(spec.shard_paths), spec.writable, spec.index_identity)
 
     def __reduce__(self) -> tuple:
         return BlockStore, (self.spec,)
@@ -96,6 +98,15 @@ class BlockStore:
         """Overwrite consecutive entries from entry ``first``."""
         pwrite_all(self._files.index_fd(), pack_entries(offsets, sizes, self.layout),
                    self.layout.entry_position(first, self.spec.directory_offset))
+
+    def unsaved_blocks(self) -> list[tuple[int, int, int]]:
+        """First voxels (x, y, z) of the blocks repair recorded as lost that are still unwritten."""
+        lay = self.layout
+        recorded = marks.lost_blocks(lay.marks.get(marks.LOST_KEY))
+        inside = [b for b in recorded if all(c < n and c % s == 0 for c, n, s in
+                                             zip(b, (lay.x_extent, lay.y_extent, lay.z_extent),
+                                                 (lay.x_block_size, lay.y_block_size, lay.z_block_size)))]
+        return [b for b in inside if not self.entry(lay.entry_index(*b))[1]]
 
     # -- reading blocks --------------------------------------------------------------------------
 
@@ -211,8 +222,13 @@ class BlockStore:
         return self._files.shard_fd(shard)
 
     def index_fd(self) -> int:
-        """This process's descriptor of the index file."""
+        """This process's descriptor of the index file (for a writable store, holding its shared lock)."""
         return self._files.index_fd()
+
+    def adopt_index(self, fd: int) -> None:
+        """Use ``fd``, a new index file its creator has locked, as this process's index descriptor."""
+        self._files.adopt_index(fd)
+        self.spec = dataclasses.replace(self.spec, index_identity=self._files.identity)
 
     def sync(self, every: bool = False) -> None:
         """fsync the shards, then the index, that this process has open (with ``every``: all of them)."""

@@ -23,9 +23,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("features", ("blockfs.pyramid", "blockfs.serve", "blockfs.interop", "blockfs.parallel", "blockfs.ops",
                   "blockfs.convert")),
     ("facade", ("blockfs.directory", "blockfs.volume", "blockfs.planes")),
-    ("store", ("blockfs.store", "blockfs.writer", "blockfs.launcher", "blockfs.casting", "blockfs.storage", "blockfs.selection",
+    ("store", ("blockfs.store", "blockfs.writer", "blockfs.launcher", "blockfs.casting", "blockfs.storage", "blockfs.locking", "blockfs.selection",
                "blockfs.progress", "blockfs.sample", "blockfs.threads")),
-    ("format", ("blockfs.format", "blockfs.records", "blockfs.codec")),
+    ("format", ("blockfs.format", "blockfs.records", "blockfs.marks", "blockfs.codec")),
     ("errors", ("blockfs.errors",)),
 ]
 

@@ -199,7 +199,7 @@ def pending(plan: Plan) -> list[Index]:
 def prepare(plan: Plan, overwrite: bool = False, resume: bool = False, n_shards: int | None = None,
             silent: bool = True) -> Plan:
     """Check and set up ``plan.dest``; returns the plan to run (a resumed build keeps its task level)."""
-    if state.check_destination(plan.dest, overwrite, resume):
+    if state.check_destination(plan, overwrite, resume):
         task_level = state.stored_task_level(plan)
         plan = make_plan(plan.source, plan.dest, plan.levels, plan.method, plan.voxel_size_um, task_level=task_level)
     state.start(plan, n_shards or os.cpu_count() or 1, silent)

@@ -8,7 +8,7 @@ from typing import Any
 from ..errors import FormatError
 from ..ops.info import describe_volume, human
 from .folder import LEVEL_FILE, is_pyramid, read_info
-from .state import JOURNAL
+from .owned import JOURNAL
 
 
 def describe_pyramid(root: str) -> dict[str, Any]:

@@ -7,17 +7,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 from ..directory import Directory
-from ..errors import FormatError
+from ..errors import BlockfsError, FormatError
 from ..storage import atomic_write
 
 INFO_NAME = "info"
 LEVEL_FILE = "precomputed.blockfs"
+
+
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Name ``path`` in an OSError raised without a file name (``os.write``, ``file.write`` on a full disk)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is not None or isinstance(exc, BlockfsError):
+            raise
+        raise type(exc)(exc.errno, exc.strerror or str(exc), path) from None
 
 
 def level_key(factor: int) -> str:
@@ -112,5 +124,5 @@ def make_info(dtype: str, kind: str, shape_zyx: tuple[int, int, int], block_zyx:
 def write_info(root: str | os.PathLike, info: dict[str, Any]) -> None:
     """Write ``info`` into the pyramid folder ``root`` atomically (a reader sees no file or the whole file)."""
     path = os.path.join(os.fspath(root), INFO_NAME)
-    with atomic_write(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
+    with naming(path), atomic_write(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)

@@ -4,20 +4,22 @@ Order of work, so that nothing looks finished before it is:
 
 1. ``DEST/.pyramid-build/plan.json`` (the journal: the build's parameters) marks DEST half-built;
 2. level 1 is placed (hard links of the source's shards, else copies; its directory file rewritten
-   to name them absolutely) and the coarser levels are created empty; ``ready`` records that;
+   to name them absolutely), assembled in the journal and moved into ``1_1_1`` at once, unless the
+   source is DEST's own level 1, which is kept as it is; the coarser levels are created empty;
+   ``ready`` records that;
 3. finished tasks are recorded in batches, each after one fsync of the levels' files: one
    ``done/<first task>.npz`` per batch holds each task's contribution to the level above;
 4. the levels above the task level are built, ``info`` is written (atomically), the journal removed.
 
 A folder with ``info`` is finished; one with a journal and no ``info`` is half-built, and
-``--resume`` continues it from the tasks not yet done.
+``--resume`` continues it from the tasks not yet done (or starts it again if it has no plan yet).
+What DEST owns and what ``--overwrite`` removes of it: :mod:`.owned`.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 
 import numpy as np
@@ -28,14 +30,13 @@ from ..errors import InvalidArgumentError, VolumeExistsError
 from ..ops.transfer import Placement, _place
 from ..ops.relocate import locate_shards, read_directory_file, relocate
 from ..storage import atomic_write, fsync_folder
-from .folder import INFO_NAME, LEVEL_FILE, is_pyramid
+from .folder import LEVEL_FILE, is_pyramid, level_key, naming
+from .owned import (JOURNAL, PLAN_FILE, clear, level1_is_source, level_files, named_files, protect_source,
+                    pyramid_levels, remove_level)
 from .plan import Index, Plan
 
-JOURNAL = ".pyramid-build"
-PLAN_FILE = "plan.json"
 READY_FILE = "ready"
 DONE = "done"
-_LEVEL_FOLDER = re.compile(r"^\d+_\d+_\d+$")
 #: Plan values that a resumed build must share with the interrupted one.
 RESUME_KEYS = ("source", "shape", "block", "dtype", "method", "levels", "voxel_size_um")
 
@@ -70,53 +71,47 @@ def stored_task_level(plan: Plan) -> int:
     return int(stored["task_level"])
 
 
-def clear(dest: str) -> None:
-    """Remove a pyramid (finished or not) from ``dest``: ``info`` first, then the levels and the journal."""
-    info = os.path.join(dest, INFO_NAME)
-    if os.path.exists(info):
-        os.unlink(info)
-        fsync_folder(dest)
-    for name in os.listdir(dest):
-        if _LEVEL_FOLDER.match(name) or name == JOURNAL:
-            shutil.rmtree(os.path.join(dest, name))
-
-
-def check_destination(dest: str, overwrite: bool, resume: bool) -> bool:
-    """Whether to resume; clears DEST for ``overwrite``; raises when DEST holds something else."""
+def check_destination(plan: Plan, overwrite: bool, resume: bool) -> bool:
+    """Whether to resume; clears DEST for ``overwrite``; raises when DEST holds something else, or when
+    the build would remove or rewrite a file of the source (see :mod:`.owned`)."""
+    dest = plan.dest
     if not os.path.exists(dest):
         if not os.path.isdir(os.path.dirname(dest)):
             raise FileNotFoundError(2, "its parent folder does not exist; create it first", dest)
         return False
     if not os.path.isdir(dest):
         raise NotADirectoryError(20, "exists and is not a folder; a pyramid is a folder", dest)
-    if is_pyramid(dest):
-        if not overwrite:
-            raise VolumeExistsError(f"{dest}: a finished pyramid is already there; pass --overwrite (overwrite=True) "
-                                    "to rebuild it, or choose another folder.")
-        clear(dest)
+    finished, half = is_pyramid(dest), is_half_built(dest)
+    if not (finished or half):
+        if os.listdir(dest):
+            raise VolumeExistsError(f"{dest}: the folder is not empty and holds no pyramid; choose an empty or new "
+                                    "folder.")
         return False
-    if is_half_built(dest):
-        if resume:
-            return True
-        if not overwrite:
-            raise VolumeExistsError(f"{dest}: holds an interrupted pyramid build; pass --resume to continue it or "
-                                    "--overwrite to start again.")
-        clear(dest)
-        return False
-    if os.listdir(dest):
-        raise VolumeExistsError(f"{dest}: the folder is not empty and holds no pyramid; choose an empty or new "
-                                "folder.")
+    if finished and not overwrite:
+        raise VolumeExistsError(f"{dest}: a finished pyramid is already there; pass --overwrite (overwrite=True) "
+                                "to rebuild it, or choose another folder.")
+    if half and not (resume or overwrite):
+        raise VolumeExistsError(f"{dest}: holds an interrupted pyramid build; pass --resume to continue it or "
+                                "--overwrite to start again.")
+    levels = pyramid_levels(dest, level1_is_source(plan))
+    protect_source(plan, levels, named_files(dest))
+    if half and resume and os.path.exists(journal(plan, PLAN_FILE)):
+        return True
+    clear(dest, levels)
     return False
 
 
 def place_level1(plan: Plan, silent: bool = True) -> None:
-    """Put the source at level 1: its shards hard-linked (else copied), its directory file rewritten."""
-    target = plan.path(1)
-    folder = os.path.dirname(target)
-    shutil.rmtree(folder, ignore_errors=True)  # a placement cut short by an interruption
-    os.makedirs(folder)
+    """Put the source at level 1: its shards hard-linked (else copied) and its directory file rewritten
+    to name them, in the journal, then moved into ``1_1_1`` at once."""
+    folder = os.path.dirname(plan.path(1))
+    staging = journal(plan, level_key(1))
+    shutil.rmtree(staging, ignore_errors=True)  # a placement cut short by an interruption
+    if os.path.isdir(folder):  # placed by a start cut short after that
+        remove_level(folder, level_files(folder))
+    os.makedirs(staging)
     header = read_directory_file(plan.source)
-    placements = [Placement(s.path, os.path.join(folder, os.path.basename(s.path)), os.path.getsize(s.path))
+    placements = [Placement(s.path, os.path.join(staging, os.path.basename(s.path)), os.path.getsize(s.path))
                   for s in locate_shards(plan.source, header.names) if s.exists]
     if len(placements) != len(header.names) or len({p.target for p in placements}) != len(placements):
         raise InvalidArgumentError(f"{plan.source}: its shard files must all exist and have distinct base names "
@@ -126,9 +121,15 @@ def place_level1(plan: Plan, silent: bool = True) -> None:
                                    "file; rename the volume with blockfs-mv first.")
     with byte_progress(sum(p.size for p in placements), silent, "blockfs pyramid: level 1") as bar:
         for placement in placements:
-            _place(placement, True, bar)  # a hard link within one file system, else a copy
-    fsync_folder(folder)
-    relocate(plan.source, [p.target for p in placements], target, exclusive=True)
+            with naming(placement.target):
+                _place(placement, True, bar)  # a hard link within one file system, else a copy
+    fsync_folder(staging)
+    index = os.path.join(staging, LEVEL_FILE)
+    with naming(index):
+        relocate(plan.source, [os.path.join(folder, os.path.basename(p.target)) for p in placements], index,
+                 exclusive=True)
+    os.rename(staging, folder)
+    fsync_folder(plan.dest)
 
 
 def create_levels(plan: Plan, n_shards: int) -> None:
@@ -141,31 +142,33 @@ def create_levels(plan: Plan, n_shards: int) -> None:
         path = plan.path(level)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         bz, by, bx = plan.block
-        Directory(x, y, z, plan.dtype, path, n_filenames=max(1, min(n_shards, plan.n_blocks(level))),
-                  x_block_size=bx, y_block_size=by, z_block_size=bz, compression=plan.compression,
-                  compression_level=plan.compression_level, metadata=metadata, records=plan.records
-                  ).create(overwrite=True).close()
+        with naming(path):
+            Directory(x, y, z, plan.dtype, path, n_filenames=max(1, min(n_shards, plan.n_blocks(level))),
+                      x_block_size=bx, y_block_size=by, z_block_size=bz, compression=plan.compression,
+                      compression_level=plan.compression_level, metadata=metadata, records=plan.records
+                      ).create(overwrite=True).close()
 
 
 def start(plan: Plan, n_shards: int, silent: bool = True) -> None:
     """Make ``plan.dest`` ready for the tasks (after :func:`check_destination`), unless it already is."""
-    if os.path.exists(journal(plan, READY_FILE)):
+    ready = journal(plan, READY_FILE)
+    if os.path.exists(ready):
         return
     os.makedirs(journal(plan, DONE), exist_ok=True)
-    with open(journal(plan, PLAN_FILE), "w", encoding="utf-8") as f:
+    path = journal(plan, PLAN_FILE)
+    with naming(path), atomic_write(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
         json.dump(_plan_record(plan), f)
-    fsync_folder(journal(plan))
-    place_level1(plan, silent)
+    if not level1_is_source(plan):
+        place_level1(plan, silent)
     create_levels(plan, n_shards)
-    with open(journal(plan, READY_FILE), "w"):
+    with naming(ready), atomic_write(ready):
         pass
-    fsync_folder(journal(plan))
 
 
 def record_done(plan: Plan, results: list[tuple[Index, np.ndarray | None]]) -> None:
     """Record finished tasks with their contributions to the level above (None: nothing written), at once."""
     path = journal(plan, DONE, plan.task_key(results[0][0]) + ".npz")
-    with atomic_write(path) as temporary, open(temporary, "wb") as f:
+    with naming(path), atomic_write(path) as temporary, open(temporary, "wb") as f:
         np.savez(f, **{plan.task_key(index): np.empty(0, plan.dtype) if reduced is None else reduced
                        for index, reduced in results})
 

@@ -255,7 +255,7 @@ class Directory:
         fd = publish_index(index, fmt.encode_header(self._layout, self.directory_offset), overwrite, "create()")
         try:
             self._replace_shards(shards, index, bool(existing))
-            locking.share(fd, index, "create() emptied the shards")
+            fd = locking.reopen_shared(fd, index, "create() emptied the shards")
         except BaseException:
             os.close(fd)
             raise

@@ -111,6 +111,23 @@ def share(fd: int, path: str, doing: str) -> None:
                               "Run it again once that process is done.")
 
 
+def reopen_shared(fd: int, path: str, doing: str) -> int:
+    """A shared-locked descriptor opened by ``path`` for the file ``fd`` holds (which it replaces and closes).
+
+    A file published by a link from a temporary name stays known to the system by that name
+    through ``fd``; the new descriptor carries its real name.
+    """
+    share(fd, path, doing)
+    new = lock_index(path, False, doing)
+    here, there = os.fstat(fd), os.fstat(new)
+    os.close(fd)
+    if (here.st_dev, here.st_ino) != (there.st_dev, there.st_ino):
+        os.close(new)
+        raise VolumeBusyError(f"{path}: another process replaced the index while {doing}; nothing of it is used. "
+                              "Run it again once that process is done.")
+    return new
+
+
 @contextlib.contextmanager
 def exclusively(path: str, doing: str) -> Iterator[int]:
     """Hold the index at ``path`` exclusively for an offline operation; yields the descriptor (read-only)."""

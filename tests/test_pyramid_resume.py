@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import itertools
 import json
 import os
@@ -10,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -30,11 +33,11 @@ def blockfs(*args: object, **kwargs) -> subprocess.Popen:
                             **kwargs)
 
 
-def make_source(path: Path) -> None:
-    d = Directory(SHAPE[2], SHAPE[1], SHAPE[0], np.uint16, str(path), n_filenames=2, x_block_size=BLOCK,
+def make_source(path: Path, shape: tuple[int, int, int] = SHAPE) -> None:
+    d = Directory(shape[2], shape[1], shape[0], np.uint16, str(path), n_filenames=2, x_block_size=BLOCK,
                   y_block_size=BLOCK, z_block_size=BLOCK).create()
     d.start_writer_processes()
-    for z, y, x in itertools.product(*(range(0, n, BLOCK) for n in SHAPE)):
+    for z, y, x in itertools.product(*(range(0, n, BLOCK) for n in shape)):
         if (x + y) % 96:  # some columns of blocks stay unwritten
             d.write_block(np.random.default_rng([z, y, x]).integers(0, 4000, (BLOCK,) * 3, dtype=np.uint16), x, y, z)
     d.close()
@@ -86,9 +89,15 @@ def test_kill_during_build_then_resume_equals_an_uninterrupted_build(tmp_path: P
     assert resumed.returncode == 0, err
     assert entries(dest, finished) == before  # the finished subtrees were not built again
     assert not (dest / ".pyramid-build").exists()
-    assert json.loads((dest / "info").read_text()) == json.loads((reference / "info").read_text())
-    ours, theirs = open_pyramid(dest), open_pyramid(reference)
-    for level, (a, b) in enumerate(zip(ours.levels, theirs.levels), 1):
+    assert_same_pyramid(dest, reference)
+
+
+def assert_same_pyramid(ours: Path, theirs: Path) -> None:
+    """The same info file, and every level the same voxels and the same blocks written."""
+    assert json.loads((ours / "info").read_text()) == json.loads((theirs / "info").read_text())
+    a_levels, b_levels = open_pyramid(ours).levels, open_pyramid(theirs).levels
+    assert len(a_levels) == len(b_levels)
+    for level, (a, b) in enumerate(zip(a_levels, b_levels), 1):
         np.testing.assert_array_equal(a[...], b[...], err_msg=f"level {level}")
         written = [[x.read_block_payload(*o) is not None for o in itertools.product(
             *(range(0, n, BLOCK) for n in reversed(x.shape)))] for x in (a, b)]
@@ -141,3 +150,81 @@ def test_ctrl_c_stops_the_build_and_its_workers_then_resume_finishes(tmp_path: P
     assert resumed.returncode == 0, err
     for a, b in zip(open_pyramid(dest).levels, open_pyramid(reference).levels):
         np.testing.assert_array_equal(a[...], b[...])
+
+
+# -- kill -9 at many points ------------------------------------------------------------------
+
+KILL_SHAPE = (64, 128, 128)  # 256 blocks: a build of under a second, half of it starting Python
+KILL_TRIALS = 20
+#: What each trial runs: a new pyramid, --overwrite of one, --overwrite of one from its own level 1.
+MODES = ("new", "overwrite", "in place")
+
+
+def files_of(volume: Path) -> dict[str, tuple[int, str]]:
+    """A volume's directory file and shards: (inode, sha256) by path."""
+    paths = [str(volume), *Directory.open(str(volume)).shard_paths]
+    return {p: (os.stat(p).st_ino, hashlib.sha256(Path(p).read_bytes()).hexdigest()) for p in paths}
+
+
+def state_of(dest: Path) -> str:
+    """Where a build stood when it was killed, as the folder shows it."""
+    build = dest / ".pyramid-build"
+    if (dest / "info").exists():
+        return "finished" + (" (journal left)" if build.exists() else "")
+    if not dest.is_dir() or not any(dest.iterdir()):
+        return "not started"
+    if not (build / "plan.json").exists():
+        return "journal without a plan"
+    if not (build / "ready").exists():
+        return "levels being placed"
+    return "tasks running" if not any((build / "done").iterdir()) else "tasks recorded"
+
+
+def kill_after(seconds: float, *args: object) -> int:
+    """Run ``blockfs ARGS``, kill -9 it and its workers after ``seconds``; its exit status (-9 if killed)."""
+    process = blockfs(*args, start_new_session=True)
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    return process.returncode
+
+
+def test_kill_at_many_points_leaves_the_source_and_a_pyramid_a_rerun_finishes(tmp_path: Path) -> None:
+    """kill -9 of ``blockfs pyramid`` after delays spread over a whole build, for each way to run it:
+    the source stays bit-identical, and the re-run a user would type gives the uninterrupted pyramid."""
+    source, reference = tmp_path / "source.blockfs", tmp_path / "reference"
+    make_source(source, KILL_SHAPE)
+    source_files = files_of(source)
+    started = time.monotonic()
+    uninterrupted = blockfs("pyramid", source, reference, "--n-workers", 2, "--silent")
+    assert uninterrupted.wait(timeout=120) == 0, uninterrupted.communicate()
+    uninterrupted.communicate()
+    seconds = time.monotonic() - started
+    states: Counter[str] = Counter()
+    for trial in range(KILL_TRIALS):
+        mode, dest = MODES[trial % len(MODES)], tmp_path / f"trial{trial}"
+        given = dest / "1_1_1" / "precomputed.blockfs" if mode == "in place" else source
+        if mode != "new":
+            build_pyramid(source, dest, method="max", n_workers=2)  # the previous pyramid, other voxels
+        kept = files_of(given)
+        command = ["pyramid", given, dest, "--n-workers", 2, "--silent", *(["--overwrite"] if mode != "new" else [])]
+        status = kill_after(seconds * (0.2 + 0.7 * trial / (KILL_TRIALS - 1)), *command)
+        state = state_of(dest) if status else "finished before the kill"
+        assert files_of(given) == kept and files_of(source) == source_files, f"trial {trial} ({mode}, {state})"
+        if state.startswith("finished") and status:  # the previous pyramid or the new one, whole
+            levels = [level[...] for level in open_pyramid(dest).levels]  # every block reads (and checks)
+            new = np.array_equal(levels[1], open_pyramid(reference).levels[1][...])
+            states[f"{state}: {'the new' if new else 'the previous'} pyramid"] += 1
+        else:
+            states[state] += 1
+        if status and not (mode == "new" and state.startswith("finished")):  # the command again, as a user would
+            rerun = blockfs(*command, *(["--resume"] if mode == "new" else []))
+            _, err = rerun.communicate(timeout=120)
+            assert rerun.returncode == 0, f"trial {trial} ({mode}, killed when {state}): {err}"
+        assert_same_pyramid(dest, reference)
+        assert files_of(given) == kept and files_of(source) == source_files, f"trial {trial} ({mode}, {state})"
+    print(f"kill trials: a build of {seconds:.2f} s, {KILL_TRIALS} kills: {dict(states)}")
+    assert len(states) >= 3, f"the kills fell at too few points of the build: {dict(states)}"

@@ -112,8 +112,9 @@ def protect_source(plan: Plan, levels: Levels, named: list[str]) -> None:
               for path in files if _identity(path) in by_inode]
     if clash:
         path, mine = clash[0]
+        same = "" if path == mine else f" (the same file as {path})"
         raise InvalidArgumentError(
-            f"{plan.source}: the source's file {mine} is {path} in the pyramid folder {plan.dest}, which this build "
+            f"{plan.source}: the source's file {mine}{same} is part of the pyramid in {plan.dest}, which this build "
             f"would remove or rewrite; nothing was changed. Give {plan.path(1)} as the source to rebuild the coarser "
             "levels from level 1, copy the volume out of the folder first (blockfs-cp), or choose another output "
             "folder.")

@@ -36,31 +36,34 @@ def same_file(fd: int, path: str) -> bool:
     return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
-def holders(fd: int) -> list[int]:
-    """Process ids holding a flock on the file open as ``fd`` (from /proc/locks; empty where there is none)."""
+def holders(fd: int) -> dict[int, bool]:
+    """{pid: whether its lock is exclusive} of the processes holding a flock on the file open as ``fd``
+    (from /proc/locks; empty where there is none)."""
     info = os.fstat(fd)
     device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
     try:
         with open("/proc/locks") as f:
             lines = f.read().splitlines()
     except OSError:
-        return []
-    pids = set()
+        return {}
+    found: dict[int, bool] = {}
     for line in lines:
         fields = line.split()
         if "->" not in fields and len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device:
-            pids.add(int(fields[4]))
-    return sorted(pids)
+            found[int(fields[4])] = found.get(int(fields[4]), False) or fields[3] == "WRITE"
+    return found
 
 
-def _busy(path: str, fd: int, exclusive: bool, doing: str) -> VolumeBusyError:
-    pids = holders(fd)
+def _busy(path: str, fd: int, doing: str) -> VolumeBusyError:
+    found = holders(fd)
+    alone = sorted(pid for pid, exclusive in found.items() if exclusive)
+    pids = alone or sorted(found)
     who = f" (pid {', '.join(map(str, pids))})" if pids else ""
-    if exclusive:
-        return VolumeBusyError(f"{path}: the volume is open for writing by a process{who}; {doing} needs it alone. "
-                               "Close its writers (Directory.close()) and run it again.")
-    return VolumeBusyError(f"{path}: an offline operation (repair, mv, rebase or create) holds the volume{who}; "
-                           f"{doing} is refused until it ends. Try again then.")
+    if alone or not found:
+        return VolumeBusyError(f"{path}: an offline operation (repair, mv, rebase or create) holds the volume{who}; "
+                               f"{doing} is refused until it ends. Try again then.")
+    return VolumeBusyError(f"{path}: the volume is open for writing by a process{who}; {doing} needs it alone. "
+                           "Close its writers (Directory.close()) and run it again.")
 
 
 def open_regular(path: str, flags: int, what: str = "a blockfs directory file", devices: bool = False) -> int:
@@ -88,7 +91,7 @@ def lock_index(path: str, exclusive: bool, doing: str, flags: int = os.O_RDWR) -
         try:
             fcntl.flock(fd, mode | fcntl.LOCK_NB)
         except BlockingIOError:
-            error = _busy(path, fd, exclusive, doing)
+            error = _busy(path, fd, doing)
             os.close(fd)
             raise error from None
         except OSError as exc:

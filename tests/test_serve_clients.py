@@ -115,7 +115,7 @@ def test_full_blocks_are_the_shard_bytes_and_never_decompressed(served, count_de
             assert len(full) == 8
             for cz, cy, cx in full:
                 origin = (cx * lay.x_block_size, cy * lay.y_block_size, cz * lay.z_block_size)
-                offset, size = volume.version(0, origin)
+                offset, size = volume.version((0, (cz, cy, cx)))
                 if not size:
                     continue  # a never-written block
                 shard = d.shard_paths[lay.entry_index(*origin) % len(d.shard_paths)]

@@ -1,5 +1,8 @@
 """HTTP as browsers and clients expect it, on a real server over loopback: CORS, OPTIONS, HEAD,
-keep-alive, ETags, 404s for anything that is not a chunk, no path traversal, live volumes, the CLI."""
+keep-alive, ETags, 404s for anything that is not a chunk, no path traversal, live volumes, the CLI.
+
+Paths are sent under the server's token unless a test says otherwise (tests/test_serve_trust.py
+has what happens without it)."""
 
 from __future__ import annotations
 
@@ -40,12 +43,12 @@ def server(volume: Path) -> Iterator[Server]:
         yield running
 
 
-def request(server: Server, path: str, method: str = "GET", headers: dict | None = None
+def request(server: Server, path: str, method: str = "GET", headers: dict | None = None, token: bool = True
             ) -> tuple[http.client.HTTPResponse, bytes]:
-    """One request on a fresh connection; ``path`` is sent exactly as given."""
+    """One request on a fresh connection; ``path`` is sent exactly as given, after the token's prefix."""
     connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
     try:
-        connection.request(method, path, headers=headers or {})
+        connection.request(method, (server.state.prefix if token else "") + path, headers=headers or {})
         response = connection.getresponse()
         return response, response.read()
     finally:
@@ -59,7 +62,7 @@ def test_cors_headers_on_every_response(server: Server, volume: Path) -> None:
         response, _ = request(server, path)
         assert response.status == status, path
         assert response.headers["Access-Control-Allow-Origin"] == "*", path
-    response, _ = request(server, "/vol/zarr/0/0.0.0", "POST")
+    response, _ = request(server, "/vol/zarr/0/0.0.0", "POST", {"Content-Type": "application/json"})
     assert response.status == 405 and response.headers["Access-Control-Allow-Origin"] == "*"
     etag = request(server, "/vol/zarr/0/0.0.0")[0].headers["ETag"]
     response, _ = request(server, "/vol/zarr/0/0.0.0", headers={"If-None-Match": etag})
@@ -68,7 +71,7 @@ def test_cors_headers_on_every_response(server: Server, volume: Path) -> None:
 
 def test_a_damaged_block_is_a_500_with_cors_and_the_server_goes_on(server: Server, volume: Path) -> None:
     with Directory.open(str(volume)) as d:
-        offset, size = server.state.volumes["vol"].version(0, (0, 0, 0))
+        offset, size = server.state.volumes["vol"].version((0, (0, 0, 0)))
         shard = d.shard_paths[d.layout.entry_index(0, 0, 0) % len(d.shard_paths)]
     with open(shard, "r+b") as f:
         f.seek(offset + size // 2)
@@ -107,7 +110,7 @@ def test_keep_alive_serves_many_requests_on_one_connection(server: Server) -> No
     try:
         ports = set()
         for i in range(20):
-            connection.request("GET", f"/vol/zarr/0/0.0.{i % 3}")
+            connection.request("GET", f"{server.state.prefix}/vol/zarr/0/0.0.{i % 3}")
             response = connection.getresponse()
             assert response.status == 200 and response.version == 11
             assert response.headers.get("Connection", "").lower() != "close"
@@ -154,9 +157,10 @@ def test_nothing_outside_the_named_volumes_is_reachable(tmp_path: Path) -> None:
     server, _ = view(tmp_path / "vol.blockfs")
     with server:
         for path in attempts:
-            response, body = request(server, path)
-            assert response.status in (400, 404), (path, response.status)
-            assert b"the-secret-content" not in body and not body.startswith(b"BLOCKFS") and b"root:" not in body, path
+            for token in (True, False):
+                response, body = request(server, path, token=token)
+                assert response.status in ((400, 404) if token else (403,)), (path, token, response.status)
+                assert b"the-secret-content" not in body and not body.startswith(b"BLOCKFS") and b"root:" not in body
         response, body = request(server, "/v/blockfs/")
         assert response.status == 200 and b"<html" in body.lower()
 
@@ -165,7 +169,7 @@ def test_binding_beyond_loopback_warns(volume: Path) -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.1") and not is_loopback("example.org")
     # 192.0.2.1 (TEST-NET-1) is on no interface: the warning comes, then the bind fails; nothing listens.
-    with pytest.warns(UserWarning, match="readable by anyone"):
+    with pytest.warns(UserWarning, match="readable by anyone who can reach this port and has its URL"):
         with pytest.raises(OSError):
             start(volume, host="192.0.2.1")
 
@@ -264,14 +268,14 @@ def test_cli_serves_until_terminated(volume: Path, command: str) -> None:
     extra = ["--no-browser"] if command == "view" else []
     process = run_cli([command, str(volume), "--name", "brain", "--port", "0", *extra])
     try:
-        url = read_until(process, r"(http://127\.0\.0\.1:[0-9]+)").group(1)
-        port = int(url.rsplit(":", 1)[1])
+        match = read_until(process, r"http://127\.0\.0\.1:([0-9]+)(/[A-Za-z0-9_-]{43})/")
+        port, prefix = int(match.group(1)), match.group(2)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        connection.request("GET", "/brain/info")
+        connection.request("GET", prefix + "/brain/info")
         response = connection.getresponse()
         assert response.status == 200 and json.loads(response.read())["scales"][0]["size"] == [80, 60, 40]
         if command == "view":
-            connection.request("GET", "/v/blockfs/")
+            connection.request("GET", prefix + "/v/blockfs/")
             response = connection.getresponse()
             assert response.status == 200 and b"<html" in response.read().lower()
         connection.close()

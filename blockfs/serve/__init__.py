@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+#: Seconds a connection may stay without a complete request head, from its opening or its last answer.
+IDLE_TIMEOUT = 5.0
+
 _WHERE = {"Server": "server", "start": "server", "view": "viewer", "viewer_url": "viewer"}
 
 __all__ = sorted(_WHERE)

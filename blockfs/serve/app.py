@@ -1,29 +1,37 @@
-"""The aiohttp application: precomputed and zarr routes over served volumes, CORS on every answer.
+"""The aiohttp application: precomputed and zarr routes over served volumes, behind a capability token.
 
-Routes, for each volume or pyramid served under ``<name>``:
+Routes, for each volume or pyramid served under ``<name>``, all under ``/<token>`` (nothing when the
+server runs without a token):
 
-    /<name>/info                                   precomputed info (JSON)
-    /<name>/<key>/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>    precomputed raw chunk (decompressed, C order z, y, x)
-    /<name>/zarr/...                               zarr v2 group, OME-Zarr 0.4 multiscales, one array per level
-    /<name>/zarr3/...                              the same as zarr v3 (OME-Zarr 0.5)
+    /<token>/<name>/info                                   precomputed info (JSON)
+    /<token>/<name>/<key>/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>    precomputed raw chunk (decompressed, C order z, y, x)
+    /<token>/<name>/zarr/...                               zarr v2 group, OME-Zarr 0.4 multiscales, one array per level
+    /<token>/<name>/zarr3/...                              the same as zarr v3 (OME-Zarr 0.5)
 
-A name, key or chunk that does not exist is a 404 (never a 500); nothing else on disk is reachable.
-Disk reads run in a thread pool so a slow file system never stalls the event loop.
+A request without the token is refused (403) whatever it asks; one that changes state (a POST) must
+also come from the server's own pages. A name, key or chunk that does not exist is a 404 (never a
+500); nothing else on disk is reachable. A failure of the server is a 500 with a short reason; the
+details, file names included, go to the log. Disk reads run in a thread pool so a slow file system
+never stalls the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import hmac
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from ..errors import BlockfsError, describe
 from .cache import ByteCache
+from .catalog import Catalog
 from .client import ViewerSession, add_client
-from .volumes import Chunk, ServedVolume
+from .volumes import ZARR_FORMATS, ServedVolume
 
 log = logging.getLogger("blockfs.serve")
 
@@ -34,22 +42,32 @@ CORS_HEADERS = {
     "Access-Control-Allow-Methods": "GET, HEAD, OPTIONS",
     "Access-Control-Expose-Headers": "ETag, Content-Length, Content-Type",
     "Access-Control-Max-Age": "86400",
+    "Referrer-Policy": "no-referrer",  # the token is in the URL: pages must not pass it on
 }
 DEFAULT_ALLOWED_HEADERS = "Range, If-None-Match, X-Requested-With"
-ZARR_FORMATS = {"zarr": 2, "zarr3": 3}
+#: Methods that only read; any other changes state and must come from the server's own origin.
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 
 
 class State:
-    """What the handlers share: the served volumes, the read pool, the edge-block cache, counters."""
+    """What the handlers share: the token, the served volumes, the read pool, the edge-block cache, counters."""
 
-    def __init__(self, volumes: dict[str, ServedVolume], threads: int, cache_bytes: int):
-        self.volumes = volumes
+    def __init__(self, volumes: dict[str, ServedVolume], threads: int, cache_bytes: int, token: str | None):
+        #: the first path segment of every URL served; None when the server runs without one
+        self.token = token
+        self.prefix = "" if token is None else f"/{token}"
+        self.catalog = Catalog(volumes)
         self.pool = ThreadPoolExecutor(threads, "blockfs-serve")
         self.edges = ByteCache(cache_bytes)
         #: the Neuroglancer client's state, when the client is served
         self.viewer: ViewerSession | None = None
         #: requests answered, by (name, route, level): route is "info", "precomputed", "zarr" or "zarr3"
         self.requests: collections.Counter[tuple[str, str, int | None]] = collections.Counter()
+
+    @property
+    def volumes(self) -> dict[str, ServedVolume]:
+        """The volumes served now, by name."""
+        return self.catalog.current()
 
     async def run(self, function: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.pool, function, *args)
@@ -65,27 +83,72 @@ async def add_cors(request: web.Request, response: web.StreamResponse) -> None:
 
 @web.middleware
 async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Preflights are answered for any path; HTTP errors pass as they are; anything else is a 500 with its reason."""
-    if request.method == "OPTIONS":
-        return preflight(request)
+    """HTTP errors (bad input is a 4xx) pass as they are; anything else is a 500 with a short reason, logged in full."""
     try:
         return await handler(request)
     except web.HTTPException:
         raise
     except Exception as exc:  # a damaged block or a vanished shard must not drop the connection
-        log.error("%s %s: %s", request.method, request.path, exc)
-        return web.Response(status=500, text=f"{request.path}: {exc}\n")
+        if isinstance(exc, (BlockfsError, OSError)):
+            log.error("%s %s: %s", request.method, request.path, describe(exc))
+        else:
+            log.exception("%s %s failed", request.method, request.path)
+        return web.Response(status=500, text=f"{type(exc).__name__}: the server could not answer; "
+                                             "its log has the details\n")
+
+
+def has_token(path: str, token: str) -> bool:
+    """Whether the first segment of ``path`` is ``token`` (compared in constant time)."""
+    first = path[1:].partition("/")[0]
+    return hmac.compare_digest(first.encode("utf-8", "surrogateescape"), token.encode("utf-8"))
+
+
+def from_own_origin(request: web.Request) -> bool:
+    """Whether a state-changing request comes from a page of this server, or from a program sending JSON.
+
+    Browsers name the page's origin in every cross-origin POST (Origin, Sec-Fetch-Site), simple
+    ``text/plain`` ones included, which is what Neuroglancer's client posts; a request naming
+    neither comes from no browser page and must send ``application/json``, which no page can send
+    to another origin without a preflight, and preflights allow no POST.
+    """
+    site, origin = request.headers.get("Sec-Fetch-Site"), request.headers.get("Origin")
+    if site is None and origin is None:
+        return request.content_type == "application/json"
+    return site in (None, "same-origin") and origin in (None, f"{request.scheme}://{request.host}")
+
+
+@web.middleware
+async def authorise(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The one check every request passes: the token first in its path, and state changes only from our pages."""
+    token = request.app[STATE].token
+    if token is not None and not has_token(request.path, token):
+        raise web.HTTPForbidden(text="403: this server needs its token: use the URL it printed when it started\n")
+    if request.method not in SAFE_METHODS and not from_own_origin(request):
+        raise web.HTTPForbidden(text="403: only the server's own pages may change its state\n")
+    return await handler(request)
+
+
+@web.middleware
+async def preflight(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A CORS preflight (OPTIONS) is answered for any authorised path: the read methods, the headers asked."""
+    if request.method != "OPTIONS":
+        return await handler(request)
+    allowed = request.headers.get("Access-Control-Request-Headers", DEFAULT_ALLOWED_HEADERS)
+    return web.Response(status=204, headers={"Access-Control-Allow-Headers": allowed})
 
 
 def not_found(request: web.Request) -> web.HTTPNotFound:
     return web.HTTPNotFound(text=f"{request.path}: no such volume, level or chunk\n")
 
 
-def served(request: web.Request) -> ServedVolume:
-    volume = request.app[STATE].volumes.get(request.match_info["name"])
-    if volume is None:
-        raise not_found(request)
-    return volume
+@contextlib.asynccontextmanager
+async def served(request: web.Request) -> AsyncIterator[ServedVolume]:
+    """The volume the request names, as it is on disk now, kept open while the request reads it; else a 404."""
+    state = request.app[STATE]
+    async with state.catalog.lease(request.match_info["name"], state.run) as volume:
+        if volume is None:
+            raise not_found(request)
+        yield volume
 
 
 def respond(request: web.Request, body: bytes, content_type: str, etag: str | None = None) -> web.Response:
@@ -98,74 +161,65 @@ def respond(request: web.Request, body: bytes, content_type: str, etag: str | No
     return web.Response(body=body, content_type=content_type, headers=headers)
 
 
-def chunk_response(request: web.Request, chunk: Chunk | None) -> web.Response:
-    if chunk is None or chunk.body is None:
+async def chunk(request: web.Request, volume: ServedVolume, route: str, key: str) -> web.Response:
+    """The chunk ``key`` names on ``route``, read in the pool; a 404 for a key that names none."""
+    address = volume.locate(route, key)
+    if address is None:
         raise not_found(request)
-    return respond(request, chunk.body, "application/octet-stream", chunk.etag)
+    state = request.app[STATE]
+    found = await state.run(volume.read, route, address, state.edges)
+    state.requests[(volume.name, route, address[0])] += 1
+    if found.body is None:
+        raise not_found(request)
+    return respond(request, found.body, "application/octet-stream", found.etag)
 
 
 async def info(request: web.Request) -> web.Response:
-    volume = served(request)
-    request.app[STATE].requests[(volume.name, "info", None)] += 1
-    return respond(request, volume.info_bytes, "application/json")
+    async with served(request) as volume:
+        request.app[STATE].requests[(volume.name, "info", None)] += 1
+        return respond(request, volume.info_bytes, "application/json")
 
 
 async def precomputed(request: web.Request) -> web.Response:
-    volume = served(request)
-    found = volume.precomputed_origin(request.match_info["key"], request.match_info["chunk"])
-    if found is None:
-        raise not_found(request)
-    level, origin = found
-    state = request.app[STATE]
-    state.requests[(volume.name, "precomputed", level)] += 1
-    return chunk_response(request, await state.run(volume.precomputed_chunk, level, origin))
+    async with served(request) as volume:
+        return await chunk(request, volume, "precomputed", f"{request.match_info['key']}/{request.match_info['chunk']}")
 
 
 async def zarr(request: web.Request) -> web.Response:
-    volume = served(request)
-    zarr_format = ZARR_FORMATS[request.match_info["zarr"]]
-    key = request.match_info["key"]
-    document = volume.zarr[zarr_format].metadata.get(key)
-    if document is not None:
-        return respond(request, document, "application/json")
-    state = request.app[STATE]
-    chunk = await state.run(volume.zarr_chunk, zarr_format, key, state.edges)
-    if chunk is not None:
-        state.requests[(volume.name, request.match_info["zarr"], int(key.partition("/")[0]))] += 1
-    return chunk_response(request, chunk)
-
-
-def preflight(request: web.Request) -> web.Response:
-    """A CORS preflight: allowed from anywhere, for the methods and headers asked."""
-    allowed = request.headers.get("Access-Control-Request-Headers", DEFAULT_ALLOWED_HEADERS)
-    return web.Response(status=204, headers={"Access-Control-Allow-Headers": allowed})
+    route, key = request.match_info["zarr"], request.match_info["key"]
+    async with served(request) as volume:
+        document = volume.zarr[ZARR_FORMATS[route]].metadata.get(key)
+        if document is not None:
+            return respond(request, document, "application/json")
+        return await chunk(request, volume, route, key)
 
 
 async def index(request: web.Request) -> web.Response:
     """A JSON list of the served volumes and their routes."""
-    listing = {name: {"precomputed": f"/{name}/", "zarr": f"/{name}/zarr/", "zarr3": f"/{name}/zarr3/"}
-               for name in request.app[STATE].volumes}
+    prefix = request.app[STATE].prefix
+    listing = {name: {"precomputed": f"{prefix}/{name}/", "zarr": f"{prefix}/{name}/zarr/",
+                      "zarr3": f"{prefix}/{name}/zarr3/"} for name in request.app[STATE].volumes}
     return web.json_response(listing, headers={"Cache-Control": "no-cache"})
 
 
 def make_app(volumes: dict[str, ServedVolume], threads: int = 8, cache_bytes: int = 256 << 20,
-             client_folder: str | None = None) -> web.Application:
-    """The application serving ``volumes`` by name (and Neuroglancer's client in ``client_folder``, if given)."""
-    app = web.Application(middlewares=[errors])
-    state = app[STATE] = State(volumes, threads, cache_bytes)
+             client_folder: str | None = None, token: str | None = None) -> web.Application:
+    """The application serving ``volumes`` by name under ``/<token>`` (and Neuroglancer's client in ``client_folder``)."""
+    app = web.Application(middlewares=[errors, authorise, preflight])
+    state = app[STATE] = State(volumes, threads, cache_bytes, token)
     app.on_response_prepare.append(add_cors)
+    prefix = state.prefix
     if client_folder is not None:
-        state.viewer = add_client(app, client_folder)
+        state.viewer = add_client(app, client_folder, prefix)
     else:
-        app.router.add_get("/", index)
-    app.router.add_get("/{name}/info", info)
-    app.router.add_get(r"/{name}/{zarr:zarr3?}/{key:.*}", zarr)
-    app.router.add_get("/{name}/{key}/{chunk}", precomputed)
+        app.router.add_get(prefix + "/", index)
+    app.router.add_get(prefix + "/{name}/info", info)
+    app.router.add_get(prefix + r"/{name}/{zarr:zarr3?}/{key:.*}", zarr)
+    app.router.add_get(prefix + "/{name}/{key}/{chunk}", precomputed)
 
     async def shutdown(app: web.Application) -> None:
         state.pool.shutdown(wait=True)
-        for volume in volumes.values():
-            volume.close()
+        state.catalog.close()
 
     app.on_cleanup.append(shutdown)
     return app

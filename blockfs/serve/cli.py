@@ -9,19 +9,25 @@ import signal
 import sys
 import threading
 import webbrowser
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
-from ..cli._support import run_tool
+from ..cli._support import positive_int, run_tool
+from . import IDLE_TIMEOUT
+
+#: The exit status after Ctrl-C (128 + SIGINT), as shells report it.
+INTERRUPTED = 128 + signal.SIGINT
 
 SERVE_EPILOG = """\
 examples:
   blockfs serve /data/brain.blockfs /data/brain-pyramid
   blockfs serve /data/brain.blockfs --name brain --port 9000
 
-Each volume (index file) or pyramid folder is served under /<name>/ as
-  precomputed   precomputed://http://HOST:PORT/<name>        (Neuroglancer, tensorstore, cloud-volume)
-  zarr v2       zarr://http://HOST:PORT/<name>/zarr/         (OME-Zarr 0.4; Neuroglancer, zarr-python, tensorstore)
-  zarr v3       http://HOST:PORT/<name>/zarr3/               (OME-Zarr 0.5; zarr-python, tensorstore)
+Each volume (index file) or pyramid folder is served under /<token>/<name>/ as
+  precomputed   precomputed://http://HOST:PORT/<token>/<name>      (Neuroglancer, tensorstore, cloud-volume)
+  zarr v2       zarr://http://HOST:PORT/<token>/<name>/zarr/       (OME-Zarr 0.4; Neuroglancer, zarr-python, tensorstore)
+  zarr v3       http://HOST:PORT/<token>/<name>/zarr3/             (OME-Zarr 0.5; zarr-python, tensorstore)
+The token is new at each start and printed with the URLs; requests without it are refused, so web
+pages cannot read the volumes. --no-token serves them at /<name>/ to anyone (public data).
 Full blocks go out exactly as stored; only edge blocks are re-encoded. Needs: pip install 'blockfs[serve]'.
 """
 
@@ -30,8 +36,8 @@ example:
   blockfs view /data/brain-pyramid
 
 Serves the volumes and Neuroglancer's own web client (from the neuroglancer package, no internet
-needed), prints the URL that shows them and opens it in a browser when there is one.
-Needs: pip install 'blockfs[serve]'.
+needed), prints the URL that shows them (with the server's token) and opens it in a browser when
+there is one. Needs: pip install 'blockfs[serve]'.
 """
 
 
@@ -44,7 +50,31 @@ def _parser(prog: str, description: str, epilog: str, port: int) -> argparse.Arg
     parser.add_argument("--bind", default="127.0.0.1",
                         help="address to listen on (default: %(default)s; anything else is reachable by others)")
     parser.add_argument("--port", type=int, default=port, help="port (default: %(default)s; 0 picks a free one)")
+    parser.add_argument("--no-token", dest="token", action="store_false",
+                        help="serve without a token in the URLs: anyone (any web page) may read what is served")
+    parser.add_argument("--idle-timeout", type=positive_float, default=IDLE_TIMEOUT, metavar="SECONDS",
+                        help="close a connection that sends no request for this long (default: %(default)s)")
+    parser.add_argument("--max-connections", type=positive_int, metavar="N",
+                        help="connections open at once; at the cap a new one closes the one idle longest "
+                             "(default: half the open-file limit, at most 4096)")
     return parser
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds; got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0; got {text!r}")
+    return value
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """What the arguments say about serving, as keyword arguments of start() and view()."""
+    return {"port": args.port, "host": args.bind, "names": args.name, "token": args.token,
+            "idle_timeout": args.idle_timeout, "max_connections": args.max_connections}
 
 
 def _missing_stack(prog: str, exc: ImportError) -> int:
@@ -53,17 +83,18 @@ def _missing_stack(prog: str, exc: ImportError) -> int:
 
 
 @contextlib.contextmanager
-def _until_stopped() -> Iterator[Callable[[], None]]:
-    """A ``wait()`` that returns at Ctrl-C or SIGTERM, caught from the start of the block on."""
+def _until_stopped() -> Iterator[Callable[[], int]]:
+    """A ``wait()`` that returns the exit status at SIGTERM (0) or Ctrl-C (130), caught from the start of the block on."""
     stopped = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
 
-    def wait() -> None:
+    def wait() -> int:
         try:
             while not stopped.wait(3600):
                 pass
         except KeyboardInterrupt:
-            pass
+            return INTERRUPTED
+        return 0
 
     try:
         yield wait
@@ -92,12 +123,11 @@ def serve_main(argv: list[str] | None = None) -> int:
             from .server import start
         except ImportError as exc:
             return _missing_stack(parser.prog, exc)
-        with _until_stopped() as wait, start(args.paths, port=args.port, host=args.bind, names=args.name) as server:
+        with _until_stopped() as wait, start(args.paths, **_options(args)) as server:
             for name in server.state.volumes:
                 print(f"{name}: precomputed://{server.url}/{name}  zarr://{server.url}/{name}/zarr/")
-            print(f"serving at {server.url} (Ctrl-C to stop)", flush=True)
-            wait()
-        return 0
+            print(f"serving at {server.url}/ (Ctrl-C to stop)", flush=True)
+            return wait()
 
     return run_tool(parser, body, argv)
 
@@ -114,14 +144,13 @@ def view_main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             return _missing_stack(parser.prog, exc)
         with _until_stopped() as wait:
-            server, url = view(args.paths, port=args.port, host=args.bind, names=args.name)
+            server, url = view(args.paths, **_options(args))
             with server:
                 print(f"Neuroglancer: {url}", flush=True)
                 if not args.no_browser and _can_open_browser():
                     webbrowser.open(url)
                 print("(Ctrl-C to stop)", flush=True)
-                wait()
-        return 0
+                return wait()
 
     return run_tool(parser, body, argv)
 

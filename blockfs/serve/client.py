@@ -1,9 +1,11 @@
 """Neuroglancer's bundled web client, served from the same origin as the volumes.
 
 The client in the ``neuroglancer`` package is the build its Python server uses: it loads from
-``/v/<token>/``, receives its viewer state as server-sent events from ``/events/<token>`` and posts
-the user's changes to ``/state/<token>``. These routes play that part for one shared state, so a
-reload keeps the user's view; nothing else of the Python server is needed.
+``<prefix>/v/<viewer>/``, receives its viewer state as server-sent events from
+``<prefix>/events/<viewer>`` and posts the user's changes to ``<prefix>/state/<viewer>``, whatever
+the prefix before ``/v/``. These routes play that part for one shared state, so a reload keeps the
+user's view; nothing else of the Python server is needed. The prefix is the server's capability
+token, which the server checks on every request.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from typing import Any
 
 from aiohttp import web
 
-TOKEN = "blockfs"
-CLIENT_PATH = f"/v/{TOKEN}/"
+#: The client's name for its viewer (not a secret: the server's token comes before it in every URL).
+VIEWER = "blockfs"
+CLIENT_PATH = f"/v/{VIEWER}/"
 mimetypes.add_type("application/wasm", ".wasm")
 
 
@@ -63,21 +66,28 @@ async def events(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def post_state(request: web.Request) -> web.Response:
-    """The client's changed state becomes the state a reload shows."""
-    message = await request.json()
+async def read_state(request: web.Request) -> dict[str, Any]:
+    """The viewer state a POST carries, ``{"s": {...}}``; a 400 naming what is wrong with anything else."""
+    try:
+        message = json.loads(await request.read())
+    except (ValueError, RecursionError) as exc:  # not JSON, or nested too deep to read
+        raise web.HTTPBadRequest(text=f"{request.path}: the body is not JSON that can be read ({exc})\n") from None
     if not isinstance(message, dict) or not isinstance(message.get("s"), dict):
         raise web.HTTPBadRequest(text=f"{request.path}: expected JSON with the viewer state under 's'\n")
-    return web.json_response({"g": request.app[SESSION].set(message["s"])})
+    return message["s"]
 
 
-async def index(request: web.Request) -> web.Response:
-    raise web.HTTPFound(CLIENT_PATH)
+async def post_state(request: web.Request) -> web.Response:
+    """The client's changed state becomes the state a reload shows."""
+    return web.json_response({"g": request.app[SESSION].set(await read_state(request))})
 
 
-def add_client(app: web.Application, folder: str) -> ViewerSession:
-    """Serve the client in ``folder`` at ``/v/<token>/`` (and redirect ``/`` there); return its session."""
+def add_client(app: web.Application, folder: str, prefix: str = "") -> ViewerSession:
+    """Serve the client in ``folder`` at ``<prefix>/v/<viewer>/`` (``<prefix>/`` redirects there); return its session."""
     session = app[SESSION] = ViewerSession(folder)
+
+    async def index(request: web.Request) -> web.Response:
+        raise web.HTTPFound(prefix + CLIENT_PATH)
 
     async def open_events(app: web.Application) -> None:
         session.closing = asyncio.Event()
@@ -88,8 +98,8 @@ def add_client(app: web.Application, folder: str) -> ViewerSession:
 
     app.on_startup.append(open_events)
     app.on_shutdown.append(close_events)
-    app.router.add_get("/", index)
-    app.router.add_get(CLIENT_PATH + "{file:[^/]*}", client_file)
-    app.router.add_get(f"/events/{TOKEN}", events)
-    app.router.add_post(f"/state/{TOKEN}", post_state)
+    app.router.add_get(prefix + "/", index)
+    app.router.add_get(prefix + CLIENT_PATH + "{file:[^/]*}", client_file)
+    app.router.add_get(f"{prefix}/events/{VIEWER}", events)
+    app.router.add_post(f"{prefix}/state/{VIEWER}", post_state)
     return session

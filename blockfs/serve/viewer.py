@@ -14,6 +14,7 @@ import numpy as np
 from ..directory import Directory
 from ..errors import InvalidArgumentError
 from .client import CLIENT_PATH
+from . import IDLE_TIMEOUT
 from .server import LOOPBACK, Server, start
 from .volumes import ServedVolume
 
@@ -70,9 +71,11 @@ def viewer_url(server: Server) -> str:
 
 
 def view(paths: Iterable[str | os.PathLike] | str | os.PathLike, port: int = 0, host: str = LOOPBACK,
-         names: Sequence[str | None] | None = None) -> tuple[Server, str]:
-    """Serve volumes and the Neuroglancer client; return the server and the URL that shows them."""
-    server = start(paths, port=port, host=host, names=names, client_folder=neuroglancer_client())
+         names: Sequence[str | None] | None = None, token: bool = True, idle_timeout: float = IDLE_TIMEOUT,
+         max_connections: int | None = None) -> tuple[Server, str]:
+    """Serve volumes and the Neuroglancer client as :func:`start` does; return the server and the URL that shows them."""
+    server = start(paths, port=port, host=host, names=names, client_folder=neuroglancer_client(), token=token,
+                   idle_timeout=idle_timeout, max_connections=max_connections)
     try:
         return server, viewer_url(server)
     except BaseException:

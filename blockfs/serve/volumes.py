@@ -4,10 +4,16 @@ Every read goes to the files afresh (the index entry, then the block), so blocks
 volume is served appear on the next request. Each answer carries a version, the index entry's
 (offset, size): a rewritten block is appended elsewhere, so its version, and the ETag made from it,
 changes. Only edge blocks, which must be re-encoded for zarr, are cached (bounded, by version).
+
+A served volume remembers the identity (device, inode) of the files it was opened from, its index
+files and a pyramid's ``info``, and holds its index files open, so that a volume replaced at the
+same path (``Directory.create`` renames a new index into place) is told apart from it; ETags and
+cache keys carry that identity too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -18,27 +24,57 @@ from ..directory import Directory
 from ..errors import InvalidArgumentError
 from ..interop.zarr_format import ZarrView, chunk_bytes, chunk_origin, is_edge, open_source
 from ..pyramid import is_pyramid, level_key, open_pyramid
+from ..pyramid.folder import INFO_NAME, LEVEL_FILE, read_info
 from .cache import ByteCache
 
 #: Names a volume may be served under: one URL path segment of safe characters.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 #: A precomputed chunk name, ``x0-x1_y0-y1_z0-z1``.
 PRECOMPUTED_CHUNK = re.compile(r"([0-9]+)-([0-9]+)_([0-9]+)-([0-9]+)_([0-9]+)-([0-9]+)")
+#: A number longer than any chunk coordinate can be (int64): a key holding one names no chunk, and is
+#: never handed to int(), which refuses more than 4,300 digits and is slow well before that.
+TOO_LONG_NUMBER = re.compile(r"[0-9]{19}")
+#: The zarr format of each zarr route.
+ZARR_FORMATS = {"zarr": 2, "zarr3": 3}
+#: How often a volume is opened again when its files keep changing while it is being opened.
+OPEN_ATTEMPTS = 5
 
 #: (offset, size) of a block's index entry; (0, 0) for a block never written.
 Version = tuple[int, int]
+#: A block on a level's grid: (level, (cz, cy, cx)).
+Address = tuple[int, tuple[int, int, int]]
+#: (path, device, inode) of each file a volume is opened from.
+Identity = tuple[tuple[str, int, int], ...]
 
 
 @dataclass
 class Chunk:
-    """One answer: the body (None for a missing chunk) and the version its ETag is made from."""
+    """One answer: the body (None for a missing chunk), the version and the volume's tag its ETag is made from."""
 
     body: bytes | None
     version: Version
+    tag: str
 
     @property
     def etag(self) -> str:
-        return f'"{self.version[0]:x}-{self.version[1]:x}"'
+        return f'"{self.tag}-{self.version[0]:x}-{self.version[1]:x}"'
+
+
+def volume_files(path: str) -> list[str]:
+    """The files a volume or pyramid at ``path`` is opened from: its index files, and a pyramid's info first."""
+    if not is_pyramid(path):
+        return [path]
+    return [os.path.join(path, INFO_NAME)] + [os.path.join(path, scale["key"], LEVEL_FILE)
+                                              for scale in read_info(path)["scales"]]
+
+
+def volume_identity(path: str) -> Identity | None:
+    """(path, device, inode) of each file of the volume at ``path``; None when one of them is missing."""
+    try:
+        return tuple((name, info.st_dev, info.st_ino) for name, info in
+                     ((name, os.stat(name)) for name in volume_files(path)))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
 
 
 @dataclass
@@ -51,18 +87,42 @@ class ServedVolume:
     info: dict[str, Any]
     zarr: dict[int, ZarrView]
     voxel_size_um: tuple[float, float, float]
+    #: the index file or pyramid folder served, absolute
+    path: str
+    #: the files it was opened from, as they were then
+    identity: Identity
 
     @property
     def info_bytes(self) -> bytes:
         return json.dumps(self.info, indent=1).encode("utf-8")
+
+    @property
+    def tag(self) -> str:
+        """A short digest of :attr:`identity`, part of every ETag: a replaced volume's chunks get new ones."""
+        return hashlib.blake2b(repr(self.identity).encode("utf-8"), digest_size=6).hexdigest()
 
     def version(self, level: int, origin: tuple[int, int, int]) -> Version:
         """The index entry (offset, size) of the block at first voxel ``origin`` (x, y, z) of a level."""
         volume = self.levels[level]
         return volume.store.entry(volume.layout.entry_index(*origin))
 
-    def precomputed_origin(self, key: str, chunk_name: str) -> tuple[int, tuple[int, int, int]] | None:
-        """(level, first voxel (x, y, z)) of a precomputed chunk URL part; None unless it is exactly one block."""
+    def locate(self, route: str, key: str) -> Address | None:
+        """The block that ``key`` names on ``route`` ("precomputed", "zarr" or "zarr3"); None if it names none.
+
+        A precomputed key is ``<scale key>/<x0>-<x1>_<y0>-<y1>_<z0>-<z1>`` and must be exactly one block;
+        a zarr key is ``<level>/<cz>.<cy>.<cx>`` (v2) or ``<level>/c/<cz>/<cy>/<cx>`` (v3).
+        """
+        if TOO_LONG_NUMBER.search(key):
+            return None
+        if route == "precomputed":
+            return self._precomputed_address(*key.partition("/")[::2])
+        found = self.zarr[ZARR_FORMATS[route]].locate(key)
+        if found is None or chunk_origin(*found) is None:
+            return None
+        volume, chunk = found
+        return self.levels.index(volume), chunk
+
+    def _precomputed_address(self, key: str, chunk_name: str) -> Address | None:
         match = PRECOMPUTED_CHUNK.fullmatch(chunk_name)
         if key not in self.keys or match is None:
             return None
@@ -74,35 +134,43 @@ class ServedVolume:
                                            (z0, z1, lay.z_block_size, lay.z_extent)):
             if start % block or not start < extent or stop != min(start + block, extent):
                 return None
-        return level, (x0, y0, z0)
+        return level, (z0 // lay.z_block_size, y0 // lay.y_block_size, x0 // lay.x_block_size)
 
-    def precomputed_chunk(self, level: int, origin: tuple[int, int, int]) -> Chunk:
+    def version(self, address: Address) -> Version:
+        """The index entry (offset, size) of the block at ``address``."""
+        level, chunk = address
+        volume = self.levels[level]
+        return volume.store.entry(volume.layout.entry_index(*chunk_origin(volume, chunk)))  # type: ignore[misc]
+
+    def read(self, route: str, address: Address, edges: ByteCache) -> Chunk:
+        """The chunk at ``address`` as ``route`` serves it (body None for a missing zarr chunk)."""
+        if route == "precomputed":
+            return self._precomputed_chunk(address)
+        return self._zarr_chunk(address, edges)
+
+    def _precomputed_chunk(self, address: Address) -> Chunk:
         """A block as precomputed ``raw``: its voxels in C order (z, y, x), zeros if never written."""
-        version = self.version(level, origin)
-        return Chunk(self.levels[level].read_block(*origin).tobytes(), version)
+        version = self.version(address)
+        level, chunk = address
+        volume = self.levels[level]
+        return Chunk(volume.read_block(*chunk_origin(volume, chunk)).tobytes(), version, self.tag)  # type: ignore[misc]
 
-    def zarr_chunk(self, zarr_format: int, key: str, edges: ByteCache) -> Chunk | None:
-        """A zarr chunk by key (``<level>/<cz>.<cy>.<cx>`` or ``<level>/c/<cz>/<cy>/<cx>``); None if no chunk."""
-        found = self.zarr[zarr_format].locate(key)
-        if found is None:
-            return None
-        volume, chunk = found
-        origin = chunk_origin(volume, chunk)
-        if origin is None:
-            return None
-        level = self.levels.index(volume)
-        version = self.version(level, origin)
+    def _zarr_chunk(self, address: Address, edges: ByteCache) -> Chunk:
+        """A zarr chunk: a full block's stored bytes, an edge block padded and re-encoded (cached)."""
+        version = self.version(address)
+        level, chunk = address
+        volume = self.levels[level]
         if not version[1]:
-            return Chunk(None, version)
+            return Chunk(None, version, self.tag)
         if not is_edge(volume, chunk):
-            return Chunk(chunk_bytes(volume, chunk), version)
-        cache_key = (self.name, level, chunk, version)
+            return Chunk(chunk_bytes(volume, chunk), version, self.tag)
+        cache_key = (self.name, self.identity, level, chunk, version)
         body = edges.get(cache_key)
         if body is None:
             body = chunk_bytes(volume, chunk)
             if body is not None:
                 edges.put(cache_key, body)
-        return Chunk(body, version)
+        return Chunk(body, version, self.tag)
 
     def close(self) -> None:
         for level in self.levels:
@@ -134,9 +202,8 @@ def _precomputed_info(levels: tuple[Directory, ...], keys: tuple[str, ...],
             "type": "image", "scales": scales}
 
 
-def open_served(path: str, name: str | None = None) -> ServedVolume:
-    """Open a volume's index file or a pyramid folder to serve it under ``name`` (default from the path)."""
-    name = check_name(default_name(path) if name is None else name, path)
+def _open(path: str, name: str, identity: Identity) -> ServedVolume:
+    """Open the volume or pyramid at ``path``, holding its index files open."""
     if is_pyramid(path):
         pyramid = open_pyramid(path)
         source = open_source(pyramid)
@@ -145,7 +212,31 @@ def open_served(path: str, name: str | None = None) -> ServedVolume:
         source = open_source(path)
         keys = (level_key(1),)
         info = _precomputed_info(source.levels, keys, source.voxel_sizes_um)
-    views = {fmt: ZarrView(source, fmt, group=True) for fmt in (2, 3)}
-    served = ServedVolume(name, source.levels, keys, info, views,
-                          tuple(reversed(source.voxel_sizes_um[0])))  # type: ignore[arg-type]
-    return served
+    try:
+        for level in source.levels:
+            level.store.index_fd()  # held: the inode cannot be reused while it is served
+        views = {fmt: ZarrView(source, fmt, group=True) for fmt in (2, 3)}
+    except BaseException:
+        for level in source.levels:
+            level.close()
+        raise
+    return ServedVolume(name, source.levels, keys, info, views,
+                        tuple(reversed(source.voxel_sizes_um[0])), path, identity)  # type: ignore[arg-type]
+
+
+def open_served(path: str, name: str | None = None) -> ServedVolume:
+    """Open a volume's index file or a pyramid folder to serve it under ``name`` (default from the path).
+
+    Its files are looked at before and after opening: if they changed meanwhile (a volume being
+    replaced), it is opened again, so :attr:`ServedVolume.identity` is always that of what it read.
+    """
+    name = check_name(default_name(path) if name is None else name, path)
+    path = os.path.abspath(path)
+    for _ in range(OPEN_ATTEMPTS):
+        before = volume_identity(path)
+        served = _open(path, name, before or ())
+        if before is not None and volume_identity(path) == before:
+            return served
+        served.close()
+    raise InvalidArgumentError(f"{path}: its files changed each of the {OPEN_ATTEMPTS} times it was opened; "
+                               "serve it once whatever is replacing it has finished.")

@@ -19,9 +19,9 @@ import weakref
 from typing import Callable, Iterator, NamedTuple
 
 from . import locking
-from .errors import StaleVolumeError, VolumeExistsError
+from .errors import BlockfsError, StaleVolumeError, VolumeExistsError
 from .format import PREAMBLE, read_directory_file
-from .marks import without_incomplete
+from .marks import INCOMPLETE_KEY, without_incomplete
 
 #: errno values with which ``os.link`` says "hard links are not possible here", not "it failed".
 NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EACCES}
@@ -251,6 +251,16 @@ def _fsync(fd: int, path: str) -> None:
         os.fsync(fd)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, path) from None
+
+
+def incomplete_by(path: str) -> str | None:
+    """The tool that marked the volume at ``path`` incomplete (see :mod:`blockfs.marks`); None if it is not."""
+    try:
+        state = read_directory_file(path).layout.marks
+    except (OSError, BlockfsError):
+        return None
+    value = state.get(INCOMPLETE_KEY)
+    return None if value is None else str(value.get("tool", "")) if isinstance(value, dict) else ""
 
 
 def mark_complete(path: str, durable: bool = True) -> bool:

@@ -193,3 +193,45 @@ def test_help_shows_an_example() -> None:
     result = run(TIF2BLOCKFS, "--help")
     assert result.returncode == 0
     assert 'tif2blockfs --input "/data/tiff/img_*.tiff" --output /data/brain.blockfs' in result.stdout
+
+
+def test_an_import_killed_part_way_is_incomplete_and_a_rerun_replaces_it(tmp_path: Path) -> None:
+    """SIGKILL tif2blockfs at 8 points: each time the output is absent or reported incomplete by
+    Directory.open and blockfs check (exit 1), and a plain re-run (no --overwrite) replaces it with the
+    whole stack."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+    import warnings
+
+    from blockfs import IncompleteVolumeWarning
+
+    stack = write_stack(tmp_path / "in", shape=(160, 128, 128))
+    exe = Path(sys.executable).with_name(TIF2BLOCKFS)
+    rng, seen = random.Random(3), set()
+    for trial in range(8):
+        volume = tmp_path / f"out{trial}" / "v.blockfs"
+        argv = [str(exe), "--input", str(tmp_path / "in" / "img_*.tif"), "--output", str(volume),
+                "--block-size", "16", "--n-workers", "1", "--silent"]
+        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.5, 2.0))
+        process.send_signal(signal.SIGKILL)
+        process.communicate(timeout=60)
+        state = "absent" if not volume.exists() else "incomplete" if b"BlockfsIncomplete" in volume.read_bytes()[:200] \
+            else "finished"
+        seen.add(state)
+        if state == "incomplete":
+            with pytest.warns(IncompleteVolumeWarning, match="incomplete: tif2blockfs began writing it"):
+                Directory.open(str(volume)).close()
+            check = run("blockfs", "check", "--silent", volume)
+            assert check.returncode == 1 and "incomplete" in check.stdout + check.stderr, check
+        if state != "finished":
+            rerun = run(TIF2BLOCKFS, *argv[1:])
+            assert rerun.returncode == 0, rerun.stderr
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with Directory.open(str(volume)) as d:
+                assert np.array_equal(d[...], stack)
+    assert "incomplete" in seen, seen

@@ -7,12 +7,14 @@ import contextlib
 import os
 
 from ..codec import Compression
-from ..convert.tiff_stack import check_destination, remove_volume, check_stack, find_planes, inspect_plane, read_in_order
+from ..convert.tiff_stack import (TOOL, check_destination, check_stack, find_planes, inspect_plane, read_in_order,
+                                  remove_volume)
 from ..directory import Directory
 from ..errors import InvalidArgumentError
 from ..parallel.mpi import launcher_rank, on_ranks
 from ..planes import PlaneWriter
 from ..progress import progress
+from ..storage import mark_complete
 from ._support import add_silent, positive_int, run_tool
 
 EPILOG = """\
@@ -76,8 +78,7 @@ def _run(args: argparse.Namespace) -> int:
         from ..parallel.tools import PROG, import_planes
         return on_ranks(PROG, lambda ranks: import_planes(args.input, output, args.block_size, args.n_workers,
                                                           args.compression, args.level, args.silent, ranks))
-    if not args.overwrite:
-        check_destination(output)
+    unfinished = check_destination(output) if not args.overwrite else False
     paths = find_planes(args.input)
     planes = [inspect_plane(p) for p in progress(paths, args.silent, "tif2blockfs: checking", unit="file")]
     common = check_stack(planes)
@@ -86,7 +87,8 @@ def _run(args: argparse.Namespace) -> int:
                           x_block_size=bx, y_block_size=by, z_block_size=bz, compression=args.compression,
                           compression_level=args.level)
     os.makedirs(os.path.dirname(output), exist_ok=True)
-    directory.create(overwrite=args.overwrite)  # without it, any file of the volume there is an error
+    # Without --overwrite, any file of the volume there is an error, except an import that did not finish.
+    directory.create(overwrite=args.overwrite or unfinished, incomplete=TOOL)
     try:
         directory.start_writer_processes()
         reader = read_in_order(paths, args.n_workers)
@@ -99,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
             directory.close()
         remove_volume(directory)  # ours and half written: a re-run starts clean
         raise
+    mark_complete(output)
     if args.pyramid:
         from ..pyramid.build import build_pyramid
         dest = build_pyramid(output, os.path.splitext(output)[0] + ".pyramid", args.pyramid,

@@ -15,6 +15,7 @@ import tifffile
 
 from ..directory import Directory
 from ..errors import PlaneMismatchError, VolumeExistsError
+from ..storage import incomplete_by
 from ..threads import ordered_map
 
 
@@ -100,12 +101,20 @@ def read_in_order(paths: list[str], n_threads: int) -> Iterator[np.ndarray]:
     return ordered_map(read_plane, paths, n_threads, in_flight=n_threads, name="tif2blockfs-read")
 
 
-def check_destination(output: str) -> None:
-    """Fail before the (long) header scan if a volume is already at ``output``."""
+#: The tool named in the incomplete mark of the volumes it is writing.
+TOOL = "tif2blockfs"
+
+
+def check_destination(output: str) -> bool:
+    """Fail before the (long) header scan if a volume is already at ``output``, unless it is an import that
+    did not finish (returns True: it is replaced)."""
+    if incomplete_by(output) == TOOL:
+        return True
     for path in (output, f"{output}.0"):
         if os.path.exists(path):
             raise VolumeExistsError(f"{path}: already exists; remove it, choose another --output, or pass "
                                     "--overwrite to replace it.")
+    return False
 
 
 def remove_volume(directory: Directory) -> None:

@@ -251,9 +251,11 @@ def _attach(directory: Directory, comm: Any, window: int) -> Directory:
     return directory.write_through(lambda store: CollectiveWriter(comm, store, window))
 
 
-def create(directory: Directory, comm: Any, overwrite: bool = True, window: int = DEFAULT_WINDOW) -> Directory:
+def create(directory: Directory, comm: Any, overwrite: bool = True, window: int = DEFAULT_WINDOW,
+           incomplete: str | None = None) -> Directory:
     """Collective ``create``: rank 0 makes the files; every rank raises its error, if any."""
-    together(comm, lambda: Directory.create(directory, overwrite) if comm.Get_rank() == 0 else None)
+    together(comm, lambda: Directory.create(directory, overwrite, incomplete=incomplete)
+             if comm.Get_rank() == 0 else None)
     comm.Barrier()
     return _attach(directory, comm, window)
 

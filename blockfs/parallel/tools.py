@@ -14,11 +14,13 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..convert.tiff_stack import check_destination, remove_volume, check_stack, find_planes, inspect_plane, read_in_order
+from ..convert.tiff_stack import (TOOL, check_destination, check_stack, find_planes, inspect_plane, read_in_order,
+                                  remove_volume)
 from ..directory import Directory
 from ..errors import USER_ERRORS, BlockfsError, describe
 from ..planes import PlaneWriter
 from ..progress import progress
+from ..storage import mark_complete
 from .mpi import Ranks
 
 PROG = "tif2blockfs"
@@ -44,7 +46,7 @@ def import_planes(patterns: list[str], output: str, block_size: tuple[int, int, 
     quiet = silent or ranks.rank != 0
 
     def find() -> list[str]:
-        check_destination(output)
+        check_destination(output)  # an import that did not finish is replaced
         paths = find_planes(patterns)
         os.makedirs(os.path.dirname(output), exist_ok=True)
         return paths
@@ -57,7 +59,7 @@ def import_planes(patterns: list[str], output: str, block_size: tuple[int, int, 
     directory = Directory(x_extent, y_extent, len(paths), common.dtype, output, n_filenames=n_shards,
                           x_block_size=bx, y_block_size=by, z_block_size=bz, compression=compression,
                           compression_level=level)
-    directory.create(comm=ranks.comm)
+    directory.create(comm=ranks.comm, incomplete=TOOL)
     starts = ranks.mine(range(0, len(paths), bz))
     error = None
     try:
@@ -81,3 +83,4 @@ def import_planes(patterns: list[str], output: str, block_size: tuple[int, int, 
         if ranks.rank == 0:
             remove_volume(directory)  # ours and half written: a re-run starts clean
         raise
+    ranks.attempt(lambda: mark_complete(output) if ranks.rank == 0 else None, kind=BlockfsError)

@@ -229,7 +229,7 @@ class Directory:
         """
         if comm is not None:
             from .parallel.collective import create
-            return create(self, comm, overwrite)
+            return create(self, comm, overwrite, incomplete=incomplete)
         self._check_open()
         if self._mode is not None:
             raise VolumeExistsError(f"{self.directory_filename}: this Directory is already created or opened.")

@@ -6,11 +6,11 @@ from typing import Any
 from .codec import Compression
 from .directory import Directory
 from .errors import (AttachError, BlockCoordinateError, BlockfsError, BlockfsWarning, BlockShapeError, ChecksumError,
-                     ClosedError, CorruptBlockError, DatasetExistsError, EntryOverflowError, ExportError, FormatError,
-                     IncompleteVolumeWarning, InvalidArgumentError, LostBlocksWarning, MissingDependencyError,
-                     MissingShardError, PlaneCountError, PlaneError, PlaneMismatchError, ReadOnlyError, RegionError,
-                     StaleVolumeError, UnsupportedCompressionError, UnsupportedDTypeError, VolumeBusyError,
-                     VolumeExistsError, WriterError)
+                     ClosedError, CorruptBlockError, DatasetExistsError, EntryOverflowError, ExportError,
+                     ForeignShardError, FormatError, IncompleteVolumeWarning, InvalidArgumentError, LostBlocksWarning,
+                     MissingDependencyError, MissingShardError, PlaneCountError, PlaneError, PlaneMismatchError,
+                     ReadOnlyError, RegionError, StaleVolumeError, UnsupportedCompressionError, UnsupportedDTypeError,
+                     VolumeBusyError, VolumeExistsError, WriterError)
 
 from .volume import BlockProjection, Volume
 
@@ -38,9 +38,9 @@ def write_dask(array: Any, path: str, **kwargs: Any) -> Directory:
 __all__ = [
     "AttachError", "BlockCoordinateError", "BlockProjection", "BlockShapeError", "BlockfsError", "BlockfsWarning",
     "ChecksumError", "ClosedError", "Compression", "CorruptBlockError", "DatasetExistsError", "Directory",
-    "EntryOverflowError", "ExportError", "FormatError", "IncompleteVolumeWarning", "InvalidArgumentError",
-    "LostBlocksWarning", "MissingDependencyError", "MissingShardError", "PlaneCountError", "PlaneError",
-    "PlaneMismatchError", "ReadOnlyError", "RegionError", "StaleVolumeError", "UnsupportedCompressionError",
-    "UnsupportedDTypeError", "Volume", "VolumeBusyError", "VolumeExistsError", "WriterError",
-    "__version__", "open_volume", "open_zarr", "write_dask",
+    "EntryOverflowError", "ExportError", "ForeignShardError", "FormatError", "IncompleteVolumeWarning",
+    "InvalidArgumentError", "LostBlocksWarning", "MissingDependencyError", "MissingShardError", "PlaneCountError",
+    "PlaneError", "PlaneMismatchError", "ReadOnlyError", "RegionError", "StaleVolumeError",
+    "UnsupportedCompressionError", "UnsupportedDTypeError", "Volume", "VolumeBusyError", "VolumeExistsError",
+    "WriterError", "__version__", "open_volume", "open_zarr", "write_dask",
 ]

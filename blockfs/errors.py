@@ -107,6 +107,11 @@ class StaleVolumeError(BlockfsError, RuntimeError):
     """The volume's index file was replaced (by create, repair, rebase) after this object opened it."""
 
 
+class ForeignShardError(BlockfsError, PermissionError):
+    """A move would remove a file that is not the volume's own: outside its index's folder, a symbolic link, or
+    named by another index file there."""
+
+
 class BlockfsWarning(UserWarning):
     """Something blockfs did for the caller that changed data, such as clipping out-of-range values."""
 

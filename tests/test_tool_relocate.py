@@ -284,7 +284,7 @@ def test_failure_half_way_leaves_the_source(move: bool, tmp_path: Path, monkeypa
     def fail(*args: Any, **kwargs: Any) -> bool:
         raise OSError(28, "No space left on device", str(tmp_path / "b" / source.name))
 
-    monkeypatch.setattr(transfer_ops, "relocate", fail)
+    monkeypatch.setattr(transfer_ops, "write_index", fail)
     with pytest.raises(OSError, match="No space left"):
         transfer_ops.transfer(str(source), str(tmp_path / "b"), move=move)
     assert snapshot(tmp_path / "a") == before

@@ -4,28 +4,35 @@ A relocated directory file differs from its source only in the value of ``BlockF
 rest of the JSON text (format keys, bit widths, strides, application metadata, key order) is
 copied character for character, D becomes 16 + the new M, and every byte after the old D (the
 whole index, however long the file is) follows the new header unchanged. The new file is written
-beside its target, fsynced and renamed into place, so readers see the old file or the new one,
-never a mixture.
+beside its target, locked (an exclusive ``flock``, so no writer can start on it), fsynced and
+renamed into place, so readers see the old file or the new one, never a mixture.
 
 Used by ``blockfs-mv``, ``blockfs-cp``, ``blockfs-rebase`` and ``blockfs info``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import re
+import stat
+import uuid
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 from .. import format as fmt
-from ..errors import FormatError, InvalidArgumentError, VolumeExistsError
+from ..errors import BlockfsError, FormatError, InvalidArgumentError, VolumeBusyError, VolumeExistsError
 from ..format import DirectoryFile, read_directory_file
-from ..storage import atomic_write, resolve_shard_path
+from ..storage import _publish, fsync_folder, pwrite_all, resolve_shard_path
 
 #: Bytes copied per read when carrying the index over to the new file.
 DEFAULT_BUFFER_SIZE = 1 << 20
 FILENAMES_KEY = "BlockFilenames"
+#: errno values with which ``flock`` says "no locks on this file system": the file is used unlocked.
+NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 
 
@@ -121,6 +128,91 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+def named(exc: OSError, path: str) -> OSError:
+    """``exc``, naming ``path`` if it names no file (as a failed ``os.write`` or ``os.fsync`` does not)."""
+    if exc.filename is not None or isinstance(exc, BlockfsError):
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), path)
+
+
+def new_locked_file(path: str) -> int:
+    """Create the new file ``path`` (never replacing one) and lock it exclusively; returns its descriptor.
+
+    Where the file system has no locks, the file is used unlocked, as writers do (:mod:`blockfs.locking`).
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise VolumeBusyError(f"{path}: another process locked this file as soon as it was made; run again once "
+                              "that process is done.") from None
+    except OSError as exc:
+        if exc.errno not in NO_LOCKS:
+            os.close(fd)
+            os.unlink(path)
+            raise
+    return fd
+
+
+def write_index(current: DirectoryFile, names: Sequence[str], fd: int, where: str,
+                buffer_size: int = DEFAULT_BUFFER_SIZE, on_bytes: Callable[[int], None] | None = None) -> None:
+    """Write the directory file ``current`` with shard names ``names`` into the empty file open as ``fd``.
+
+    The file gets the permissions of ``current`` and is fsynced; an error writing it names ``where``.
+    """
+    header = header_with_names(current, names)
+    with open(current.path, "rb") as src:
+        os.fchmod(fd, stat.S_IMODE(os.fstat(src.fileno()).st_mode))
+        src.seek(current.directory_offset)
+        try:
+            pwrite_all(fd, header, 0)
+            position = len(header)
+            while chunk := src.read(buffer_size):
+                pwrite_all(fd, chunk, position)
+                position += len(chunk)
+                if on_bytes is not None:
+                    on_bytes(len(chunk))
+            os.fsync(fd)
+        except OSError as exc:
+            raise named(exc, where) from None
+
+
+@contextlib.contextmanager
+def relocated(source: str, names: Sequence[str], target: str | None = None, *, exclusive: bool = False,
+              buffer_size: int = DEFAULT_BUFFER_SIZE,
+              on_bytes: Callable[[int], None] | None = None) -> Iterator[bool]:
+    """:func:`relocate`, holding the new directory file locked exclusively until the block ends.
+
+    An offline operation ends inside the block, so that no writer starts on the new file before it is done.
+    """
+    if buffer_size < 1:
+        raise InvalidArgumentError(f"buffer_size must be a positive number of bytes; got {buffer_size!r}.")
+    source = os.fspath(source)
+    target = source if target is None else os.fspath(target)
+    current = read_directory_file(source)
+    in_place = _same_file(source, target)
+    if in_place and exclusive:
+        raise VolumeExistsError(f"{target}: already exists; it was not overwritten.")
+    if in_place and tuple(os.fspath(n) for n in names) == current.names:
+        yield False
+        return
+    if exclusive and os.path.lexists(target):
+        raise VolumeExistsError(f"{target}: already exists; it was not overwritten.")
+    folder, name = os.path.split(os.path.abspath(target))
+    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = new_locked_file(temporary)
+    try:
+        write_index(current, names, fd, target, buffer_size, on_bytes)
+        _publish(temporary, target, exclusive)
+        fsync_folder(folder)
+        yield True
+    finally:
+        os.close(fd)
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+
+
 def relocate(source: str, names: Sequence[str], target: str | None = None, *, exclusive: bool = False,
              buffer_size: int = DEFAULT_BUFFER_SIZE, on_bytes: Callable[[int], None] | None = None) -> bool:
     """Write the directory file ``source`` to ``target`` (default: over itself) with new shard names.
@@ -132,25 +224,5 @@ def relocate(source: str, names: Sequence[str], target: str | None = None, *, ex
     copied. Returns False, writing nothing, when ``target`` is ``source`` and the names are
     already ``names``.
     """
-    if buffer_size < 1:
-        raise InvalidArgumentError(f"buffer_size must be a positive number of bytes; got {buffer_size!r}.")
-    source = os.fspath(source)
-    target = source if target is None else os.fspath(target)
-    current = read_directory_file(source)
-    in_place = _same_file(source, target)
-    if in_place and exclusive:
-        raise VolumeExistsError(f"{target}: already exists; it was not overwritten.")
-    if in_place and tuple(os.fspath(n) for n in names) == current.names:
-        return False
-    header = header_with_names(current, names)
-    if exclusive and os.path.lexists(target):
-        raise VolumeExistsError(f"{target}: already exists; it was not overwritten.")
-    with atomic_write(target, exclusive=exclusive, like=source) as temporary:
-        with open(temporary, "wb") as out, open(source, "rb") as src:
-            out.write(header)
-            src.seek(current.directory_offset)
-            while chunk := src.read(buffer_size):
-                out.write(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
-    return True
+    with relocated(source, names, target, exclusive=exclusive, buffer_size=buffer_size, on_bytes=on_bytes) as done:
+        return done

@@ -1,19 +1,24 @@
-"""Neuroglancer in headless Chromium draws served volumes: the expected slice, no errors, coarser levels.
+"""Neuroglancer in headless Chromium draws served volumes: the expected slice, no errors, coarser levels;
+and a page of another origin can neither read them nor change the viewer's state.
 
 The volume is bright (3000) left of x = 384, dark (500) right of it, with one never-written block just
-up and left of the centre of the view (reads as 0). Every wait is bounded; a screenshot that does not
-come (Neuroglancer waits for every chunk) fails the test instead of hanging it.
+up and left of the centre of the view (reads as 0). Every URL is the server's, with its token. Every
+wait is bounded; a screenshot that does not come (Neuroglancer waits for every chunk) fails the test
+instead of hanging it.
 """
 
 from __future__ import annotations
 
+import functools
+import http.server
 import io
 import os
 import shutil
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
@@ -96,7 +101,9 @@ def test_neuroglancer_draws_the_slice_and_fetches_coarser_levels_when_zoomed_out
     messages: list[Any] = []
     with start(pyramid) as server:
         viewer = neuroglancer.Viewer()
+        # Neuroglancer's own server is another origin: it reads ours with the URLs `blockfs serve` prints.
         source = f"zarr://{server.url}/brain/zarr/" if route == "zarr" else f"precomputed://{server.url}/brain"
+        assert server.token and server.token in source
         with viewer.txn() as s:
             s.dimensions = neuroglancer.CoordinateSpace(names=["x", "y", "z"], units="µm", scales=[1, 1, 1])
             s.layers["brain"] = neuroglancer.ImageLayer(
@@ -140,6 +147,7 @@ def test_blockfs_view_serves_neuroglancer_that_shows_the_volume(pyramid: Path, t
     messages: list[Any] = []
     server, url = view(pyramid)
     with server:
+        assert server.token and url.startswith(f"{server.origin}/{server.token}/")
         assert server.state.viewer is not None
         state = server.state.viewer.state
         lo, hi = state["layers"][0]["shaderControls"]["normalized"]["range"]
@@ -160,10 +168,100 @@ def test_blockfs_view_serves_neuroglancer_that_shows_the_volume(pyramid: Path, t
                 if left.mean() > 250 and right.mean() < 5 or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
+            generation = server.state.viewer.generation
+            within(TIMEOUT, lambda: driver.driver.execute_script('window.viewer.layout.restoreState("xz")'))
+            changed = wait_for(lambda: server.state.viewer.state.get("layout") == "xz")
         finally:
             driver.__exit__(None, None, None)
         zarr_chunks = chunk_requests(server, "brain", "zarr")
     assert left.mean() > 250 and right.mean() < 5, (left.mean(), right.mean())
+    assert changed and server.state.viewer.generation > generation, "the client's own state change was refused"
     assert zarr_chunks.get(0, 0) > 0, zarr_chunks
     errors = [m.text for m in messages if m.level == "error"]
     assert not errors, errors
+
+
+def wait_for(check: Callable[[], bool]) -> bool:
+    """Whether ``check()`` holds within :data:`TIMEOUT` seconds (tried every 0.2 s)."""
+    deadline = time.monotonic() + TIMEOUT
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def other_origin(tmp_path: Path) -> Iterator[str]:
+    """A second web server on 127.0.0.1 (another port, so another origin) serving an empty page: its URL."""
+    (tmp_path / "page.html").write_text("<!doctype html><title>another site</title>")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(tmp_path)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/page.html"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(TIMEOUT)
+
+
+#: Run in the other origin's page: what its fetches of the server get (status and the start of the body).
+CROSS_ORIGIN_SCRIPT = """
+const [server, prefix, done] = arguments;
+const state = JSON.stringify({s: {layout: "3d", layers: []}});
+const outcome = async (request) => {
+  try {
+    const response = await request();
+    return response.type === "opaque" ? "opaque" : `${response.status} ${(await response.text()).slice(0, 60)}`;
+  } catch (error) {
+    return `refused: ${error}`;
+  }
+};
+(async () => {
+  const results = {};
+  for (const path of ["/", "/brain/info", "/brain/zarr/.zattrs", "/brain/zarr/0/0.0.0", "/brain/1_1_1/0-32_0-32_0-16",
+                      "/v/blockfs/", "/events/blockfs"]) {
+    results[`GET ${path}`] = await outcome(() => fetch(server + path));
+  }
+  results["GET with the token"] = await outcome(() => fetch(server + prefix + "/brain/info"));
+  for (const path of ["/state/blockfs", prefix + "/state/blockfs"]) {
+    results[`POST text ${path}`] = await outcome(() => fetch(server + path, {
+      method: "POST", mode: "no-cors", body: state}));
+    results[`POST json ${path}`] = await outcome(() => fetch(server + path, {
+      method: "POST", headers: {"Content-Type": "application/json"}, body: state}));
+  }
+  done(results);
+})();
+"""
+
+
+def test_a_page_of_another_origin_can_neither_read_a_chunk_nor_change_the_state(pyramid: Path,
+                                                                                 other_origin: str) -> None:
+    webdriver = require_browser()
+    server, _ = view(pyramid)
+    with server:
+        session = server.state.viewer
+        assert session is not None
+        generation, state = session.generation, dict(session.state)
+        driver = within(TIMEOUT, lambda: webdriver.WebdriverBase(headless=True, docker=True, print_logs=False,
+                                                                 browser_binary_path=CHROMIUM, window_size=(400, 300)))
+        try:
+            driver.driver.set_script_timeout(TIMEOUT)
+            within(TIMEOUT, lambda: driver.driver.get(other_origin))
+            origin = f"http://127.0.0.1:{server.port}"
+            results = within(TIMEOUT, lambda: driver.driver.execute_async_script(
+                CROSS_ORIGIN_SCRIPT, origin, urlsplit(server.url).path))
+        finally:
+            driver.__exit__(None, None, None)
+        assert results["GET with the token"].startswith("200 "), results  # the page can reach the server
+        reads = {k: v for k, v in results.items() if k.startswith("GET /")}
+        assert all(v.startswith("403 ") for v in reads.values()), reads
+        assert session.generation == generation and session.state == state, session.state
+        posts = {k: v for k, v in results.items() if k.startswith("POST json")}
+        assert all(v.startswith(("refused", "403 ")) for v in posts.values()), posts

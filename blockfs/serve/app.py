@@ -133,6 +133,8 @@ async def preflight(request: web.Request, handler: Handler) -> web.StreamRespons
     """A CORS preflight (OPTIONS) is answered for any authorised path: the read methods, the headers asked."""
     if request.method != "OPTIONS":
         return await handler(request)
+    if request.headers.get("Access-Control-Request-Method", "GET") not in SAFE_METHODS:
+        raise web.HTTPForbidden(text="403: other origins may only read from this server\n")
     allowed = request.headers.get("Access-Control-Request-Headers", DEFAULT_ALLOWED_HEADERS)
     return web.Response(status=204, headers={"Access-Control-Allow-Headers": allowed})
 
@@ -204,7 +206,7 @@ async def index(request: web.Request) -> web.Response:
 
 def make_app(volumes: dict[str, ServedVolume], threads: int = 8, cache_bytes: int = 256 << 20,
              client_folder: str | None = None, token: str | None = None) -> web.Application:
-    """The application serving ``volumes`` by name under ``/<token>`` (and Neuroglancer's client in ``client_folder``)."""
+    """The application serving ``volumes`` by name under ``/<token>`` (and Neuroglancer's client, if given)."""
     app = web.Application(middlewares=[errors, authorise, preflight])
     state = app[STATE] = State(volumes, threads, cache_bytes, token)
     app.on_response_prepare.append(add_cors)

@@ -23,9 +23,9 @@ examples:
   blockfs serve /data/brain.blockfs --name brain --port 9000
 
 Each volume (index file) or pyramid folder is served under /<token>/<name>/ as
-  precomputed   precomputed://http://HOST:PORT/<token>/<name>      (Neuroglancer, tensorstore, cloud-volume)
-  zarr v2       zarr://http://HOST:PORT/<token>/<name>/zarr/       (OME-Zarr 0.4; Neuroglancer, zarr-python, tensorstore)
-  zarr v3       http://HOST:PORT/<token>/<name>/zarr3/             (OME-Zarr 0.5; zarr-python, tensorstore)
+  precomputed   precomputed://http://HOST:PORT/<token>/<name>   (Neuroglancer, tensorstore, cloud-volume)
+  zarr v2       zarr://http://HOST:PORT/<token>/<name>/zarr/    (OME-Zarr 0.4; Neuroglancer, zarr-python, tensorstore)
+  zarr v3       http://HOST:PORT/<token>/<name>/zarr3/          (OME-Zarr 0.5; zarr-python, tensorstore)
 The token is new at each start and printed with the URLs; requests without it are refused, so web
 pages cannot read the volumes. --no-token serves them at /<name>/ to anyone (public data).
 Full blocks go out exactly as stored; only edge blocks are re-encoded. Needs: pip install 'blockfs[serve]'.
@@ -84,7 +84,7 @@ def _missing_stack(prog: str, exc: ImportError) -> int:
 
 @contextlib.contextmanager
 def _until_stopped() -> Iterator[Callable[[], int]]:
-    """A ``wait()`` that returns the exit status at SIGTERM (0) or Ctrl-C (130), caught from the start of the block on."""
+    """A ``wait()`` returning the exit status at SIGTERM (0) or Ctrl-C (130), caught from the start of the block on."""
     stopped = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set())
 

@@ -83,7 +83,7 @@ async def post_state(request: web.Request) -> web.Response:
 
 
 def add_client(app: web.Application, folder: str, prefix: str = "") -> ViewerSession:
-    """Serve the client in ``folder`` at ``<prefix>/v/<viewer>/`` (``<prefix>/`` redirects there); return its session."""
+    """Serve the client in ``folder`` at ``<prefix>/v/<viewer>/`` (``<prefix>/`` redirects there); its session."""
     session = app[SESSION] = ViewerSession(folder)
 
     async def index(request: web.Request) -> web.Response:

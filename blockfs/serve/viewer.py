@@ -73,7 +73,7 @@ def viewer_url(server: Server) -> str:
 def view(paths: Iterable[str | os.PathLike] | str | os.PathLike, port: int = 0, host: str = LOOPBACK,
          names: Sequence[str | None] | None = None, token: bool = True, idle_timeout: float = IDLE_TIMEOUT,
          max_connections: int | None = None) -> tuple[Server, str]:
-    """Serve volumes and the Neuroglancer client as :func:`start` does; return the server and the URL that shows them."""
+    """Serve volumes and the Neuroglancer client as :func:`start` does; the server and the URL that shows them."""
     server = start(paths, port=port, host=host, names=names, client_folder=neuroglancer_client(), token=token,
                    idle_timeout=idle_timeout, max_connections=max_connections)
     try:

@@ -10,10 +10,8 @@ fails the producer and leaves a volume that checks clean.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
-import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +22,10 @@ import pytest
 
 import fixtures
 from crash_writer import DTYPE, block_content
-from helpers import block_origins, console
+from helpers import block_origins
+from repair_volumes import flip, names_block, run_blockfs
 
-from blockfs import BlockfsError, CorruptBlockError, Directory, WriterError, records
+from blockfs import BlockfsError, CorruptBlockError, Directory, LostBlocksWarning, WriterError, records
 from blockfs.errors import ChecksumError
 
 pytestmark = pytest.mark.timeout(120)
@@ -40,19 +39,9 @@ ONCE = (0, 0, 0)
 
 # -- helpers -----------------------------------------------------------------------------------
 
-run_blockfs = functools.partial(console, "blockfs")
-
-
 def check_json(path: Path) -> tuple[int, dict]:
     result = run_blockfs("check", "--json", str(path))
     return result.returncode, json.loads(result.stdout)
-
-
-def names_block(text: str, origin: tuple[int, int, int]) -> bool:
-    """Whether one line of ``text`` names the block whose first voxel is ``origin`` (x, y, z)."""
-    x, y, z = origin
-    pattern = re.compile(rf"\bx\s*=\s*{x}\b.*\by\s*=\s*{y}\b.*\bz\s*=\s*{z}\b")
-    return any(pattern.search(line) for line in text.splitlines())
 
 
 def problem_blocks(report: dict) -> set[tuple[int, int, int]]:
@@ -126,16 +115,6 @@ def build(folder: Path, records_on: bool = True, **kwargs: object) -> Volume:
     return Volume(path, versions)
 
 
-def flip(path: Path, offset: int) -> None:
-    """Invert every bit of the byte at ``offset``."""
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        assert len(byte) == 1, f"{path} has no byte at {offset}"
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0xFF]))
-
-
 def assert_reads_raise(vol: Volume, origin: tuple[int, int, int], error: type = CorruptBlockError) -> Exception:
     """read_block, a region within the block, a region across it and the whole volume all raise."""
     x, y, z = origin
@@ -169,15 +148,18 @@ def assert_check_names(vol: Volume, origin: tuple[int, int, int], kind: str | No
     return report
 
 
-def repair(vol: Volume) -> subprocess.CompletedProcess:
-    """``blockfs repair`` succeeds, keeps the old index as .bak, and leaves a volume that checks clean."""
+def repair(vol: Volume, lost: tuple[tuple[int, int, int], ...] = ()) -> subprocess.CompletedProcess:
+    """``blockfs repair`` keeps the old index as .bak and leaves a volume whose only problems are the
+    blocks ``lost``: it exits 0 if there are none, else 3, and check then names each of them."""
     before = vol.path.read_bytes()
     result = run_blockfs("repair", "--silent", str(vol.path))
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == (3 if lost else 0), result.stdout + result.stderr
+    assert all(names_block(result.stdout, origin) for origin in lost), result.stdout
     backup = Path(f"{vol.path}.bak")
     assert backup.read_bytes() == before, "the old index must be kept as <volume>.bak"
-    after = run_blockfs("check", "--silent", str(vol.path))
-    assert after.returncode == 0, after.stdout + after.stderr
+    code, report = check_json(vol.path)
+    assert code == (1 if lost else 0), report["problems"]
+    assert {(p["kind"], tuple(p["block"])) for p in report["problems"]} == {("lost-block", o) for o in lost}
     return result
 
 
@@ -210,11 +192,12 @@ def test_flipped_payload_byte_of_the_only_copy(tmp_path: Path) -> None:
     assert_reads_raise(vol, origin, ChecksumError)
     vol.assert_reads(skip=(origin,))
 
-    repair(vol)
+    repair(vol, lost=(origin,))
     vol.versions[origin] = 0  # nothing sound is left: the block is now missing, never garbage
-    vol.assert_reads()
+    with pytest.warns(LostBlocksWarning):
+        vol.assert_reads()
     code, report = check_json(vol.path)
-    assert code == 0 and report["blocks_written"] == len(vol.versions) - 1
+    assert code == 1 and report["blocks_written"] == len(vol.versions) - 1
     assert any(str(shard) in line for line in report["unrecognised_bytes"]), report
 
 
@@ -223,8 +206,9 @@ def test_repair_names_a_block_it_cannot_recover(tmp_path: Path) -> None:
     shard, offset, _, _ = vol.locate(ONCE)
     flip(shard, offset + 5)
     result = run_blockfs("repair", str(vol.path))
-    assert result.returncode == 0
+    assert result.returncode == 3, result.stdout + result.stderr
     assert names_block(result.stdout + result.stderr, ONCE), result.stdout + result.stderr
+    assert "now reads as zeros" in result.stdout and "--accept-loss" in result.stdout, result.stdout
 
 
 # -- a flipped byte inside a record header --------------------------------------------------
@@ -272,9 +256,10 @@ def test_flipped_record_header_byte_of_the_only_copy(tmp_path: Path) -> None:
     flip(shard, offset - records.HEADER_SIZE + HEADER_FIELDS["entry"])
     assert_check_names(vol, ONCE, "checksum")
     assert_reads_raise(vol, ONCE, ChecksumError)
-    repair(vol)
+    repair(vol, lost=(ONCE,))
     vol.versions[ONCE] = 0
-    vol.assert_reads()
+    with pytest.warns(LostBlocksWarning):
+        vol.assert_reads()
 
 
 def test_damage_to_an_old_copy_is_noted_but_harmless(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from ._support import add_silent, run_tool
 def print_report(report: Report) -> None:
     for problem in report.problems:
         print(f"{report.volume}: {problem}")
-    for line in report.damaged:
+    for line in report.notes + report.damaged:
         print(f"{report.volume}: note: {line}")
     for x, y, z in report.unrecorded:
         print(f"{report.volume}: note: block (x={x}, y={y}, z={z}) has no record (written by a writer without "

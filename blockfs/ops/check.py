@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 
 from .. import records
-from ..directory import Directory
 from ..errors import ChecksumError, CorruptBlockError
 from ..progress import progress
-from ..store import BlockStore, referenced_bytes
+from ..store import referenced_bytes
+from .offline import OfflineVolume, open_offline
 from .repair import latest_records
 
 
@@ -32,7 +32,7 @@ class Problem:
         where = [f"block (x={self.block[0]}, y={self.block[1]}, z={self.block[2]})" if self.block else "",
                  f"entry {self.entry}" if self.entry is not None else "",
                  f"{self.shard} at offset {self.offset}" if self.shard and self.offset is not None else self.shard or ""]
-        return f"{self.kind}: {', '.join(w for w in where if w)}: {self.detail}"
+        return ": ".join(part for part in (self.kind, ", ".join(w for w in where if w), self.detail) if part)
 
 
 @dataclass
@@ -65,6 +65,8 @@ class Report:
     #: First voxels (x, y, z) of blocks, in a volume with records, that were written without one (by
     #: an earlier release) and decode to their shape: healthy, reported.
     unrecorded: list[tuple[int, int, int]] = field(default_factory=list)
+    #: Harmless findings about the files, such as shards found beside the index under a stale name.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
@@ -76,20 +78,53 @@ class Report:
                 "unreferenced_bytes": sum(s.unreferenced for s in self.shards),
                 "shards": [dict(asdict(s), unreferenced=s.unreferenced) for s in self.shards],
                 "problems": [asdict(p) for p in self.problems], "unrecognised_bytes": self.damaged,
-                "unrecorded_blocks": [list(b) for b in self.unrecorded]}
+                "unrecorded_blocks": [list(b) for b in self.unrecorded], "notes": self.notes}
 
 
 def check_volume(path: str, silent: bool = True) -> Report:
-    """Check a volume's index, shards and every written block."""
-    with Directory.open(path) as volume:
-        store = BlockStore(volume.store.spec)
-    layout, shard_paths = store.layout, list(store.spec.shard_paths)
-    offsets, sizes = store.entries(0, layout.n_entries)
+    """Check a volume's header, index, shards and every written block."""
+    with open_offline(path) as volume:
+        return _check(volume, silent)
+
+
+def _volume_problems(volume: OfflineVolume) -> list[Problem]:
+    """What the header and the shard files say is wrong, before any block is read."""
+    problems = []
+    incomplete = volume.incomplete()
+    if incomplete is not None:
+        problems.append(Problem("incomplete", incomplete))
+    for shard in volume.shards:
+        if not shard.exists:
+            problems.append(Problem("missing-shard", f"the shard file {shard.name!r} named in the header does not "
+                                    f"exist (looked at {', '.join(shard.looked_at)}); mount or restore it",
+                                    shard=shard.path))
+        elif shard.copy_beside is not None:
+            problems.append(Problem("foreign-shard", f"the stored name {shard.name!r} leads outside this volume's "
+                                    f"folder, though {shard.copy_beside} sits beside it: a copy (cp -r) that uses "
+                                    f"the original's shards; run blockfs rebase {volume.path} to use its own",
+                                    shard=shard.path))
+    layout = volume.layout
+    for origin in volume.lost_blocks():
+        entry = layout.entry_index(*origin)
+        problems.append(Problem("lost-block", "repair could not save this block (no complete copy was left); it "
+                                "reads as zeros until it is written again, or the loss is accepted with blockfs "
+                                f"repair --accept-loss {volume.path}", origin, entry,
+                                volume.shards[layout.shard_of(entry)].path))
+    return problems
+
+
+def _check(volume: OfflineVolume, silent: bool) -> Report:
+    store, layout, path = volume.store, volume.layout, volume.path
+    shard_paths = [s.path for s in volume.shards]
+    present = volume.header.entries_in_file  # the entries after are empty, however many the header claims
+    offsets, sizes = store.entries(0, present)
     head = records.HEADER_SIZE if layout.records else 0
-    entries, origins = layout.block_entries()
-    report = Report(path, layout.records, len(entries), int(np.count_nonzero(sizes[entries])),
-                    [ShardUsage(name, p, os.path.exists(p), os.path.getsize(p) if os.path.exists(p) else 0)
-                     for name, p in zip(layout.block_filenames, shard_paths)])
+    entries, origins = layout.block_entries(present)
+    report = Report(path, layout.records, layout.n_blocks, int(np.count_nonzero(sizes[entries])),
+                    [ShardUsage(s.name, s.path, s.exists, os.path.getsize(s.path) if s.exists else 0)
+                     for s in volume.shards], _volume_problems(volume))
+    report.notes = [f"{s.path}: found by its base name beside the index; the stored name {s.name!r} is stale "
+                    f"(run blockfs rebase {path})" for s in volume.shards if s.stale]
     stray = np.setdiff1d(np.flatnonzero(sizes), entries)
     report.problems += [Problem("stray-entry", "a non-empty entry that belongs to no block position", entry=int(e))
                         for e in stray]
@@ -145,25 +180,24 @@ def check_volume(path: str, silent: bool = True) -> Report:
         flag(overlapping, "overlap", "the block's bytes overlap another block's")
 
     if layout.records:
-        _compare_with_records(report, layout, shard_paths, offsets, sizes, origins, entries, silent)
-    store.close()
+        _compare_with_records(report, layout, shard_paths, offsets, sizes, silent)
     report.problems.sort(key=lambda p: (p.entry if p.entry is not None else -1, p.kind))
     return report
 
 
 def _compare_with_records(report: Report, layout: Any, shard_paths: list[str], offsets: np.ndarray,
-                          sizes: np.ndarray, origins: np.ndarray, entries: np.ndarray, silent: bool) -> None:
+                          sizes: np.ndarray, silent: bool) -> None:
     """Flag blocks whose shard holds a complete record newer than the block the index points at.
 
     A block written later without a record (by an earlier release) lies after its older recorded
     copies: the index rightly points at it.
     """
     found, report.damaged = latest_records(layout, shard_paths, silent)
-    origin_of = dict(zip(entries.tolist(), map(tuple, origins.tolist())))
     for entry, (offset, size) in found.items():
-        if not sizes[entry] or offset > int(offsets[entry]):
+        if entry >= sizes.size or not sizes[entry] or offset > int(offsets[entry]):
             shard = shard_paths[layout.shard_of(entry)]
+            origin = tuple(int(c) for c in layout.blocks_of(np.array([entry]))[1][0])
             report.problems.append(Problem(
                 "unindexed-record", f"the shard's last complete copy of this block ({size} bytes) is not the one "
                 "the index points at (an interrupted write, or a damaged index or block); run blockfs repair",
-                origin_of[entry], entry, shard, offset))
+                origin, entry, shard, offset))

@@ -1,9 +1,10 @@
 """What a volume is, how much of it is written, and what it takes on disk.
 
-The index is scanned with numpy a slab of blocks at a time (one positioned read and one
-:meth:`blockfs.store.BlockStore.entries` call per slab), so a volume of millions of blocks is
-described in a moment and in bounded memory. Shard files are located by the reading rules of
-docs/FORMAT.md section 9.6; a missing shard is reported, not an error.
+The entries in the index file are scanned with numpy a chunk at a time (one positioned read and
+one :meth:`blockfs.store.BlockStore.entries` call per chunk), so a volume of millions of blocks is
+described in a moment and in bounded memory, whatever number of blocks its header claims. Shard
+files are located by the reading rules of docs/FORMAT.md section 9.6; a missing shard is
+reported, not an error.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ import numpy as np
 from .. import records
 from ..format import DirectoryFile, Layout, field_bit_widths
 from ..store import BlockStore, StoreSpec, referenced_bytes
-from .relocate import locate_shards, read_directory_file
+from .offline import OfflineVolume, open_offline
 
-#: Blocks whose entries are read and decoded at once.
+#: Entries read and decoded at once.
 SCAN_BLOCKS = 1 << 20
 
 
@@ -37,44 +38,37 @@ class IndexScan:
     shard_referenced: np.ndarray | None = None
 
 
-def _edge_sizes(extent: int, block: int) -> np.ndarray:
-    """Size along one axis of every block along it (the last one truncated)."""
-    starts = np.arange(0, extent, block, dtype=np.int64)
-    return np.minimum(block, extent - starts)
-
-
 def scan_index(header: DirectoryFile, slab_blocks: int = SCAN_BLOCKS) -> IndexScan:
-    """Count written blocks, their uncompressed and compressed bytes, in total and per shard."""
+    """Count written blocks, their uncompressed and compressed bytes, in total and per shard.
+
+    Only the entries in the file are read, ``slab_blocks`` at a time: the work and memory are
+    bounded by what the index holds, not by the block positions its header claims.
+    """
     lay: Layout = header.layout
-    nz, ny, nx = lay.grid
     n_shards = len(lay.block_filenames)
     scan = IndexScan(shard_blocks=np.zeros(n_shards, np.int64), shard_bytes=np.zeros(n_shards, np.int64))
-    plane_entries = (np.arange(ny, dtype=np.int64)[:, None] * lay.y_stride
-                     + np.arange(nx, dtype=np.int64)[None, :] * lay.x_stride).ravel()
-    plane_voxels = (_edge_sizes(lay.y_extent, lay.y_block_size)[:, None]
-                    * _edge_sizes(lay.x_extent, lay.x_block_size)[None, :]).ravel()
-    depths = _edge_sizes(lay.z_extent, lay.z_block_size)
-    planes = max(1, slab_blocks // (ny * nx))
     head = records.HEADER_SIZE if lay.records else 0
+    extents = np.array([lay.x_extent, lay.y_extent, lay.z_extent], np.int64)
+    block_sizes = np.array([lay.x_block_size, lay.y_block_size, lay.z_block_size], np.int64)
     ranges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     # Only the index is read: the stored names stand in for the shard paths.
     store = BlockStore(StoreSpec(header.path, lay.block_filenames, lay, header.directory_offset))
     try:
-        for z0 in range(0, nz, planes):
-            zs = np.arange(z0, min(nz, z0 + planes), dtype=np.int64)
-            entries = (zs[:, None] * lay.z_stride + plane_entries[None, :]).ravel()
-            first, count = int(entries.min()), int(entries.max() - entries.min()) + 1
-            offsets, sizes = store.entries(first, count)
-            offsets, sizes = offsets[entries - first].astype(np.int64), sizes[entries - first].astype(np.int64)
-            written = sizes > 0
-            voxels = (depths[zs][:, None] * plane_voxels[None, :]).ravel()
-            scan.blocks_written += int(np.count_nonzero(written))
-            scan.uncompressed_bytes += int(voxels[written].sum()) * lay.dtype.itemsize
-            scan.compressed_bytes += int(sizes[written].sum())
-            shard = lay.shard_of(entries[written])
+        for first in range(0, header.entries_in_file, slab_blocks):
+            offsets, sizes = store.entries(first, min(slab_blocks, header.entries_in_file - first))
+            written = np.flatnonzero(sizes)
+            is_block, origins = lay.blocks_of(first + written)  # a stray entry is no block's: not counted
+            written = written[is_block]
+            entries = first + written
+            offsets, sizes = offsets[written].astype(np.int64), sizes[written].astype(np.int64)
+            voxels = np.minimum(block_sizes, extents - origins).prod(axis=1)
+            scan.blocks_written += entries.size
+            scan.uncompressed_bytes += int(voxels.sum()) * lay.dtype.itemsize
+            scan.compressed_bytes += int(sizes.sum())
+            shard = lay.shard_of(entries)
             scan.shard_blocks += np.bincount(shard, minlength=n_shards)
-            scan.shard_bytes += np.bincount(shard, weights=sizes[written], minlength=n_shards).astype(np.int64)
-            ranges.append((shard, offsets[written] - head, offsets[written] + sizes[written]))
+            scan.shard_bytes += np.bincount(shard, weights=sizes, minlength=n_shards).astype(np.int64)
+            ranges.append((shard, offsets - head, offsets + sizes))
     finally:
         store.close()
     shard, starts, ends = (np.concatenate(a) for a in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 3
@@ -85,19 +79,24 @@ def scan_index(header: DirectoryFile, slab_blocks: int = SCAN_BLOCKS) -> IndexSc
 
 def describe_volume(path: str) -> dict[str, Any]:
     """Everything ``blockfs info`` reports, as one JSON-ready dict."""
-    header = read_directory_file(path)
-    lay = header.layout
+    with open_offline(path) as volume:
+        return _describe(volume)
+
+
+def _describe(volume: OfflineVolume) -> dict[str, Any]:
+    path, header, lay = volume.path, volume.header, volume.layout
     scan = scan_index(header)
     assert scan.shard_blocks is not None and scan.shard_bytes is not None and scan.shard_referenced is not None
     shards = []
-    for i, shard in enumerate(locate_shards(path, lay.block_filenames)):
+    for i, shard in enumerate(volume.shards):
         size = os.path.getsize(shard.path) if shard.exists else None
         shards.append({
             "index": i, "name": shard.name, "path": os.path.abspath(shard.path) if shard.exists else None,
-            "exists": shard.exists, "stale_name": shard.fallback, "size": size,
+            "exists": shard.exists, "stale_name": shard.stale, "size": size,
             "blocks": int(scan.shard_blocks[i]), "block_bytes": int(scan.shard_bytes[i]),
             "referenced_bytes": int(scan.shard_referenced[i]),
             "looked_at": None if shard.exists else list(shard.looked_at),
+            "copy_beside": shard.copy_beside,
         })
     present = [s for s in shards if s["exists"]]
     distinct_sizes = {s["path"]: s["size"] for s in present}
@@ -121,7 +120,7 @@ def describe_volume(path: str) -> dict[str, Any]:
         "bits_differ_from_earlier_rule": rule != (lay.n_offset_bits, lay.n_size_bits),
         "strides_xyz": [lay.x_stride, lay.y_stride, lay.z_stride],
         "directory_offset": header.directory_offset,
-        "entries_in_file": min(lay.n_entries, header.index_bytes // lay.entry_size),
+        "entries_in_file": header.entries_in_file,
         "entry_positions": lay.n_entries,
         "blocks_total": nx * ny * nz,
         "blocks_written": scan.blocks_written,
@@ -136,6 +135,9 @@ def describe_volume(path: str) -> dict[str, Any]:
         "block_records": lay.records,
         "shards": shards,
         "missing_shards": [s["name"] for s in shards if not s["exists"]],
+        "foreign_shards": [s["name"] for s in shards if s["copy_beside"] is not None],
+        "incomplete": volume.incomplete(),
+        "lost_blocks": [list(b) for b in volume.lost_blocks()],
         "metadata": dict(lay.metadata),
     }
 
@@ -184,13 +186,37 @@ def format_text(info: dict[str, Any]) -> str:
                                                    f"(holding {info['blocks_in_missing_shards']} written blocks)"
                                                    if info["missing_shards"] else ""),
     ]
-    for s in info["shards"]:
-        if s["exists"]:
-            where = f"{s['path']}, {s['size']} bytes" + (" (found by base name: stale, run blockfs-rebase)"
-                                                         if s["stale_name"] else "")
-        else:
-            where = f"MISSING (looked at {', '.join(s['looked_at'])})"
-        lines.append(f"  [{s['index']}] {s['name']}: {where}; {s['blocks']} blocks")
+    lines += [f"  [{s['index']}] {s['name']}: {_shard_text(s)}; {s['blocks']} blocks" for s in info["shards"]]
+    lines += _state_lines(info)
     metadata = info["metadata"]
     lines.append("metadata      " + (json.dumps(metadata, sort_keys=True) if metadata else "(none)"))
     return "\n".join(lines)
+
+
+def _shard_text(shard: dict[str, Any]) -> str:
+    """Where one shard is, for the text report."""
+    if not shard["exists"]:
+        return f"MISSING (looked at {', '.join(shard['looked_at'])})"
+    where = f"{shard['path']}, {shard['size']} bytes"
+    if shard["stale_name"]:
+        where += " (found by base name: stale, run blockfs-rebase)"
+    if shard["copy_beside"] is not None:
+        where += (f" (ANOTHER VOLUME'S SHARD: this volume's own copy {shard['copy_beside']} sits beside the index, "
+                  "unused; a cp -r copy? run blockfs rebase)")
+    return where
+
+
+#: Lost blocks the text report names; the JSON lists them all.
+LOST_SHOWN = 10
+
+
+def _state_lines(info: dict[str, Any]) -> list[str]:
+    """The text report's lines on an incomplete volume and on blocks repair could not save."""
+    lines = [f"state         INCOMPLETE: {info['incomplete']}"] if info["incomplete"] else []
+    lost = info["lost_blocks"]
+    if lost:
+        named = ", ".join(f"(x={x}, y={y}, z={z})" for x, y, z in lost[:LOST_SHOWN])
+        more = f" and {len(lost) - LOST_SHOWN} more" if len(lost) > LOST_SHOWN else ""
+        lines.append(f"lost          {len(lost)} blocks repair could not save read as zeros: {named}{more}; write "
+                     f"them again, or accept the loss with blockfs repair --accept-loss {info['path']}")
+    return lines

@@ -3,26 +3,43 @@
 For each block position the last complete, CRC-valid record in its shard wins (appends are
 serialised, so the last one in a shard is the newest), except over an indexed block written later
 without a record (by an earlier release) that decodes: that one is kept. Torn or damaged stretches
-are reported and skipped. The new index is written beside the old one and renamed into place; the old one is kept
-as a backup. A volume whose index already agrees with its records is left untouched.
+are reported and skipped. A volume whose index already agrees with its records is left untouched.
+
+Repair is an offline operation: it holds the index exclusively (:mod:`blockfs.locking`) from start
+to end, so it is refused while any process has the volume open for writing, and no writer can
+start while it runs. The new index is written and locked beside the old one, then renamed into
+place; the old one is kept as a backup. A shard file that is missing is never taken for an empty
+one: repair refuses, unless asked to drop the missing shards' blocks.
+
+Blocks that had an entry and have no complete copy left (and dropped blocks) read as zeros; they
+are recorded in the new header's ``BlockfsLost`` mark, merged with those recorded before, so that
+``check`` and ``info`` report them until they are written again or the loss is accepted.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import fcntl
 import mmap
 import os
 import shutil
+import stat
+import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from .. import format as fmt
-from .. import records
-from ..directory import Directory
-from ..errors import CorruptBlockError, FormatError
+from .. import locking, marks, records
+from ..errors import CorruptBlockError, FormatError, MissingShardError, StaleVolumeError
 from ..progress import progress
-from ..storage import atomic_write, link_exclusive
+from ..storage import file_identity, fsync_folder, link_exclusive, pwrite_all
 from ..store import BlockStore
+from .offline import OfflineVolume, ShardFile, open_offline
+
+#: Who the lost mark names as having recorded the loss.
+LOST_BY = "blockfs repair"
 
 
 @dataclass
@@ -38,29 +55,43 @@ class RepairResult:
     lost: list[tuple[int, int, int]] = field(default_factory=list)
     #: First voxels (x, y, z) of indexed blocks without a record that decode, kept as they are.
     unrecorded: list[tuple[int, int, int]] = field(default_factory=list)
+    #: The missing shard files whose blocks were dropped (``drop_missing_shards``), with how many blocks each held.
+    dropped_shards: list[tuple[ShardFile, int]] = field(default_factory=list)
+    #: First voxels (x, y, z) of the blocks dropped with them: they now read as zeros.
+    dropped: list[tuple[int, int, int]] = field(default_factory=list)
+    #: First voxels (x, y, z) of every block the new header records as lost (this repair's and earlier ones).
+    unsaved: list[tuple[int, int, int]] = field(default_factory=list)
+    #: Whether the header's record of lost blocks changed (recorded, merged, or removed by ``accept_loss``).
+    marks_changed: bool = False
+
+    @property
+    def changed(self) -> bool:
+        """Whether a new index was written."""
+        return bool(self.entries_changed or self.marks_changed)
 
 
 def latest_records(layout: fmt.Layout, shard_paths: list[str], silent: bool = True
                    ) -> tuple[dict[int, tuple[int, int]], list[str]]:
     """The last sound record of each entry, as {entry: (payload offset, length)}, and the damage seen."""
-    entries, _ = layout.block_entries()
-    valid = np.zeros(layout.n_entries, bool)
-    valid[entries] = True
     found: dict[int, tuple[int, int]] = {}
     damaged: list[str] = []
     for shard, path in progress(list(enumerate(shard_paths)), silent, "scanning shards", unit="shard"):
         if not os.path.exists(path) or os.path.getsize(path) == 0:
             continue
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            for offset, record, length in records.scan(data, path):
-                if record is None:
-                    damaged.append(f"{path}: {length} bytes at offset {offset} are not a complete block record "
-                                   "(an interrupted write, damage, or blocks written without records)")
-                elif record.entry >= valid.size or not valid[record.entry] or layout.shard_of(record.entry) != shard:
-                    damaged.append(f"{path}: the record at offset {offset} names entry {record.entry}, which does "
-                                   "not belong in this shard")
-                else:
-                    found[record.entry] = (offset + records.HEADER_SIZE, record.length)
+            scanned = list(records.scan(data, path))
+        named = np.array([r.entry if r is not None and r.entry < layout.n_entries else -1 for _, r, _ in scanned],
+                         np.int64)
+        belongs = layout.blocks_of(named)[0] & (layout.shard_of(named) == shard)
+        for (offset, record, length), ok in zip(scanned, belongs.tolist()):
+            if record is None:
+                damaged.append(f"{path}: {length} bytes at offset {offset} are not a complete block record "
+                               "(an interrupted write, damage, or blocks written without records)")
+            elif not ok:
+                damaged.append(f"{path}: the record at offset {offset} names entry {record.entry}, which does "
+                               "not belong in this shard")
+            else:
+                found[record.entry] = (offset + records.HEADER_SIZE, record.length)
     return found, damaged
 
 
@@ -80,46 +111,133 @@ def _backup_path(path: str) -> str:
     return candidate
 
 
-def repair_volume(path: str, silent: bool = True) -> RepairResult:
-    """Rebuild the index of the volume at ``path`` from its shard records."""
-    with Directory.open(path) as volume:
-        store = BlockStore(volume.store.spec)
-    layout, shard_paths, start = store.layout, list(store.spec.shard_paths), store.spec.directory_offset
-    if not layout.records:
-        raise FormatError(f"{path}: this volume was written without block records, so its index cannot be rebuilt "
-                          "from the shards; use blockfs check to find damaged blocks.")
-    result = RepairResult(path)
-    found, result.damaged = latest_records(layout, shard_paths, silent)
+def repair_volume(path: str, silent: bool = True, drop_missing_shards: bool = False,
+                  accept_loss: bool = False) -> RepairResult:
+    """Rebuild the index of the volume at ``path`` from its shard records, holding the volume alone.
+
+    Raises :class:`VolumeBusyError` while any process has the volume open for writing, and
+    :class:`MissingShardError` when a shard file is missing, unless ``drop_missing_shards`` (its
+    blocks are then dropped). Blocks lost are recorded in the header unless ``accept_loss``, which
+    also removes the record of earlier losses.
+    """
+    with locking.exclusively(path, "blockfs repair") as held, open_offline(path) as volume:
+        if volume.header.identity != file_identity(os.fstat(held)):
+            raise StaleVolumeError(f"{path}: the index file was replaced while blockfs repair opened it; "
+                                   "run blockfs repair again.")
+        if not volume.layout.records:
+            raise FormatError(f"{path}: this volume was written without block records, so its index cannot be "
+                              "rebuilt from the shards; use blockfs check to find damaged blocks.")
+        old_offsets, old_sizes = volume.store.entries(0, volume.layout.n_entries)
+        result = RepairResult(path, dropped_shards=_refuse_missing_shards(volume, old_sizes, drop_missing_shards))
+        offsets, sizes = _rebuild(volume, old_offsets, old_sizes, result, silent)
+        changed = (old_sizes != sizes) | ((sizes > 0) & (old_offsets != offsets))
+        result.entries_changed = int(np.count_nonzero(changed))
+        lost_mark = _lost_mark(volume, sizes, result, accept_loss)
+        if not result.changed:
+            return result
+        header = os.pread(held, volume.header.directory_offset, 0)
+        if result.marks_changed:
+            header = _header_with(volume.header, lost_mark)
+        result.backup = _backup_path(path)
+        new_index = _install_index(path, header + fmt.pack_entries(offsets, sizes, volume.layout), result.backup)
+        os.close(new_index)  # held until here, so no writer starts in the new index before repair ends
+    return result
+
+
+def _refuse_missing_shards(volume: OfflineVolume, sizes: np.ndarray, drop: bool) -> list[tuple[ShardFile, int]]:
+    """The missing shard files with their indexed blocks; without ``drop``, a :class:`MissingShardError` naming them."""
+    if not volume.missing:
+        return []
+    entries, _ = volume.layout.block_entries()
+    held = np.bincount(volume.layout.shard_of(entries[sizes[entries] > 0]), minlength=len(volume.shards))
+    missing = [(volume.shards[i], int(held[i])) for i in volume.missing]
+    if drop:
+        return missing
+    named = "; ".join(f"shard {s.name!r} (looked at {', '.join(s.looked_at)}), holding {n} indexed blocks"
+                      for s, n in missing)
+    raise MissingShardError(
+        f"{volume.path}: {len(missing)} of {len(volume.shards)} shard files are missing: {named}. Nothing was "
+        "changed. Mount or restore them (or run blockfs rebase if the volume was moved) and run blockfs repair "
+        "again; or, to give up their blocks, run blockfs repair --drop-missing-shards (the dropped blocks are "
+        "recorded as lost).")
+
+
+def _rebuild(volume: OfflineVolume, old_offsets: np.ndarray, old_sizes: np.ndarray, result: RepairResult,
+             silent: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The rebuilt entries (offsets, sizes); fills ``result`` with what was indexed, kept and lost."""
+    layout, store = volume.layout, volume.store
+    found, result.damaged = latest_records(layout, list(store.spec.shard_paths), silent)
     offsets = np.zeros(layout.n_entries, np.uint64)
     sizes = np.zeros(layout.n_entries, np.uint64)
     if found:
         keys = np.fromiter(found, np.int64, len(found))
         offsets[keys], sizes[keys] = np.array(list(found.values()), np.uint64).T
     result.blocks_indexed = len(found)
-
-    old_offsets, old_sizes = store.entries(0, layout.n_entries)
     entries, origins = layout.block_entries()
+    in_missing = np.isin(layout.shard_of(entries), volume.missing)
     # An indexed block after the last record of its position (or with none) may be one written
     # without a record: kept if it decodes, as no older copy may replace it.
     later = (old_sizes[entries] > 0) & ((sizes[entries] == 0) | (old_offsets[entries] > offsets[entries]))
-    for entry, origin in zip(entries[later].tolist(), origins[later].tolist()):
+    for entry, origin in zip(entries[later & ~in_missing].tolist(), origins[later & ~in_missing].tolist()):
         if _decodes_unrecorded(store, entry, int(old_offsets[entry]), int(old_sizes[entry]), origin):
             offsets[entry], sizes[entry] = old_offsets[entry], old_sizes[entry]
             result.unrecorded.append(tuple(origin))
-    store.close()
-    changed = (old_sizes != sizes) | ((sizes > 0) & (old_offsets != offsets))
-    result.entries_changed = int(np.count_nonzero(changed))
-    dropped = (old_sizes[entries] > 0) & (sizes[entries] == 0)
-    result.lost = [(int(x), int(y), int(z)) for x, y, z in origins[dropped]]
-    if not result.entries_changed:
-        return result
+    gone = (old_sizes[entries] > 0) & (sizes[entries] == 0)
+    result.lost = [(int(x), int(y), int(z)) for x, y, z in origins[gone & ~in_missing]]
+    result.dropped = [(int(x), int(y), int(z)) for x, y, z in origins[gone & in_missing]]
+    return offsets, sizes
 
-    with open(path, "rb") as f:
-        header = f.read(start)
-    with atomic_write(path, like=path) as temporary:
-        with open(temporary, "wb") as f:
-            f.write(header + fmt.pack_entries(offsets, sizes, layout))
-        result.backup = _backup_path(path)
-        if not link_exclusive(path, result.backup):  # no hard links on this file system: copy
-            shutil.copy2(path, result.backup)
-    return result
+
+def _lost_mark(volume: OfflineVolume, sizes: np.ndarray, result: RepairResult, accept_loss: bool) -> Any:
+    """The new header's ``BlockfsLost`` value (None for none): blocks lost now or before and still unwritten."""
+    layout = volume.layout
+    old = layout.marks.get(marks.LOST_KEY)
+    if accept_loss:
+        result.marks_changed = old is not None
+        return None
+    candidates = set(volume.lost_blocks()) | set(result.lost) | set(result.dropped)
+    result.unsaved = sorted(b for b in candidates if not sizes[layout.entry_index(*b)])
+    result.marks_changed = set(marks.lost_blocks(old)) != set(result.unsaved) or (old is None) != (not result.unsaved)
+    return marks.lost(result.unsaved, LOST_BY) if result.unsaved else None
+
+
+def _header_with(header: fmt.DirectoryFile, lost: Any) -> bytes:
+    """The header bytes with the lost mark set to ``lost`` (removed for None); every other key keeps its value.
+
+    A header that carried padding before its entries keeps its D when the new text fits in it;
+    otherwise D becomes 16 + M, and the entries follow the new text.
+    """
+    state = {k: v for k, v in header.layout.marks.items() if k != marks.LOST_KEY}
+    if lost is not None:
+        state[marks.LOST_KEY] = lost
+    layout = dataclasses.replace(header.layout, marks=state)
+    tight = fmt.encode_header(layout)
+    padded = header.directory_offset > fmt.PREAMBLE.size + len(header.json_text.encode("utf-8"))
+    return fmt.encode_header(layout, header.directory_offset) if padded and len(tight) <= header.directory_offset \
+        else tight
+
+
+def _install_index(path: str, data: bytes, backup: str) -> int:
+    """Make ``data`` the index at ``path``, keeping the old index as ``backup``; returns the new file's descriptor.
+
+    The new file is written beside ``path``, fsynced and locked exclusively before it is renamed into
+    place, so a writer finds either the old index or the new one, and both held by this process.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.repair")
+    fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
+        pwrite_all(fd, data, 0)
+        os.fsync(fd)
+        if not link_exclusive(path, backup):  # no hard links on this file system: copy
+            shutil.copy2(path, backup)
+        os.replace(temporary, path)
+    except BaseException:
+        os.close(fd)
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+        raise
+    fsync_folder(folder)
+    return fd

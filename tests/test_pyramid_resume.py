@@ -228,3 +228,51 @@ def test_kill_at_many_points_leaves_the_source_and_a_pyramid_a_rerun_finishes(tm
         assert files_of(given) == kept and files_of(source) == source_files, f"trial {trial} ({mode}, {state})"
     print(f"kill trials: a build of {seconds:.2f} s, {KILL_TRIALS} kills: {dict(states)}")
     assert len(states) >= 3, f"the kills fell at too few points of the build: {dict(states)}"
+
+
+SWEEP_SHAPE = (32, 32, 64)  # 16 blocks, 3 levels: some 70 changes to the file system per build
+
+
+def test_a_kill_before_any_change_leaves_what_a_rerun_finishes(tmp_path: Path) -> None:
+    """kill -9 just before each change that ``blockfs pyramid --overwrite`` makes to the file system, in
+    turn (one worker, so that the order is fixed), over a previous pyramid and from its own level 1; the
+    re-run alternates --resume and --overwrite (a finished folder: --overwrite). A new build's changes
+    are those of an overwrite after its clearing."""
+    source, reference = tmp_path / "source.blockfs", tmp_path / "reference"
+    make_source(source, SWEEP_SHAPE)
+    source_files = files_of(source)
+    build_pyramid(source, reference, n_workers=1)
+    states: Counter[str] = Counter()
+    with open(tmp_path / "killer.log", "w") as log, subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("pyramid_killer.py"))], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=log, text=True) as killer:
+
+        def pyramid(n: int, *args: object) -> tuple[int, int | None]:
+            """``blockfs pyramid ARGS`` killed before its n-th change: (exit status, changes if not killed)."""
+            killer.stdin.write(json.dumps([n, *map(str, args), "--n-workers", "1", "--silent"]) + "\n")
+            killer.stdin.flush()
+            status, changes = json.loads(killer.stdout.readline())
+            return status, changes
+
+        for mode in MODES[1:]:
+            for n in itertools.count(1):
+                dest = tmp_path / f"{mode}-{n}"
+                given = dest / "1_1_1" / "precomputed.blockfs" if mode == "in place" else source
+                build_pyramid(source, dest, method="max", n_workers=1)
+                kept = files_of(given)
+                status, changes = pyramid(n, given, dest, "--overwrite")
+                if status == 0:  # fewer changes than n: every point of this mode is done
+                    assert changes == n - 1, (mode, n, changes)
+                    break
+                assert status == -signal.SIGKILL, (mode, n, status, (tmp_path / "killer.log").read_text())
+                state = state_of(dest)
+                states[state] += 1
+                assert files_of(given) == kept and files_of(source) == source_files, (mode, n, state)
+                again = "--resume" if n % 2 and not state.startswith("finished") else "--overwrite"
+                status, _ = pyramid(0, given, dest, again)
+                assert status == 0, (mode, n, state, again, (tmp_path / "killer.log").read_text())
+                assert_same_pyramid(dest, reference)
+                assert files_of(given) == kept and files_of(source) == source_files, (mode, n, state)
+                shutil.rmtree(dest)
+        killer.stdin.close()
+    print(f"kill sweep: {sum(states.values())} kills: {dict(states)}")

@@ -178,7 +178,7 @@ def test_overwrite_refuses_a_level_folder_holding_other_files(tmp_path: Path, wh
     before = snapshot(tmp_path)
     code, err = pyramid(source, dest, "--overwrite")
     entry = dest / where.split("/")[0] / where.split("/")[1]
-    assert code == 1 and err.startswith(f"blockfs pyramid: {entry}: ") and "move it out" in err, err
+    assert code == 1 and err.startswith(f"blockfs pyramid: {entry}: ") and "move it out of that folder" in err, err
     assert snapshot(tmp_path) == before
 
 
@@ -198,3 +198,17 @@ def test_overwrite_leaves_other_files_beside_the_levels_alone(tmp_path: Path) ->
     assert_levels_equal(dest, tmp_path / "reference")
     for shard in Directory.open(str(dest / "1_1_1" / "precomputed.blockfs")).shard_paths:
         assert os.path.samefile(shard, dest / os.path.basename(shard))  # level 1 links the source's shards
+
+
+def test_the_sources_own_folder_without_a_pyramid_is_refused(tmp_path: Path) -> None:
+    """The output folder is the folder of the source: a plain one, or level 1 of a pyramid."""
+    folder = tmp_path / "volume"
+    folder.mkdir()
+    dest = tmp_path / "pyramid"
+    build_pyramid(make_source(folder), dest, n_workers=2)
+    level1 = dest / "1_1_1"
+    for source, output in [(folder / "source.blockfs", folder), (level1 / "precomputed.blockfs", level1)]:
+        before = snapshot(tmp_path)
+        code, err = pyramid(source, output, "--overwrite")
+        assert code == 1 and err.startswith(f"blockfs pyramid: {output}: ") and "not empty" in err, err
+        assert snapshot(tmp_path) == before

@@ -240,7 +240,9 @@ def build_pyramid(source: str | os.PathLike, dest: str | os.PathLike, levels: in
     ``voxel_size_um`` (x, y, z) to the source's ``voxel_size_um`` metadata, else 1, 1, 1. An
     existing pyramid in ``dest`` is an error unless ``overwrite``; an interrupted build is an
     error unless ``resume`` (continue it) or ``overwrite`` (start again); an interruption loses at
-    most the work of the last ``checkpoint_seconds``.
+    most the work of the last ``checkpoint_seconds``. The source is never changed: ``dest``'s own
+    level 1 as the source is kept and the coarser levels rebuilt from it; a source with other files
+    among what the build would remove or write is refused (:mod:`blockfs.pyramid.owned`).
     """
     n_workers = n_workers or os.cpu_count() or 1
     plan = prepare(make_plan(source, dest, levels, method, voxel_size_um, n_workers), overwrite, resume, n_workers,

@@ -20,6 +20,8 @@ writes /data/brain-pyramid/info and one level per folder, 1_1_1 (the source, har
 copied from another file system), 2_2_2, 4_4_4, ... as precomputed-tif serves them to
 Neuroglancer. Methods: mean (exact, rounded half to even; for images), max, mode (for labels:
 info says "segmentation"), stride (fastest). An interrupted build continues with --resume.
+The source is never changed; to rebuild the coarser levels of a pyramid from its level 1, keeping it:
+  blockfs pyramid /data/brain-pyramid/1_1_1/precomputed.blockfs /data/brain-pyramid --overwrite
 Under mpiexec -n N the N ranks share the subtrees (one process each; see docs/scaling.md):
   mpiexec -n 8 blockfs pyramid /lustre/brain.blockfs /lustre/brain-pyramid --n-workers 8
 """

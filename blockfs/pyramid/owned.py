@@ -56,9 +56,9 @@ def level_files(folder: str) -> list[str]:
         path = os.path.join(folder, name)
         if os.path.isdir(path) and not os.path.islink(path) or not (
                 _LEVEL_OWN.fullmatch(name) or os.path.realpath(path) in named):
-            raise VolumeExistsError(f"{path}: not a file of the pyramid in {os.path.dirname(folder)}, which "
-                                    "--overwrite would replace; move it out of that folder first (the pyramid's own "
-                                    "files are removed, nothing else).")
+            raise VolumeExistsError(f"{path}: not a file of the pyramid in {os.path.dirname(folder)}; blockfs "
+                                    "pyramid removes only the pyramid's own files, so move it out of that folder "
+                                    "first.")
         files.append(path)
     return files
 
@@ -121,8 +121,9 @@ def protect_source(plan: Plan, levels: Levels, named: list[str]) -> None:
 
 
 def remove_level(folder: str, files: list[str]) -> None:
-    """Remove a level folder's own ``files``, then the folder (empty by then)."""
-    for path in files:
+    """Remove a level folder's own ``files``, its directory file last (until then it names the shards,
+    which makes them the pyramid's), then the folder."""
+    for path in sorted(files, key=lambda p: os.path.basename(p) == LEVEL_FILE):
         os.unlink(path)
     os.rmdir(folder)
 

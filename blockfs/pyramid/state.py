@@ -31,8 +31,8 @@ from ..ops.transfer import Placement, _place
 from ..ops.relocate import locate_shards, read_directory_file, relocate
 from ..storage import atomic_write, fsync_folder
 from .folder import LEVEL_FILE, is_pyramid, level_key, naming
-from .owned import (JOURNAL, PLAN_FILE, clear, level1_is_source, level_files, named_files, protect_source,
-                    pyramid_levels, remove_level)
+from .owned import (JOURNAL, PLAN_FILE, clear, level1_is_source, named_files, protect_source, pyramid_levels,
+                    remove_level)
 from .plan import Index, Plan
 
 READY_FILE = "ready"
@@ -107,8 +107,6 @@ def place_level1(plan: Plan, silent: bool = True) -> None:
     folder = os.path.dirname(plan.path(1))
     staging = journal(plan, level_key(1))
     shutil.rmtree(staging, ignore_errors=True)  # a placement cut short by an interruption
-    if os.path.isdir(folder):  # placed by a start cut short after that
-        remove_level(folder, level_files(folder))
     os.makedirs(staging)
     header = read_directory_file(plan.source)
     placements = [Placement(s.path, os.path.join(staging, os.path.basename(s.path)), os.path.getsize(s.path))
@@ -158,7 +156,10 @@ def start(plan: Plan, n_shards: int, silent: bool = True) -> None:
     path = journal(plan, PLAN_FILE)
     with naming(path), atomic_write(path) as temporary, open(temporary, "w", encoding="utf-8") as f:
         json.dump(_plan_record(plan), f)
-    if not level1_is_source(plan):
+    keep_level1 = level1_is_source(plan)
+    for folder, files in pyramid_levels(plan.dest, keep_level1).items():  # made by a start cut short
+        remove_level(folder, files)
+    if not keep_level1:
         place_level1(plan, silent)
     create_levels(plan, n_shards)
     with naming(ready), atomic_write(ready):

@@ -23,15 +23,37 @@ T = TypeVar("T")
 
 
 class StoredBlock(NamedTuple):
-    """Where a stored block is, as error messages name it; formatted only when one is raised."""
+    """Where a stored block is, as error messages name it (the volume, the block's first voxel, the
+    shard and offset); formatted only when one is raised."""
 
     shard_path: str
     offset: int
     size: int
     entry: int
+    index_path: str
+    layout: Layout
 
     def __str__(self) -> str:
-        return f"{self.shard_path}: block at offset {self.offset}, size {self.size} (entry {self.entry})"
+        origin = _origin(self.layout, self.entry)
+        block = "" if origin is None else " (x={}, y={}, z={})".format(*origin)
+        return (f"{self.index_path}: block{block} in {self.shard_path} at offset {self.offset}, size {self.size} "
+                f"(entry {self.entry})")
+
+
+def _origin(layout: Layout, entry: int) -> tuple[int, int, int] | None:
+    """First voxel (x, y, z) of the block whose entry is ``entry``; None if no block has it.
+
+    Entries number the blocks in mixed radix, so dividing by the strides, the largest first, gives
+    the block's coordinates (an axis of one block contributes nothing, whatever its stride).
+    """
+    counts = tuple(reversed(layout.grid))
+    strides = (layout.x_stride, layout.y_stride, layout.z_stride)
+    coords, rest = [0, 0, 0], entry
+    for stride, axis in sorted(((s, a) for a, s in enumerate(strides) if counts[a] > 1), reverse=True):
+        coords[axis], rest = divmod(rest, stride)
+    if rest or any(c >= n for c, n in zip(coords, counts)):
+        return None
+    return coords[0] * layout.x_block_size, coords[1] * layout.y_block_size, coords[2] * layout.z_block_size
 
 
 @dataclass(frozen=True)
@@ -111,7 +133,8 @@ class BlockStore:
     # -- reading blocks --------------------------------------------------------------------------
 
     def _where(self, entry: int, offset: int, size: int) -> "StoredBlock":
-        return StoredBlock(self.spec.shard_paths[self.layout.shard_of(entry)], offset, size, entry)
+        return StoredBlock(self.spec.shard_paths[self.layout.shard_of(entry)], offset, size, entry,
+                           self.spec.index_path, self.layout)
 
     def read_stored(self, entry: int, offset: int, size: int, nbytes: int, verify: bool) -> tuple[memoryview, bool]:
         """(the stored, compressed bytes an entry (offset, size) points at, whether a record vouched for them).

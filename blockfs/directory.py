@@ -174,9 +174,7 @@ class Directory:
             block_filenames=tuple(os.fspath(n) for n in block_filenames),
             compression=compressor, compression_level=level, metadata=_check_metadata(metadata),
             records=bool(records))
-        if layout.n_offset_bits + layout.n_size_bits > fmt.MAX_ENTRY_BITS:
-            raise InvalidArgumentError(f"{where}: n_offset_bits + n_size_bits = {layout.n_offset_bits + layout.n_size_bits} "
-                             f"exceeds {fmt.MAX_ENTRY_BITS}; choose narrower widths.")
+        fmt.check_limits(layout, len(fmt.encode_header(layout, directory_offset)), where, InvalidArgumentError)
         self._directory_offset_arg = directory_offset
         self._setup(os.fspath(directory_filename), layout,
                     len(fmt.encode_header(layout, directory_offset)), None, verify, durable)

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from . import marks, records
-from .errors import EntryOverflowError, FormatError, UnsupportedDTypeError
+from .errors import BlockfsError, EntryOverflowError, FormatError, UnsupportedDTypeError
 
 MAGIC = b"BlockFS\x00"
 VERSION = "1.0.0"
@@ -28,6 +29,13 @@ BLOSC_MAX_OVERHEAD = 16
 MAX_ENTRY_BITS = 64
 #: Largest integer a header value may hold, so that all arithmetic stays within int64.
 MAX_HEADER_INT = 2**40
+#: Most bytes c-blosc 1.x puts in one buffer (its BLOSC_MAX_BUFFERSIZE, INT_MAX less the overhead): every
+#: block is one such buffer, so no block can hold more voxel bytes.
+BLOSC_MAX_BYTES = 2**31 - 1 - BLOSC_MAX_OVERHEAD
+#: Most bytes the index may span (D plus every entry position): file offsets and int64 arithmetic keep headroom.
+MAX_INDEX_BYTES = 2**62
+#: Most bytes a whole volume may hold, so that it can be one array (numpy sizes are int64).
+MAX_VOLUME_BYTES = 2**63 - 1
 COMPRESSORS = ("zstd", "blosclz", "lz4", "lz4hc", "zlib", "snappy")
 
 FORMAT_KEYS = (
@@ -137,12 +145,112 @@ class Layout:
         return (min(self.z_block_size, self.z_extent - z), min(self.y_block_size, self.y_extent - y),
                 min(self.x_block_size, self.x_extent - x))
 
-    def block_entries(self) -> tuple[np.ndarray, np.ndarray]:
-        """(entry index, first voxel (x, y, z)) of every block position, as arrays, z-major order."""
-        nz, ny, nx = self.grid
-        gz, gy, gx = (a.ravel() for a in np.meshgrid(np.arange(nz), np.arange(ny), np.arange(nx), indexing="ij"))
-        entries = gx * self.x_stride + gy * self.y_stride + gz * self.z_stride
-        return entries, np.stack([gx * self.x_block_size, gy * self.y_block_size, gz * self.z_block_size], axis=1)
+    @property
+    def n_blocks(self) -> int:
+        """Number of block positions."""
+        return math.prod(self.grid)
+
+    def entries_within(self, index_bytes: int) -> int:
+        """How many entry positions ``index_bytes`` bytes of entries reach: those after are absent (empty).
+
+        A last entry cut short counts: readers take its missing bytes as zeros.
+        """
+        return min(self.n_entries, -(-max(0, index_bytes) // self.entry_size))
+
+    def _axes_by_stride(self) -> list[tuple[int, int, int]]:
+        """(stride, blocks, axis 0/1/2 for x/y/z) of the axes with more than one block, largest stride first."""
+        axes = zip((self.x_stride, self.y_stride, self.z_stride), reversed(self.grid), range(3))
+        return sorted((a for a in axes if a[1] > 1), reverse=True)
+
+    def blocks_of(self, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(which of ``entries`` number a block position, the first voxels (x, y, z) of those blocks).
+
+        Entries outside [0, n_entries) number none.
+
+        Strides that pass :func:`check_limits` number the blocks in mixed radix, so dividing by each
+        stride, the largest first, recovers the block coordinates.
+        """
+        rest = np.array(entries, np.int64).ravel()
+        coords = np.zeros((rest.size, 3), np.int64)
+        inside = (rest >= 0) & (rest < self.n_entries)
+        for stride, blocks, axis in self._axes_by_stride():
+            coords[:, axis], rest = np.divmod(rest, stride)
+            inside &= coords[:, axis] < blocks
+        inside &= rest == 0
+        return inside, coords[inside] * np.array([self.x_block_size, self.y_block_size, self.z_block_size], np.int64)
+
+    def block_entries(self, stop: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(entry index, first voxel (x, y, z)) of every block position whose entry is below ``stop`` (default:
+        all), as arrays in entry order; the work and memory are those of ``stop`` entries."""
+        entries = np.arange(self.n_entries if stop is None else min(stop, self.n_entries), dtype=np.int64)
+        inside, origins = self.blocks_of(entries)
+        return entries[inside], origins
+
+
+def _overlapping_strides(layout: Layout) -> str | None:
+    """Why the strides give two block positions one entry (or interleave them), or None if they do not.
+
+    Ordered by stride, each axis must step past every entry the faster axes reach: then entry
+    numbers are distinct, and :meth:`Layout.blocks_of` can invert them.
+    """
+    reach = 0
+    for stride, blocks, axis in reversed(layout._axes_by_stride()):
+        if stride <= reach:
+            return (f"{'XYZ'[axis]}Stride {stride} does not step past entry {reach}, which the axes of smaller "
+                    "strides already reach, so the entry numbers of different blocks overlap or interleave")
+        reach += stride * (blocks - 1)
+    return None
+
+
+def _limit_broken(layout: Layout, directory_offset: int) -> tuple[str, str] | None:
+    """(what is wrong, the header keys at fault) for the first limit of :func:`check_limits` the layout breaks."""
+    bits = layout.n_offset_bits + layout.n_size_bits
+    block_bytes = layout.max_block_bytes - BLOSC_MAX_OVERHEAD
+    block = f"a block of {' x '.join(map(str, layout.block_shape))} (z, y, x) {layout.dtype.name} voxels"
+    volume_bytes = math.prod(layout.shape) * layout.dtype.itemsize
+    capacity = len(layout.block_filenames) * max(1, (1 << layout.n_offset_bits) // BLOSC_MAX_OVERHEAD)
+    overlap = _overlapping_strides(layout)
+    if bits > MAX_ENTRY_BITS:
+        return (f"NOffsetBits + NSizeBits = {bits} exceeds {MAX_ENTRY_BITS}, the widest entry (8 bytes) there is",
+                "NOffsetBits or NSizeBits")
+    if block_bytes > BLOSC_MAX_BYTES:
+        return (f"{block} is {block_bytes} bytes, more than the {BLOSC_MAX_BYTES} bytes one blosc buffer (one "
+                "block) can hold", "block sizes or DType")
+    if block_bytes >> layout.n_size_bits:
+        return (f"NSizeBits is {layout.n_size_bits}, so a block is at most {(1 << layout.n_size_bits) - 1} bytes, but "
+                f"{block} is {block_bytes} bytes uncompressed (that needs NSizeBits >= {block_bytes.bit_length()})",
+                "NSizeBits or block sizes")
+    if volume_bytes > MAX_VOLUME_BYTES:
+        return (f"the volume of {' x '.join(map(str, layout.shape))} (z, y, x) {layout.dtype.name} voxels is "
+                f"{volume_bytes} bytes, more than a 64-bit size can count", "extents")
+    if overlap is not None:
+        return overlap, "strides"
+    if directory_offset + layout.n_entries * layout.entry_size > MAX_INDEX_BYTES:
+        return (f"its {layout.n_entries} entry positions of {layout.entry_size} bytes would span more than "
+                f"2**{MAX_INDEX_BYTES.bit_length() - 1} bytes of index, more than a file offset can address",
+                "strides, extents or block sizes")
+    if layout.n_blocks > capacity:
+        return (f"its {layout.n_blocks} block positions cannot all be written: with NOffsetBits "
+                f"{layout.n_offset_bits}, {len(layout.block_filenames)} shard(s) hold at most {capacity} blocks "
+                f"(each at least a {BLOSC_MAX_OVERHEAD}-byte blosc header, starting below 2**{layout.n_offset_bits})",
+                "NOffsetBits, extents or block sizes")
+    return None
+
+
+def check_limits(layout: Layout, directory_offset: int, where: str, error: type[BlockfsError] = FormatError) -> None:
+    """Raise ``error`` naming ``where`` if the layout is one no volume can have (docs/FORMAT.md, section 9.5).
+
+    The limits follow from the format's own arithmetic: an entry is at most 64 bits; a block is one
+    c-blosc 1.x buffer, and its uncompressed bytes fit the size field; the volume and the index are
+    addressable with 64-bit integers; distinct blocks have distinct entries; and every block
+    position can be written, its payload (at least a blosc header, whose 16 bytes are c-blosc's
+    BLOSC_MAX_OVERHEAD) starting below 2**NOffsetBits in a shard without overlapping another's.
+    """
+    broken = _limit_broken(layout, directory_offset)
+    if broken is not None:
+        reason, keys = broken
+        fix = f"the header's {keys} are damaged" if error is FormatError else "choose other values"
+        raise error(f"{where}: {reason}; {fix}.")
 
 
 def default_strides(x_extent: int, y_extent: int, x_block_size: int, y_block_size: int) -> tuple[int, int, int]:
@@ -294,9 +402,7 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
         metadata={k: v for k, v in doc.items() if k not in RESERVED_KEYS}, records=has_records,
         marks={k: doc[k] for k in marks.KEYS if k in doc},
     )
-    if start + layout.n_entries * layout.entry_size > 2**62:
-        raise FormatError(f"{path}: the index would span {layout.n_entries} entries; the extents, block sizes or "
-                          "strides in the header are damaged.")
+    check_limits(layout, start, path)
     return layout, start
 
 
@@ -322,11 +428,36 @@ class DirectoryFile:
         """Bytes from D to the end of the file: the entries present, whatever their number."""
         return max(0, self.file_size - self.directory_offset)
 
+    @property
+    def entries_in_file(self) -> int:
+        """Entry positions present in the file; those after are absent (never written)."""
+        return self.layout.entries_within(self.index_bytes)
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def open_regular(path: str) -> int:
+    """A read-only descriptor of the regular file at ``path``; anything else is refused (:class:`FormatError`).
+
+    The file is opened without blocking, so a FIFO is refused at once instead of waiting for a writer.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
+        raise FormatError(f"{path}: is {kind}, not a regular file, so not a blockfs directory file; pass the "
+                          "volume's .blockfs index file.")
+    os.set_blocking(fd, True)
+    return fd
+
 
 def read_directory_file(path: str | os.PathLike) -> DirectoryFile:
     """The header of the directory file at ``path``: the one header reader of blockfs."""
     path = os.fspath(path)
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
         head = f.read(PREAMBLE.size)
         json_len, start = read_preamble(head, path)
         info = os.fstat(f.fileno())

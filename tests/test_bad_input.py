@@ -24,7 +24,7 @@ from fixtures import copy_volume, fixture_cases, require_fixtures
 
 from blockfs import (
     BlockCoordinateError, BlockShapeError, CorruptBlockError, Directory, EntryOverflowError,
-    FormatError, MissingShardError, ReadOnlyError, RegionError, UnsupportedCompressionError,
+    FormatError, InvalidArgumentError, MissingShardError, ReadOnlyError, RegionError, UnsupportedCompressionError,
     UnsupportedDTypeError, VolumeExistsError,
 )
 
@@ -622,12 +622,21 @@ def test_entry_overflow(tmp_path: Path) -> None:
 
 
 def test_entry_overflow_of_size_bits(tmp_path: Path) -> None:
+    """12 size bits hold the 4090 voxel bytes of a block, not blosc's copy of it with its 16-byte header."""
     path = str(tmp_path / "narrow.blockfs")
-    block = np.random.default_rng(9).integers(0, 256, (16, 16, 16), dtype=np.uint8)
-    with Directory(16, 16, 16, "uint8", path, n_filenames=1, x_block_size=16, y_block_size=16, z_block_size=16,
-                   n_size_bits=8).create() as d:
-        raises_unchanged(tmp_path, EntryOverflowError, lambda: d.write_block(block, 0, 0, 0), "size", "8 bits")
+    block = np.random.default_rng(9).integers(0, 256, (2, 5, 409), dtype=np.uint8)  # incompressible
+    with Directory(409, 5, 2, "uint8", path, n_filenames=1, x_block_size=409, y_block_size=5, z_block_size=2,
+                   n_size_bits=12).create() as d:
+        raises_unchanged(tmp_path, EntryOverflowError, lambda: d.write_block(block, 0, 0, 0), "size", "12 bits")
         assert not d.read_block(0, 0, 0).any()
+
+
+def test_size_bits_that_cannot_hold_a_block_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgumentError) as info:
+        Directory(16, 16, 16, "uint8", str(tmp_path / "narrow.blockfs"), n_filenames=1, x_block_size=16,
+                  y_block_size=16, z_block_size=16, n_size_bits=8)
+    assert "NSizeBits is 8" in str(info.value) and "4096 bytes" in str(info.value) and ">= 13" in str(info.value)
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- constructor arguments -----------------------------------------------------------------------

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from ._support import INTERRUPTED
+
 #: subcommand -> (module, function, one-line summary)
 SUBCOMMANDS = {
     "info": ("blockfs.cli.info", "main", "describe a volume: shape, blocks written, bytes on disk, metadata"),
@@ -43,5 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"blockfs: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     module, function, _ = SUBCOMMANDS[name]
-    return getattr(importlib.import_module(module), function)(rest)
+    try:
+        tool = getattr(importlib.import_module(module), function)
+    except KeyboardInterrupt:  # while the tool loads, before it handles Ctrl-C itself
+        print(f"blockfs {name}: interrupted", file=sys.stderr)
+        return INTERRUPTED
+    return tool(rest)
 

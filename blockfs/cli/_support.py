@@ -1,27 +1,111 @@
-"""What every console tool shares: error reporting as ``prog: file: reason``, common arguments."""
+"""What every console tool shares: error reporting as ``prog: file: reason``, Ctrl-C, common arguments."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
 import os
+import signal
 import sys
-from typing import Callable
+import threading
+import time
+from types import FrameType
+from typing import Callable, Iterator, NoReturn
 
 from ..errors import USER_ERRORS, describe
+
+#: Exit status of a tool stopped by Ctrl-C: 128 + SIGINT, as a shell reports a process the signal ended.
+INTERRUPTED = 128 + signal.SIGINT
+#: Seconds a tool stopped by Ctrl-C has to stop its threads and worker processes before it exits regardless.
+STOP_SECONDS = 3.0
+
+
+class Interruption:
+    """Ctrl-C while a tool runs: KeyboardInterrupt in the main thread, and a deadline for the whole process.
+
+    The first Ctrl-C unwinds the tool, which cancels its pending work and closes its files; whatever
+    still runs ``STOP_SECONDS`` later (a worker thread in a long task, a pool at interpreter exit) is
+    cut short: the worker processes are terminated and the process exits. A second Ctrl-C exits at
+    once. Forked children that inherit the handler ignore Ctrl-C: their parent stops them.
+    """
+
+    def __init__(self, prog: str):
+        self.prog = prog
+        self.pid = os.getpid()
+        #: The tool's exit status once its body has returned; the deadline exits with it.
+        self.status: int | None = None
+        self._armed = False
+        self._reported = threading.Lock()  # taken by whichever thread prints the line, so it is printed once
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != self.pid:
+            return
+        if self._armed:
+            self._exit()
+        self._armed = True
+        threading.Thread(target=self._deadline, name="blockfs-interrupted", daemon=True).start()
+        raise KeyboardInterrupt
+
+    def report(self) -> int:
+        """Print the one line that says the tool was interrupted; return the exit status."""
+        if self._reported.acquire(blocking=False):
+            print(f"{self.prog}: interrupted", file=sys.stderr, flush=True)
+        return INTERRUPTED
+
+    def _deadline(self) -> None:
+        time.sleep(STOP_SECONDS)
+        self._exit()
+
+    def _exit(self) -> NoReturn:
+        """End the process now, with the tool's status (or as interrupted): terminate its worker processes first."""
+        status = self.status
+        if status is None:
+            status = INTERRUPTED
+            if self._reported.acquire(blocking=False):  # not through sys.stderr, which another thread may hold
+                os.write(sys.__stderr__.fileno(), f"{self.prog}: interrupted\n".encode())
+        with contextlib.suppress(Exception):  # the interpreter may be finalising meanwhile
+            for child in multiprocessing.active_children():
+                child.terminate()
+            sys.stdout.flush()
+        os._exit(status)
+
+
+@contextlib.contextmanager
+def interruptible(prog: str) -> Iterator[Interruption]:
+    """Handle Ctrl-C as :class:`Interruption` describes while the block runs (in the main thread only)."""
+    interruption = Interruption(prog)
+    if threading.current_thread() is not threading.main_thread():
+        yield interruption
+        return
+    previous = signal.signal(signal.SIGINT, interruption)
+    try:
+        yield interruption
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],
              argv: list[str] | None) -> int:
-    """Parse ``argv`` and run ``body``; a failure prints ``prog: file: reason`` and returns 1."""
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    """Parse ``argv`` and run ``body``; a failure prints ``prog: file: reason`` and returns 1, Ctrl-C
+    prints ``prog: interrupted`` and returns :data:`INTERRUPTED` (see :class:`Interruption`)."""
+    with interruptible(parser.prog) as interruption:
+        interruption.status = _run_body(parser, body, argv, interruption)
+    return interruption.status
+
+
+def _run_body(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],
+              argv: list[str] | None, interruption: Interruption) -> int:
     try:
-        return body(args) or 0
+        return body(parser.parse_args(sys.argv[1:] if argv is None else argv)) or 0
     except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): not a failure
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except USER_ERRORS as exc:
         print(f"{parser.prog}: {describe(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        return interruption.report()
 
 
 def add_silent(parser: argparse.ArgumentParser) -> None:

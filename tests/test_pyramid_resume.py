@@ -1,4 +1,6 @@
-"""kill -9 during a pyramid build, then --resume: the result equals an uninterrupted build."""
+"""kill -9 during a pyramid build (once tasks are recorded, after delays spread over a build, before each of
+its changes to the file system), then the re-run a user would type: the source is untouched and the result
+equals an uninterrupted build."""
 
 from __future__ import annotations
 

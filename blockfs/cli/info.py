@@ -16,7 +16,10 @@ examples:
 
 Sizes are in bytes. "compression ratio" is the uncompressed size of the written blocks divided
 by the sum of their compressed sizes; "unreferenced" counts shard bytes that no entry points at
-(older copies of rewritten blocks, or data from an interrupted write).
+(older copies of rewritten blocks, or data from an interrupted write). A "state" line says that
+the tool writing the volume has not finished it, a "lost" line names the blocks repair could not
+save, and a shard marked ANOTHER VOLUME'S SHARD belongs to the volume this one was copied from
+(cp -r; blockfs rebase points the copy at its own shards).
 """
 
 

@@ -44,8 +44,9 @@ def print_result(volume: str, result: RepairResult) -> None:
         print(f"blockfs repair: {volume}: block (x={x}, y={y}, z={z}) has no complete copy in its shard; "
               "it now reads as zeros")
     if result.changed:
+        accepted = "; the record of lost blocks is removed" if result.marks_changed and not result.unsaved else ""
         print(f"{volume}: rebuilt the index from {result.blocks_indexed} block records; "
-              f"{result.entries_changed} entries changed; the old index is {result.backup}")
+              f"{result.entries_changed} entries changed{accepted}; the old index is {result.backup}")
     else:
         print(f"{volume}: the index agrees with the {result.blocks_indexed} block records; nothing changed")
     if result.unsaved:

@@ -162,6 +162,7 @@ def test_tools_refuse_an_existing_output_unless_overwrite(pyramid, tmp_path, cap
     assert (dest / ".zgroup").exists() and not (dest / "zarr.json").exists()
     other = tmp_path / "notes"
     other.mkdir()
+    (other / "todo.txt").write_text("keep me")
     assert to_zarr(root, other, "3", None, "--overwrite") == 1
     assert "is not what this tool writes" in capsys.readouterr().err
     target = tmp_path / "v.blockfs"

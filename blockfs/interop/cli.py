@@ -15,6 +15,10 @@ examples:
 
 Writes OME-Zarr 0.5 (zarr v3, shards of N x N x N blocks) or 0.4 (zarr v2, one file per block).
 Full blocks are copied as stored, without recompressing; only edge blocks are re-encoded.
+
+Until it has finished, DEST holds blockfs-to-zarr.incomplete and no root zarr.json (.zgroup): an
+interrupted or failed run leaves it so, and running the command again replaces that output
+(with or without --overwrite). Nothing else is replaced without --overwrite.
 """
 
 FROM_EPILOG = """\
@@ -24,7 +28,12 @@ examples:
   blockfs from-zarr /data/brain.ome.zarr /data/brain-pyramid --pyramid
 
 Blosc chunks whose shape is the block shape (the default) are stored as they are; anything else
-is transcoded block by block.
+is transcoded block by block. A damaged source chunk stops the import and is named.
+
+Until it has finished, the volume (with --pyramid each level) is marked incomplete in its header,
+which blockfs info, check and Directory.open report, and a pyramid folder holds
+blockfs-from-zarr.incomplete. Running the command again over such an output replaces it from the
+start (with or without --overwrite); it does not resume. Nothing else is replaced without --overwrite.
 """
 
 
@@ -37,7 +46,8 @@ def _positive(text: str) -> int:
 def _workers(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=_positive, default=None, metavar="N",
                         help="threads copying blocks (default: the number of CPUs)")
-    parser.add_argument("--overwrite", action="store_true", help="replace DEST if it exists")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace DEST if it exists (this tool's own incomplete output is replaced anyway)")
     add_silent(parser)
 
 

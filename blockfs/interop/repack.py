@@ -3,6 +3,10 @@
 Zarr v3 (OME-Zarr 0.5) stores shards of N x N x N blocks (``sharding_indexed``, inner chunks = blocks
 with bytes + blosc); zarr v2 (OME-Zarr 0.4) stores one file per block. Only edge blocks are
 decompressed, padded and re-encoded (see :mod:`.zarr_format`). Never-written blocks are left out.
+
+The output folder carries ``blockfs-to-zarr.incomplete`` from the start until every file is written
+and fsynced, and its metadata documents (the root's last) are written after the chunks, so an
+interrupted run leaves no valid zarr hierarchy and a re-run replaces it.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ from tqdm import tqdm
 
 from ..directory import Directory
 from ..errors import InvalidArgumentError
+from ..storage import fsync_folder
 from .shard import encode_shard
 from ..threads import ordered_map
-from .tools import refuse_existing
+from .tools import has_marker, marked_folder, naming, replaceable
 from .zarr_format import SourceLike, array_metadata, chunk_bytes, group_metadata, open_source, written_chunks
 
 DEFAULT_SHARD_BLOCKS = 4
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")
+TOOL = "blockfs to-zarr"
 
 
 def is_zarr(path: str) -> bool:
@@ -31,10 +37,20 @@ def is_zarr(path: str) -> bool:
 
 
 def _write(path: str, pieces: list[bytes]) -> int:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.writelines(pieces)
+    """Write ``pieces`` as the file ``path`` and fsync it; return its size. An OSError names the file."""
+    with naming(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.writelines(pieces)
+            f.flush()
+            os.fsync(f.fileno())
     return sum(map(len, pieces))
+
+
+def _fsync_folders(root: str) -> None:
+    """fsync every folder under ``root``, deepest first, so the files written there are found after a power cut."""
+    for folder, _, _ in os.walk(root, topdown=False):
+        fsync_folder(folder)
 
 
 def _write_json(path: str, document: dict[str, Any]) -> None:
@@ -88,17 +104,18 @@ def to_zarr(source: SourceLike, dest: str | os.PathLike, zarr_format: int = 3, s
                                                                                             shard_blocks or None)
                  for i, level in enumerate(opened.levels)}
     documents.update(group_metadata(opened, zarr_format))
-    refuse_existing(dest, overwrite, is_zarr)
-    os.makedirs(dest)
+    replaceable(dest, overwrite, is_zarr, has_marker(TOOL))
     total = sum(sum(1 for _ in written_chunks(level)) for level in opened.levels)
     tasks = (task for i, level in enumerate(opened.levels) for task in (
         _chunk_tasks(level, os.path.join(dest, str(i)), zarr_format) if not shard_blocks
         else _shard_tasks(level, os.path.join(dest, str(i)), shard_blocks)))
     written = 0
-    with tqdm(total=total, unit="block", desc="to-zarr", disable=silent) as bar:
-        for nbytes, blocks in ordered_map(lambda task: (task[0](), task[1]), tasks, workers):
-            written += nbytes
-            bar.update(blocks)
-    for key, document in documents.items():  # metadata last: an interrupted run leaves no valid hierarchy
-        _write_json(os.path.join(dest, key), document)
+    with marked_folder(dest, TOOL):
+        with tqdm(total=total, unit="block", desc="to-zarr", disable=silent) as bar:
+            for nbytes, blocks in ordered_map(lambda task: (task[0](), task[1]), tasks, workers):
+                written += nbytes
+                bar.update(blocks)
+        for key, document in documents.items():  # metadata last, the root's last of all
+            _write_json(os.path.join(dest, key), document)
+        _fsync_folders(dest)
     return written

@@ -3,7 +3,12 @@
 When a chunk (or a shard's inner chunk) has the block's shape and is blosc-encoded (zarr v2
 ``blosc`` compressor; zarr v3 ``bytes`` + ``blosc``, sharded or not), its bytes are stored as they
 are; edge chunks are cropped and recompressed, and any other codec or chunking is transcoded
-block by block through zarr-python. Missing chunks stay unwritten blocks (fill value 0).
+block by block through zarr-python. Missing chunks stay unwritten blocks (fill value 0). Every stored
+chunk is decompressed first, so a damaged one is named (its path in the source) and never stored.
+
+A volume is created with the header's incomplete mark (:mod:`blockfs.marks`), blanked once every
+block is stored, indexed and fsynced; a pyramid folder also carries ``blockfs-from-zarr.incomplete``
+until its ``info`` is written. A re-run replaces its own incomplete output, without ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -21,17 +26,22 @@ from tqdm import tqdm
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from .. import marks
 from ..codec import decompress_into
 from ..directory import Directory
-from ..errors import FormatError, InvalidArgumentError
-from ..format import MAGIC
+from ..errors import CorruptBlockError, FormatError, InvalidArgumentError
+from ..format import MAGIC, read_directory_file
 from ..pyramid.folder import INFO_NAME, LEVEL_FILE, is_pyramid, level_key
+from ..storage import mark_complete
 from .shard import decode_index, inner_chunk
 from ..threads import ordered_map
-from .tools import refuse_existing
+from .tools import has_marker, marked_folder, naming, replaceable
 from .zarr_format import VOXEL_SIZE_KEY
 
 UNIT_TO_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, None: 1.0}
+TOOL = "blockfs from-zarr"
+#: How to go on from a damaged source chunk.
+DAMAGED_FIX = "Restore it from a good copy of the source, then run blockfs from-zarr again."
 
 
 @dataclass(frozen=True)
@@ -116,22 +126,45 @@ def passthrough(array: zarr.Array, block_shape: tuple[int, int, int]) -> Passthr
     return Passthrough(grid, shard, location, checksum)  # type: ignore[arg-type]
 
 
-def _get(array: zarr.Array, chunk: tuple[int, ...]) -> bytes | None:
-    """The stored bytes of the chunk (or shard) key at ``chunk``; None if missing."""
-    key = array.metadata.encode_chunk_key(chunk)
-    buffer = sync(array.store.get(f"{array.path}/{key}" if array.path else key, default_buffer_prototype()))
+def _key_path(array: zarr.Array, key: tuple[int, ...]) -> str:
+    """Where the chunk (or shard) ``key`` of ``array`` is stored: its path in a local store, else store and key."""
+    name = array.metadata.encode_chunk_key(key)
+    name = f"{array.path}/{name}" if array.path else name
+    root = getattr(array.store, "root", None)
+    return os.path.join(os.fspath(root), name) if root is not None else f"{array.store}/{name}"
+
+
+def chunk_name(array: zarr.Array, chunk: tuple[int, ...]) -> str:
+    """The stored chunk at chunk-grid position ``chunk``, for messages: its key's path, and in a shard its place."""
+    if array.shards is None:
+        return _key_path(array, chunk)
+    per_shard = [s // c for s, c in zip(array.shards, array.chunks)]
+    shard = tuple(c // n for c, n in zip(chunk, per_shard))
+    inner = tuple(c % n for c, n in zip(chunk, per_shard))
+    return f"{_key_path(array, shard)} (its inner chunk {inner})"
+
+
+def _get(array: zarr.Array, key: tuple[int, ...]) -> bytes | None:
+    """The stored bytes of the chunk (or shard) ``key``; None if missing."""
+    name = array.metadata.encode_chunk_key(key)
+    with naming(_key_path(array, key)):
+        buffer = sync(array.store.get(f"{array.path}/{name}" if array.path else name, default_buffer_prototype()))
     return None if buffer is None else buffer.to_bytes()
 
 
-def _store(volume: Directory, chunk: tuple[int, ...], data: bytes) -> None:
-    """Store one full-size blosc chunk as the block at ``chunk``: as it is, or cropped at the edge."""
+def _store(array: zarr.Array, volume: Directory, chunk: tuple[int, ...], data: bytes) -> None:
+    """Store one full-size blosc chunk as the block at ``chunk``, once it decompresses: as it is, or cropped
+    at the edge."""
     z, y, x = (c * b for c, b in zip(chunk, volume.layout.block_shape))
+    full = np.empty(volume.layout.block_shape, volume.dtype)
+    try:
+        decompress_into(data, full, f"{chunk_name(array, chunk)}: zarr chunk {chunk}")
+    except CorruptBlockError as exc:
+        raise CorruptBlockError(f"{exc} The source chunk is damaged. {DAMAGED_FIX}") from None
     shape = volume.layout.block_shape_at(x, y, z)
     if shape == volume.layout.block_shape:
         volume.write_block_payload(data, x, y, z)
     else:
-        full = np.empty(volume.layout.block_shape, volume.dtype)
-        decompress_into(data, full, f"{volume.directory_filename}: zarr chunk {chunk}")
         volume.write_block(full[:shape[0], :shape[1], :shape[2]], x, y, z)
 
 
@@ -141,16 +174,19 @@ def _copy_key(array: zarr.Array, volume: Directory, plan: Passthrough, key: tupl
     if data is None:
         return 0
     if plan.shard_blocks is None:
-        _store(volume, key, data)
+        _store(array, volume, key, data)
         return 1
     n = math.prod(plan.shard_blocks)
-    index = decode_index(data, n, plan.index_location, plan.index_checksum, f"{array.store}/{array.path}/{key}")
+    try:
+        index = decode_index(data, n, plan.index_location, plan.index_checksum, _key_path(array, key))
+    except CorruptBlockError as exc:
+        raise CorruptBlockError(f"{exc} {DAMAGED_FIX}") from None
     written = 0
     for position, inner in enumerate(np.ndindex(*plan.shard_blocks)):
         chunk = tuple(k * s + i for k, s, i in zip(key, plan.shard_blocks, inner))
         part = inner_chunk(data, index, position)
         if part is not None and all(c < g for c, g in zip(chunk, volume.layout.grid)):
-            _store(volume, chunk, part)
+            _store(array, volume, chunk, part)
             written += 1
     return written
 
@@ -161,10 +197,40 @@ def transcode_step(array: zarr.Array, block_shape: tuple[int, int, int]) -> tupl
     return tuple(-(-c // b) * b for c, b in zip(array.chunks, block_shape))  # type: ignore[return-value]
 
 
+def _damaged(array: zarr.Array, region: tuple[slice, ...], error: Exception) -> CorruptBlockError:
+    """The error naming the first chunk of ``region`` that zarr-python cannot read (``error`` if each reads alone)."""
+    first, last = ([r.start // c for r, c in zip(region, array.chunks)],
+                   [-(-min(r.stop, n) // c) for r, c, n in zip(region, array.chunks, array.shape)])
+    for chunk in np.ndindex(*(b - a for a, b in zip(first, last))):
+        chunk = tuple(a + c for a, c in zip(first, chunk))
+        try:
+            array[tuple(slice(c * n, (c + 1) * n) for c, n in zip(chunk, array.chunks))]
+        except OSError:
+            raise
+        except Exception as exc:  # a codec's own error: numcodecs and zarr raise many kinds
+            error = exc
+            where = f"{chunk_name(array, chunk)}: zarr chunk {chunk}"
+            break
+    else:
+        where = f"{_key_path(array, tuple(first))}: the region from chunk {tuple(first)}"
+    return CorruptBlockError(f"{where}: zarr-python cannot decode it ({type(error).__name__}: {error}). "
+                             f"The source chunk is damaged. {DAMAGED_FIX}")
+
+
+def _read_region(array: zarr.Array, region: tuple[slice, ...]) -> np.ndarray:
+    """``array[region]``; a chunk zarr-python cannot decode raises :class:`CorruptBlockError` naming it."""
+    try:
+        return array[region]
+    except OSError:
+        raise
+    except Exception as exc:  # a codec's own error: numcodecs and zarr raise many kinds
+        raise _damaged(array, region, exc) from None
+
+
 def _transcode_region(array: zarr.Array, volume: Directory, step: tuple[int, ...], region: tuple[int, ...]) -> int:
     """Read one region of whole blocks through zarr-python and write its blocks, leaving all-zero ones out."""
     start = [r * s for r, s in zip(region, step)]
-    data = array[tuple(slice(a, a + s) for a, s in zip(start, step))]
+    data = _read_region(array, tuple(slice(a, a + s) for a, s in zip(start, step)))
     written = 0
     bz, by, bx = volume.layout.block_shape
     for z in range(0, data.shape[0], bz):
@@ -177,9 +243,19 @@ def _transcode_region(array: zarr.Array, volume: Directory, step: tuple[int, ...
     return written
 
 
-def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool, label: str,
+def _began_here(path: str) -> bool:
+    """Whether ``path`` is a volume that this tool began and did not finish (its header's incomplete mark)."""
+    try:
+        mark = read_directory_file(path).layout.marks.get(marks.INCOMPLETE_KEY)
+    except (OSError, FormatError):
+        return False
+    return isinstance(mark, dict) and mark.get("tool") == TOOL
+
+
+def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool, label: str, replace: bool,
                  **directory_kwargs: Any) -> Directory:
-    """Write one zarr array as a new blockfs volume at ``dest`` (block shape = chunk shape by default)."""
+    """Write one zarr array as a new blockfs volume at ``dest`` (block shape = chunk shape by default),
+    replacing the volume there when ``replace``; marked incomplete until every block is stored."""
     if array.ndim != 3:
         raise InvalidArgumentError(f"{dest}: the zarr array has shape {array.shape}; only 3D (z, y, x) arrays "
                                    "can be imported.")
@@ -191,10 +267,8 @@ def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool
     if compressor.get("id", "blosc") == "blosc" and compressor.get("cname") in blosc.compressor_list():
         kwargs.update(compression=compressor["cname"], compression_level=int(compressor.get("clevel", 5)))
     kwargs.update(directory_kwargs)
-    overwrite = kwargs.pop("overwrite", False)
-    refuse_existing(dest, overwrite, is_volume)
     z, y, x = array.shape
-    volume = Directory(x, y, z, array.dtype, dest, **kwargs).create(overwrite=overwrite)
+    volume = Directory(x, y, z, array.dtype, dest, **kwargs).create(overwrite=replace, incomplete=TOOL)
     try:
         plan = passthrough(array, volume.layout.block_shape)
         if plan is not None:
@@ -211,6 +285,7 @@ def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool
                 bar.update()
     finally:
         volume.close()
+    mark_complete(dest, durable=volume.durable)
     return Directory.open(dest)
 
 
@@ -237,15 +312,49 @@ def write_info(root: str, levels: list[tuple[Level, Directory]]) -> None:
                "chunk_sizes": [[d.x_block_size, d.y_block_size, d.z_block_size]], "encoding": "raw",
                "voxel_offset": [0, 0, 0]} for level, d in levels]
     info = {"data_type": volume.dtype.name, "num_channels": 1, "type": "image", "scales": scales}
-    with open(os.path.join(root, INFO_NAME), "w", encoding="utf-8") as f:
+    path = os.path.join(root, INFO_NAME)
+    with naming(path), open(path, "w", encoding="utf-8") as f:
         json.dump(info, f, indent=2)
+
+
+def _single(chosen: Level, metadata: dict[str, Any], dest: str, overwrite: bool, workers: int | None,
+            silent: bool, directory_kwargs: dict[str, Any]) -> Directory:
+    """Import one level as the volume ``dest``; over this tool's own incomplete volume, with as many shards."""
+    replace = replaceable(dest, overwrite, is_volume, _began_here)
+    if replace and _began_here(dest) and "block_filenames" not in directory_kwargs:
+        directory_kwargs.setdefault("n_filenames", len(read_directory_file(dest).layout.block_filenames))
+    meta = {**metadata, **directory_kwargs.pop("metadata", {}), VOXEL_SIZE_KEY: list(chosen.voxel_size_um)}
+    return import_array(chosen.array, dest, workers, silent, "from-zarr", replace, metadata=meta, **directory_kwargs)
+
+
+def _pyramid(levels: list[Level], metadata: dict[str, Any], dest: str, overwrite: bool, workers: int | None,
+             silent: bool, directory_kwargs: dict[str, Any]) -> list[Directory]:
+    """Import every level into the pyramid folder ``dest``, written anew under this tool's marker."""
+    replaceable(dest, overwrite, is_pyramid, has_marker(TOOL))
+    written = []
+    with marked_folder(dest, TOOL):
+        for i, lv in enumerate(levels):
+            path = os.path.join(os.path.abspath(dest), level_key(lv.factor), LEVEL_FILE)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            count = directory_kwargs.get("n_filenames") or os.cpu_count() or 1
+            kwargs = {**directory_kwargs, "n_filenames": count,
+                      "block_filenames": [f"{path}.{k}" for k in range(count)],
+                      "metadata": {**metadata, **directory_kwargs.get("metadata", {}),
+                                   VOXEL_SIZE_KEY: list(lv.voxel_size_um)}}
+            written.append((lv, import_array(lv.array, path, workers, silent, f"level {i}", False, **kwargs)))
+        write_info(dest, written)
+    return [d for _, d in written]
 
 
 def from_zarr(source: str | os.PathLike, dest: str | os.PathLike, level: int | None = None, pyramid: bool = False,
               overwrite: bool = False, workers: int | None = None, silent: bool = True,
               **directory_kwargs: Any) -> Directory | list[Directory]:
     """Import a zarr array or one level (default 0) of an OME-Zarr image as a volume at ``dest``, or with
-    ``pyramid=True`` every level as a pyramid folder ``dest``. ``directory_kwargs`` go to :class:`Directory`."""
+    ``pyramid=True`` every level as a pyramid folder ``dest``. ``directory_kwargs`` go to :class:`Directory`.
+
+    An existing output is replaced with ``overwrite``; this tool's own incomplete output (an
+    interrupted or failed run) is replaced without it.
+    """
     source, dest = os.fspath(source), os.fspath(dest)
     if pyramid and level is not None:
         raise InvalidArgumentError(f"{source}: pass either a level or pyramid=True (--level or --pyramid), not both.")
@@ -255,24 +364,9 @@ def from_zarr(source: str | os.PathLike, dest: str | os.PathLike, level: int | N
         if not 0 <= index < len(levels):
             raise InvalidArgumentError(f"{source}: level {index} does not exist; the image has levels 0 to "
                                        f"{len(levels) - 1}.")
-        chosen = levels[index]
-        meta = {**metadata, **directory_kwargs.pop("metadata", {}), VOXEL_SIZE_KEY: list(chosen.voxel_size_um)}
-        return import_array(chosen.array, dest, workers, silent, "from-zarr", metadata=meta, overwrite=overwrite,
-                            **directory_kwargs)
+        return _single(levels[index], metadata, dest, overwrite, workers, silent, directory_kwargs)
     bad = [lv.factor for lv in levels if lv.factor < 1 or lv.factor & (lv.factor - 1)]
     if bad:
         raise FormatError(f"{source}: level scale factors {bad} are not powers of 2; a blockfs pyramid needs "
                           "levels 2x apart. Import single levels with --level instead.")
-    refuse_existing(dest, overwrite, is_pyramid)
-    written = []
-    for i, lv in enumerate(levels):
-        path = os.path.join(os.path.abspath(dest), level_key(lv.factor), LEVEL_FILE)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        count = directory_kwargs.get("n_filenames") or os.cpu_count() or 1
-        kwargs = {**directory_kwargs, "n_filenames": count, "block_filenames": [f"{path}.{k}" for k in range(count)],
-                  "metadata": {**metadata, **directory_kwargs.get("metadata", {}),
-                               VOXEL_SIZE_KEY: list(lv.voxel_size_um)}}
-        written.append((lv, import_array(lv.array, path, workers, silent, f"level {i}", overwrite=overwrite,
-                                         **kwargs)))
-    write_info(dest, written)
-    return [d for _, d in written]
+    return _pyramid(levels, metadata, dest, overwrite, workers, silent, directory_kwargs)

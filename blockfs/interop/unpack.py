@@ -197,24 +197,20 @@ def transcode_step(array: zarr.Array, block_shape: tuple[int, int, int]) -> tupl
     return tuple(-(-c // b) * b for c, b in zip(array.chunks, block_shape))  # type: ignore[return-value]
 
 
-def _damaged(array: zarr.Array, region: tuple[slice, ...], error: Exception) -> CorruptBlockError:
-    """The error naming the first chunk of ``region`` that zarr-python cannot read (``error`` if each reads alone)."""
+def _damaged(array: zarr.Array, region: tuple[slice, ...]) -> CorruptBlockError | None:
+    """The error naming the first chunk of ``region`` that zarr-python cannot read alone; None if each reads."""
     first, last = ([r.start // c for r, c in zip(region, array.chunks)],
                    [-(-min(r.stop, n) // c) for r, c, n in zip(region, array.chunks, array.shape)])
-    for chunk in np.ndindex(*(b - a for a, b in zip(first, last))):
-        chunk = tuple(a + c for a, c in zip(first, chunk))
+    for offset in np.ndindex(*(b - a for a, b in zip(first, last))):
+        chunk = tuple(a + o for a, o in zip(first, offset))
         try:
             array[tuple(slice(c * n, (c + 1) * n) for c, n in zip(chunk, array.chunks))]
         except OSError:
             raise
         except Exception as exc:  # a codec's own error: numcodecs and zarr raise many kinds
-            error = exc
-            where = f"{chunk_name(array, chunk)}: zarr chunk {chunk}"
-            break
-    else:
-        where = f"{_key_path(array, tuple(first))}: the region from chunk {tuple(first)}"
-    return CorruptBlockError(f"{where}: zarr-python cannot decode it ({type(error).__name__}: {error}). "
-                             f"The source chunk is damaged. {DAMAGED_FIX}")
+            return CorruptBlockError(f"{chunk_name(array, chunk)}: zarr chunk {chunk}: zarr-python cannot decode "
+                                     f"it ({type(exc).__name__}: {exc}). The source chunk is damaged. {DAMAGED_FIX}")
+    return None
 
 
 def _read_region(array: zarr.Array, region: tuple[slice, ...]) -> np.ndarray:
@@ -224,7 +220,10 @@ def _read_region(array: zarr.Array, region: tuple[slice, ...]) -> np.ndarray:
     except OSError:
         raise
     except Exception as exc:  # a codec's own error: numcodecs and zarr raise many kinds
-        raise _damaged(array, region, exc) from None
+        damaged = _damaged(array, region)
+        if damaged is None:
+            raise
+        raise damaged from exc
 
 
 def _transcode_region(array: zarr.Array, volume: Directory, step: tuple[int, ...], region: tuple[int, ...]) -> int:

@@ -83,10 +83,15 @@ def read_levels(path: Path) -> list[np.ndarray]:
 # -- what each tool's output looks like ------------------------------------------------------
 
 def volume_state(dest: Path) -> str:
-    """"absent" or "incomplete" (Directory.open says so), else "complete"."""
+    """"absent", or "incomplete" (Directory.open says so, and so do blockfs check and info), else "complete"."""
     if not dest.exists():
         return "absent"
-    return "incomplete" if incomplete_warnings(lambda: Directory.open(dest).close()) else "complete"
+    if not incomplete_warnings(lambda: Directory.open(dest).close()):
+        return "complete"
+    check = blockfs("check", dest, "--silent")
+    assert check.returncode == 1 and f"{dest}: incomplete: " in check.stdout, check.stdout + check.stderr
+    assert "INCOMPLETE: " in blockfs("info", dest).stdout
+    return "incomplete"
 
 
 def folder_state(marker: str) -> Callable[[Path], str]:

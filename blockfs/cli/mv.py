@@ -14,15 +14,29 @@ example:
       /archive must exist), and records the shards' new absolute paths in the directory file.
 
 The index, bit widths and application metadata are kept exactly. An existing volume (the
-directory file or any shard file) at the destination is never overwritten.
+directory file or any shard file) at the destination is never overwritten. Each file is
+written under a hidden name (.NAME.partial) and given its name once complete, the directory
+file last: an interrupted run leaves no volume at the destination, and running it again
+replaces what it left, or finishes it. A full disk is reported naming the file, and what was
+written is removed.
+
 {detail}
+
+It needs the volume alone: while any process has it open for writing it refuses, and no
+writer can open it until it ends.
 """
 
 DETAILS = {
-    True: ("moves", "Nothing of the source remains afterwards. Within one file system the shards are\n"
-                    "hard-linked, else copied; the source is removed only once the new volume is\n"
-                    "complete, so a move that fails part way leaves the source whole and readable."),
-    False: ("copies", "The source is left untouched."),
+    True: ("moves", "It moves only the volume's own files: the directory file and the shards must be regular\n"
+                    "files (not symbolic links) directly in the directory file's folder, and no other\n"
+                    "directory file there may name one of the shards. Otherwise it refuses and changes\n"
+                    "nothing: a copy made with cp -r still names the original's shards, so run\n"
+                    "blockfs-rebase on it first, or copy it with blockfs-cp. Within one file system the\n"
+                    "shards are hard-linked, else copied and fsynced; the source is removed only once the\n"
+                    "new volume is complete and durable, so a kill at any point leaves a whole volume at the\n"
+                    "source or the destination. Nothing of the source remains afterwards."),
+    False: ("copies", "The source is left untouched, whatever its shard names: it writes only inside the\n"
+                      "destination folder. While it copies, a second copy of the same volume is refused."),
 }
 
 

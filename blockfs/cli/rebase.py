@@ -17,7 +17,8 @@ Every shard must be beside the directory file, under the base name it was stored
 that are relative are rewritten too (as absolute paths), since the earlier blockfs opened them
 against the working directory. A volume that already names the files beside it is left as it is.
 --block-size only sets the buffer used to copy the index (the earlier tool's option); it does not
-change the volume.
+change the volume. It needs the volume alone: while any process has it open for writing it
+refuses, and no writer can open it until it ends.
 """
 
 

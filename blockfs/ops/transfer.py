@@ -17,8 +17,8 @@ writer starts meanwhile; every file they create is locked as well until they end
    else a copy, fsynced; then the new index goes to ``DEST/.INDEX.partial``, fsynced;
 2. each shard partial is linked to its name, then the index: a volume exists at DEST only once
    every byte of it is there and durable;
-3. when moving, the source's shards and then its index are removed;
-4. the partial names are removed, the index's last.
+3. the shards' partial names are removed; when moving, the source's shards and then its index;
+4. last, the index's partial name.
 
 A failure before step 2 ends removes everything it made. A run killed at any point leaves a
 complete volume at the source or at DEST (or both), and the files it made are found and used by a
@@ -36,7 +36,7 @@ import errno
 import fcntl
 import os
 import stat
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from tqdm import tqdm
 
@@ -87,17 +87,22 @@ class Plan:
         return [os.path.join(self.dest, os.path.basename(s.path)) for s in self.shards]
 
 
+def partial_path(target: str) -> str:
+    """The hidden name a file of the new volume is written under until it is complete: ``.NAME.partial``."""
+    folder, name = os.path.split(target)
+    return os.path.join(folder, f".{name}{PARTIAL_SUFFIX}")
+
+
 @dataclass
 class _File:
-    """A file of the new volume: its name, the name it is written under, and the descriptor holding its lock."""
+    """A file of the new volume: its name, and the descriptor holding the lock of the file written for it."""
 
     target: str
     fd: int | None = None
-    partial: str = field(init=False)
 
-    def __post_init__(self) -> None:
-        folder, name = os.path.split(self.target)
-        self.partial = os.path.join(folder, f".{name}{PARTIAL_SUFFIX}")
+    @property
+    def partial(self) -> str:
+        return partial_path(self.target)
 
     def ours(self, path: str) -> bool:
         """Whether ``path`` leads to this run's file (the one locked by ``fd``)."""
@@ -141,10 +146,12 @@ def transfer(source: str, dest: str, move: bool, silent: bool = True, prog: str 
             _check_own(plan)
         if not done:
             _build(plan, files, move, silent)
+        index = files.pop()
+        for f in files:
+            f.remove(f.partial)
         if move:
             _remove_source(plan)
-        for f in files:  # the index's partial last: while it is there, a re-run can tell what this run did
-            f.remove(f.partial)
+        index.remove(index.partial)  # last: while it is there, a re-run can tell that DEST holds its output
         fsync_folder(dest)
     return plan.new_index
 
@@ -160,7 +167,7 @@ def _plan(source: str, dest: str, prog: str) -> Plan:
         raise FileNotFoundError(errno.ENOENT, f"its parent folder {os.path.dirname(dest)} does not exist; "
                                 "create it first (only the last folder of the destination is created)", dest)
     names = [plan.new_index] + plan.targets
-    names += [_File(n).partial for n in names]
+    names += [partial_path(n) for n in names]
     clash = next((n for i, n in enumerate(names) if n in names[:i]), None)
     if clash is not None:
         raise InvalidArgumentError(f"{source}: two files of the volume would both become {clash}; "
@@ -273,8 +280,9 @@ def _check_own(plan: Plan) -> None:
         if reason is not None:
             copy = shadowing_copy(plan.source, s.name, s.path)
             unused = f" (while {copy}, beside the index, is unused: a copy made with cp -r)" if copy else ""
-            stored = "" if s.name == s.path else f" (stored as {s.name!r})"
-            problems.append(f"{s.path}{stored} {reason}{unused}")
+            where = os.path.realpath(s.path) if reason.startswith("lies") else s.path
+            stored = "" if s.name == where else f" (stored as {s.name!r})"
+            problems.append(f"{where}{stored} {reason}{unused}")
     if problems:
         raise ForeignShardError(
             f"{plan.source}: {plan.prog} moves only a volume's own files (the index and its shards, regular files "

@@ -215,10 +215,17 @@ def other_origin(tmp_path: Path) -> Iterator[str]:
 CROSS_ORIGIN_SCRIPT = """
 const [server, prefix, done] = arguments;
 const state = JSON.stringify({s: {layout: "3d", layers: []}});
+const firstBytes = async (response) => {  // of a body that may be an endless event stream
+  const reader = response.body.getReader();
+  const timeout = new Promise((resolve) => setTimeout(() => resolve({value: new Uint8Array()}), 2000));
+  const {value} = await Promise.race([reader.read(), timeout]);
+  reader.cancel();
+  return new TextDecoder().decode(value || new Uint8Array()).slice(0, 60);
+};
 const outcome = async (request) => {
   try {
     const response = await request();
-    return response.type === "opaque" ? "opaque" : `${response.status} ${(await response.text()).slice(0, 60)}`;
+    return response.type === "opaque" ? "opaque" : `${response.status} ${await firstBytes(response)}`;
   } catch (error) {
     return `refused: ${error}`;
   }

@@ -182,12 +182,13 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def closed_by_peer(sock: socket.socket) -> bool:
-    """Whether the other end has closed ``sock`` (a non-blocking look)."""
+    """Whether the other end has closed ``sock`` (a look that does not wait)."""
+    sock.setblocking(False)
     try:
-        return sock.recv(1, socket.MSG_DONTWAIT | socket.MSG_PEEK) == b""
-    except BlockingIOError:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:  # open, nothing to read
         return False
-    except OSError:  # reset
+    except ConnectionResetError:
         return True
 
 

@@ -104,8 +104,9 @@ class Server:
 
     @property
     def token(self) -> str | None:
-        """The first path segment of every URL served (None when serving without one)."""
-        return self.state.token
+        """The first path segment of every URL served (None when serving without one, or another application)."""
+        state = self.app.get(STATE)
+        return None if state is None else state.token
 
     @property
     def origin(self) -> str:
@@ -116,7 +117,7 @@ class Server:
     @property
     def url(self) -> str:
         """Where the served volumes are: ``<origin>/<token>``; each under ``<url>/<name>/``."""
-        return self.origin + self.state.prefix
+        return self.origin if self.token is None else f"{self.origin}/{self.token}"
 
     @property
     def state(self) -> State:

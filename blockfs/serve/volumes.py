@@ -101,11 +101,6 @@ class ServedVolume:
         """A short digest of :attr:`identity`, part of every ETag: a replaced volume's chunks get new ones."""
         return hashlib.blake2b(repr(self.identity).encode("utf-8"), digest_size=6).hexdigest()
 
-    def version(self, level: int, origin: tuple[int, int, int]) -> Version:
-        """The index entry (offset, size) of the block at first voxel ``origin`` (x, y, z) of a level."""
-        volume = self.levels[level]
-        return volume.store.entry(volume.layout.entry_index(*origin))
-
     def locate(self, route: str, key: str) -> Address | None:
         """The block that ``key`` names on ``route`` ("precomputed", "zarr" or "zarr3"); None if it names none.
 

@@ -249,6 +249,56 @@ def test_idle_sockets_are_dropped_and_clients_answered_under_a_low_descriptor_li
     assert len(text) < 2000 and len(text.splitlines()) <= 4 and "Traceback" not in text, text[:2000]
 
 
+def test_a_trickled_head_and_an_idle_keep_alive_connection_are_closed_after_the_idle_timeout(volume: Path) -> None:
+    with start(volume, idle_timeout=1) as server:
+        kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        kept.request("GET", base(server) + "/vol/info")
+        assert kept.getresponse().read()
+        trickle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        began = time.monotonic()
+        for byte in f"GET {base(server)}/vol/info HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".encode():
+            if closed_by_peer(trickle) or time.monotonic() - began > 5:
+                break
+            trickle.setblocking(True)
+            try:
+                trickle.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.05)
+        assert eventually(3, lambda: closed_by_peer(trickle)), "a client trickling its head was never dropped"
+        assert time.monotonic() - began < 3
+        assert closed_by_peer(kept.sock), "an idle keep-alive connection was not closed after the timeout"
+        trickle.close()
+        kept.close()
+
+
+def open_stream(port: int, path: str) -> http.client.HTTPConnection:
+    """A GET of the viewer's event stream, left open: a connection busy with its request."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.request("GET", path)
+    assert connection.getresponse().status == 200
+    return connection
+
+
+def test_at_the_cap_the_idle_connection_makes_room_and_busy_ones_are_kept(volume: Path) -> None:
+    server, url = view(volume, max_connections=2)
+    with server:
+        events = urlsplit(url).path.replace("/v/blockfs/", "/events/blockfs")
+        first = open_stream(server.port, events)
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        assert not eventually(0.5, lambda: closed_by_peer(idle))
+        response, _ = get(server, "/vol/info")  # the third: the idle one is closed to make room
+        assert response.status == 200 and eventually(5, lambda: closed_by_peer(idle))
+        second = open_stream(server.port, events)
+        response, _ = get(server, "/vol/info")  # both open ones are answering: nothing to close
+        assert response.status == 503 and response.headers["Retry-After"] == "1"
+        assert not closed_by_peer(first.sock) and not closed_by_peer(second.sock)
+        for connection in (first, second):
+            connection.close()
+        idle.close()
+        assert eventually(5, lambda: get(server, "/vol/info")[0].status == 200)
+
+
 def test_ctrl_c_stops_serve_at_once_with_status_130(volume: Path) -> None:
     process = run_cli(["serve", str(volume), "--port", "0"])
     try:

@@ -53,10 +53,11 @@ def _parser(prog: str, description: str, epilog: str, port: int) -> argparse.Arg
     parser.add_argument("--no-token", dest="token", action="store_false",
                         help="serve without a token in the URLs: anyone (any web page) may read what is served")
     parser.add_argument("--idle-timeout", type=positive_float, default=IDLE_TIMEOUT, metavar="SECONDS",
-                        help="close a connection that sends no request for this long (default: %(default)s)")
+                        help="close a connection that sends no complete request head for this long, from its "
+                             "opening or its last answer (default: %(default)s)")
     parser.add_argument("--max-connections", type=positive_int, metavar="N",
                         help="connections open at once; at the cap a new one closes the one idle longest "
-                             "(default: half the open-file limit, at most 4096)")
+                             "(default: half the open-file limit left after the listen backlog, at most 4096)")
     return parser
 
 

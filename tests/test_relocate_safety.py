@@ -68,7 +68,7 @@ except VolumeBusyError as exc:
     sys.exit(3)
 """
 KILL_SEED = 20261207
-KILL_TRIALS = 16
+KILL_TRIALS = 20
 
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -529,10 +529,9 @@ def kill_state(status: int, source: Path, dest: Path, published: bool) -> str:
         return "ended before the kill"
     if not published:
         return "killed while copying" if partials(dest) else "killed before it wrote a file"
-    if not source.exists():
-        return "killed as it removed its last partial name"
-    return "killed while finishing" if partials(dest) or len(list(source.parent.iterdir())) < 5 else \
-        "killed after it finished"
+    if partials(dest) or source.exists() and len(list(source.parent.iterdir())) < 5:
+        return "killed while finishing"
+    return "killed after it finished"
 
 
 def partials(folder: Path) -> list[str]:
@@ -556,17 +555,25 @@ def test_killed_at_random_moments(command: str, tmp_path: Path) -> None:
         def source_for(trial: str) -> Path:
             return linked_copy(pristine, tmp_path / trial) if move else pristine
 
-        # One whole run, to know how long its work takes after it has begun.
-        proc = start_and_wait_for_output([tool(command), str(source_for("timed")), str(disk / "timed")])
+        # One whole run, to know when it publishes the new volume and when it ends, from when it has begun.
+        timed = source_for("timed")
+        proc = start_and_wait_for_output([tool(command), str(timed), str(disk / "timed")])
         began = time.monotonic()
+        while not (disk / "timed" / timed.name).exists():
+            assert proc.poll() is None, "the timed run ended without publishing its volume"
+            time.sleep(0.0005)
+        published_after = time.monotonic() - began
         assert finish(proc) == 0
-        busy = time.monotonic() - began
+        ended_after = time.monotonic() - began
         shutil.rmtree(disk / "timed")
+        if move:
+            shutil.rmtree(timed.parent)
 
         for trial in range(KILL_TRIALS):
             source, dest = source_for(f"src{trial}"), disk / f"dest{trial}"
             proc = start_and_wait_for_output([tool(command), str(source), str(dest)])
-            time.sleep(rng.uniform(0, 1.2 * busy))
+            # Half the kills while it copies, half while it finishes (removes the source and partial names).
+            time.sleep(rng.uniform(0, published_after) if trial % 2 else rng.uniform(published_after, ended_after))
             proc.kill()
             status = finish(proc)
             assert status in (0, -signal.SIGKILL)
@@ -593,5 +600,5 @@ def test_killed_at_random_moments(command: str, tmp_path: Path) -> None:
             shutil.rmtree(dest)
     assert {p.name: p.stat().st_mtime_ns for p in pristine.parent.iterdir()} == pristine_files
     print(f"{command}: {KILL_TRIALS} trials of {sum(os.path.getsize(p) for p in pristine.parent.iterdir())} bytes, "
-          f"work {busy:.3f} s after the first output: {dict(counts)}")
+          f"published {published_after:.3f} s and ended {ended_after:.3f} s after the first output: {dict(counts)}")
     assert counts["killed while copying"] >= 1, f"no kill interrupted the copying: {dict(counts)}"

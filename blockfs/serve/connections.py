@@ -24,6 +24,11 @@ log = logging.getLogger("blockfs.serve")
 
 #: Seconds between two log lines about running out of file descriptors.
 LOG_INTERVAL = 10.0
+#: Seconds after which asyncio tries accept() again once it ran out of descriptors: every failure
+#: before that is the same shortage, and lowers the cap once.
+RETRY_DELAY = 1.0
+#: Seconds a refused connection may stay open for the client to read its 503.
+LINGER = 0.5
 #: The largest default cap, and the largest listen backlog.
 MAX_CONNECTIONS, MAX_BACKLOG = 4096, 128
 #: What accept() fails with when the process or the system has no descriptor left.
@@ -56,11 +61,16 @@ def default_limit() -> int:
 
 
 class Refused(asyncio.Protocol):
-    """A connection beyond the cap while every open one is answering a request: a 503, then closed."""
+    """A connection beyond the cap while every open one is answering a request: a 503, then closed.
+
+    The request is read and dropped, so that closing sends the client the answer, not a reset; the
+    connection closes when the client does, or :data:`LINGER` seconds after the answer.
+    """
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport.write(REFUSAL)  # type: ignore[attr-defined]
-        transport.close()
+        transport.write_eof()  # type: ignore[attr-defined]
+        asyncio.get_running_loop().call_later(LINGER, transport.close)
 
 
 class Tracked(asyncio.Protocol):
@@ -117,6 +127,7 @@ class Connections:
         self._make: Callable[[], RequestHandler] | None = None
         self._open: dict[RequestHandler, Tracked] = {}
         self._busy: set[RequestHandler] = set()
+        self._lowered_at = -RETRY_DELAY
         self._quiet_until = 0.0
         self._unreported = 0
 
@@ -171,11 +182,13 @@ class Connections:
         if not (isinstance(exc, OSError) and exc.errno in OUT_OF_DESCRIPTORS):
             loop.default_exception_handler(context)
             return
-        self.limit = max(1, min(self.limit, len(self._open) - self.backlog))
-        for _ in range(len(self._open) - self.limit):
-            if not self._close_idle():
-                break
         now = time.monotonic()
+        if now >= self._lowered_at + RETRY_DELAY:
+            self._lowered_at = now
+            self.limit = max(1, min(self.limit, len(self._open) - self.backlog))
+            for _ in range(len(self._open) - self.limit):
+                if not self._close_idle():
+                    break
         if now < self._quiet_until:
             self._unreported += 1
             return

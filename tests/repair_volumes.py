@@ -19,7 +19,8 @@ import spec_decoder
 from crash_writer import DTYPE, block_content
 from helpers import block_origins, console
 
-from blockfs import Directory, LostBlocksWarning
+import blockfs
+from blockfs import Directory
 
 run_blockfs = functools.partial(console, "blockfs")
 
@@ -83,7 +84,7 @@ def state(path: Path) -> tuple[list[tuple[int, int]], set[Origin]]:
 def opened(path: Path, mode: str = "r") -> Iterator[Directory]:
     """The volume opened through the library; a recorded loss is expected here, so its warning is not an error."""
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", LostBlocksWarning)
+        warnings.simplefilter("ignore", blockfs.LostBlocksWarning)
         volume = Directory.open(str(path), mode)
     try:
         yield volume
@@ -94,7 +95,7 @@ def opened(path: Path, mode: str = "r") -> Iterator[Directory]:
 def readable(path: Path) -> dict[Origin, np.ndarray]:
     """Every block that reads without an error (a verified read), with what it reads as."""
     blocks = {}
-    with opened(path) as volume:
+    with Directory.open(str(path)) as volume:
         for origin in block_origins(volume.shape, (volume.z_block_size, volume.y_block_size, volume.x_block_size)):
             with contextlib.suppress(Exception):
                 blocks[origin] = volume.read_block(*origin)

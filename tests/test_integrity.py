@@ -25,7 +25,8 @@ from crash_writer import DTYPE, block_content
 from helpers import block_origins
 from repair_volumes import flip, names_block, run_blockfs
 
-from blockfs import BlockfsError, CorruptBlockError, Directory, LostBlocksWarning, WriterError, records
+import blockfs
+from blockfs import BlockfsError, CorruptBlockError, Directory, WriterError, records
 from blockfs.errors import ChecksumError
 
 pytestmark = pytest.mark.timeout(120)
@@ -194,7 +195,7 @@ def test_flipped_payload_byte_of_the_only_copy(tmp_path: Path) -> None:
 
     repair(vol, lost=(origin,))
     vol.versions[origin] = 0  # nothing sound is left: the block is now missing, never garbage
-    with pytest.warns(LostBlocksWarning):
+    with pytest.warns(blockfs.LostBlocksWarning):
         vol.assert_reads()
     code, report = check_json(vol.path)
     assert code == 1 and report["blocks_written"] == len(vol.versions) - 1
@@ -258,7 +259,7 @@ def test_flipped_record_header_byte_of_the_only_copy(tmp_path: Path) -> None:
     assert_reads_raise(vol, ONCE, ChecksumError)
     repair(vol, lost=(ONCE,))
     vol.versions[ONCE] = 0
-    with pytest.warns(LostBlocksWarning):
+    with pytest.warns(blockfs.LostBlocksWarning):
         vol.assert_reads()
 
 

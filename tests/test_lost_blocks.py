@@ -27,16 +27,18 @@ from repair_volumes import build, damage, names_block, opened, run_blockfs, stat
 from volumes import make_volume
 
 import blockfs
-from blockfs import Directory, marks
+import blockfs.storage
+from blockfs import Directory
 from blockfs.cli import main as blockfs_main
 from blockfs.ops.repair import repair_volume
-from blockfs.storage import mark_complete
 
 pytestmark = pytest.mark.timeout(120)
 
 #: ``blockfs ...`` in this process, where a warning would be an error
 call = functools.partial(in_process, blockfs_main)
 LOST, LATER = (32, 0, 0), (64, 32, 32)
+#: The header keys of docs/FORMAT.md section 11
+LOST_KEY, INCOMPLETE_KEY = "BlockfsLost", "BlockfsIncomplete"
 
 
 def check_json(path: Path) -> tuple[int, dict]:
@@ -64,7 +66,7 @@ def test_a_lost_block_stays_reported_until_rewritten_or_accepted(tmp_path: Path)
 
     found = call("check", "--silent", path)
     assert found.returncode == 1 and names_block(found.stdout, LOST), found.stdout
-    with opened(path) as volume, pytest.raises(blockfs.ChecksumError) as error:
+    with Directory.open(str(path)) as volume, pytest.raises(blockfs.ChecksumError) as error:
         volume.read_block(*LOST)
     assert str(error.value).startswith(f"{path}: ") and names_block(str(error.value), LOST), str(error.value)
 
@@ -100,7 +102,7 @@ def test_a_lost_block_stays_reported_until_rewritten_or_accepted(tmp_path: Path)
     accepted = run_blockfs("repair", "--accept-loss", "--silent", str(path))
     assert accepted.returncode == 0, accepted.stdout + accepted.stderr
     after, _, _ = spec_decoder.read_index(path)
-    assert state(path) == (entries, set()) and after == {k: v for k, v in meta.items() if k != marks.LOST_KEY}
+    assert state(path) == (entries, set()) and after == {k: v for k, v in meta.items() if k != LOST_KEY}
     assert check_json(path)[0] == 0
     assert info_json(path)["lost_blocks"] == []
     with opened(path) as volume:
@@ -123,10 +125,10 @@ def test_the_lost_mark_moves_the_entries_and_keeps_the_incomplete_mark_first(tmp
     assert repair_volume(str(path)).unsaved == [LOST]
     meta, d_after, index = spec_decoder.read_index(path)
     assert d_after > d_before and index[16:].decode("latin-1").startswith('{"BlockfsIncomplete"')
-    assert meta["scope"] == "light sheet" and meta[marks.LOST_KEY]["blocks"] == [list(LOST)]
-    assert meta[marks.LOST_KEY]["by"] == "blockfs repair"
-    assert mark_complete(str(path))
-    assert marks.INCOMPLETE_KEY not in spec_decoder.read_index(path)[0]
+    assert meta["scope"] == "light sheet" and meta[LOST_KEY]["blocks"] == [list(LOST)]
+    assert meta[LOST_KEY]["by"] == "blockfs repair"
+    assert blockfs.storage.mark_complete(str(path))
+    assert INCOMPLETE_KEY not in spec_decoder.read_index(path)[0]
     with opened(path) as volume:
         for origin in [(0, 0, 0), LATER]:
             assert np.array_equal(volume.read_block(*origin), content[origin]), origin
@@ -139,7 +141,7 @@ def test_repair_refuses_a_missing_shard_unless_told_to_drop_it(tmp_path: Path) -
     path = tmp_path / "volume.blockfs"
     content = build(path, n_files=3)
     shard, away = tmp_path / "volume.blockfs.1", tmp_path / "unmounted"
-    with opened(path) as volume:
+    with Directory.open(str(path)) as volume:
         held = sorted(o for o in content if volume.layout.entry_index(*o) % 3 == 1)
     shard.rename(away)
     index = path.read_bytes()
@@ -213,13 +215,13 @@ def test_check_and_info_report_an_incomplete_volume(tmp_path: Path) -> None:
                   z_block_size=32).create(incomplete="blockfs test-import")
     d.write_block(block_content(0, 1, (32, 32, 32)), 0, 0, 0)
     d.close()
-    why = marks.describe_incomplete(spec_decoder.read_index(path)[0][marks.INCOMPLETE_KEY])
+    why = blockfs.marks.describe_incomplete(spec_decoder.read_index(path)[0][INCOMPLETE_KEY])
     checked = call("check", "--silent", path)
     assert checked.returncode == 1 and f"incomplete: {why}" in checked.stdout, checked.stdout
     assert "blockfs test-import began writing it" in why
     assert info_json(path)["incomplete"] == why
     assert f"INCOMPLETE: {why}" in call("info", path).stdout
-    assert mark_complete(str(path))
+    assert blockfs.storage.mark_complete(str(path))
     assert call("check", "--silent", path).returncode == 0
     assert info_json(path)["incomplete"] is None
 

@@ -334,6 +334,112 @@ def test_missing_directory_file(tmp_path: Path) -> None:
     assert path in str(info.value)
 
 
+# -- files that are not regular files -------------------------------------------------------------
+
+
+def _device(path: Path) -> None:
+    try:
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # the null device's numbers
+    except OSError as exc:
+        pytest.skip(f"cannot make a device node here ({exc})")
+
+
+@pytest.mark.timeout(20)  # a FIFO opened for reading waits for a writer: the test would hang
+@pytest.mark.parametrize("kind, make", [("a FIFO", os.mkfifo), ("a directory", os.mkdir),
+                                        ("a character device", _device)], ids=["fifo", "folder", "device"])
+def test_index_that_is_not_a_regular_file(tmp_path: Path, kind: str, make: Callable[[Path], None]) -> None:
+    path = tmp_path / "special.blockfs"
+    make(path)
+    for mode in ("r", "r+"):
+        raises_unchanged(tmp_path, FormatError, lambda: Directory.open(str(path), mode), str(path), kind,
+                         "not a regular file")
+
+
+# -- headers no volume can have --------------------------------------------------------------------
+
+#: A plausible header: 1000^3 uint16 voxels in 64^3 blocks (16^3 of them), the earlier rule's bit widths.
+SANE = {"XBlockSize": 64, "YBlockSize": 64, "ZBlockSize": 64, "XExtent": 1000, "YExtent": 1000, "ZExtent": 1000,
+        "DType": "uint16", "NOffsetBits": 32, "NSizeBits": 20, "XStride": 1, "YStride": 16, "ZStride": 256,
+        "BlockFilenames": ["v.blockfs.0"], "Compression": "zstd", "CompressionLvl": 5, "Version": "1.0.0"}
+
+#: (what, values that no volume can have, the same at the limit, words the refusal holds)
+LIMITS = [
+    ("entry-bits", dict(NOffsetBits=45, NSizeBits=20), dict(NOffsetBits=44, NSizeBits=20),
+     ["NOffsetBits + NSizeBits = 65", "exceeds 64"]),
+    ("size-field", dict(NSizeBits=19), dict(NSizeBits=20),
+     ["NSizeBits is 19", "524288 bytes", "NSizeBits >= 20"]),
+    ("blosc-buffer", dict(XBlockSize=2**31 - 16, XExtent=2**31 - 16, YBlockSize=1, YExtent=1, ZBlockSize=1,
+                          ZExtent=1, DType="uint8", NSizeBits=31),
+     dict(XBlockSize=2**31 - 17, XExtent=2**31 - 17, YBlockSize=1, YExtent=1, ZBlockSize=1, ZExtent=1, DType="uint8",
+          NSizeBits=31), ["2147483632 bytes", "2147483631 bytes one blosc buffer"]),
+    ("volume-bytes", dict(XExtent=2**21, YExtent=2**21, ZExtent=2**21, XBlockSize=1024, YBlockSize=1024,
+                          ZBlockSize=1024, DType="uint8", XStride=1, YStride=2**11, ZStride=2**22, NOffsetBits=27,
+                          NSizeBits=31, BlockFilenames=[f"v.{i}" for i in range(1024)]),
+     dict(XExtent=2**21, YExtent=2**21, ZExtent=2**21 - 1024, XBlockSize=1024, YBlockSize=1024, ZBlockSize=1024,
+          DType="uint8", XStride=1, YStride=2**11, ZStride=2**22, NOffsetBits=27, NSizeBits=31,
+          BlockFilenames=[f"v.{i}" for i in range(1024)]), ["9223372036854775808 bytes", "64-bit"]),
+    ("overlapping-strides", dict(YStride=15), dict(YStride=16), ["YStride 15", "entry 15", "overlap"]),
+    ("interleaved-strides", dict(XStride=2, YStride=3, XExtent=192, YExtent=128),  # x: 0, 2, 4; y: 3, 5, 7
+     dict(XStride=2, YStride=5, XExtent=192, YExtent=128), ["YStride 3", "entry 4"]),
+    ("index-addressing", dict(XExtent=2**20, XBlockSize=1, YExtent=64, ZExtent=64, XStride=2**40,
+                              NOffsetBits=24, NSizeBits=18),
+     dict(XExtent=2**20, XBlockSize=1, YExtent=64, ZExtent=64, XStride=2**39, NOffsetBits=24, NSizeBits=18),
+     ["entry positions of 6 bytes", "2**62 bytes of index"]),
+    ("offset-capacity", dict(NOffsetBits=15), dict(NOffsetBits=16),
+     ["4096 block positions cannot all be written", "NOffsetBits 15", "at most 2048 blocks"]),
+]
+
+
+@pytest.mark.parametrize("values, limit, words", [case[1:] for case in LIMITS], ids=[case[0] for case in LIMITS])
+def test_header_no_volume_can_have(tmp_path: Path, values: dict[str, Any], limit: dict[str, Any],
+                                   words: list[str]) -> None:
+    """Refused with the file, the value and why; the same header at the limit opens."""
+    path = tmp_path / "absurd.blockfs"
+    path.write_bytes(header_bytes(dict(SANE, **values)))
+    raises_unchanged(tmp_path, FormatError, lambda: Directory.open(str(path)), str(path), *words)
+    path.write_bytes(header_bytes(dict(SANE, **limit)))
+    with Directory.open(str(path)) as d:
+        assert not d.read_block(0, 0, 0).any()
+
+
+@pytest.mark.parametrize("values", [case[1] for case in LIMITS], ids=[case[0] for case in LIMITS])
+def test_no_volume_is_created_that_a_reader_refuses(tmp_path: Path, values: dict[str, Any]) -> None:
+    keys = {"XExtent": "x_extent", "YExtent": "y_extent", "ZExtent": "z_extent", "XBlockSize": "x_block_size",
+            "YBlockSize": "y_block_size", "ZBlockSize": "z_block_size", "DType": "dtype", "XStride": "x_stride",
+            "YStride": "y_stride", "ZStride": "z_stride", "NOffsetBits": "n_offset_bits", "NSizeBits": "n_size_bits"}
+    doc = dict(SANE, **values)
+    args = {name: doc[key] for key, name in keys.items()}
+    with pytest.raises(InvalidArgumentError) as info:
+        Directory(directory_filename=str(tmp_path / "v.blockfs"), n_filenames=len(doc["BlockFilenames"]), **args)
+    assert str(tmp_path / "v.blockfs") in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("extents, blocks, strides", [
+    ((1000, 1000, 1000), (64, 64, 64), None),                  # x fastest, as written by default
+    ((300, 200, 100), (64, 32, 16), (91, 7, 1)),                # z fastest
+    ((300, 200, 100), (64, 32, 16), (1, 11, 200)),              # gaps between rows and planes
+    ((1, 200, 1), (1, 32, 1), (5, 3, 9)),                       # one axis with more than one block
+])
+def test_entries_map_back_to_their_blocks(tmp_path: Path, extents: tuple[int, int, int],
+                                          blocks: tuple[int, int, int], strides: tuple[int, int, int] | None) -> None:
+    sx, sy, sz = strides or (None, None, None)
+    d = Directory(*extents, "uint8", str(tmp_path / "v.blockfs"), n_filenames=2, x_block_size=blocks[0],
+                  y_block_size=blocks[1], z_block_size=blocks[2], x_stride=sx, y_stride=sy, z_stride=sz)
+    layout = d.layout
+    origins = [(x, y, z) for z in range(0, extents[2], blocks[2]) for y in range(0, extents[1], blocks[1])
+               for x in range(0, extents[0], blocks[0])]
+    numbers = {layout.entry_index(*o): o for o in origins}
+    assert len(numbers) == len(origins) == layout.n_blocks
+    everything = np.arange(-3, layout.n_entries + 3)
+    inside, found = layout.blocks_of(everything)
+    assert everything[inside].tolist() == sorted(numbers)
+    assert [tuple(o) for o in found.tolist()] == [numbers[e] for e in sorted(numbers)]
+    entries, first_voxels = layout.block_entries(stop=layout.n_entries // 2)
+    assert entries.tolist() == [e for e in sorted(numbers) if e < layout.n_entries // 2]
+    assert [tuple(o) for o in first_voxels.tolist()] == [numbers[e] for e in entries.tolist()]
+
+
 # -- damaged volumes -----------------------------------------------------------------------------
 
 

@@ -35,15 +35,16 @@ class Interruption:
         self.pid = os.getpid()
         #: The tool's exit status once its body has returned; the deadline exits with it.
         self.status: int | None = None
-        self._armed = False
+        #: Whether Ctrl-C was pressed.
+        self.pressed = False
         self._reported = threading.Lock()  # taken by whichever thread prints the line, so it is printed once
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self.pid:
             return
-        if self._armed:
+        if self.pressed:
             self._exit()
-        self._armed = True
+        self.pressed = True
         threading.Thread(target=self._deadline, name="blockfs-interrupted", daemon=True).start()
         raise KeyboardInterrupt
 
@@ -98,14 +99,18 @@ def _run_body(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespac
               argv: list[str] | None, interruption: Interruption) -> int:
     try:
         return body(parser.parse_args(sys.argv[1:] if argv is None else argv)) or 0
-    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): not a failure
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except USER_ERRORS as exc:
-        print(f"{parser.prog}: {describe(exc)}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return interruption.report()
+    except (KeyboardInterrupt, Exception) as exc:
+        # After Ctrl-C, any error is its doing: KeyboardInterrupt raised inside a lock's or a pool's own
+        # code leaves them broken (RuntimeError: release unlocked lock, a broken pool...).
+        if isinstance(exc, KeyboardInterrupt) or interruption.pressed:
+            return interruption.report()
+        if isinstance(exc, BrokenPipeError):  # the reader of our output went away (e.g. `| head`): not a failure
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        if isinstance(exc, USER_ERRORS):
+            print(f"{parser.prog}: {describe(exc)}", file=sys.stderr)
+            return 1
+        raise
 
 
 def add_silent(parser: argparse.ArgumentParser) -> None:

@@ -139,8 +139,7 @@ def repair_volume(path: str, silent: bool = True, drop_missing_shards: bool = Fa
         if result.marks_changed:
             header = _header_with(volume.header, lost_mark)
         result.backup = _backup_path(path)
-        new_index = _install_index(path, header + fmt.pack_entries(offsets, sizes, volume.layout), result.backup)
-        os.close(new_index)  # held until here, so no writer starts in the new index before repair ends
+        _install_index(path, header + fmt.pack_entries(offsets, sizes, volume.layout), result.backup)
     return result
 
 
@@ -213,15 +212,17 @@ def _header_with(header: fmt.DirectoryFile, lost: Any) -> bytes:
     layout = dataclasses.replace(header.layout, marks=state)
     tight = fmt.encode_header(layout)
     padded = header.directory_offset > fmt.PREAMBLE.size + len(header.json_text.encode("utf-8"))
-    return fmt.encode_header(layout, header.directory_offset) if padded and len(tight) <= header.directory_offset \
-        else tight
+    if padded and len(tight) <= header.directory_offset:
+        return fmt.encode_header(layout, header.directory_offset)
+    return tight
 
 
-def _install_index(path: str, data: bytes, backup: str) -> int:
-    """Make ``data`` the index at ``path``, keeping the old index as ``backup``; returns the new file's descriptor.
+def _install_index(path: str, data: bytes, backup: str) -> None:
+    """Make ``data`` the index at ``path``, keeping the old index as ``backup``.
 
     The new file is written beside ``path``, fsynced and locked exclusively before it is renamed into
-    place, so a writer finds either the old index or the new one, and both held by this process.
+    place, and stays locked until this returns: a writer finds either the old index or the new one,
+    and both are held by this process (the caller holds the old one).
     """
     folder, name = os.path.split(os.path.abspath(path))
     temporary = os.path.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.repair")
@@ -234,10 +235,8 @@ def _install_index(path: str, data: bytes, backup: str) -> int:
         if not link_exclusive(path, backup):  # no hard links on this file system: copy
             shutil.copy2(path, backup)
         os.replace(temporary, path)
-    except BaseException:
+        fsync_folder(folder)
+    finally:
         os.close(fd)
         if os.path.lexists(temporary):
             os.unlink(temporary)
-        raise
-    fsync_folder(folder)
-    return fd

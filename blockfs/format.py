@@ -438,18 +438,20 @@ _FILE_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pip
                (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
 
 
-def open_regular(path: str) -> int:
-    """A read-only descriptor of the regular file at ``path``; anything else is refused (:class:`FormatError`).
+def open_regular(path: str, flags: int = os.O_RDONLY, what: str = "a blockfs directory file",
+                 devices: bool = False) -> int:
+    """A descriptor, opened with ``flags``, of the regular file (or, with ``devices``, the device) at ``path``;
+    anything else is refused as not ``what`` (:class:`FormatError`).
 
     The file is opened without blocking, so a FIFO is refused at once instead of waiting for a writer.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    fd = os.open(path, flags | os.O_NONBLOCK | os.O_CLOEXEC)
     mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    if not (stat.S_ISREG(mode) or devices and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode))):
         os.close(fd)
         kind = next((name for test, name in _FILE_KINDS if test(mode)), "a special file")
-        raise FormatError(f"{path}: is {kind}, not a regular file, so not a blockfs directory file; pass the "
-                          "volume's .blockfs index file.")
+        raise FormatError(f"{path}: is {kind}, not a regular file, so not {what}; pass the volume's .blockfs "
+                          "index file, and keep its shards as regular files.")
     os.set_blocking(fd, True)
     return fd
 

@@ -18,10 +18,10 @@ import contextlib
 import errno
 import fcntl
 import os
-import stat
 from typing import Iterator
 
-from .errors import FormatError, VolumeBusyError
+from .errors import VolumeBusyError
+from .format import open_regular
 
 #: How often a lock is taken again when the index keeps being replaced under it.
 _ATTEMPTS = 20
@@ -64,19 +64,6 @@ def _busy(path: str, fd: int, doing: str) -> VolumeBusyError:
                                f"{doing} is refused until it ends. Try again then.")
     return VolumeBusyError(f"{path}: the volume is open for writing by a process{who}; {doing} needs it alone. "
                            "Close its writers (Directory.close()) and run it again.")
-
-
-def open_regular(path: str, flags: int, what: str = "a blockfs directory file", devices: bool = False) -> int:
-    """Open ``path``, never blocking on a FIFO; anything but a regular file (or, with ``devices``, a
-    device) is refused as not ``what``."""
-    fd = os.open(path, flags | os.O_CLOEXEC | os.O_NONBLOCK)
-    mode = os.fstat(fd).st_mode
-    if not (stat.S_ISREG(mode) or devices and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode))):
-        os.close(fd)
-        raise FormatError(f"{path}: not a regular file, so not {what}; pass the volume's index file and keep its "
-                          "shards as regular files.")
-    os.set_blocking(fd, True)
-    return fd
 
 
 def lock_index(path: str, exclusive: bool, doing: str, flags: int = os.O_RDWR) -> int:

@@ -379,7 +379,8 @@ class VolumeFiles:
         index = self.index_fd()
 
         def open_shard(path: str, flags: int) -> int:
-            fd = locking.open_regular(path, flags, "a shard file", devices=True)
+            # read from, a shard must be a regular file; written to, it may be a device (/dev/full, say)
+            fd = locking.open_regular(path, flags, "a shard file", devices=self.writable)
             if not locking.same_file(index, self.index_path):
                 os.close(fd)
                 raise self._stale()

@@ -355,6 +355,20 @@ def test_index_that_is_not_a_regular_file(tmp_path: Path, kind: str, make: Calla
                          "not a regular file")
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("kind, make", [("a FIFO", os.mkfifo), ("a directory", os.mkdir),
+                                        ("a character device", _device)], ids=["fifo", "folder", "device"])
+def test_shard_that_is_not_a_regular_file(tmp_path: Path, kind: str, make: Callable[[Path], None]) -> None:
+    """Read from, a shard must be a regular file: a FIFO is not waited on, a device not read."""
+    d, data = make_volume(tmp_path, n_filenames=1)
+    shard = Path(d.block_filenames[0])
+    shard.unlink()
+    make(shard)
+    with Directory.open(d.directory_filename) as r:
+        raises_unchanged(tmp_path, FormatError, lambda: r.read_block(0, 0, 0), str(shard), kind, "not a regular file")
+        raises_unchanged(tmp_path, FormatError, lambda: r[...], str(shard))
+
+
 # -- headers no volume can have --------------------------------------------------------------------
 
 #: A plausible header: 1000^3 uint16 voxels in 64^3 blocks (16^3 of them), the earlier rule's bit widths.

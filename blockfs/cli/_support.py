@@ -64,7 +64,7 @@ class Interruption:
         if status is None:
             status = INTERRUPTED
             if self._reported.acquire(blocking=False):  # not through sys.stderr, which another thread may hold
-                os.write(sys.__stderr__.fileno(), f"{self.prog}: interrupted\n".encode())
+                os.write(2, f"{self.prog}: interrupted\n".encode())
         with contextlib.suppress(Exception):  # the interpreter may be finalising meanwhile
             for child in multiprocessing.active_children():
                 child.terminate()
@@ -91,8 +91,8 @@ def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace
     """Parse ``argv`` and run ``body``; a failure prints ``prog: file: reason`` and returns 1, Ctrl-C
     prints ``prog: interrupted`` and returns :data:`INTERRUPTED` (see :class:`Interruption`)."""
     with interruptible(parser.prog) as interruption:
-        interruption.status = _run_body(parser, body, argv, interruption)
-    return interruption.status
+        status = interruption.status = _run_body(parser, body, argv, interruption)
+    return status
 
 
 def _run_body(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],

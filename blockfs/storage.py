@@ -27,6 +27,23 @@ from .marks import INCOMPLETE_KEY, without_incomplete
 NO_LINK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EACCES}
 
 
+def named(exc: OSError, path: str) -> OSError:
+    """``exc``, naming ``path`` if it names no file (as a failed ``os.write``, ``file.write`` or ``os.fsync``
+    on a full disk does not)."""
+    if exc.filename is not None or isinstance(exc, BlockfsError):
+        return exc
+    return type(exc)(exc.errno, exc.strerror or str(exc), path)
+
+
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Name ``path`` in an OSError raised in the block without a file name (see :func:`named`)."""
+    try:
+        yield
+    except OSError as exc:
+        raise named(exc, path) from None
+
+
 def fsync_folder(folder: str) -> None:
     """Make a rename or link in ``folder`` durable, where the platform allows it (errors are ignored)."""
     try:
@@ -57,7 +74,7 @@ def link_exclusive(source: str, target: str) -> bool:
     return True
 
 
-def _publish(temporary: str, target: str, exclusive: bool) -> None:
+def publish_file(temporary: str, target: str, exclusive: bool) -> None:
     """Move a finished temporary file to ``target``; with ``exclusive``, never replace a file."""
     if exclusive:
         if link_exclusive(temporary, target):
@@ -92,7 +109,7 @@ def atomic_write(path: str, exclusive: bool = False, like: str | None = None, du
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _publish(temporary, path, exclusive)
+        publish_file(temporary, path, exclusive)
     finally:
         if os.path.lexists(temporary):
             os.unlink(temporary)

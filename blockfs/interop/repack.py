@@ -20,10 +20,10 @@ from tqdm import tqdm
 
 from ..directory import Directory
 from ..errors import InvalidArgumentError
-from ..storage import fsync_folder
+from ..storage import fsync_folder, naming
 from .shard import encode_shard
 from ..threads import ordered_map
-from .tools import has_marker, marked_folder, naming, replaceable
+from .tools import has_marker, marked_folder, replaceable
 from .zarr_format import SourceLike, array_metadata, chunk_bytes, group_metadata, open_source, written_chunks
 
 DEFAULT_SHARD_BLOCKS = 4

@@ -17,7 +17,7 @@ from typing import Callable, Iterator
 from .. import locking
 from ..errors import BlockfsError, MissingDependencyError, VolumeBusyError, VolumeExistsError
 from ..marks import incomplete
-from ..storage import fsync_folder, pwrite_all
+from ..storage import fsync_folder, naming, pwrite_all
 
 #: Packages of the [interop] extra.
 OPTIONAL = ("zarr", "numcodecs", "dask", "distributed", "toolz", "cloudpickle")
@@ -32,17 +32,6 @@ def load(module: str) -> ModuleType:
             raise
         raise MissingDependencyError(f"{exc.name}: not installed, and blockfs.interop.{module} needs it; "
                                      "install it with pip install 'blockfs[interop]'.") from None
-
-
-@contextlib.contextmanager
-def naming(path: str) -> Iterator[None]:
-    """Name ``path`` in an OSError raised without a file name (``file.write`` on a full disk)."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is not None or isinstance(exc, BlockfsError):
-            raise
-        raise type(exc)(exc.errno, exc.strerror or str(exc), path) from None
 
 
 def _only_folders(path: str) -> bool:

@@ -32,10 +32,10 @@ from ..directory import Directory
 from ..errors import CorruptBlockError, FormatError, InvalidArgumentError
 from ..format import MAGIC, read_directory_file
 from ..pyramid.folder import INFO_NAME, LEVEL_FILE, is_pyramid, level_key
-from ..storage import mark_complete
+from ..storage import mark_complete, naming
 from .shard import decode_index, inner_chunk
 from ..threads import ordered_map
-from .tools import has_marker, marked_folder, naming, replaceable
+from .tools import has_marker, marked_folder, replaceable
 from .zarr_format import VOXEL_SIZE_KEY
 
 UNIT_TO_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, None: 1.0}

@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 from .. import format as fmt
 from ..errors import BlockfsError, FormatError, InvalidArgumentError, VolumeBusyError, VolumeExistsError
 from ..format import DirectoryFile, read_directory_file
-from ..storage import _publish, fsync_folder, pwrite_all, resolve_shard_path
+from ..storage import fsync_folder, named, publish_file, pwrite_all, resolve_shard_path
 
 #: Bytes copied per read when carrying the index over to the new file.
 DEFAULT_BUFFER_SIZE = 1 << 20
@@ -128,13 +128,6 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.abspath(a) == os.path.abspath(b)
 
 
-def named(exc: OSError, path: str) -> OSError:
-    """``exc``, naming ``path`` if it names no file (as a failed ``os.write`` or ``os.fsync`` does not)."""
-    if exc.filename is not None or isinstance(exc, BlockfsError):
-        return exc
-    return type(exc)(exc.errno, exc.strerror or str(exc), path)
-
-
 def new_locked_file(path: str) -> int:
     """Create the new file ``path`` (never replacing one) and lock it exclusively; returns its descriptor.
 
@@ -204,7 +197,7 @@ def relocated(source: str, names: Sequence[str], target: str | None = None, *, e
     fd = new_locked_file(temporary)
     try:
         write_index(current, names, fd, target, buffer_size, on_bytes)
-        _publish(temporary, target, exclusive)
+        publish_file(temporary, target, exclusive)
         fsync_folder(folder)
         yield True
     finally:

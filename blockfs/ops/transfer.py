@@ -45,9 +45,8 @@ from ..errors import (BlockfsError, ForeignShardError, InvalidArgumentError, Mis
                       VolumeExistsError)
 from ..format import MAGIC, DirectoryFile
 from ..progress import byte_progress
-from ..storage import file_identity, fsync_folder, link_exclusive, shadowing_copy
-from .relocate import (NO_LOCKS, Shard, header_with_names, locate_shards, named, new_locked_file, read_directory_file,
-                       write_index)
+from ..storage import file_identity, fsync_folder, link_exclusive, named, shadowing_copy
+from .relocate import NO_LOCKS, Shard, header_with_names, locate_shards, new_locked_file, read_directory_file, write_index
 
 #: Bytes per copy call; the progress bar advances by at most this much at a time.
 COPY_CHUNK = 64 << 20
@@ -464,7 +463,7 @@ def _publish(f: _File) -> None:
         raise named(exc, f.target) from None
 
 
-def _place(placement: Placement, move: bool, bar: tqdm) -> None:
+def place(placement: Placement, move: bool, bar: tqdm) -> None:
     """Put one shard at its target: a hard link when moving within a file system, else a copy (never replacing)."""
     if move and link_exclusive(placement.source, placement.target):
         bar.update(placement.size)

@@ -15,21 +15,10 @@ from typing import Any, Iterator
 
 from ..directory import Directory
 from ..errors import BlockfsError, FormatError
-from ..storage import atomic_write
+from ..storage import atomic_write, naming
 
 INFO_NAME = "info"
 LEVEL_FILE = "precomputed.blockfs"
-
-
-@contextlib.contextmanager
-def naming(path: str) -> Iterator[None]:
-    """Name ``path`` in an OSError raised without a file name (``os.write``, ``file.write`` on a full disk)."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is not None or isinstance(exc, BlockfsError):
-            raise
-        raise type(exc)(exc.errno, exc.strerror or str(exc), path) from None
 
 
 def level_key(factor: int) -> str:

@@ -27,10 +27,10 @@ import numpy as np
 from ..progress import byte_progress
 from ..directory import Directory
 from ..errors import InvalidArgumentError, VolumeExistsError
-from ..ops.transfer import Placement, _place
+from ..ops.transfer import Placement, place
 from ..ops.relocate import locate_shards, read_directory_file, relocate
-from ..storage import atomic_write, fsync_folder
-from .folder import LEVEL_FILE, is_pyramid, level_key, naming
+from ..storage import atomic_write, fsync_folder, naming
+from .folder import LEVEL_FILE, is_pyramid, level_key
 from .owned import (JOURNAL, PLAN_FILE, clear, level1_is_source, named_files, protect_source, pyramid_levels,
                     remove_level)
 from .plan import Index, Plan
@@ -120,7 +120,7 @@ def place_level1(plan: Plan, silent: bool = True) -> None:
     with byte_progress(sum(p.size for p in placements), silent, "blockfs pyramid: level 1") as bar:
         for placement in placements:
             with naming(placement.target):
-                _place(placement, True, bar)  # a hard link within one file system, else a copy
+                place(placement, True, bar)  # a hard link within one file system, else a copy
     fsync_folder(staging)
     index = os.path.join(staging, LEVEL_FILE)
     with naming(index):

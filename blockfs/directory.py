@@ -309,7 +309,7 @@ class Directory:
         """Warn when the header says the volume is incomplete, or holds blocks repair could not save."""
         state = self._layout.marks
         if marks.INCOMPLETE_KEY in state:
-            warnings.warn(f"{self.directory_filename}: {marks.describe_incomplete(state[marks.INCOMPLETE_KEY])}.",
+            warnings.warn(f"{self.directory_filename}: incomplete: {marks.describe_incomplete(state[marks.INCOMPLETE_KEY])}.",
                           IncompleteVolumeWarning, stacklevel=3)
         lost = self.unsaved_blocks()
         if lost:

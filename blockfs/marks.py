@@ -31,8 +31,8 @@ def describe_incomplete(value: Any) -> str:
     """Why an incomplete volume is so, for messages."""
     tool = value.get("tool", "a tool") if isinstance(value, dict) else "a tool"
     since = f" at {value['since']}" if isinstance(value, dict) and "since" in value else ""
-    return (f"incomplete: {tool} began writing it{since} and has not finished (it was interrupted or is still "
-            "running); run it again to resume or replace the volume")
+    return (f"{tool} began writing it{since} and has not finished (it was interrupted or is still running); "
+            "run it again to resume or replace the volume")
 
 
 def lost(blocks: list[tuple[int, int, int]], by: str) -> dict[str, Any]:

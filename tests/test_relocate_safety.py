@@ -307,6 +307,18 @@ def test_mv_refuses_shards_another_index_names(tmp_path: Path) -> None:
     assert reads_as(index, expected) and reads_as(other, expected)
 
 
+def test_mv_of_a_repaired_volume_leaves_repairs_backups_behind(tmp_path: Path) -> None:
+    """repair keeps the old index as v.blockfs.bak (naming the same shards): that backup is the volume's own,
+    so mv moves the volume and leaves the backups in place, outdated."""
+    index, expected = make_volume(tmp_path / "vol", name="v.blockfs")
+    for backup in ("v.blockfs.bak", "v.blockfs.bak1"):
+        shutil.copyfile(index, tmp_path / "vol" / backup)
+    result = console("blockfs-mv", index, tmp_path / "moved", "--silent")
+    assert result.returncode == 0, result.stderr
+    assert reads_as(tmp_path / "moved" / "v.blockfs", expected)
+    assert sorted(p.name for p in (tmp_path / "vol").iterdir()) == ["v.blockfs.bak", "v.blockfs.bak1"]
+
+
 def test_mv_refuses_a_symbolic_link_for_a_shard(tmp_path: Path) -> None:
     index, expected = make_volume(tmp_path / "vol", name="v.blockfs")
     elsewhere = tmp_path / "elsewhere"

@@ -29,7 +29,8 @@ writer can open it until it ends.
 DETAILS = {
     True: ("moves", "It moves only the volume's own files: the directory file and the shards must be regular\n"
                     "files (not symbolic links) directly in the directory file's folder, and no other\n"
-                    "directory file there may name one of the shards. Otherwise it refuses and changes\n"
+                    "directory file there may name one of the shards (repair's backups, NAME.bak*, stay\n"
+                    "behind). Otherwise it refuses and changes\n"
                     "nothing: a copy made with cp -r still names the original's shards, so run\n"
                     "blockfs-rebase on it first, or copy it with blockfs-cp. Within one file system the\n"
                     "shards are hard-linked, else copied and fsynced; the source is removed only once the\n"

@@ -6,7 +6,8 @@ from anywhere. The index, bit widths, strides and application metadata are kept 
 
 What a move takes: only the volume's own files. The index and every shard must be regular files
 (not symbolic links) directly in the index's folder, and no other index file in that folder may
-name one of the shards. Otherwise :class:`ForeignShardError` is raised before anything is touched.
+name one of the shards (repair's backups of the index stay behind). Otherwise
+:class:`ForeignShardError` is raised before anything is touched.
 A copy takes any volume, and writes only inside the destination folder.
 
 Both are offline operations: the source's index is held exclusively (:mod:`blockfs.locking`) from
@@ -35,6 +36,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import re
 import stat
 from dataclasses import dataclass
 
@@ -307,7 +309,8 @@ def _shards_of_other_volumes(source: str, folder: str) -> dict[tuple[int, int], 
     found: dict[tuple[int, int], str] = {}
     with os.scandir(folder) as entries:
         for entry in entries:
-            if _is_partial(entry.name) or not entry.is_file(follow_symlinks=False) or _same(entry.path, source):
+            if (_is_partial(entry.name) or _is_backup(entry.name, source) or not entry.is_file(follow_symlinks=False)
+                    or _same(entry.path, source)):
                 continue
             with contextlib.suppress(OSError, ValueError):  # unreadable or damaged: not a volume that reads
                 with open(entry.path, "rb") as f:
@@ -318,6 +321,12 @@ def _shards_of_other_volumes(source: str, folder: str) -> dict[tuple[int, int], 
                     if s.exists:
                         found[file_identity(os.stat(s.path))] = entry.path
     return found
+
+
+def _is_backup(name: str, source: str) -> bool:
+    """Whether ``name`` is one of blockfs repair's backups of the index ``source`` (SOURCE.bak, .bak1, ...):
+    those name the volume's own shards, and stay behind, outdated, when it moves."""
+    return re.fullmatch(re.escape(os.path.basename(source)) + r"\.bak\d*", name) is not None
 
 
 def _same(a: str, b: str) -> bool:

@@ -30,12 +30,12 @@ DETAILS = {
     True: ("moves", "It moves only the volume's own files: the directory file and the shards must be regular\n"
                     "files (not symbolic links) directly in the directory file's folder, and no other\n"
                     "directory file there may name one of the shards (repair's backups, NAME.bak*, stay\n"
-                    "behind). Otherwise it refuses and changes\n"
-                    "nothing: a copy made with cp -r still names the original's shards, so run\n"
-                    "blockfs-rebase on it first, or copy it with blockfs-cp. Within one file system the\n"
-                    "shards are hard-linked, else copied and fsynced; the source is removed only once the\n"
-                    "new volume is complete and durable, so a kill at any point leaves a whole volume at the\n"
-                    "source or the destination. Nothing of the source remains afterwards."),
+                    "behind). Otherwise it refuses and changes nothing: a copy made with cp -r still names\n"
+                    "the original's shards, so run blockfs-rebase on it first, or copy it with blockfs-cp.\n"
+                    "Within one file system the shards are hard-linked, else copied and fsynced; the source\n"
+                    "is removed only once the new volume is complete and durable, so a kill at any point\n"
+                    "leaves a whole volume at the source or the destination. Nothing of the source remains\n"
+                    "afterwards."),
     False: ("copies", "The source is left untouched, whatever its shard names: it writes only inside the\n"
                       "destination folder. While it copies, a second copy of the same volume is refused."),
 }

@@ -128,6 +128,22 @@ def test_a_replaced_volume_is_served_anew_and_a_deleted_one_is_404(server: Serve
     assert "vol" not in json.loads(get(server, "/")[1])
 
 
+def test_a_block_read_just_after_a_replacement_is_never_the_old_volumes(server: Server, volume: Path) -> None:
+    """Before the server looks again, a block in a shard it has not opened yet belongs to the new volume:
+    the answer is a 503 to retry (or, if it looked meanwhile, the new block), never old bytes or a 500."""
+    assert get(server, "/vol/zarr/0/0.0.0")[0].status == 200  # the index and shard 0 are open
+    z, y, x = SHAPE
+    with Directory(x, y, z, np.uint16, str(volume), x_block_size=BLOCK[2], y_block_size=BLOCK[1],
+                   z_block_size=BLOCK[0]).create() as d:
+        d[:, :, :] = np.full(SHAPE, 7, np.uint16)
+    response, body = get(server, "/vol/zarr/0/0.1.0")  # entry 3: in shard 1, not opened before
+    assert response.status == 503 or response.status == 200 and (decode(body) == 7).all(), response.status
+    if response.status == 503:
+        assert response.headers["Retry-After"] == "1"
+    again, body = get(server, "/vol/zarr/0/0.1.0")
+    assert again.status == 200 and (decode(body) == 7).all()
+
+
 def test_a_deleted_pyramid_is_404_until_one_is_written_again(tmp_path: Path) -> None:
     root = tmp_path / "pyr"
     write_pyramid(root, volume_data(SHAPE), BLOCK, 2)

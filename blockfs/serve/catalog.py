@@ -15,7 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
-from ..errors import BlockfsError, describe
+from aiohttp import web
+
+from ..errors import BlockfsError, StaleVolumeError, describe
 from .volumes import Identity, ServedVolume, open_served, volume_identity
 
 log = logging.getLogger("blockfs.serve")
@@ -86,6 +88,10 @@ class Catalog:
         opened.users += 1
         try:
             yield opened.volume
+        except StaleVolumeError:  # replaced since it was last looked at: the next request opens the new one
+            entry.due = 0.0
+            raise web.HTTPServiceUnavailable(headers={"Retry-After": "1"},
+                                             text=f"{name}: the volume was replaced while it was read; try again\n")
         finally:
             opened.release()
 

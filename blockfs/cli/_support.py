@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import multiprocessing
 import os
 import signal
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 from types import FrameType
-from typing import Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn
 
 from ..errors import USER_ERRORS, describe
 
@@ -19,6 +20,8 @@ from ..errors import USER_ERRORS, describe
 INTERRUPTED = 128 + signal.SIGINT
 #: Seconds a tool stopped by Ctrl-C has to stop its threads and worker processes before it exits regardless.
 STOP_SECONDS = 3.0
+#: Seconds after which a KeyboardInterrupt that Python dropped is raised again.
+REPEAT_SECONDS = 0.05
 
 
 class Interruption:
@@ -27,7 +30,9 @@ class Interruption:
     The first Ctrl-C unwinds the tool, which cancels its pending work and closes its files; whatever
     still runs ``STOP_SECONDS`` later (a worker thread in a long task, a pool at interpreter exit) is
     cut short: the worker processes are terminated and the process exits. A second Ctrl-C exits at
-    once. Forked children that inherit the handler ignore Ctrl-C: their parent stops them.
+    once. Forked children that inherit the handler ignore Ctrl-C: their parent stops them. Where
+    Python drops the KeyboardInterrupt (raised in a callback it runs at a fork or in a finaliser, it
+    only prints it as "Exception ignored"), it is raised again in the code that runs next.
     """
 
     def __init__(self, prog: str):
@@ -37,16 +42,30 @@ class Interruption:
         self.status: int | None = None
         #: Whether Ctrl-C was pressed.
         self.pressed = False
+        self._dropped = False  # the KeyboardInterrupt raised was dropped: the next SIGINT raises it again
         self._reported = threading.Lock()  # taken by whichever thread prints the line, so it is printed once
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if os.getpid() != self.pid:
             return
-        if self.pressed:
+        if self.pressed and not self._dropped:
             self._exit()
-        self.pressed = True
-        threading.Thread(target=self._deadline, name="blockfs-interrupted", daemon=True).start()
+        if not self.pressed:
+            self.pressed = True
+            threading.Thread(target=self._deadline, name="blockfs-interrupted", daemon=True).start()
+        self._dropped = False
         raise KeyboardInterrupt
+
+    def unraisable(self, unraisable: Any, previous: Callable[[Any], None]) -> None:
+        """``sys.unraisablehook``: a dropped KeyboardInterrupt of ours is raised again once the code that
+        dropped it has returned (by a SIGINT a moment later); anything else is reported as before."""
+        if self.pressed and isinstance(unraisable.exc_value, KeyboardInterrupt) and os.getpid() == self.pid:
+            self._dropped = True
+            again = threading.Timer(REPEAT_SECONDS, os.kill, (self.pid, signal.SIGINT))
+            again.daemon = True
+            again.start()
+        else:
+            previous(unraisable)
 
     def report(self) -> int:
         """Print the one line that says the tool was interrupted; return the exit status."""
@@ -79,11 +98,13 @@ def interruptible(prog: str) -> Iterator[Interruption]:
     if threading.current_thread() is not threading.main_thread():
         yield interruption
         return
-    previous = signal.signal(signal.SIGINT, interruption)
+    previous, hook = signal.signal(signal.SIGINT, interruption), sys.unraisablehook
+    sys.unraisablehook = functools.partial(interruption.unraisable, previous=hook)
     try:
         yield interruption
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = hook
 
 
 def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],

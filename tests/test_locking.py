@@ -43,6 +43,7 @@ try:
     d = Directory({SIDE}, {SIDE}, {SIDE}, np.uint16, path, n_filenames=2, x_block_size={BLOCK},
                   y_block_size={BLOCK}, z_block_size={BLOCK}, records=kind != "plain")
     d.create(incomplete="the creator")
+    print("created", flush=True)
     block = np.full(({BLOCK},) * 3, value, np.uint16)
     for z in range(0, {SIDE}, {BLOCK}):
         for y in range(0, {SIDE}, {BLOCK}):
@@ -94,7 +95,7 @@ def test_concurrent_creates_never_mix(tmp_path: Path) -> None:
         for value, process in enumerate(racers, 1):
             out, err = process.communicate(timeout=60)
             assert process.returncode in (0, 3), err
-            results[value] = json.loads(out.strip().splitlines()[-1])
+            results[value] = json.loads(out.strip().splitlines()[-1])  # after "created", if it did
         values = _values(path)
         assert len(values) == 1, (trial, values, results)  # never a mix of two creators' blocks
         (winner,) = values
@@ -123,7 +124,11 @@ def test_create_killed_over_an_existing_volume_leaves_the_old_or_the_new_volume(
         path.parent.mkdir()
         _make(path, 99)
         process = _creator(path, 5, time.time(), pause=0.01)
-        time.sleep(rng.uniform(0.1, 0.8))
+        if trial % 4:  # while it writes (27 blocks, 10 ms apart), else at any moment from its start
+            assert process.stdout.readline() == "created\n"
+            time.sleep(rng.uniform(0.0, 0.3))
+        else:
+            time.sleep(rng.uniform(0.0, 0.5))
         process.send_signal(signal.SIGKILL)
         process.communicate(timeout=60)
         values = _values(path) if path.exists() else set()
@@ -196,7 +201,7 @@ def test_a_reader_opened_before_a_replacement_never_reads_the_new_volume(tmp_pat
     if opened == "one shard":
         assert reader.read_block(0, 0, 0).max() == 1  # the index and shard 0 are now open
     other = _creator(path, 2, time.time(), records)
-    assert other.communicate(timeout=60)[0].strip() == '{"wrote": 2}'
+    assert other.communicate(timeout=60)[0].split() == ["created", '{"wrote":', "2}"]
     if opened == "one shard":
         assert reader.read_block(0, 0, 0).max() == 1  # A's own files: A's bytes
         with pytest.raises(StaleVolumeError, match="replaced"):

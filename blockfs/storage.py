@@ -12,6 +12,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import shutil
 import stat
 import threading
 import uuid
@@ -42,6 +43,21 @@ def naming(path: str) -> Iterator[None]:
         yield
     except OSError as exc:
         raise named(exc, path) from None
+
+
+#: Free bytes below which a file system counts as full, for :func:`full_disk_note`.
+FULL_BELOW = 256 << 10
+
+
+def full_disk_note(path: str) -> str:
+    """"; No space left on device" when the file system that holds ``path`` is (nearly) full, else "": for
+    the write errors of libraries that do not say why (OpenJPEG, HDF5)."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    try:
+        full = shutil.disk_usage(folder).free < FULL_BELOW
+    except OSError:
+        return ""
+    return f"; {os.strerror(errno.ENOSPC)}" if full else ""
 
 
 def fsync_folder(folder: str) -> None:
@@ -285,14 +301,16 @@ def mark_complete(path: str, durable: bool = True) -> bool:
 
     Returns False when the volume carries no such mark. The header keeps its length, so the entries
     stay where they are; with ``durable`` the index is fsynced before (the blocks' entries) and after.
+    It writes as a writer does, under the shared lock (:mod:`blockfs.locking`); a volume that another
+    process replaced after this one wrote it is never marked (:class:`StaleVolumeError`).
     """
-    header = read_directory_file(path)
-    text = without_incomplete(header.json_text)
-    if text is None:
-        return False
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    fd = locking.lock_index(path, False, "marking the volume complete")
     try:
-        if not locking.same_file(fd, path) or file_identity(os.fstat(fd)) != header.identity:
+        header = read_directory_file(path)
+        text = without_incomplete(header.json_text)
+        if text is None:
+            return False
+        if file_identity(os.fstat(fd)) != header.identity:
             raise StaleVolumeError(f"{path}: the index was replaced while it was being marked complete; "
                                    "run the tool that writes it again.")
         if durable:

@@ -20,16 +20,23 @@ chunk is asked for (lzf, szip, plugins; see :func:`skippable_filters`).
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import math
 import os
-from typing import Any
+import shutil
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 from ..directory import Directory
-from ..errors import USER_ERRORS, DatasetExistsError, ExportError, InvalidArgumentError, describe
+from ..errors import USER_ERRORS, BlockfsError, DatasetExistsError, ExportError, InvalidArgumentError, describe
 from ..parallel.mpi import Ranks, rounds, serially
 from ..progress import byte_progress
+from ..storage import full_disk_note
+
+T = TypeVar("T")
 
 PROG = "blockfs2hdf5"
 
@@ -150,6 +157,18 @@ def check_destination(dest: str, name: str) -> bool:
     return True
 
 
+def check_room(dest: str, options: dict[str, Any]) -> None:
+    """Refuse an uncompressed dataset that cannot fit on the disk, before HDF5 runs into it (it reports a
+    full disk as "file write failed", and may then crash as it closes the file)."""
+    if options.get("compression") is not None:
+        return
+    need = math.prod(options["shape"]) * np.dtype(options["dtype"]).itemsize
+    free = shutil.disk_usage(os.path.dirname(os.path.abspath(dest))).free
+    if need > free:
+        raise ExportError(f"{dest}: {os.strerror(errno.ENOSPC)}: the dataset needs {need:,} bytes and the disk has "
+                          f"{free:,} free; free some space, choose another disk, or pass --compression.")
+
+
 def open_file(dest: str, ranks: Ranks) -> Any:
     """Open ``dest`` for appending on every rank; a rank that fails while others succeed aborts all."""
     import h5py
@@ -171,6 +190,17 @@ def write_attributes(dset: Any, volume: Directory) -> None:
     for key, value in volume.metadata.items():
         dset.attrs[key] = json.dumps(value)
     dset.attrs[BLOCK_SIZE_ATTR] = np.array([volume.z_block_size, volume.y_block_size, volume.x_block_size], np.int64)
+
+
+def h5_writing(dest: str, call: Callable[[], T]) -> T:
+    """``call()``, which writes to the HDF5 file ``dest``; h5py's failure becomes an :class:`ExportError`
+    naming the file (and a full disk, which HDF5's "file write failed" does not name)."""
+    try:
+        return call()
+    except (ValueError, OSError, RuntimeError) as exc:
+        if isinstance(exc, BlockfsError):
+            raise
+        raise ExportError(f"{dest}: {exc}{full_disk_note(dest)}") from None
 
 
 class RowWriter:
@@ -215,7 +245,7 @@ def write_rows(volume: Directory, dset: Any, ranks: Ranks, silent: bool = True) 
                 except USER_ERRORS as exc:
                     error = describe(exc)
             ranks.agree(error)
-            writer.write(None if row is None else (row[0], row[2], 0), data)
+            h5_writing(dset.file.filename, lambda: writer.write(None if row is None else (row[0], row[2], 0), data))
             bar.update(sum((z1 - z0) * (y1 - y0) * row_bytes for z0, z1, y0, y1 in batch))
 
 
@@ -234,20 +264,24 @@ def export(src: str, dest: str, name: str, ranks: Ranks, compression: Filter = N
                 return
             ranks = solo
         existed = ranks.attempt(lambda: check_destination(dest, name) if ranks.rank == 0 else None)
+        ranks.attempt(lambda: check_room(dest, options) if ranks.rank == 0 else None)
         if ranks.parallel:
             existed = ranks.comm.bcast(existed, root=0)
         f = open_file(dest, ranks)
         try:
-            dset = ranks.attempt(lambda: f.create_dataset(name, **options), dest, f"cannot create dataset {name}")
+            dset = ranks.attempt(lambda: h5_writing(dest, lambda: f.create_dataset(name, **options)), dest,
+                                 f"cannot create dataset {name}")
             try:
                 ranks.attempt(lambda: write_attributes(dset, volume),
                               dest, f"cannot write the attributes of dataset {name}")
                 write_rows(volume, dset, ranks, silent)
             except ExportError:
-                del f[name]  # every rank is here: deleting is collective
+                with contextlib.suppress(ExportError):  # on a full disk, HDF5 may fail to unlink it too
+                    h5_writing(dest, lambda: f.__delitem__(name))  # every rank is here: deleting is collective
                 raise
         except ExportError:
-            f.close()
+            with contextlib.suppress(ExportError):  # what failed may fail again on the way out
+                h5_writing(dest, f.close)
             if not existed and ranks.rank == 0:
                 os.unlink(dest)
             raise
@@ -255,6 +289,6 @@ def export(src: str, dest: str, name: str, ranks: Ranks, compression: Filter = N
             if not ranks.parallel:  # in parallel, closing is collective and the other ranks are elsewhere
                 f.close()
             raise
-        f.close()
+        ranks.attempt(lambda: h5_writing(dest, f.close), dest, "cannot finish the file")
     finally:
         volume.close()

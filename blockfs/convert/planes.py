@@ -22,7 +22,7 @@ from ..errors import BlockfsError, ExportError, InvalidArgumentError
 from ..parallel.mpi import SOLO, Ranks
 from ..planes import iter_slabs
 from ..progress import progress
-from ..storage import atomic_write
+from ..storage import atomic_write, full_disk_note
 
 #: printf-style conversion fields: ``%%``, ``%d``, ``%04d``, ``%-5i`` ... (flags, width, precision, type)
 _FIELD = re.compile(r"%(?:%|[-+ #0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?([a-zA-Z]))")
@@ -84,7 +84,7 @@ def _write_atomically(write_plane: WritePlane, path: str, plane: np.ndarray) -> 
             raise
         if isinstance(exc, OSError) and exc.errno is not None:
             raise OSError(exc.errno, exc.strerror, path) from exc
-        raise ExportError(f"{path}: {type(exc).__name__}: {exc}") from exc
+        raise ExportError(f"{path}: {type(exc).__name__}: {exc}{full_disk_note(path)}") from exc
 
 
 class _Folders:

@@ -34,7 +34,7 @@ from .. import format as fmt
 from .. import locking, marks, records
 from ..errors import CorruptBlockError, FormatError, MissingShardError, StaleVolumeError
 from ..progress import progress
-from ..storage import file_identity, fsync_folder, link_exclusive, pwrite_all
+from ..storage import file_identity, fsync_folder, link_exclusive, naming, pwrite_all
 from ..store import BlockStore
 from .offline import OfflineVolume, ShardFile, open_offline
 
@@ -230,10 +230,12 @@ def _install_index(path: str, data: bytes, backup: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
-        pwrite_all(fd, data, 0)
-        os.fsync(fd)
+        with naming(path):  # the new index, before it takes the name
+            pwrite_all(fd, data, 0)
+            os.fsync(fd)
         if not link_exclusive(path, backup):  # no hard links on this file system: copy
-            shutil.copy2(path, backup)
+            with naming(backup):
+                shutil.copy2(path, backup)
         os.replace(temporary, path)
         fsync_folder(folder)
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -30,6 +31,22 @@ def _generate(origin: tuple[int, int, int]) -> tuple[tuple[int, int, int], np.nd
 
 def _volume_bytes(d: Directory) -> int:
     return sum(os.path.getsize(p) for p in [d.directory_filename, *d.shard_paths])
+
+
+def _tool() -> list[str]:
+    """The command that runs the ``blockfs`` tool of this installation from any folder, without activation."""
+    script = os.path.join(os.path.dirname(os.path.abspath(sys.executable)), "blockfs")
+    if os.access(script, os.X_OK):
+        return [script]
+    return [os.path.abspath(sys.executable), "-m", "blockfs"]
+
+
+def next_steps(pyramid: str) -> list[tuple[str, str]]:
+    """The commands (each runnable as printed, from any folder) that look at the demo's pyramid, with what they do."""
+    tool, folder = _tool(), os.path.abspath(pyramid)
+    return [(shlex.join([*tool, "info", folder]), "its levels, shapes and blocks"),
+            (shlex.join([*tool, "view", folder]), "Neuroglancer: prints a URL to open (a browser opens if there is "
+                                                  "a display); Ctrl-C stops it")]
 
 
 def run(output: str, shape: tuple[int, int, int], silent: bool) -> dict[str, float | str]:
@@ -97,8 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  read + verify   {mb / r['read_seconds']:,.0f} MB/s ({r['read_seconds']:.1f} s)")
         print(f"  pyramid         {len(r['levels'])} levels (mean), {mb / r['pyramid_seconds']:,.0f} MB/s "
               f"({r['pyramid_seconds']:.1f} s); coarsest {' x '.join(map(str, r['levels'][-1]))} (z, y, x)")
-        print(f"  pyramid folder: {r['pyramid']}  (blockfs info {r['pyramid']})")
-        print(f"  look at it:     blockfs view {r['pyramid']}")
+        print(f"  pyramid folder  {os.path.abspath(r['pyramid'])}")
+        print("\nnext steps (each command runs as printed, from any folder):")
+        for command, what in next_steps(r["pyramid"]):
+            print(f"  $ {command}\n      {what}")
+        bin_dir = os.path.dirname(os.path.abspath(sys.executable))
+        if os.path.isfile(os.path.join(bin_dir, "activate")):
+            print(f"the tools are in {bin_dir}; `. {shlex.quote(os.path.join(bin_dir, 'activate'))}` puts them on "
+                  "PATH for this shell (then `blockfs view ...` as the README writes it)")
         return 0
 
     return run_tool(parser, body, argv)

@@ -136,6 +136,10 @@ class Directory:
     Beyond the classic arguments: ``records`` writes a checksummed record before each block
     (readers of plain 1.0.0 are unaffected), ``verify`` checks those records on every read, and
     ``durable=False`` skips the fsync at close() for scratch volumes.
+
+    Shard names, the defaults ``"<directory_filename>.<i>"`` and any ``block_filenames`` given,
+    are made absolute against the working directory when the Directory is constructed; those
+    absolute names are what ``block_filenames`` returns and what the index file stores.
     """
 
     HEADER = fmt.MAGIC
@@ -171,15 +175,15 @@ class Directory:
             n_offset_bits=offset_bits if n_offset_bits is None else _positive("n_offset_bits", n_offset_bits),
             n_size_bits=size_bits if n_size_bits is None else _positive("n_size_bits", n_size_bits),
             x_stride=strides[0], y_stride=strides[1], z_stride=strides[2],
-            block_filenames=tuple(os.fspath(n) for n in block_filenames),
+            block_filenames=tuple(os.path.abspath(os.fspath(n)) for n in block_filenames),
             compression=compressor, compression_level=level, metadata=_check_metadata(metadata),
             records=bool(records))
         fmt.check_limits(layout, len(fmt.encode_header(layout, directory_offset)), where, InvalidArgumentError)
         self._directory_offset_arg = directory_offset
         self._setup(os.fspath(directory_filename), layout,
                     len(fmt.encode_header(layout, directory_offset)), None, verify, durable)
-        # A new volume's shards go where the caller names them: relative names from the working directory.
-        self._shard_candidates = [(os.path.abspath(name), [os.path.abspath(name)]) for name in layout.block_filenames]
+        # A new volume's shards go where the caller names them, and are stored as absolute names.
+        self._shard_candidates = [(name, [name]) for name in layout.block_filenames]
 
     def _setup(self, path: str, layout: fmt.Layout, directory_offset: int, mode: str | None, verify: bool,
                durable: bool, identity: tuple[int, int] | None = None) -> None:

@@ -61,15 +61,19 @@ def entry(directory_path: str | os.PathLike[str], e: int) -> tuple[int, int]:
     return decode_entry(*read_index(directory_path), e)
 
 
-def read_volume(directory_path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode a whole volume: its (z, y, x) array and its application metadata (section 3.3)."""
+def read_volume(directory_path: str | os.PathLike[str], as_stored: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Decode a whole volume: its (z, y, x) array and its application metadata (section 3.3).
+
+    ``as_stored`` opens the shard names exactly as stored, relative ones against the working
+    directory, as the earlier release did; by default relative names are taken against the
+    directory file's folder."""
     meta, d, index = read_index(directory_path)
     extent = (meta["ZExtent"], meta["YExtent"], meta["XExtent"])
     bsize = (meta["ZBlockSize"], meta["YBlockSize"], meta["XBlockSize"])
     stride = (meta["ZStride"], meta["YStride"], meta["XStride"])
     dtype = np.dtype(meta["DType"]).newbyteorder("<")
     names: list[str] = meta["BlockFilenames"]
-    folder = os.path.dirname(os.path.abspath(directory_path))
+    folder = os.getcwd() if as_stored else os.path.dirname(os.path.abspath(directory_path))
     shards: dict[str, bytes] = {}
     volume = np.zeros(extent, dtype)
     for z in range(0, extent[0], bsize[0]):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from typing import Any
@@ -9,9 +10,12 @@ from typing import Any
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
+from dask.callbacks import Callback
+from tqdm import tqdm
 
 from ..directory import Directory
 from ..errors import InvalidArgumentError
+from ..progress import disabled
 from ..volume import Volume
 
 #: Bytes of voxels each ``write_dask`` task writes at most (unless one block is larger).
@@ -72,8 +76,27 @@ def task_shape(block_shape: tuple[int, int, int], shape: tuple[int, ...], itemsi
     return tuple(chunk)  # type: ignore[return-value]
 
 
+class _BlocksWritten(Callback):
+    """A dask callback advancing a tqdm bar by the blocks of each finished write task (local schedulers)."""
+
+    def __init__(self, blocks: dict[Any, int], bar: tqdm):
+        super().__init__()
+        self.blocks, self.bar = blocks, bar
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        self.bar.update(self.blocks.get(key, 0))
+
+
+def _blocks_per_task(markers: da.Array, chunks: tuple[tuple[int, ...], ...], block_shape: tuple[int, int, int]
+                     ) -> dict[Any, int]:
+    """The write task keys of ``markers`` with the number of blocks each writes."""
+    counts = [[math.ceil(n / b) for n in sizes] for sizes, b in zip(chunks, block_shape)]
+    return {(markers.name, *index): math.prod(c[i] for c, i in zip(counts, index))
+            for index in itertools.product(*(range(len(c)) for c in counts))}
+
+
 def write_dask(array: Any, path: str | os.PathLike, overwrite: bool = False, compute_kwargs: dict | None = None,
-               task_bytes: int = TASK_BYTES, **directory_kwargs: Any) -> Directory:
+               task_bytes: int = TASK_BYTES, silent: bool = False, **directory_kwargs: Any) -> Directory:
     """Write a 3D (z, y, x) dask array as a new volume at ``path``; return it opened read-only.
 
     ``directory_kwargs`` go to :class:`Directory` (block sizes, compression, metadata, ...). The
@@ -81,7 +104,9 @@ def write_dask(array: Any, path: str | os.PathLike, overwrite: bool = False, com
     task writes its blocks straight into the shards (safe alongside the other tasks), on whatever
     scheduler ``compute`` picks (``compute_kwargs``, e.g. ``{"scheduler": "processes"}``; a
     ``dask.distributed`` client when one is active). Returns once every block is written,
-    indexed and (unless ``durable=False``) fsynced.
+    indexed and (unless ``durable=False``) fsynced. A bar of the blocks written goes to stderr when
+    it is a terminal, unless ``silent`` (on dask's local schedulers; ``dask.distributed`` has its own
+    dashboard).
     """
     array = da.asarray(array)
     path = os.fspath(path)
@@ -93,7 +118,9 @@ def write_dask(array: Any, path: str | os.PathLike, overwrite: bool = False, com
     volume.close()
     blocks = array.rechunk(task_shape(volume.layout.block_shape, array.shape, volume.dtype.itemsize, task_bytes))
     markers = blocks.map_blocks(_write_chunk, path, dtype=bool, chunks=tuple((1,) * len(c) for c in blocks.chunks))
-    markers.sum().compute(**(compute_kwargs or {}))
+    with tqdm(total=volume.layout.n_blocks, unit="block", desc=f"writing {path}", disable=disabled(silent)) as bar, \
+            _BlocksWritten(_blocks_per_task(markers, blocks.chunks, volume.layout.block_shape), bar):
+        markers.compute(**(compute_kwargs or {}))  # the write tasks are the outputs: their keys stay
     if volume.durable:
         _fsync(volume.shard_paths + [volume.directory_filename])
     return Directory.open(path)

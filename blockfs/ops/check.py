@@ -162,7 +162,7 @@ def _check(volume: OfflineVolume, silent: bool) -> Report:
     recorded = np.full(written.size, layout.records)
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         found = progress(pool.map(verify, todo), silent, "checking", total=len(todo), unit="block")
-        for i, (problem, has_record) in zip(todo, found):
+        for (problem, has_record), i in zip(found, todo):  # the bar first, so that it reaches its end
             if problem is not None:
                 report.problems.append(problem)
                 bad[i] = True

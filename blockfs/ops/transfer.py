@@ -39,14 +39,13 @@ import os
 import re
 import stat
 from dataclasses import dataclass
-
-from tqdm import tqdm
+from typing import Callable
 
 from .. import locking
 from ..errors import (BlockfsError, ForeignShardError, InvalidArgumentError, MissingShardError, VolumeBusyError,
                       VolumeExistsError)
 from ..format import MAGIC, DirectoryFile
-from ..progress import byte_progress
+from ..progress import PlacingProgress, same_file_system
 from ..storage import file_identity, fsync_folder, link_exclusive, named, shadowing_copy
 from .relocate import NO_LOCKS, Shard, header_with_names, locate_shards, new_locked_file, read_directory_file, write_index
 
@@ -350,15 +349,17 @@ def _build(plan: Plan, files: list[_File], move: bool, silent: bool) -> None:
     if made_folder:
         os.mkdir(plan.dest)
     placements = [Placement(s.path, t, os.path.getsize(s.path)) for s, t in zip(plan.shards, plan.targets)]
-    total = sum(p.size for p in placements) + plan.header.index_bytes
+    sizes = [p.size for p in placements] + [plan.header.index_bytes]
+    by_file = move and same_file_system([p.source for p in placements], plan.dest)
     try:
-        with byte_progress(total, silent, f"{plan.prog}: {'moving' if move else 'copying'}") as bar:
+        with PlacingProgress(sizes, by_file, silent, f"{plan.prog}: {'moving' if move else 'copying'}") as bar:
             for f, placement in zip(files, placements):
                 f.fd = _stage(placement, f, move, bar)
             index = files[-1]
             index.fd = _new_partial(index)
             write_index(plan.header, [os.path.abspath(t) for t in plan.targets], index.fd, index.target,
-                        on_bytes=bar.update)
+                        on_bytes=bar.copied)
+            bar.placed(plan.header.index_bytes, linked=False)
             fsync_folder(plan.dest)
             for f in files:
                 _publish(f)
@@ -392,7 +393,7 @@ def _new_partial(f: _File) -> int:
     return fd
 
 
-def _stage(placement: Placement, f: _File, move: bool, bar: tqdm) -> int:
+def _stage(placement: Placement, f: _File, move: bool, bar: PlacingProgress) -> int:
     """Put a shard's bytes under its partial name; returns the partial's locked descriptor.
 
     Moving within one file system makes a hard link; otherwise the bytes are copied and fsynced.
@@ -404,20 +405,22 @@ def _stage(placement: Placement, f: _File, move: bool, bar: tqdm) -> int:
                 os.close(fd)
             raise VolumeBusyError(f"{f.partial}: another blockfs-cp or blockfs-mv replaced it meanwhile; wait "
                                   "until it ends, or choose another folder.")
-        bar.update(placement.size)
+        bar.placed(placement.size, linked=True)
         return fd
     fd = _new_partial(f)
     try:
-        _copy_into(placement.source, fd, placement.target, bar)
+        _copy_into(placement.source, fd, placement.target, bar.copied)
     except BaseException:
         os.close(fd)
         os.unlink(f.partial)
         raise
+    bar.placed(placement.size, linked=False)
     return fd
 
 
-def _copy_into(source: str, fd: int, where: str, bar: tqdm) -> None:
-    """Copy the file ``source`` into the empty file open as ``fd``, with its mode, and fsync it.
+def _copy_into(source: str, fd: int, where: str, on_bytes: Callable[[int], object]) -> None:
+    """Copy the file ``source`` into the empty file open as ``fd``, with its mode, and fsync it;
+    ``on_bytes(n)`` after each ``n`` bytes.
 
     An error reading names ``source``, any other names ``where``.
     """
@@ -439,7 +442,7 @@ def _copy_into(source: str, fd: int, where: str, bar: tqdm) -> None:
                 if not n:
                     break
                 position += n
-                bar.update(n)
+                on_bytes(n)
             os.fsync(fd)
         except OSError as exc:
             raise named(exc, where) from None
@@ -472,19 +475,20 @@ def _publish(f: _File) -> None:
         raise named(exc, f.target) from None
 
 
-def place(placement: Placement, move: bool, bar: tqdm) -> None:
+def place(placement: Placement, move: bool, bar: PlacingProgress) -> None:
     """Put one shard at its target: a hard link when moving within a file system, else a copy (never replacing)."""
     if move and link_exclusive(placement.source, placement.target):
-        bar.update(placement.size)
+        bar.placed(placement.size, linked=True)
         return
     try:
         fd = os.open(placement.target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:
         raise VolumeExistsError(f"{placement.target}: already exists; it was not overwritten.") from None
     try:
-        _copy_into(placement.source, fd, placement.target, bar)
+        _copy_into(placement.source, fd, placement.target, bar.copied)
     finally:
         os.close(fd)
+    bar.placed(placement.size, linked=False)
 
 
 # -- finishing a move ----------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from ..codec import decompress_into
 from ..directory import Directory
 from ..errors import WriterError
+from ..progress import disabled
 from . import state
 from .folder import make_info, write_info
 from .plan import Index, Plan, make_plan
@@ -233,7 +234,7 @@ def finish(plan: Plan) -> None:
 def build_pyramid(source: str | os.PathLike, dest: str | os.PathLike, levels: int | None = None,
                   method: str = "mean", voxel_size_um: tuple[float, float, float] | None = None,
                   n_workers: int | None = None, overwrite: bool = False, resume: bool = False,
-                  silent: bool = True, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> str:
+                  silent: bool = False, checkpoint_seconds: float = CHECKPOINT_SECONDS) -> str:
     """Build a pyramid of the volume ``source`` (its directory file) in the folder ``dest``; return ``dest``.
 
     ``levels`` defaults to the number of levels until the coarsest fits in one block;
@@ -242,7 +243,8 @@ def build_pyramid(source: str | os.PathLike, dest: str | os.PathLike, levels: in
     error unless ``resume`` (continue it) or ``overwrite`` (start again); an interruption loses at
     most the work of the last ``checkpoint_seconds``. The source is never changed: ``dest``'s own
     level 1 as the source is kept and the coarser levels rebuilt from it; a source with other files
-    among what the build would remove or write is refused (:mod:`blockfs.pyramid.owned`).
+    among what the build would remove or write is refused (:mod:`blockfs.pyramid.owned`). Progress
+    bars go to stderr when it is a terminal, unless ``silent``.
     """
     n_workers = n_workers or os.cpu_count() or 1
     plan = prepare(make_plan(source, dest, levels, method, voxel_size_um, n_workers), overwrite, resume, n_workers,
@@ -250,7 +252,7 @@ def build_pyramid(source: str | os.PathLike, dest: str | os.PathLike, levels: in
     todo = pending(plan)
     total = sum(plan.level1_blocks_under(plan.task_level, t) for t in plan.tasks)
     done = total - sum(plan.level1_blocks_under(plan.task_level, t) for t in todo)
-    with tqdm(total=total, initial=done, unit="block", disable=silent,
+    with tqdm(total=total, initial=done, unit="block", disable=disabled(silent),
               desc=f"blockfs pyramid: {plan.levels} levels, level-1 blocks") as bar:
         for result in build_tasks(plan, todo, n_workers, checkpoint_seconds):
             bar.update(result.level1_blocks)

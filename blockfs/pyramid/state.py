@@ -24,7 +24,7 @@ import shutil
 
 import numpy as np
 
-from ..progress import byte_progress
+from ..progress import PlacingProgress, same_file_system
 from ..directory import Directory
 from ..errors import InvalidArgumentError, VolumeExistsError
 from ..ops.transfer import Placement, place
@@ -117,7 +117,8 @@ def place_level1(plan: Plan, silent: bool = True) -> None:
     if any(os.path.basename(p.target) == LEVEL_FILE for p in placements):
         raise InvalidArgumentError(f"{plan.source}: a shard is named {LEVEL_FILE}, the name of level 1's directory "
                                    "file; rename the volume with blockfs-mv first.")
-    with byte_progress(sum(p.size for p in placements), silent, "blockfs pyramid: level 1") as bar:
+    by_file = same_file_system([p.source for p in placements], staging)
+    with PlacingProgress([p.size for p in placements], by_file, silent, "blockfs pyramid: level 1") as bar:
         for placement in placements:
             with naming(placement.target):
                 place(placement, True, bar)  # a hard link within one file system, else a copy

@@ -72,6 +72,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def display_range(text: str) -> tuple[float, float]:
+    """argparse type: LO,HI with LO < HI."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LO,HI (two numbers); got {text!r}") from None
+    if not lo < hi:
+        raise argparse.ArgumentTypeError(f"expected LO < HI; got {text!r}")
+    return lo, hi
+
+
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """What the arguments say about serving, as keyword arguments of start() and view()."""
     return {"port": args.port, "host": args.bind, "names": args.name, "token": args.token,
@@ -138,6 +149,10 @@ def view_main(argv: list[str] | None = None) -> int:
     parser = _parser("blockfs view", "Look at blockfs volumes and pyramids in Neuroglancer, served locally.",
                      VIEW_EPILOG, 0)
     parser.add_argument("--no-browser", action="store_true", help="only print the URL")
+    parser.add_argument("--contrast", type=display_range, metavar="LO,HI",
+                        help="the display range of every layer, e.g. 100,2000 (default: the 0.5 and 99.9 "
+                             "percentiles of up to 27 blocks of the finest level spread over the volume; "
+                             "Neuroglancer's layer panel changes it too)")
 
     def body(args: argparse.Namespace) -> int:
         try:
@@ -145,7 +160,7 @@ def view_main(argv: list[str] | None = None) -> int:
         except ImportError as exc:
             return _missing_stack(parser.prog, exc)
         with _until_stopped() as wait:
-            server, url = view(args.paths, **_options(args))
+            server, url = view(args.paths, **_options(args), display_range=args.contrast)
             with server:
                 print(f"Neuroglancer: {url}", flush=True)
                 if not args.no_browser and _can_open_browser():

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import tifffile
 
+import mpi_writer
 import spec_decoder
 from helpers import console, origins_of, require
 from mpi_run import mpiexec, require_mpi, tool
@@ -137,6 +138,16 @@ def test_from_tif_on_two_mpi_ranks(work: Path, monkeypatch: pytest.MonkeyPatch) 
                             "--n-workers", "2", "--silent"], cwd=work)
     assert result.returncode == 0, result.stderr
     assert_opens_anywhere(work / "rel" / "m.blockfs", work.parent / "elsewhere", monkeypatch, data)
+
+
+def test_collective_create_on_two_mpi_ranks(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every rank builds ``Directory(..., "rel/c.blockfs")`` from the same folder and writes into it."""
+    require_mpi()
+    (work / "rel").mkdir()
+    result, _ = mpiexec(2, [sys.executable, Path(mpi_writer.__file__), "rel/c.blockfs", "--shards", "3"], cwd=work)
+    assert result.returncode == 0, result.stderr
+    assert_opens_anywhere(work / "rel" / "c.blockfs", work.parent / "elsewhere", monkeypatch,
+                          mpi_writer.expected_volume())
 
 
 def test_pyramid_levels(work: Path, monkeypatch: pytest.MonkeyPatch) -> None:

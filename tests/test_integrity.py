@@ -439,7 +439,10 @@ def test_shard_on_a_full_disk(tiny_disk: tuple[Path, str], mode: str) -> None:
     try:
         if mode == "pool":
             d.start_writer_processes(queue_depth=2)
-        for origin in block_origins(d.shape, BLOCK):
+        # With /dev/full as shard 0, a block of the healthy shard goes first: the writers may report the
+        # full shard before the owner queues a second block, and every write is refused from then on.
+        origins = sorted(block_origins(d.shape, BLOCK), key=lambda o: d.layout.shard_of(d.layout.entry_index(*o)) == 0)
+        for origin in origins:
             block = block_content(d.layout.entry_index(*origin), 1, d.get_block_size(*origin))
             try:
                 d.write_block(block, *origin)

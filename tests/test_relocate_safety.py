@@ -510,7 +510,7 @@ def test_help_states_the_rules(command: str) -> None:
     if command == "blockfs-mv":
         assert ("It moves only the volume's own files: the directory file and the shards must be regular files (not "
                 "symbolic links) directly in the directory file's folder, and no other directory file there may "
-                "name one of the shards.") in text
+                "name one of the shards (repair's backups, NAME.bak*, stay behind).") in text
         assert "run blockfs-rebase on it first, or copy it with blockfs-cp" in text
 
 

@@ -20,11 +20,24 @@ export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
 
+# h5py's C flags, after Python's own (-g -O3 here; the later flag wins). -g0 is what shortens the build;
+# -O2 costs build time and buys no speed, since the writes run in HDF5, not in h5py. Measured on 2 cores
+# shared with other work (load average 3-7), h5py 3.16.0 on Debian's HDF5 1.10.8 (openmpi), one at a time:
+#   build:                                             -O1 -g0 128 s, -O2 -g0 138 s;
+#   1 GiB uint16 in 64^3 chunks into tmpfs, h5py only: -O1 0.69-1.64 s, -O2 0.73-3.59 s;
+#   blockfs2hdf of the 1 GiB demo volume, serial:      -O1 4.5-7.8 s,   -O2 6.5-7.1 s,
+#   against 3.5-4.3 s for the registry wheel (h5py 3.16.0 with its own HDF5 2.0.0, serial only):
+#   the gap is the HDF5 library, which no h5py flag changes.
+H5PY_CFLAGS ?= -O1 -g0
+H5PY_BUILD_MINUTES := 2-5
+
+DEMO_OUTPUT ?= demo-output
+
 BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_ARGS ?=
 
-.PHONY: install system-packages demo test bench clean
+.PHONY: install system-packages demo view test bench clean
 
 install: $(STAMP)
 
@@ -47,7 +60,8 @@ $(STAMP): pyproject.toml setup.py Makefile
 	$(PIP) install -q -U pip 'setuptools>=77.0.1'
 	$(PIP) install -q mpi4py numpy 'Cython>=3,<4' pkgconfig packaging
 	@# h5py from source against parallel HDF5; --no-build-isolation keeps pip from compiling mpi4py
-	@# (16 minutes, 21 GB), and -O1 -g0 halves the build (~100 s).
+	@# (16 minutes, 21 GB). H5PY_CFLAGS: see its definition above. A ticker prints the time spent every
+	@# 30 s, since pip prints nothing while it compiles; its sleep writes nowhere, so it holds no pipe open.
 	@if $(PY) -c '$(H5PY_CHECK)' 2>/dev/null; then \
 	  echo "h5py with parallel HDF5 is installed"; \
 	else \
@@ -57,9 +71,14 @@ $(STAMP): pyproject.toml setup.py Makefile
 	    echo "parallel HDF5 not found in $$hdf5_dir (is libhdf5-openmpi-dev installed? set HDF5_DIR=...)" >&2; \
 	    exit 1; \
 	  fi; \
-	  echo "Building h5py against parallel HDF5 in $$hdf5_dir (about 2 minutes)"; \
-	  CFLAGS="-O1 -g0" CC=mpicc HDF5_MPI=ON HDF5_DIR="$$hdf5_dir" H5PY_SETUP_REQUIRES=0 \
-	    $(PIP) install -q --no-build-isolation --no-binary=h5py h5py || exit 1; \
+	  echo "Building h5py against parallel HDF5 in $$hdf5_dir (once; about $(H5PY_BUILD_MINUTES) minutes on 2 cores; pip prints nothing meanwhile)"; \
+	  start=$$(date +%s); \
+	  ( while sleep 30 >/dev/null 2>&1; do echo "  still building h5py: $$(( $$(date +%s) - start )) s"; done ) & ticker=$$!; \
+	  CFLAGS="$(H5PY_CFLAGS)" CC=mpicc HDF5_MPI=ON HDF5_DIR="$$hdf5_dir" H5PY_SETUP_REQUIRES=0 \
+	    $(PIP) install -q --no-build-isolation --no-binary=h5py h5py; status=$$?; \
+	  kill $$ticker 2>/dev/null; wait $$ticker 2>/dev/null; \
+	  [ $$status = 0 ] || exit 1; \
+	  echo "h5py built in $$(( $$(date +%s) - start )) s"; \
 	fi
 	$(PY) -c '$(H5PY_CHECK)' || { echo "h5py was built without MPI" >&2; exit 1; }
 	@# h5py is installed and satisfies [tools] now, so pip keeps the parallel build
@@ -68,7 +87,13 @@ $(STAMP): pyproject.toml setup.py Makefile
 	touch $@
 
 demo: install
-	$(PY) -m blockfs.demo
+	$(PY) -m blockfs.demo --output $(DEMO_OUTPUT)
+	@echo "or, in this folder: make view"
+
+# The demo's pyramid in Neuroglancer: prints the URL (with its token) to open; Ctrl-C stops the server.
+view: install
+	@test -f $(DEMO_OUTPUT)/pyramid/info || { echo "$(DEMO_OUTPUT)/pyramid: not built yet; run make demo first" >&2; exit 1; }
+	$(VENV)/bin/blockfs view $(DEMO_OUTPUT)/pyramid
 
 test: install
 	$(PY) -m pytest

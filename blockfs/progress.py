@@ -1,7 +1,8 @@
 """Progress bars for long operations (tqdm) on stderr: shown only on a terminal, never when ``silent``.
 
 A bar is off when stderr is not a terminal (tqdm's ``disable=None``), so logs hold no bars and no
-escape codes.
+escape codes. Under mpiexec, whose ranks write into a pipe that mpiexec passes on, bars are shown
+(the callers draw them on rank 0 only).
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ from tqdm import tqdm
 
 T = TypeVar("T")
 
+#: Environment variables that mpiexec (Open MPI, MPICH, PMIx launchers) sets in the ranks it starts.
+MPI_RANK_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
+
 
 def disabled(silent: bool) -> bool | None:
-    """tqdm's ``disable``: True when ``silent``, else None (off unless stderr is a terminal)."""
-    return True if silent else None
+    """tqdm's ``disable``: True when ``silent``; else None (off unless stderr is a terminal), or False
+    in a rank started by mpiexec."""
+    if silent:
+        return True
+    return False if any(v in os.environ for v in MPI_RANK_VARIABLES) else None
 
 
 def progress(items: Iterable[T], silent: bool, desc: str, total: int | None = None, unit: str = "it") -> Iterator[T]:

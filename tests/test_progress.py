@@ -4,21 +4,17 @@ files, not bytes)."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import pty
 import re
-import select
-import struct
 import subprocess
 import sys
-import termios
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from terminal import open_terminal, read_all
 
 from blockfs import Directory
 
@@ -60,32 +56,14 @@ def run_piped(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def run_in_terminal(*argv: str, timeout: float = 120) -> str:
-    """Run ``python argv...`` on a pseudo-terminal 120 columns wide; what it wrote (stdout and stderr)."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: its stdin, stdout and stderr are the terminal
-        try:
-            fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-            os.execv(sys.executable, [sys.executable, *argv])
-        finally:
-            os._exit(127)
-    out, deadline = b"", time.monotonic() + timeout
+    """Run ``python argv...`` with stdout and stderr on a pseudo-terminal; what it wrote there."""
+    controller, terminal = open_terminal()
     try:
-        while time.monotonic() < deadline:
-            if select.select([fd], [], [], 1)[0]:
-                try:
-                    data = os.read(fd, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not data:
-                    break
-                out += data
-        else:
-            os.kill(pid, 9)
+        proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.DEVNULL, stdout=terminal, stderr=terminal)
     finally:
-        os.close(fd)
-        _, status = os.waitpid(pid, 0)
-    text = out.decode(errors="replace")
-    assert os.waitstatus_to_exitcode(status) == 0, text
+        os.close(terminal)
+    text = read_all(controller).decode(errors="replace")
+    assert proc.wait(timeout=timeout) == 0, text
     return text
 
 

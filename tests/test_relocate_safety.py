@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 from helpers import console, mounted, unavailable
+from terminal import open_terminal, read_all
 from volumes import make_volume as write_volume
 
 from blockfs import Directory
@@ -517,21 +518,26 @@ def test_help_states_the_rules(command: str) -> None:
 # -- SIGKILL trials -----------------------------------------------------------------------------------
 
 
-def start_and_wait_for_output(argv: list[str]) -> subprocess.Popen:
-    """Start a tool with its progress bar on, and return once it has printed something (it has begun)."""
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def start_and_wait_for_output(argv: list[str]) -> tuple[subprocess.Popen, int]:
+    """Start a tool with stderr on a pseudo-terminal, so that its progress bar is on, and return once it
+    has printed something (it has begun): the process and the terminal's controlling end."""
+    controller, terminal = open_terminal()
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=terminal)
+    finally:
+        os.close(terminal)
     with selectors.DefaultSelector() as selector:
-        selector.register(proc.stderr, selectors.EVENT_READ)
-        if not selector.select(timeout=60) or not os.read(proc.stderr.fileno(), 1):
+        selector.register(controller, selectors.EVENT_READ)
+        if not selector.select(timeout=60) or not os.read(controller, 1):
             proc.kill()
             proc.wait()
+            os.close(controller)
             pytest.fail(f"{argv[0]} printed nothing within 60 s")
-    return proc
+    return proc, controller
 
 
-def finish(proc: subprocess.Popen) -> int:
-    proc.stderr.read()
-    proc.stderr.close()
+def finish(proc: subprocess.Popen, controller: int) -> int:
+    read_all(controller)
     return proc.wait(timeout=120)
 
 
@@ -569,13 +575,13 @@ def test_killed_at_random_moments(command: str, tmp_path: Path) -> None:
 
         # One whole run, to know when it publishes the new volume and when it ends, from when it has begun.
         timed = source_for("timed")
-        proc = start_and_wait_for_output([tool(command), str(timed), str(disk / "timed")])
+        proc, terminal = start_and_wait_for_output([tool(command), str(timed), str(disk / "timed")])
         began = time.monotonic()
         while not (disk / "timed" / timed.name).exists():
             assert proc.poll() is None, "the timed run ended without publishing its volume"
             time.sleep(0.0005)
         published_after = time.monotonic() - began
-        assert finish(proc) == 0
+        assert finish(proc, terminal) == 0
         ended_after = time.monotonic() - began
         shutil.rmtree(disk / "timed")
         if move:
@@ -583,11 +589,11 @@ def test_killed_at_random_moments(command: str, tmp_path: Path) -> None:
 
         for trial in range(KILL_TRIALS):
             source, dest = source_for(f"src{trial}"), disk / f"dest{trial}"
-            proc = start_and_wait_for_output([tool(command), str(source), str(dest)])
+            proc, terminal = start_and_wait_for_output([tool(command), str(source), str(dest)])
             # Half the kills while it copies, half while it finishes (removes the source and partial names).
             time.sleep(rng.uniform(0, published_after) if trial % 2 else rng.uniform(published_after, ended_after))
             proc.kill()
-            status = finish(proc)
+            status = finish(proc, terminal)
             assert status in (0, -signal.SIGKILL)
             index = dest / source.name
             published = index.exists()

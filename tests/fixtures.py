@@ -97,3 +97,13 @@ def pad_header(directory_file: Path, extra: int, fill: int = 0xA5) -> None:
     json_len, start, _ = _header(data)
     preamble = data[:12] + (start + extra).to_bytes(4, "little")
     directory_file.write_bytes(preamble + data[16:start] + bytes([fill]) * extra + data[start:])
+
+
+def rewrite_names(directory_file: Path, names: list[str]) -> None:
+    """Replace BlockFilenames in a directory file, keeping its entries (moved to the new D)."""
+    data = directory_file.read_bytes()
+    _, start, meta = _header(data)
+    meta["BlockFilenames"] = names
+    text = json.dumps(meta).encode("utf-8")
+    directory_file.write_bytes(data[:8] + len(text).to_bytes(4, "little") + (16 + len(text)).to_bytes(4, "little")
+                               + text + data[start:])

@@ -17,6 +17,7 @@ import numpy as np
 
 import spec_decoder
 from crash_writer import DTYPE, block_content
+from fixtures import rewrite_names
 from helpers import block_origins, console
 
 import blockfs
@@ -30,19 +31,18 @@ Origin = tuple[int, int, int]
 def build(path: Path, shape: tuple[int, int, int] = (64, 64, 96), block: int = 32, n_files: int = 2,
           rewritten: tuple[Origin, ...] = ()) -> dict[Origin, np.ndarray]:
     """A volume with records at ``path``, every block written once and those in ``rewritten`` twice;
-    returns what each block holds. Its shard names are relative (``<name>.<i>``), so a copy of its
-    folder is a volume of its own."""
+    returns what each block holds. Its shard names are then stored relative (``<name>.<i>``), as
+    the earlier release stored them, so a copy of its folder is a volume of its own."""
     z, y, x = shape
-    names = [f"{path.name}.{i}" for i in range(n_files)]
-    with contextlib.chdir(path.parent):  # create() makes relative shard names from the working directory
-        d = Directory(x, y, z, DTYPE, str(path), n_filenames=n_files, x_block_size=block, y_block_size=block,
-                      z_block_size=block, block_filenames=names).create()
+    d = Directory(x, y, z, DTYPE, str(path), n_filenames=n_files, x_block_size=block, y_block_size=block,
+                  z_block_size=block).create()
     content = {}
     for version, origins in ((1, block_origins(shape, block)), (2, rewritten)):
         for origin in origins:
             content[origin] = block_content(d.layout.entry_index(*origin), version, d.get_block_size(*origin))
             d.write_block(content[origin], *origin)
     d.close()
+    rewrite_names(path, [f"{path.name}.{i}" for i in range(n_files)])
     return content
 
 

@@ -4,11 +4,9 @@ volume's files are found.
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 import shutil
-import struct
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fixtures import copy_volume, fixture_cases, require_fixtures
+from fixtures import copy_volume, fixture_cases, require_fixtures, rewrite_names
 from helpers import origins_of
 
 from blockfs import Directory
@@ -58,16 +56,6 @@ def random_key(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[Any, .
             step = int(rng.choice([1, 1, 1, 2, 3, 7, -1, -2, -5]))
             key.append(slice(a, b, step) if step > 0 else slice(b, a if a else None, step))
     return tuple(key)
-
-
-def rewrite_names(directory_file: Path, names: list[str]) -> None:
-    """Replace BlockFilenames in a directory file, keeping its entries (moved to the new D)."""
-    raw = directory_file.read_bytes()
-    json_len, start = struct.unpack_from("<II", raw, 8)
-    doc = json.loads(raw[16:16 + json_len])
-    doc["BlockFilenames"] = names
-    text = json.dumps(doc).encode("utf-8")
-    directory_file.write_bytes(b"BlockFS\x00" + struct.pack("<II", len(text), 16 + len(text)) + text + raw[start:])
 
 
 # -- threads -------------------------------------------------------------------------------------

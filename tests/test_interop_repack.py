@@ -17,6 +17,7 @@ from blockfs.cli import main as blockfs_main
 from blockfs.pyramid import open_pyramid
 from helpers import require
 from interop_support import make_pyramid
+from terminal import open_terminal, read_all
 from volumes import make_volume
 
 BLOCK = 16
@@ -175,13 +176,20 @@ def test_tools_refuse_an_existing_output_unless_overwrite(pyramid, tmp_path, cap
     assert "sharding needs zarr format 3" in capsys.readouterr().err
 
 
-def test_console_script_shows_progress(pyramid, tmp_path):
+def test_console_script_shows_progress_on_a_terminal_only(pyramid, tmp_path):
     root, _ = pyramid
-    result = subprocess.run([sys.executable, "-m", "blockfs.cli", "to-zarr", str(root), str(tmp_path / "p.zarr")],
-                            capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
-    assert result.returncode == 0, result.stderr
-    assert "to-zarr: 100%" in result.stderr and "111/111" in result.stderr
+    argv = [sys.executable, "-m", "blockfs.cli", "to-zarr", str(root)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    controller, terminal = open_terminal()
+    try:
+        process = subprocess.Popen([*argv, str(tmp_path / "p.zarr")], stdout=terminal, stderr=terminal, env=env)
+    finally:
+        os.close(terminal)
+    shown = read_all(controller).decode()
+    assert process.wait(timeout=120) == 0, shown
+    assert "to-zarr: 100%" in shown and "111/111" in shown, shown
+    logged = subprocess.run([*argv, str(tmp_path / "q.zarr")], capture_output=True, text=True, timeout=120, env=env)
+    assert logged.returncode == 0 and logged.stderr == "", logged.stderr  # no bar in a log
 
 
 def test_from_zarr_passes_foreign_blosc_chunks_through(tmp_path):

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from ..directory import Directory
 from ..errors import InvalidArgumentError
+from ..progress import disabled
 from ..storage import fsync_folder, naming
 from .shard import encode_shard
 from ..threads import ordered_map
@@ -111,7 +112,7 @@ def to_zarr(source: SourceLike, dest: str | os.PathLike, zarr_format: int = 3, s
         else _shard_tasks(level, os.path.join(dest, str(i)), shard_blocks)))
     written = 0
     with marked_folder(dest, TOOL):
-        with tqdm(total=total, unit="block", desc="to-zarr", disable=silent) as bar:
+        with tqdm(total=total, unit="block", desc="to-zarr", disable=disabled(silent)) as bar:
             for nbytes, blocks in ordered_map(lambda task: (task[0](), task[1]), tasks, workers):
                 written += nbytes
                 bar.update(blocks)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +66,10 @@ def assert_opens_anywhere(index: Path, elsewhere: Path, monkeypatch: pytest.Monk
     check = console("blockfs", "check", "--silent", index, cwd=elsewhere)
     assert (check.returncode, check.stderr) == (0, ""), check.stdout + check.stderr
     monkeypatch.chdir(elsewhere)
-    with Directory.open(str(index)) as d:  # a warning would fail the test
-        got = d[...]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with Directory.open(str(index)) as d:
+            got = d[...]
     old_reader, _ = spec_decoder.read_volume(index, as_stored=True)
     np.testing.assert_array_equal(old_reader, got, strict=True)
     if expected is not None:

@@ -149,23 +149,23 @@ TOOLS: dict[str, Tool] = {
     "info": Tool(lambda v, o: sub("info", v), "blockfs info"),
     "check": Tool(lambda v, o: sub("check", v, "--silent"), "blockfs check"),
     "repair": Tool(lambda v, o: sub("repair", v, "--silent"), "blockfs repair"),
-    "mv": Tool(lambda v, o: sub("mv", v, o / "moved", "--silent"), "blockfs-mv"),
-    "cp": Tool(lambda v, o: sub("cp", v, o / "copied", "--silent"), "blockfs-cp"),
-    "rebase": Tool(lambda v, o: sub("rebase", v, "--silent"), "blockfs-rebase"),
+    "mv": Tool(lambda v, o: sub("mv", v, o / "moved", "--silent"), "blockfs mv"),
+    "cp": Tool(lambda v, o: sub("cp", v, o / "copied", "--silent"), "blockfs cp"),
+    "rebase": Tool(lambda v, o: sub("rebase", v, "--silent"), "blockfs rebase"),
     "tif": Tool(lambda v, o: sub("tif", "--input", v, "--output-pattern", o / "p_%04d.tif", "--silent"),
-                "blockfs2tif", READERS),
+                "blockfs tif", READERS),
     "jp2k": Tool(lambda v, o: sub("jp2k", "--input", v, "--output-pattern", o / "p_%04d.jp2", "--silent"),
-                 "blockfs2jp2k", READERS),
-    "hdf5": Tool(lambda v, o: sub("hdf5", v, o / "out.h5", "/volume", "--silent"), "blockfs2hdf5", READERS),
+                 "blockfs jp2k", READERS),
+    "hdf5": Tool(lambda v, o: sub("hdf5", v, o / "out.h5", "/volume", "--silent"), "blockfs hdf5", READERS),
     "from-tif": Tool(lambda v, o: sub("from-tif", "--input", v, "--output", o / "in.blockfs", "--silent"),
-                     "tif2blockfs"),
+                     "blockfs from-tif"),
     "pyramid": Tool(lambda v, o: sub("pyramid", v, o / "pyramid", "--n-workers", 2, "--silent"), "blockfs pyramid",
                     READERS),
     "to-zarr": Tool(lambda v, o: sub("to-zarr", v, o / "out.zarr", "--silent"), "blockfs to-zarr", READERS),
     "from-zarr": Tool(lambda v, o: sub("from-zarr", v, o / "in.blockfs", "--silent"), "blockfs from-zarr"),
     "serve": Tool(lambda v, o: sub("serve", v, "--port", 0), "blockfs serve"),
     "view": Tool(lambda v, o: sub("view", v, "--port", 0, "--no-browser"), "blockfs view"),
-    "demo": Tool(lambda v, o: sub("demo", "--output", v, "--size-gib", 0.0001, "--silent"), "blockfs-demo",
+    "demo": Tool(lambda v, o: sub("demo", "--output", v, "--size-gib", 0.0001, "--silent"), "blockfs demo",
                  NOT_FOLDERS),
     "blockfs-mv": Tool(lambda v, o: script("blockfs-mv", v, o / "moved", "--silent"), "blockfs-mv", CLASSIC),
     "blockfs-cp": Tool(lambda v, o: script("blockfs-cp", v, o / "copied", "--silent"), "blockfs-cp", CLASSIC),
@@ -174,7 +174,7 @@ TOOLS: dict[str, Tool] = {
                                             "--silent"), "blockfs2tif", CLASSIC | {"fifo-shard"}),
     "blockfs2jp2k": Tool(lambda v, o: script("blockfs2jp2k", "--input", v, "--output-pattern", o / "p_%04d.jp2",
                                              "--silent"), "blockfs2jp2k", CLASSIC | {"fifo-shard"}),
-    "blockfs2hdf": Tool(lambda v, o: script("blockfs2hdf", v, o / "out.h5", "/volume", "--silent"), "blockfs2hdf5",
+    "blockfs2hdf": Tool(lambda v, o: script("blockfs2hdf", v, o / "out.h5", "/volume", "--silent"), "blockfs2hdf",
                         CLASSIC | {"fifo-shard"}),
     "tif2blockfs": Tool(lambda v, o: script("tif2blockfs", "--input", v, "--output", o / "in.blockfs", "--silent"),
                         "tif2blockfs", CLASSIC),
@@ -301,13 +301,16 @@ HUGE_VOLUMES = {"real-sized": _real_sized, "trillion-voxel-blocks": _trillion_vo
 
 @pytest.mark.parametrize("name", sorted(HUGE_VOLUMES))
 def test_a_huge_sparse_volume_costs_what_its_index_holds(tmp_path: Path, name: str) -> None:
-    """info, check and cp read only the entries in the index file, not the positions its header claims."""
+    """info, check, repair and cp read only the entries in the index file, not the positions its header claims."""
     volume = tmp_path / "huge.blockfs"
     written, total = HUGE_VOLUMES[name](volume)
     runs = {tool: run_bounded(sub(tool, *args), tmp_path / tool) for tool, args in [
-        ("info", [volume, "--json"]), ("check", [volume, "--json"]), ("cp", [volume, tmp_path / "copy", "--silent"])]}
+        ("info", [volume, "--json"]), ("check", [volume, "--json"]), ("repair", [volume, "--silent"]),
+        ("cp", [volume, tmp_path / "copy", "--silent"])]}
     for tool, outcome in runs.items():
-        assert outcome.returncode == 0, f"{tool}: {outcome}"
+        # repair needs block records: the hand-made header has none, and repair says so
+        refused = tool == "repair" and "written without block records" in outcome.stderr and name != "real-sized"
+        assert outcome.returncode == (1 if refused else 0), f"{tool}: {outcome}"
         assert outcome.max_rss_bytes <= MAX_RSS_BYTES, f"{tool}: {outcome.max_rss_bytes >> 20} MiB"
     info, report = json.loads(runs["info"].stdout), json.loads(runs["check"].stdout)
     assert (info["blocks_written"], info["blocks_total"]) == (written, total)

@@ -127,9 +127,11 @@ def repair_volume(path: str, silent: bool = True, drop_missing_shards: bool = Fa
         if not volume.layout.records:
             raise FormatError(f"{path}: this volume was written without block records, so its index cannot be "
                               "rebuilt from the shards; use blockfs check to find damaged blocks.")
-        old_offsets, old_sizes = volume.store.entries(0, volume.layout.n_entries)
+        # Entries past the end of the index file are empty: the work is that of the entries present
+        # (and of the records found), not of what the header's extents claim.
+        old_offsets, old_sizes = volume.store.entries(0, volume.header.entries_in_file)
         result = RepairResult(path, dropped_shards=_refuse_missing_shards(volume, old_sizes, drop_missing_shards))
-        offsets, sizes = _rebuild(volume, old_offsets, old_sizes, result, silent)
+        old_offsets, old_sizes, offsets, sizes = _rebuild(volume, old_offsets, old_sizes, result, silent)
         changed = (old_sizes != sizes) | ((sizes > 0) & (old_offsets != offsets))
         result.entries_changed = int(np.count_nonzero(changed))
         lost_mark = _lost_mark(volume, sizes, result, accept_loss)
@@ -147,7 +149,7 @@ def _refuse_missing_shards(volume: OfflineVolume, sizes: np.ndarray, drop: bool)
     """The missing shard files with their indexed blocks; without ``drop``, a :class:`MissingShardError` naming them."""
     if not volume.missing:
         return []
-    entries, _ = volume.layout.block_entries()
+    entries, _ = volume.layout.block_entries(len(sizes))
     held = np.bincount(volume.layout.shard_of(entries[sizes[entries] > 0]), minlength=len(volume.shards))
     missing = [(volume.shards[i], int(held[i])) for i in volume.missing]
     if drop:
@@ -162,17 +164,21 @@ def _refuse_missing_shards(volume: OfflineVolume, sizes: np.ndarray, drop: bool)
 
 
 def _rebuild(volume: OfflineVolume, old_offsets: np.ndarray, old_sizes: np.ndarray, result: RepairResult,
-             silent: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The rebuilt entries (offsets, sizes); fills ``result`` with what was indexed, kept and lost."""
+             silent: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(old offsets, old sizes, new offsets, new sizes), each as long as the old entries present or the
+    last entry a record names; fills ``result`` with what was indexed, kept and lost."""
     layout, store = volume.layout, volume.store
     found, result.damaged = latest_records(layout, list(store.spec.shard_paths), silent)
-    offsets = np.zeros(layout.n_entries, np.uint64)
-    sizes = np.zeros(layout.n_entries, np.uint64)
+    count = max(len(old_sizes), max(found, default=-1) + 1)
+    old_offsets = np.concatenate([old_offsets, np.zeros(count - len(old_offsets), np.uint64)])
+    old_sizes = np.concatenate([old_sizes, np.zeros(count - len(old_sizes), np.uint64)])
+    offsets = np.zeros(count, np.uint64)
+    sizes = np.zeros(count, np.uint64)
     if found:
         keys = np.fromiter(found, np.int64, len(found))
         offsets[keys], sizes[keys] = np.array(list(found.values()), np.uint64).T
     result.blocks_indexed = len(found)
-    entries, origins = layout.block_entries()
+    entries, origins = layout.block_entries(count)
     in_missing = np.isin(layout.shard_of(entries), volume.missing)
     # An indexed block after the last record of its position (or with none) may be one written
     # without a record: kept if it decodes, as no older copy may replace it.
@@ -184,7 +190,7 @@ def _rebuild(volume: OfflineVolume, old_offsets: np.ndarray, old_sizes: np.ndarr
     gone = (old_sizes[entries] > 0) & (sizes[entries] == 0)
     result.lost = [(int(x), int(y), int(z)) for x, y, z in origins[gone & ~in_missing]]
     result.dropped = [(int(x), int(y), int(z)) for x, y, z in origins[gone & in_missing]]
-    return offsets, sizes
+    return old_offsets, old_sizes, offsets, sizes
 
 
 def _lost_mark(volume: OfflineVolume, sizes: np.ndarray, result: RepairResult, accept_loss: bool) -> Any:
@@ -195,7 +201,8 @@ def _lost_mark(volume: OfflineVolume, sizes: np.ndarray, result: RepairResult, a
         result.marks_changed = old is not None
         return None
     candidates = set(volume.lost_blocks()) | set(result.lost) | set(result.dropped)
-    result.unsaved = sorted(b for b in candidates if not sizes[layout.entry_index(*b)])
+    result.unsaved = sorted(b for b in candidates
+                            if layout.entry_index(*b) >= len(sizes) or not sizes[layout.entry_index(*b)])
     result.marks_changed = set(marks.lost_blocks(old)) != set(result.unsaved) or (old is None) != (not result.unsaved)
     return marks.lost(result.unsaved, LOST_BY) if result.unsaved else None
 

@@ -8,9 +8,10 @@ from .directory import Directory
 from .errors import (AttachError, BlockCoordinateError, BlockfsError, BlockfsWarning, BlockShapeError, ChecksumError,
                      ClosedError, CorruptBlockError, DatasetExistsError, EntryOverflowError, ExportError,
                      ForeignShardError, FormatError, IncompleteVolumeWarning, InvalidArgumentError, LostBlocksWarning,
-                     MissingDependencyError, MissingShardError, PlaneCountError, PlaneError, PlaneMismatchError,
-                     ReadOnlyError, RegionError, StaleVolumeError, UnsupportedCompressionError, UnsupportedDTypeError,
-                     VolumeBusyError, VolumeExistsError, WriterError)
+                     MissingDependencyError, MissingShardError, OpenServerWarning, PlaneCountError, PlaneError,
+                     PlaneMismatchError, ReadOnlyError, RegionError, ShardLocationWarning, StaleVolumeError,
+                     UnsupportedCompressionError, UnsupportedDTypeError, VolumeBusyError, VolumeExistsError,
+                     WriterError)
 
 from .volume import BlockProjection, Volume
 
@@ -39,8 +40,8 @@ __all__ = [
     "AttachError", "BlockCoordinateError", "BlockProjection", "BlockShapeError", "BlockfsError", "BlockfsWarning",
     "ChecksumError", "ClosedError", "Compression", "CorruptBlockError", "DatasetExistsError", "Directory",
     "EntryOverflowError", "ExportError", "ForeignShardError", "FormatError", "IncompleteVolumeWarning",
-    "InvalidArgumentError", "LostBlocksWarning", "MissingDependencyError", "MissingShardError", "PlaneCountError",
-    "PlaneError", "PlaneMismatchError", "ReadOnlyError", "RegionError", "StaleVolumeError",
-    "UnsupportedCompressionError", "UnsupportedDTypeError", "Volume", "VolumeBusyError", "VolumeExistsError",
-    "WriterError", "__version__", "open_volume", "open_zarr", "write_dask",
+    "InvalidArgumentError", "LostBlocksWarning", "MissingDependencyError", "MissingShardError", "OpenServerWarning",
+    "PlaneCountError", "PlaneError", "PlaneMismatchError", "ReadOnlyError", "RegionError", "ShardLocationWarning",
+    "StaleVolumeError", "UnsupportedCompressionError", "UnsupportedDTypeError", "Volume", "VolumeBusyError",
+    "VolumeExistsError", "WriterError", "__version__", "open_volume", "open_zarr", "write_dask",
 ]

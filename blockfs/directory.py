@@ -21,7 +21,7 @@ from .casting import Caster
 from .codec import Compression, check_compression, check_sizes
 from .errors import (AttachError, BlockShapeError, ClosedError, CorruptBlockError, FormatError,
                      IncompleteVolumeWarning, InvalidArgumentError, LostBlocksWarning, ReadOnlyError, RegionError,
-                     VolumeExistsError)
+                     ShardLocationWarning, VolumeExistsError)
 from .selection import select
 from . import locking
 from .storage import atomic_write, publish_index, resolve_shard_path, shadowing_copy
@@ -199,7 +199,7 @@ class Directory:
         for name, shard in zip(layout.block_filenames, resolved):
             if shard.fallback:
                 warnings.warn(f"{path}: shard {name!r} not found; using {shard.path} beside the directory file "
-                              "(run blockfs-rebase to record the new location)", stacklevel=3)
+                              "(run blockfs-rebase to record the new location)", ShardLocationWarning, stacklevel=3)
         self._store: BlockStore | None = None
         self._volume: Volume | None = None
         self._caster = Caster(layout.dtype, path)
@@ -302,7 +302,7 @@ class Directory:
             if copy is not None:
                 warnings.warn(f"{path}: shard {name!r} lies outside this volume's folder, though {copy} sits beside "
                               "it; if the volume was copied (cp -r), it is using the original's shards. Run "
-                              f"blockfs-rebase {path} to use its own.", stacklevel=2)
+                              f"blockfs-rebase {path} to use its own.", ShardLocationWarning, stacklevel=2)
         if mode == "r+":
             self._check_writable_files()
             self._store.index_fd()  # the shared lock of a writer: refused during repair, mv, rebase

@@ -113,7 +113,7 @@ class ForeignShardError(BlockfsError, PermissionError):
 
 
 class BlockfsWarning(UserWarning):
-    """Something blockfs did for the caller that changed data, such as clipping out-of-range values."""
+    """Base class of every warning blockfs gives, such as clipping out-of-range values."""
 
 
 class IncompleteVolumeWarning(BlockfsWarning):
@@ -122,6 +122,15 @@ class IncompleteVolumeWarning(BlockfsWarning):
 
 class LostBlocksWarning(BlockfsWarning):
     """A volume was opened whose blocks repair could not save (they read as zeros until rewritten)."""
+
+
+class ShardLocationWarning(BlockfsWarning):
+    """A shard is read from somewhere other than where the index names it, or from outside the volume's folder
+    though a copy sits beside it (a volume moved or copied by hand; blockfs-rebase fixes the names)."""
+
+
+class OpenServerWarning(BlockfsWarning):
+    """A server listens on an address other than loopback: anyone who can reach it may read what it serves."""
 
 
 #: What a user can cause (a bad argument, a damaged or missing file, a full disk): every tool prints it as

@@ -53,11 +53,13 @@ def require(module: str) -> ModuleType:
         unavailable(f"{module} is not installed ({exc}); make install sets it up")
 
 
-def console(command: str, *args: Any, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def console(command: str, *args: Any, cwd: Path | None = None, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run an installed console script of this environment (``blockfs``, ``blockfs2tif``...), capturing
-    its output; a tool may fail, but never with a traceback."""
+    its output, with ``env`` added to the environment; a tool may fail, but never with a traceback."""
     exe = Path(sys.executable).with_name(command)
-    result = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+    result = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
+                            env=None if env is None else {**os.environ, **env})
     assert "Traceback" not in result.stderr, f"{command} {' '.join(map(str, args))} crashed:\n{result.stderr}"
     return result
 

@@ -34,7 +34,7 @@ class Tool(NamedTuple):
     """A console tool: how to start it with a user error, and the call to break for an internal error."""
 
     argv: list[str]  # ``blockfs`` subcommand and arguments; {missing} and {tmp} are filled in
-    prog: str
+    prog: str  # what it calls itself run as ``blockfs <subcommand>``
     first_call: str  # module:attribute that the tool calls first with these arguments
     internal_argv: list[str] | None = None  # where ``argv`` fails before ``first_call``
 
@@ -43,17 +43,17 @@ TOOLS = {
     "info": Tool(["info", "{missing}"], "blockfs info", "blockfs.cli.info:describe_volume"),
     "check": Tool(["check", "--silent", "{missing}"], "blockfs check", "blockfs.cli.check:check_volume"),
     "repair": Tool(["repair", "--silent", "{missing}"], "blockfs repair", "blockfs.cli.repair:repair_volume"),
-    "mv": Tool(["mv", "--silent", "{missing}", "{tmp}"], "blockfs-mv", "blockfs.cli.mv:transfer"),
-    "cp": Tool(["cp", "--silent", "{missing}", "{tmp}"], "blockfs-cp", "blockfs.cli.mv:transfer"),
-    "rebase": Tool(["rebase", "--silent", "{missing}"], "blockfs-rebase", "blockfs.cli.rebase:rebase"),
-    "tif": Tool(["tif", "--silent", "--input", "{missing}", "--output-pattern", "{tmp}/z%04d.tif"], "blockfs2tif",
+    "mv": Tool(["mv", "--silent", "{missing}", "{tmp}"], "blockfs mv", "blockfs.cli.mv:transfer"),
+    "cp": Tool(["cp", "--silent", "{missing}", "{tmp}"], "blockfs cp", "blockfs.cli.mv:transfer"),
+    "rebase": Tool(["rebase", "--silent", "{missing}"], "blockfs rebase", "blockfs.cli.rebase:rebase"),
+    "tif": Tool(["tif", "--silent", "--input", "{missing}", "--output-pattern", "{tmp}/z%04d.tif"], "blockfs tif",
                 "blockfs.cli.tif:_export"),
-    "jp2k": Tool(["jp2k", "--silent", "--input", "{missing}", "--output-pattern", "{tmp}/z%04d.jp2"], "blockfs2jp2k",
+    "jp2k": Tool(["jp2k", "--silent", "--input", "{missing}", "--output-pattern", "{tmp}/z%04d.jp2"], "blockfs jp2k",
                  "blockfs.cli.jp2k:_export"),
-    "hdf5": Tool(["hdf5", "--silent", "{missing}", "{tmp}/out.h5", "/raw"], "blockfs2hdf5",
+    "hdf5": Tool(["hdf5", "--silent", "{missing}", "{tmp}/out.h5", "/raw"], "blockfs hdf5",
                  "blockfs.cli.hdf5:export"),
     "from-tif": Tool(["from-tif", "--silent", "--input", "{tmp}/planes/*.tif", "--output", "{tmp}/out.blockfs"],
-                     "tif2blockfs",
+                     "blockfs from-tif",
                      "blockfs.cli.from_tif:find_planes"),
     "pyramid": Tool(["pyramid", "--silent", "{missing}", "{tmp}/pyramid"], "blockfs pyramid",
                     "blockfs.pyramid.cli:build_pyramid"),
@@ -63,7 +63,7 @@ TOOLS = {
                       "blockfs.interop.cli:load"),
     "serve": Tool(["serve", "--port", "0", "{missing}"], "blockfs serve", "blockfs.serve.server:start"),
     "view": Tool(["view", "--no-browser", "--port", "0", "{missing}"], "blockfs view", "blockfs.serve.viewer:view"),
-    "demo": Tool(["demo", "--silent", "--size-gib", "0.01", "--output", "{missing}/demo"], "blockfs-demo",
+    "demo": Tool(["demo", "--silent", "--size-gib", "0.01", "--output", "{missing}/demo"], "blockfs demo",
                  "blockfs.demo:run", ["demo", "--silent", "--size-gib", "0.01", "--output", "{tmp}/demo"]),
 }
 

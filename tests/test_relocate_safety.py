@@ -253,7 +253,7 @@ def test_mv_of_a_cp_r_copy_refuses_and_keeps_the_original(tmp_path: Path) -> Non
     result = console("blockfs", "mv", copy, tmp_path / "moved")
     assert result.returncode == 1
     message = result.stderr
-    assert message.startswith(f"blockfs-mv: {copy}: blockfs-mv moves only a volume's own files"), message
+    assert message.startswith(f"blockfs mv: {copy}: blockfs mv moves only a volume's own files"), message
     for i in range(2):
         assert f"{original}.{i} lies outside {copy.parent}" in message
         assert f"{copy}.{i}, beside the index, is unused" in message

@@ -180,7 +180,7 @@ def test_existing_dataset_is_an_error_and_the_file_is_unchanged(tmp_path: Path) 
     before = snapshot(dest)
     result = run([other, dest, "/raw/volume", "--silent"])
     assert result.returncode == 1
-    assert f"blockfs2hdf5: {dest}: dataset /raw/volume exists" in result.stderr
+    assert f"blockfs2hdf: {dest}: dataset /raw/volume exists" in result.stderr
     assert snapshot(dest) == before
     result = run([other, dest, "/raw/volume", "--silent"], 4)
     assert result.returncode != 0
@@ -194,10 +194,10 @@ def test_missing_input(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.blockfs"
     result = run([missing, dest, "x"])
     assert result.returncode == 1
-    assert str(missing) in result.stderr and result.stderr.startswith("blockfs2hdf5: ")
+    assert str(missing) in result.stderr and result.stderr.startswith("blockfs2hdf: ")
     result = run([missing, dest, "x"], 4)
     assert result.returncode != 0
-    assert result.stderr.count(f"blockfs2hdf5: {missing}") == 1, result.stderr
+    assert result.stderr.count(f"blockfs2hdf: {missing}") == 1, result.stderr
     assert not dest.exists()
 
 
@@ -209,7 +209,7 @@ def test_bad_filter_and_name_are_reported_before_anything_is_written(tmp_path: P
                                (["/"], "does not name a dataset", None)]:
         result = run([src, dest, *args], ranks)
         assert result.returncode != 0
-        assert words in result.stderr and result.stderr.count("blockfs2hdf5: ") == 1, result.stderr
+        assert words in result.stderr and result.stderr.count("blockfs2hdf: ") == 1, result.stderr
         assert not dest.exists()
     result = run([src, tmp_path / "no" / "such" / "folder.h5", "x"])
     assert result.returncode == 1 and "does not exist" in result.stderr
@@ -245,7 +245,7 @@ def test_a_damaged_block_on_one_rank_stops_every_rank(tmp_path: Path) -> None:
     dest = tmp_path / "new.h5"
     result = run([src, dest, "x", "--silent"], 4)
     assert result.returncode != 0
-    assert result.stderr.count("blockfs2hdf5: ") == 1 and "volume.blockfs.0" in result.stderr, result.stderr
+    assert result.stderr.count("blockfs2hdf: ") == 1 and "volume.blockfs.0" in result.stderr, result.stderr
     assert not dest.exists()  # the file this run created is removed
 
     keep, kept = make_volume(tmp_path, shape=(20, 30, 40), block=(16, 16, 16), name="keep.blockfs")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from ._support import INTERRUPTED
+from ._support import INTERRUPTED, invoked_as
 
 #: subcommand -> (module, function, one-line summary)
 SUBCOMMANDS = {
@@ -31,7 +31,7 @@ SUBCOMMANDS = {
 def usage() -> str:
     width = max(map(len, SUBCOMMANDS))
     lines = [f"  {name:<{width}}  {summary}" for name, (_, _, summary) in SUBCOMMANDS.items()]
-    return ("usage: blockfs <command> [arguments]\n\ncommands:\n" + "\n".join(lines)
+    return ("usage: blockfs <command> [arguments]\n       blockfs --version\n\ncommands:\n" + "\n".join(lines)
             + "\n\n'blockfs <command> --help' describes one; e.g. blockfs info /data/brain.blockfs")
 
 
@@ -40,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from .. import __version__
+        print(f"blockfs {__version__}")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
         print(f"blockfs: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
@@ -50,5 +54,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # while the tool loads, before it handles Ctrl-C itself
         print(f"blockfs {name}: interrupted", file=sys.stderr)
         return INTERRUPTED
-    return tool(rest)
+    with invoked_as(f"blockfs {name}"):
+        return tool(rest)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import contextvars
 import functools
 import multiprocessing
 import os
@@ -11,10 +12,11 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from types import FrameType
-from typing import Any, Callable, Iterator, NoReturn
+from typing import Any, Callable, Iterator, NoReturn, TextIO
 
-from ..errors import USER_ERRORS, describe
+from ..errors import USER_ERRORS, InvalidArgumentError, describe
 
 #: Exit status of a tool stopped by Ctrl-C: 128 + SIGINT, as a shell reports a process the signal ended.
 INTERRUPTED = 128 + signal.SIGINT
@@ -22,6 +24,12 @@ INTERRUPTED = 128 + signal.SIGINT
 STOP_SECONDS = 3.0
 #: Seconds after which a KeyboardInterrupt that Python dropped is raised again.
 REPEAT_SECONDS = 0.05
+#: The optional packages (top-level module names), each with the extra of pyproject.toml that installs it.
+EXTRAS = {"h5py": "tools", "mpi4py": "tools", "glymur": "tools", "packaging": "tools",
+          "zarr": "interop", "numcodecs": "interop", "dask": "interop", "distributed": "interop",
+          "toolz": "interop", "cloudpickle": "interop", "aiohttp": "serve", "neuroglancer": "serve"}
+#: The name a dispatcher (the ``blockfs`` command) ran the tool under, e.g. ``blockfs mv``.
+_INVOKED_AS: contextvars.ContextVar[str | None] = contextvars.ContextVar("blockfs_invoked_as", default=None)
 
 
 class Interruption:
@@ -107,11 +115,54 @@ def interruptible(prog: str) -> Iterator[Interruption]:
         sys.unraisablehook = hook
 
 
+@contextlib.contextmanager
+def invoked_as(prog: str) -> Iterator[None]:
+    """Tools run in the block call themselves ``prog`` (the ``blockfs`` command's ``blockfs NAME``)."""
+    token = _INVOKED_AS.set(prog)
+    try:
+        yield
+    finally:
+        _INVOKED_AS.reset(token)
+
+
+def typed_name(default: str, argv: list[str] | None) -> str:
+    """What the user typed to start the tool: the dispatcher's name for it, else the console script's
+    name (blockfs2hdf or blockfs2hdf5), else ``default`` (e.g. under ``python -m`` or a test's ``main(argv)``)."""
+    dispatched = _INVOKED_AS.get()
+    if dispatched is not None:
+        return dispatched
+    typed = os.path.basename(sys.argv[0]) if argv is None and sys.argv else ""
+    return typed if "blockfs" in typed and not typed.endswith(".py") else default
+
+
+@contextlib.contextmanager
+def warnings_as_lines(prog: str) -> Iterator[None]:
+    """While the block runs (in any thread), a warning prints as one line ``prog: warning: file: reason``."""
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        with contextlib.suppress(OSError, ValueError):  # stderr closed or gone: a warning is not worth a crash
+            print(f"{prog}: warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def install_hint(exc: ModuleNotFoundError) -> str | None:
+    """``NAME is not installed; pip install 'blockfs[EXTRA]'`` for a missing optional package, else None."""
+    package = (exc.name or "").split(".")[0]
+    extra = EXTRAS.get(package)
+    return None if extra is None else f"{package} is not installed; install it with pip install 'blockfs[{extra}]'"
+
+
 def run_tool(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespace], int | None],
              argv: list[str] | None) -> int:
-    """Parse ``argv`` and run ``body``; a failure prints ``prog: file: reason`` and returns 1, Ctrl-C
-    prints ``prog: interrupted`` and returns :data:`INTERRUPTED` (see :class:`Interruption`)."""
-    with interruptible(parser.prog) as interruption:
+    """Parse ``argv`` and run ``body`` under the name the user typed (:func:`typed_name`); a failure prints
+    ``prog: file: reason`` and returns 1, a missing optional package prints how to install it and returns 1,
+    a warning prints as ``prog: warning: file: reason``, Ctrl-C prints ``prog: interrupted`` and returns
+    :data:`INTERRUPTED` (see :class:`Interruption`)."""
+    parser.prog = typed_name(parser.prog, argv)
+    with interruptible(parser.prog) as interruption, warnings_as_lines(parser.prog):
         status = interruption.status = _run_body(parser, body, argv, interruption)
     return status
 
@@ -131,7 +182,58 @@ def _run_body(parser: argparse.ArgumentParser, body: Callable[[argparse.Namespac
         if isinstance(exc, USER_ERRORS):
             print(f"{parser.prog}: {describe(exc)}", file=sys.stderr)
             return 1
+        hint = install_hint(exc) if isinstance(exc, ModuleNotFoundError) else None
+        if hint is not None:
+            print(f"{parser.prog}: {hint}", file=sys.stderr)
+            return 1
         raise
+
+
+def _is_index_file(path: str) -> bool:
+    """Whether ``path`` is a regular file starting as a blockfs directory (index) file does."""
+    from ..format import MAGIC
+    if not os.path.isfile(path):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def volume_argument(path: str, pyramids: bool = False) -> str:
+    """The index file a volume argument names: ``path`` itself unless it is a folder; a folder holding one
+    index file names that file; a pyramid folder stays as it is for a tool that takes pyramids
+    (``pyramids``). Any other folder is an :class:`InvalidArgumentError` saying what it holds."""
+    if not os.path.isdir(path):
+        return path
+    from ..pyramid.folder import is_pyramid, level_path
+    if is_pyramid(path):
+        if pyramids:
+            return path
+        raise InvalidArgumentError(f"{path}: a pyramid folder, not a volume; give one level's index file, e.g. "
+                                   f"{level_path(path, 1)}")
+    found = sorted(name for name in os.listdir(path) if _is_index_file(os.path.join(path, name)))
+    if len(found) == 1:
+        return os.path.join(path, found[0])
+    takes = "a volume's index file or a pyramid folder" if pyramids else "a volume's index file"
+    if not found:
+        raise InvalidArgumentError(f"{path}: a folder holding no blockfs index file"
+                                   f"{' or pyramid' if pyramids else ''}; give {takes}")
+    raise InvalidArgumentError(f"{path}: a folder holding {len(found)} volumes ({', '.join(found)}); give one index "
+                               f"file, e.g. {os.path.join(path, found[0])}")
+
+
+def voxel_size(text: str) -> tuple[float, float, float]:
+    """argparse type: ``X,Y,Z``, three positive voxel sizes in micrometres."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 < v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected three positive numbers X,Y,Z in micrometres (e.g. 1.8,1.8,2); "
+                                         f"got {text!r}")
+    return values  # type: ignore[return-value]
 
 
 def add_silent(parser: argparse.ArgumentParser) -> None:

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..ops.check import Report, check_volume
-from ._support import add_silent, run_tool
+from ._support import add_silent, run_tool, volume_argument
 
 
 def print_report(report: Report) -> None:
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     add_silent(parser)
 
     def body(args: argparse.Namespace) -> int:
-        report = check_volume(args.volume, silent=args.silent or args.json)
+        report = check_volume(volume_argument(args.volume), silent=args.silent or args.json)
         if args.json:
             print(json.dumps(report.to_json(), indent=1))
         else:

@@ -15,7 +15,7 @@ from ..parallel.mpi import launcher_rank, on_ranks
 from ..planes import PlaneWriter
 from ..progress import progress
 from ..storage import mark_complete
-from ._support import add_silent, positive_int, run_tool
+from ._support import add_silent, positive_int, run_tool, voxel_size
 
 EPILOG = """\
 example:
@@ -57,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="block size in voxels (default: 64,64,64)")
     parser.add_argument("--n-workers", type=positive_int, default=os.cpu_count() or 1, metavar="N",
                         help="shard files and writer processes (default: the number of CPUs, %(default)s)")
+    parser.add_argument("--voxel-size", type=voxel_size, metavar="X,Y,Z",
+                        help="the voxel size in micrometres, e.g. 1.8,1.8,2, kept as the volume's voxel_size_um "
+                             "metadata, which --pyramid, blockfs pyramid, to-zarr and serve use (default: none; "
+                             "they take 1,1,1)")
     parser.add_argument("--compression", default=Compression.zstd.value,
                         choices=[c.value for c in Compression], help="blosc compressor (default: %(default)s)")
     parser.add_argument("--level", type=int, default=5, choices=range(10), metavar="0-9",
@@ -68,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def metadata(args: argparse.Namespace) -> dict[str, list[float]]:
+    """The new volume's application metadata: its voxel size, if given."""
+    return {} if args.voxel_size is None else {"voxel_size_um": list(args.voxel_size)}
+
+
 def _run(args: argparse.Namespace) -> int:
     # Absolute shard names, as earlier blockfs releases wrote them, so that every reader finds them.
     output = os.path.abspath(os.path.expanduser(args.output))
@@ -77,7 +86,8 @@ def _run(args: argparse.Namespace) -> int:
                                        "without it, then run blockfs pyramid on the volume.")
         from ..parallel.tools import PROG, import_planes
         return on_ranks(PROG, lambda ranks: import_planes(args.input, output, args.block_size, args.n_workers,
-                                                          args.compression, args.level, args.silent, ranks))
+                                                          args.compression, args.level, args.silent, ranks,
+                                                          metadata(args)))
     unfinished = check_destination(output) if not args.overwrite else False
     paths = find_planes(args.input)
     planes = [inspect_plane(p) for p in progress(paths, args.silent, "tif2blockfs: checking", unit="file")]
@@ -85,7 +95,7 @@ def _run(args: argparse.Namespace) -> int:
     (y_extent, x_extent), (bz, by, bx) = common.shape, args.block_size
     directory = Directory(x_extent, y_extent, len(paths), common.dtype, output, n_filenames=args.n_workers,
                           x_block_size=bx, y_block_size=by, z_block_size=bz, compression=args.compression,
-                          compression_level=args.level)
+                          compression_level=args.level, metadata=metadata(args))
     os.makedirs(os.path.dirname(output), exist_ok=True)
     # Without --overwrite, any file of the volume there is an error, except an import that did not finish.
     directory.create(overwrite=args.overwrite or unfinished, incomplete=TOOL)

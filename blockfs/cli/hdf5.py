@@ -7,7 +7,7 @@ import argparse
 from ..convert.hdf5 import (BLOCK_SIZE_ATTR, PROG, export, parallel_hdf5_missing, parse_filter,
                             parse_filter_options)
 from ..parallel.mpi import find_ranks, run_ranked, serially
-from ._support import add_silent, run_tool
+from ._support import add_silent, run_tool, volume_argument
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -40,13 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     def body(args: argparse.Namespace) -> int:
         if args.compression_opts is not None and args.compression is None:
             parser.error("--compression-opts needs --compression")
+        args.src = volume_argument(args.src)
         ranks, reason = find_ranks(parallel_hdf5_missing)
         if reason is not None:
-            solo = serially(ranks, reason, PROG)
+            solo = serially(ranks, reason, parser.prog)
             if solo is None:
                 return 0  # started by mpiexec without parallel HDF5: rank 0 does all the work
             ranks = solo
         return run_ranked(ranks, lambda: export(args.src, args.dest, args.name, ranks, args.compression,
-                                                args.compression_opts, args.silent), PROG)
+                                                args.compression_opts, args.silent), parser.prog)
 
     return run_tool(parser, body, argv)

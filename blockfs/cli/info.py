@@ -7,7 +7,7 @@ import json
 import os
 
 from ..ops.info import describe_volume, format_text
-from ._support import run_tool
+from ._support import run_tool, volume_argument
 
 EPILOG = """\
 examples:
@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body(args: argparse.Namespace) -> int:
         describe, text = describe_volume, format_text
+        args.index_file = volume_argument(args.index_file, pyramids=True)
         if os.path.isdir(args.index_file):  # a pyramid folder
             from ..pyramid.describe import describe_pyramid as describe, format_pyramid as text
         info = describe(args.index_file)

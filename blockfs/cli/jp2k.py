@@ -10,7 +10,7 @@ from ..convert.planes import check_pattern, export_planes
 from ..directory import Directory
 from ..errors import UnsupportedDTypeError
 from ..parallel.mpi import Ranks, on_ranks
-from ._support import add_export_arguments, run_tool
+from ._support import add_export_arguments, run_tool, volume_argument
 
 EPILOG = """\
 examples:
@@ -79,6 +79,7 @@ def _export(args: argparse.Namespace, ranks: Ranks) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     """Under ``mpiexec -n N`` the ranks share the slabs; otherwise one process writes every plane."""
+    args.input = volume_argument(args.input)
     return on_ranks("blockfs2jp2k", lambda ranks: _export(args, ranks))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..ops.transfer import transfer
-from ._support import add_silent, run_tool
+from ._support import add_silent, run_tool, volume_argument
 
 EPILOG = """\
 example:
@@ -59,7 +59,7 @@ def _main(argv: list[str] | None, move: bool) -> int:
     parser = build_parser(move)
 
     def body(args: argparse.Namespace) -> int:
-        transfer(args.source, args.dest, move, args.silent, parser.prog)
+        transfer(volume_argument(args.source), args.dest, move, args.silent, parser.prog)
         return 0
 
     return run_tool(parser, body, argv)

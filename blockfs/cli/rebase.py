@@ -6,7 +6,7 @@ import argparse
 
 from ..ops.rebase import rebase
 from ..ops.relocate import DEFAULT_BUFFER_SIZE
-from ._support import add_silent, run_tool
+from ._support import add_silent, run_tool, volume_argument
 
 EPILOG = """\
 example:
@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
 
     def body(args: argparse.Namespace) -> int:
+        args.index_file = volume_argument(args.index_file)
         changed = rebase(args.index_file, args.block_size, args.silent, parser.prog)
         if not args.silent:
             state = "shard names now point beside it" if changed else "already names the shards beside it; unchanged"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..ops.repair import RepairResult, repair_volume
-from ._support import add_silent, run_tool
+from ._support import add_silent, run_tool, volume_argument
 
 #: Exit status when the volume was repaired but holds blocks that are lost (recorded in its header).
 BLOCKS_LOST = 3
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     add_silent(parser)
 
     def body(args: argparse.Namespace) -> int:
+        args.volume = volume_argument(args.volume)
         result = repair_volume(args.volume, silent=args.silent, drop_missing_shards=args.drop_missing_shards,
                                accept_loss=args.accept_loss)
         print_result(args.volume, result)

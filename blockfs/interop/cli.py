@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli._support import add_silent, run_tool
+from ..cli._support import add_silent, run_tool, volume_argument
 from .tools import load
 
 TO_EPILOG = """\
@@ -62,8 +62,9 @@ def to_zarr_main(argv: list[str] | None = None) -> int:
     _workers(parser)
 
     def body(args: argparse.Namespace) -> None:
-        load("repack").to_zarr(args.source, args.dest, zarr_format=args.zarr_format, shard_blocks=args.shard_blocks,
-                               overwrite=args.overwrite, workers=args.workers, silent=args.silent)
+        load("repack").to_zarr(volume_argument(args.source, pyramids=True), args.dest, zarr_format=args.zarr_format,
+                               shard_blocks=args.shard_blocks, overwrite=args.overwrite, workers=args.workers,
+                               silent=args.silent)
 
     return run_tool(parser, body, argv)
 

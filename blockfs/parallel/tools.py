@@ -38,10 +38,11 @@ def _inspect(paths: list[str], ranks: Ranks, silent: bool) -> list[Any]:
 
 
 def import_planes(patterns: list[str], output: str, block_size: tuple[int, int, int], n_shards: int,
-                  compression: str, level: int, silent: bool, ranks: Ranks) -> None:
+                  compression: str, level: int, silent: bool, ranks: Ranks, metadata: dict | None = None) -> None:
     """Write the TIFF planes matching ``patterns`` into a new volume at ``output``, shared by ``ranks``.
 
-    Raises on every rank if any rank fails; a volume this call created is then removed.
+    ``metadata`` is the volume's application metadata. Raises on every rank if any rank fails; a volume
+    this call created is then removed.
     """
     quiet = silent or ranks.rank != 0
 
@@ -58,7 +59,7 @@ def import_planes(patterns: list[str], output: str, block_size: tuple[int, int, 
     (y_extent, x_extent), (bz, by, bx) = common.shape, block_size
     directory = Directory(x_extent, y_extent, len(paths), common.dtype, output, n_filenames=n_shards,
                           x_block_size=bx, y_block_size=by, z_block_size=bz, compression=compression,
-                          compression_level=level)
+                          compression_level=level, metadata=metadata)
     directory.create(comm=ranks.comm, incomplete=TOOL)
     starts = ranks.mine(range(0, len(paths), bz))
     error = None

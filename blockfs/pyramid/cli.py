@@ -6,8 +6,7 @@ import argparse
 import os
 import sys
 
-from ..cli._support import add_silent, run_tool
-from ..cli._support import positive_int
+from ..cli._support import add_silent, positive_int, run_tool, volume_argument, voxel_size
 from ..parallel.mpi import Ranks, on_ranks
 from .build import build_pyramid
 from .reduce import METHODS
@@ -25,18 +24,6 @@ The source is never changed; to rebuild the coarser levels of a pyramid from its
 Under mpiexec -n N the N ranks share the subtrees (one process each; see docs/scaling.md):
   mpiexec -n 8 blockfs pyramid /lustre/brain.blockfs /lustre/brain-pyramid --n-workers 8
 """
-
-
-def voxel_size(text: str) -> tuple[float, float, float]:
-    """argparse type: ``X,Y,Z`` micrometres, each positive."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected three positive numbers X,Y,Z in micrometres (e.g. 1.8,1.8,2); "
-                                         f"got {text!r}")
-    return values  # type: ignore[return-value]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     def body(args: argparse.Namespace) -> int:
+        args.source = volume_argument(args.source)
         try:
             return on_ranks(parser.prog, lambda ranks: build(args, ranks))
         except KeyboardInterrupt:

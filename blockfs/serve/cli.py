@@ -11,7 +11,7 @@ import threading
 import webbrowser
 from typing import Any, Callable, Iterator
 
-from ..cli._support import positive_int, run_tool
+from ..cli._support import positive_int, run_tool, volume_argument
 from . import IDLE_TIMEOUT
 
 #: The exit status after Ctrl-C (128 + SIGINT), as shells report it.
@@ -22,7 +22,9 @@ examples:
   blockfs serve /data/brain.blockfs /data/brain-pyramid
   blockfs serve /data/brain.blockfs --name brain --port 9000
 
-Each volume (index file) or pyramid folder is served under /<token>/<name>/ as
+Each volume (index file) or pyramid folder is served under /<token>/<name>/, where <name> is
+--name, else the index file's name without its extension (/data/brain.blockfs: brain) or the
+pyramid folder's name (/data/brain-pyramid: brain-pyramid), as
   precomputed   precomputed://http://HOST:PORT/<token>/<name>   (Neuroglancer, tensorstore, cloud-volume)
   zarr v2       zarr://http://HOST:PORT/<token>/<name>/zarr/    (OME-Zarr 0.4; Neuroglancer, zarr-python, tensorstore)
   zarr v3       http://HOST:PORT/<token>/<name>/zarr3/          (OME-Zarr 0.5; zarr-python, tensorstore)
@@ -44,9 +46,11 @@ there is one. Needs: pip install 'blockfs[serve]'.
 def _parser(prog: str, description: str, epilog: str, port: int) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="a volume's index file or a pyramid folder")
+    parser.add_argument("paths", nargs="+", metavar="PATH",
+                        help="a volume's index file, a folder holding one, or a pyramid folder")
     parser.add_argument("--name", action="append", default=[],
-                        help="the URL name of each PATH in turn (default: the file's or folder's name)")
+                        help="the URL name of each PATH in turn (default: the index file's name without its "
+                             "extension, e.g. brain for brain.blockfs, or the pyramid folder's name)")
     parser.add_argument("--bind", default="127.0.0.1",
                         help="address to listen on (default: %(default)s; anything else is reachable by others)")
     parser.add_argument("--port", type=int, default=port, help="port (default: %(default)s; 0 picks a free one)")
@@ -85,13 +89,9 @@ def display_range(text: str) -> tuple[float, float]:
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
     """What the arguments say about serving, as keyword arguments of start() and view()."""
-    return {"port": args.port, "host": args.bind, "names": args.name, "token": args.token,
+    return {"paths": [volume_argument(path, pyramids=True) for path in args.paths], "port": args.port,
+            "host": args.bind, "names": args.name, "token": args.token,
             "idle_timeout": args.idle_timeout, "max_connections": args.max_connections}
-
-
-def _missing_stack(prog: str, exc: ImportError) -> int:
-    print(f"{prog}: {exc.name or exc} is not installed; pip install 'blockfs[serve]'", file=sys.stderr)
-    return 1
 
 
 @contextlib.contextmanager
@@ -131,11 +131,8 @@ def serve_main(argv: list[str] | None = None) -> int:
                      SERVE_EPILOG, 8000)
 
     def body(args: argparse.Namespace) -> int:
-        try:
-            from .server import start
-        except ImportError as exc:
-            return _missing_stack(parser.prog, exc)
-        with _until_stopped() as wait, start(args.paths, **_options(args)) as server:
+        from .server import start  # a missing aiohttp: run_tool says how to install it
+        with _until_stopped() as wait, start(**_options(args)) as server:
             for name in server.state.volumes:
                 print(f"{name}: precomputed://{server.url}/{name}  zarr://{server.url}/{name}/zarr/")
             print(f"serving at {server.url}/ (Ctrl-C to stop)", flush=True)
@@ -155,12 +152,9 @@ def view_main(argv: list[str] | None = None) -> int:
                              "Neuroglancer's layer panel changes it too)")
 
     def body(args: argparse.Namespace) -> int:
-        try:
-            from .viewer import view
-        except ImportError as exc:
-            return _missing_stack(parser.prog, exc)
+        from .viewer import view
         with _until_stopped() as wait:
-            server, url = view(args.paths, **_options(args), display_range=args.contrast)
+            server, url = view(**_options(args), display_range=args.contrast)
             with server:
                 print(f"Neuroglancer: {url}", flush=True)
                 if not args.no_browser and _can_open_browser():

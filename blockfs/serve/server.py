@@ -12,7 +12,7 @@ from typing import Iterable, Sequence
 
 from aiohttp import web
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, OpenServerWarning
 from . import IDLE_TIMEOUT
 from .app import STATE, State, make_app
 from .connections import Connections, default_backlog, default_limit
@@ -165,7 +165,8 @@ def start(paths: Iterable[str | os.PathLike] | str | os.PathLike, port: int = 0,
                                    f"and {max_connections!r}.")
     if not is_loopback(host):
         warnings.warn(f"serving on {host}: every volume served is readable by anyone who can reach this port "
-                      f"and has its URL; bind {LOOPBACK} unless that is what you want.", UserWarning, stacklevel=2)
+                      f"and has its URL; bind {LOOPBACK} unless that is what you want.",
+                      OpenServerWarning, stacklevel=2)
     volumes = open_all(paths, names)
     try:
         app = make_app(volumes, threads, cache_bytes, client_folder,

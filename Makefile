@@ -1,4 +1,5 @@
-# Everything a fresh machine needs: `make demo` and `make test` install what they use.
+# Everything a fresh machine needs: `make demo` and `make test` install what they use; `make view` (after
+# `make demo`) shows the demo's pyramid in Neuroglancer.
 #
 # `make install` (run by both) sets up, each step skipped when already done:
 #   1. the Debian packages below, with apt-get (through sudo when not root);
@@ -23,7 +24,8 @@ export OMPI_MCA_rmaps_base_oversubscribe := 1
 # h5py's C flags, after Python's own (-g -O3 here; the later flag wins). -g0 is what shortens the build;
 # -O2 costs build time and buys no speed, since the writes run in HDF5, not in h5py. Measured on 2 cores
 # shared with other work (load average 3-7), h5py 3.16.0 on Debian's HDF5 1.10.8 (openmpi), one at a time:
-#   build:                                             -O1 -g0 128 s, -O2 -g0 138 s;
+#   build:                                             -O1 -g0 128 s, -O2 -g0 138 s (156 s through this
+#                                                      recipe in a fresh clone at load 4-8: hence 2-5 minutes);
 #   1 GiB uint16 in 64^3 chunks into tmpfs, h5py only: -O1 0.69-1.64 s, -O2 0.73-3.59 s;
 #   blockfs2hdf of the 1 GiB demo volume, serial:      -O1 4.5-7.8 s,   -O2 6.5-7.1 s,
 #   against 3.5-4.3 s for the registry wheel (h5py 3.16.0 with its own HDF5 2.0.0, serial only):

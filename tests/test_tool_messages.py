@@ -5,6 +5,7 @@ from the TIFF import through every conversion, and ``blockfs --version``."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ from helpers import console
 from volumes import make_volume
 
 import blockfs
-from blockfs import Directory, ShardLocationWarning
+from blockfs import Directory
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -85,7 +86,7 @@ def test_an_incomplete_volume_warns_in_one_line(tmp_path: Path) -> None:
 
 
 def test_the_library_still_raises_blockfs_warnings(moved: Path) -> None:
-    with pytest.warns(ShardLocationWarning, match="not found; using"), Directory.open(str(moved)):
+    with pytest.warns(blockfs.ShardLocationWarning, match="not found; using"), Directory.open(str(moved)):
         pass
 
 
@@ -106,7 +107,9 @@ def test_a_missing_optional_package_says_what_to_install(tmp_path: Path, module:
     (tmp_path / "blocker" / "sitecustomize.py").write_text(BLOCKER)
     args = [a.format(volume=volume) for a in command]
     result = console(*args, cwd=tmp_path, timeout=60,
-                     env={"PYTHONPATH": str(tmp_path / "blocker"), "BLOCKED_MODULES": module})
+                     env={"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path / "blocker"),
+                                                                      os.environ.get("PYTHONPATH")])),
+                          "BLOCKED_MODULES": module})
     assert result.returncode == 1, result.stderr
     line = one_line(result)
     prog = " ".join(command[:2]) if command[0] == "blockfs" else command[0]

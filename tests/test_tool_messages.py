@@ -85,6 +85,27 @@ def test_an_incomplete_volume_warns_in_one_line(tmp_path: Path) -> None:
     assert one_line(result).startswith("blockfs tif: warning: unfinished.blockfs: incomplete: x began writing it")
 
 
+#: A tool whose work warns in a worker thread, as a volume opened by a worker does.
+THREADED = """\
+import argparse, sys, threading, warnings
+from blockfs import BlockfsWarning
+from blockfs.cli._support import run_tool
+
+def body(args):
+    worker = threading.Thread(target=warnings.warn, args=(BlockfsWarning("/data/a.blockfs: a worker's warning"),))
+    worker.start()
+    worker.join()
+
+sys.exit(run_tool(argparse.ArgumentParser(prog="blockfs-worker"), body, []))
+"""
+
+
+def test_a_warning_in_a_worker_thread_is_one_line_too(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-c", THREADED], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    assert result.returncode == 0
+    assert one_line(result) == "blockfs-worker: warning: /data/a.blockfs: a worker's warning"
+
+
 def test_the_library_still_raises_blockfs_warnings(moved: Path) -> None:
     with pytest.warns(blockfs.ShardLocationWarning, match="not found; using"), Directory.open(str(moved)):
         pass

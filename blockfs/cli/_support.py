@@ -253,7 +253,8 @@ def positive_int(text: str) -> int:
 
 def add_export_arguments(parser: argparse.ArgumentParser, example: str, what: str) -> None:
     """--input, --output-pattern, --n-workers and --silent, as every exporter has them."""
-    parser.add_argument("--input", required=True, metavar="BLOCKFS_FILE", help="the volume's directory file")
+    parser.add_argument("--input", required=True, metavar="BLOCKFS_FILE",
+                        help="the volume's directory file, or a folder holding one")
     parser.add_argument("--output-pattern", required=True, metavar="PATTERN",
                         help=f"file name of each {what} plane with one %%d-style field for its z, e.g. {example}; "
                              "folders are created as needed and existing files of the same name are replaced")

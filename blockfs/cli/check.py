@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="blockfs check", description="Verify every block of a volume; exit status 0 only if it is healthy.",
         epilog="example:\n  blockfs check /data/brain.blockfs\n  blockfs check --json /data/brain.blockfs | jq .problems",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("volume", help="the volume's directory (index) file")
+    parser.add_argument("volume", help="the volume's directory (index) file, or a folder holding one")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_silent(parser)
 

@@ -77,7 +77,7 @@ def metadata(args: argparse.Namespace) -> dict[str, list[float]]:
     return {} if args.voxel_size is None else {"voxel_size_um": list(args.voxel_size)}
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, prog: str) -> int:
     # Absolute shard names, as earlier blockfs releases wrote them, so that every reader finds them.
     output = os.path.abspath(os.path.expanduser(args.output))
     if launcher_rank()[1] > 1:  # started by mpiexec -n N: the ranks share the planes (blockfs.parallel.tools)
@@ -90,7 +90,7 @@ def _run(args: argparse.Namespace) -> int:
                                                           metadata(args)))
     unfinished = check_destination(output) if not args.overwrite else False
     paths = find_planes(args.input)
-    planes = [inspect_plane(p) for p in progress(paths, args.silent, "tif2blockfs: checking", unit="file")]
+    planes = [inspect_plane(p) for p in progress(paths, args.silent, f"{prog}: checking", unit="file")]
     common = check_stack(planes)
     (y_extent, x_extent), (bz, by, bx) = common.shape, args.block_size
     directory = Directory(x_extent, y_extent, len(paths), common.dtype, output, n_filenames=args.n_workers,
@@ -103,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
         directory.start_writer_processes()
         reader = read_in_order(paths, args.n_workers)
         with contextlib.closing(reader), PlaneWriter(directory) as writer:
-            for plane in progress(reader, args.silent, "tif2blockfs", len(paths), "plane"):
+            for plane in progress(reader, args.silent, prog, len(paths), "plane"):
                 writer.write(plane)
         directory.close()
     except BaseException:
@@ -116,10 +116,11 @@ def _run(args: argparse.Namespace) -> int:
         from ..pyramid.build import build_pyramid
         dest = build_pyramid(output, os.path.splitext(output)[0] + ".pyramid", args.pyramid,
                              n_workers=args.n_workers, silent=args.silent)
-        print(f"tif2blockfs: pyramid in {dest}")
+        print(f"{prog}: pyramid in {dest}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run tif2blockfs with ``argv`` (default: the command line); return the exit status."""
-    return run_tool(build_parser(), _run, argv)
+    parser = build_parser()
+    return run_tool(parser, lambda args: _run(args, parser.prog), argv)

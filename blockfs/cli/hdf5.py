@@ -22,7 +22,7 @@ def make_parser() -> argparse.ArgumentParser:
                f"{BLOCK_SIZE_ATTR} records the block size. An existing dataset is never replaced.\n"
                "lzf, szip and plugin filters are written serially (parallel HDF5 mislabels chunks they skip).",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("src", metavar="BLOCKFS_FILE", help="the volume's directory file")
+    parser.add_argument("src", metavar="BLOCKFS_FILE", help="the volume's directory file, or a folder holding one")
     parser.add_argument("dest", metavar="HDF5_FILE", help="the HDF5 file; created if missing, else added to")
     parser.add_argument("name", metavar="DATASET",
                         help="the dataset to create, e.g. /raw/channel0 (missing groups are created)")

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Describe a blockfs volume: shape, dtype, blocks, compression, shards (and which are "
                     "missing), blocks written, bytes on disk, compression ratio, application metadata.",
         epilog=EPILOG)
-    parser.add_argument("index_file", help="the volume's directory (.blockfs) file, or a pyramid folder")
+    parser.add_argument("index_file", help="the volume's directory (.blockfs) file, a folder holding one, or a pyramid folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     return parser
 

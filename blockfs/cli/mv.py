@@ -49,7 +49,7 @@ def build_parser(move: bool) -> argparse.ArgumentParser:
         description=f"{'Move' if move else 'Copy'} a blockfs volume (its directory file and shard files) into "
                     "a folder, rewriting the shard names in the new directory file.",
         epilog=EPILOG.format(prog=prog, verb=verb.capitalize(), detail=detail))
-    parser.add_argument("source", help="the volume's directory (.blockfs) file")
+    parser.add_argument("source", help="the volume's directory (.blockfs) file, or a folder holding one")
     parser.add_argument("dest", help="the folder to put the volume in (created if missing; its parent must exist)")
     add_silent(parser)
     return parser

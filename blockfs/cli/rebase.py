@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rewrite a blockfs directory file after its volume was moved by hand, so that its shard "
                     "names are the absolute paths of the shard files beside it.",
         epilog=EPILOG)
-    parser.add_argument("index_file", help="the volume's directory (.blockfs) file")
+    parser.add_argument("index_file", help="the volume's directory (.blockfs) file, or a folder holding one")
     parser.add_argument("--block-size", type=_positive_bytes, default=DEFAULT_BUFFER_SIZE, metavar="N",
                         help="bytes per read when copying the index into the new file "
                              f"(default {DEFAULT_BUFFER_SIZE}); affects only speed")

@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="blockfs repair", description=__doc__.split("\n\n")[0], epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("volume", help="the volume's directory (index) file")
+    parser.add_argument("volume", help="the volume's directory (index) file, or a folder holding one")
     parser.add_argument("--drop-missing-shards", action="store_true",
                         help="drop the blocks of shard files that are missing instead of refusing (they are "
                              "recorded as lost)")

@@ -54,7 +54,7 @@ def _workers(parser: argparse.ArgumentParser) -> None:
 def to_zarr_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="blockfs to-zarr", description="Repack a volume or pyramid as OME-Zarr.",
                                      epilog=TO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="a .blockfs volume or a pyramid folder")
+    parser.add_argument("source", help="a .blockfs volume, a folder holding one, or a pyramid folder")
     parser.add_argument("dest", help="the .zarr folder to write")
     parser.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="zarr format (default 3)")
     parser.add_argument("--shard-blocks", type=int, default=None, metavar="N",

@@ -118,7 +118,7 @@ def test_an_odd_plane_is_named_once_and_no_volume_is_left(tmp_path: Path) -> Non
     result, _ = mpiexec(3, [tool("blockfs"), "from-tif", "--input", tmp_path / "img_*.tif", "--output", output,
                             "--silent"])
     assert result.returncode == 1
-    assert result.stderr.count(f"tif2blockfs: {tmp_path / 'img_5.tif'}: the plane is 20x31") == 1, result.stderr
+    assert result.stderr.count(f"blockfs from-tif: {tmp_path / 'img_5.tif'}: the plane is 20x31") == 1, result.stderr
     assert not output.exists()
 
 

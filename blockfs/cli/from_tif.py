@@ -84,8 +84,8 @@ def _run(args: argparse.Namespace, prog: str) -> int:
         if args.pyramid:  # its worker processes would fork MPI ranks
             raise InvalidArgumentError(f"{args.output}: --pyramid {args.pyramid} does not run under mpiexec; import "
                                        "without it, then run blockfs pyramid on the volume.")
-        from ..parallel.tools import PROG, import_planes
-        return on_ranks(PROG, lambda ranks: import_planes(args.input, output, args.block_size, args.n_workers,
+        from ..parallel.tools import import_planes
+        return on_ranks(prog, lambda ranks: import_planes(args.input, output, args.block_size, args.n_workers,
                                                           args.compression, args.level, args.silent, ranks,
                                                           metadata(args)))
     unfinished = check_destination(output) if not args.overwrite else False

@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _export(args: argparse.Namespace, ranks: Ranks) -> int:
+def _export(args: argparse.Namespace, ranks: Ranks, prog: str) -> int:
     check_pattern(args.output_pattern)
     check_glymur()
     with Directory.open(args.input) as directory:
@@ -73,16 +73,17 @@ def _export(args: argparse.Namespace, ranks: Ranks) -> int:
         chosen = plan(directory.shape, directory.dtype, directory.z_block_size, args.n_workers, args.memory,
                       args.input)
         export_planes(directory, args.output_pattern, functools.partial(write_jp2k, psnr=args.psnr),
-                      chosen.workers, args.silent, "blockfs2jp2k", depth=chosen.depth, ranks=ranks)
+                      chosen.workers, args.silent, prog, depth=chosen.depth, ranks=ranks)
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, prog: str) -> int:
     """Under ``mpiexec -n N`` the ranks share the slabs; otherwise one process writes every plane."""
     args.input = volume_argument(args.input)
-    return on_ranks("blockfs2jp2k", lambda ranks: _export(args, ranks))
+    return on_ranks(prog, lambda ranks: _export(args, ranks, prog))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run blockfs2jp2k with ``argv`` (default: the command line); return the exit status."""
-    return run_tool(build_parser(), _run, argv)
+    parser = build_parser()
+    return run_tool(parser, lambda args: _run(args, parser.prog), argv)

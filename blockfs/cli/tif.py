@@ -41,21 +41,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _export(args: argparse.Namespace, ranks: Ranks) -> int:
+def _export(args: argparse.Namespace, ranks: Ranks, prog: str) -> int:
     check_pattern(args.output_pattern)
     with Directory.open(args.input) as directory:
         export_planes(directory, args.output_pattern, functools.partial(write_tiff, level=args.compression),
-                      args.n_workers, args.silent, "blockfs2tif", ranks=ranks)
+                      args.n_workers, args.silent, prog, ranks=ranks)
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, prog: str) -> int:
     """Under ``mpiexec -n N`` the ranks share the slabs; otherwise one process writes every plane."""
     args.input = volume_argument(args.input)
-    return on_ranks("blockfs2tif", lambda ranks: _export(args, ranks))
+    return on_ranks(prog, lambda ranks: _export(args, ranks, prog))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run blockfs2tif with ``argv`` (default: the command line); return the exit status."""
-    return run_tool(build_parser(), _run, argv)
+    parser = build_parser()
+    return run_tool(parser, lambda args: _run(args, parser.prog), argv)
 

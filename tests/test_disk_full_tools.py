@@ -62,9 +62,9 @@ def assert_full_disk_named(result: subprocess.CompletedProcess[str], prog: str, 
 
 
 EXPORTS = {
-    "tif": ("blockfs2tif", lambda v, d: ["tif", "--silent", "--input", v, "--output-pattern", d / "z%04d.tif"]),
-    "jp2k": ("blockfs2jp2k", lambda v, d: ["jp2k", "--silent", "--input", v, "--output-pattern", d / "z%04d.jp2"]),
-    "hdf5": ("blockfs2hdf5", lambda v, d: ["hdf5", "--silent", v, d / "out.h5", "/raw"]),
+    "tif": ("blockfs tif", lambda v, d: ["tif", "--silent", "--input", v, "--output-pattern", d / "z%04d.tif"]),
+    "jp2k": ("blockfs jp2k", lambda v, d: ["jp2k", "--silent", "--input", v, "--output-pattern", d / "z%04d.jp2"]),
+    "hdf5": ("blockfs hdf5", lambda v, d: ["hdf5", "--silent", v, d / "out.h5", "/raw"]),
 }
 
 
@@ -88,7 +88,7 @@ def test_a_tiff_import_onto_a_full_disk_names_the_file_and_leaves_no_volume(tmp_
         tifffile.imwrite(tmp_path / "in" / f"z{z:03d}.tif", plane)
     with small_disk(tmp_path / "disk") as disk:
         argv = ["from-tif", "--silent", "--input", tmp_path / "in" / "z*.tif", "--output", disk / "v.blockfs"]
-        assert_full_disk_named(console("blockfs", *argv), "tif2blockfs", disk)
+        assert_full_disk_named(console("blockfs", *argv), "blockfs from-tif", disk)
         assert os.listdir(disk) == []  # the half-written volume is removed: a re-run starts clean
         grow(disk)
         assert console("blockfs", *argv).returncode == 0
@@ -113,8 +113,7 @@ def test_rewriting_the_index_on_a_full_disk_names_the_file_and_keeps_the_volume(
             volume = moved / "volume.blockfs"
         fill(disk, 0)
         before = snapshot(disk)
-        assert_full_disk_named(console("blockfs", tool, "--silent", volume), f"blockfs {tool}" if tool == "repair"
-                               else "blockfs-rebase", disk)
+        assert_full_disk_named(console("blockfs", tool, "--silent", volume), f"blockfs {tool}", disk)
         assert snapshot(disk) == before  # nothing changed, nothing left behind
         os.unlink(disk / "ballast")
         result = console("blockfs", tool, "--silent", volume)

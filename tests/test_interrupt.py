@@ -73,7 +73,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], Callable[[Path, Path], list[Any]]
                        Callable[[Path, Path], Callable[[Any], bool]], str]] = {
     "tif": (sparse_volume, lambda v, o: [BIN / "blockfs", "tif", "--input", v, "--output-pattern",
                                         o / "p_%04d.tif", "--n-workers", 2, "--silent"],
-            lambda v, o: exported_a_plane(o), "blockfs2tif"),
+            lambda v, o: exported_a_plane(o), "blockfs tif"),
     "blockfs2tif": (sparse_volume, lambda v, o: [BIN / "blockfs2tif", "--input", v, "--output-pattern",
                                                 o / "p_%04d.tif", "--silent"], lambda v, o: exported_a_plane(o),
                     "blockfs2tif"),

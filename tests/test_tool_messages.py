@@ -224,20 +224,36 @@ def test_a_pyramid_folder_given_for_a_volume_names_its_level(tmp_path: Path) -> 
     assert console("blockfs", "info", "pyr", cwd=tmp_path).returncode == 0  # info takes pyramids
 
 
+def serving(tmp_path: Path, *args: str) -> tuple[str, str]:
+    """Start ``blockfs serve ARGS`` in ``tmp_path``; once it prints its first line, stop it: (that line, stderr)."""
+    server = subprocess.Popen([str(Path(sys.executable).with_name("blockfs")), "serve", "--port", "0", *args],
+                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    timer = threading.Timer(60, server.kill)
+    timer.start()
+    try:
+        first = server.stdout.readline()
+    finally:
+        timer.cancel()
+        server.terminate()
+        _, err = server.communicate(timeout=30)
+    return first, err
+
+
 def test_serve_names_a_volume_as_its_help_says(tmp_path: Path) -> None:
     pytest.importorskip("aiohttp")
     small_volume(tmp_path, "sample.blockfs")
     helped = console("blockfs", "serve", "--help", cwd=tmp_path).stdout
     assert "/data/brain.blockfs: brain" in helped and "without its extension" in " ".join(helped.split())
-    serving = subprocess.Popen([str(Path(sys.executable).with_name("blockfs")), "serve", "--port", "0",
-                                "sample.blockfs"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
-    timer = threading.Timer(60, serving.kill)
-    timer.start()
-    try:
-        first = serving.stdout.readline()
-    finally:
-        timer.cancel()
-        serving.terminate()
-        serving.communicate(timeout=30)
+    first, _ = serving(tmp_path, "sample.blockfs")
     assert first.startswith("sample: precomputed://http://127.0.0.1:") and "/sample " in first, first
+
+
+def test_serving_to_others_warns_in_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("aiohttp")
+    small_volume(tmp_path, "sample.blockfs")
+    first, err = serving(tmp_path, "--bind", "0.0.0.0", "sample.blockfs")
+    assert first.startswith("sample: precomputed://"), (first, err)
+    assert err.splitlines()[0] == ("blockfs serve: warning: serving on 0.0.0.0: every volume served is readable by "
+                                   "anyone who can reach this port and has its URL; bind 127.0.0.1 unless that is "
+                                   "what you want."), err
+    assert ".py" not in err, err

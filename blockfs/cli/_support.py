@@ -149,7 +149,8 @@ def warnings_as_lines(prog: str) -> Iterator[None]:
 
 
 def install_hint(exc: ModuleNotFoundError) -> str | None:
-    """``NAME is not installed; pip install 'blockfs[EXTRA]'`` for a missing optional package, else None."""
+    """``NAME is not installed; install it with pip install 'blockfs[EXTRA]'`` for a missing optional package,
+    else None."""
     package = (exc.name or "").split(".")[0]
     extra = EXTRAS.get(package)
     return None if extra is None else f"{package} is not installed; install it with pip install 'blockfs[{extra}]'"

@@ -15,9 +15,9 @@ from ._support import add_export_arguments, run_tool, volume_argument
 EPILOG = """\
 examples:
   blockfs2jp2k --input /data/brain.blockfs --output-pattern /data/jp2/img_%04d.jp2
-  blockfs2jp2k --input /data/brain.blockfs --output-pattern /data/jp2/img_%04d.jp2 --psnr 60 --memory 16
+  blockfs2jp2k --input /data/brain.blockfs --output-pattern /data/jp2/img_%04d.jp2 --psnr 80 --memory 16
 
-The first is lossless; the second is lossy at about 60 dB (PSNR against the dtype's full range,
+The first is lossless; the second is lossy at about 80 dB (PSNR against the dtype's full range,
 65535 for uint16) and holds at most ~16 GB of planes at a time. The suffix chooses the container:
 .jp2 writes JP2 files, .j2k a bare codestream.
 """

@@ -209,6 +209,11 @@ def volume_argument(path: str, pyramids: bool = False) -> str:
     if not os.path.isdir(path):
         return path
     from ..pyramid.folder import is_pyramid, level_path
+    from ..pyramid.state import is_half_built
+    if is_half_built(path):
+        raise InvalidArgumentError(f"{path}: holds an interrupted pyramid build, not a finished pyramid; run "
+                                   f"blockfs pyramid SOURCE {path} --resume to finish it (or --overwrite to start "
+                                   "again)")
     if is_pyramid(path):
         if pyramids:
             return path

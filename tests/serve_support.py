@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import pytest
 
 from blockfs import Directory
+from blockfs.serve import Server, start
 
 #: Blocks left unwritten in every level (chunk coordinates z, y, x, where they are on the grid).
 MISSING = {(1, 1, 1), (0, 2, 0)}
+#: The served volume of the HTTP tests (the ``volume`` and ``server`` fixtures), in (z, y, x).
+BLOCK = (16, 24, 32)
+SHAPE = (40, 60, 80)  # grid (3, 3, 3), edge blocks on every axis; chunk (1, 1, 1) never written
 
 
 def volume_data(shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:
@@ -65,3 +71,17 @@ def write_pyramid(root: Path, data: np.ndarray, block: tuple[int, int, int], n_l
     info = {"data_type": data.dtype.name, "num_channels": 1, "type": "image", "scales": scales}
     (root / "info").write_text(json.dumps(info))
     return levels
+
+
+@pytest.fixture
+def volume(tmp_path: Path) -> Path:
+    """The HTTP tests' volume: ``volume_data(SHAPE)`` in ``BLOCK``s with records, ``MISSING`` unwritten."""
+    write_volume(tmp_path / "vol.blockfs", volume_data(SHAPE), BLOCK, records=True)
+    return tmp_path / "vol.blockfs"
+
+
+@pytest.fixture
+def server(volume: Path) -> Iterator[Server]:
+    """A running server of ``volume``."""
+    with start(volume) as running:
+        yield running

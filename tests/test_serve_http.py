@@ -15,32 +15,17 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
 
 import blosc
 import numpy as np
 import pytest
 
-from serve_support import volume_data, write_volume
+from serve_support import BLOCK, SHAPE, server, volume, volume_data, write_volume  # noqa: F401 (fixtures)
 
 from blockfs import Directory
 from blockfs.serve import Server, start, view
 from blockfs.serve.server import is_loopback
 
-BLOCK = (16, 24, 32)  # z, y, x
-SHAPE = (40, 60, 80)  # grid (3, 3, 3), edge blocks on every axis; chunk (1, 1, 1) never written
-
-
-@pytest.fixture
-def volume(tmp_path: Path) -> Path:
-    write_volume(tmp_path / "vol.blockfs", volume_data(SHAPE), BLOCK, records=True)
-    return tmp_path / "vol.blockfs"
-
-
-@pytest.fixture
-def server(volume: Path) -> Iterator[Server]:
-    with start(volume) as running:
-        yield running
 
 
 def request(server: Server, path: str, method: str = "GET", headers: dict | None = None, token: bool = True

@@ -22,35 +22,22 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 from urllib.parse import urlsplit
 
 import blosc
 import numpy as np
 import pytest
 
-from serve_support import volume_data, write_pyramid, write_volume
+from serve_support import (BLOCK, SHAPE, server, volume, volume_data, write_pyramid,  # noqa: F401 (fixtures)
+                           write_volume)
 
 from blockfs import Directory
 from blockfs.serve import Server, start, view
 
-BLOCK = (16, 24, 32)  # z, y, x
-SHAPE = (40, 60, 80)  # grid (3, 3, 3), edge blocks on every axis; chunk (1, 1, 1) never written
 ROOT = Path(__file__).resolve().parent.parent
 #: Seconds within which a replaced or deleted volume must be noticed (the server looks every 0.5 s).
 NOTICE = 5.0
-
-
-@pytest.fixture
-def volume(tmp_path: Path) -> Path:
-    write_volume(tmp_path / "vol.blockfs", volume_data(SHAPE), BLOCK, records=True)
-    return tmp_path / "vol.blockfs"
-
-
-@pytest.fixture
-def server(volume: Path) -> Iterator[Server]:
-    with start(volume) as running:
-        yield running
 
 
 def base(server: Server) -> str:

@@ -3,7 +3,7 @@
 Every process that has a volume open for writing (a ``Directory`` created or opened "r+", each
 writer process, each forked or unrelated producer, each MPI rank) holds a *shared* ``flock`` on the
 index file for as long as it may write. An offline operation that rewrites or replaces the index
-or moves the shards (repair, mv, rebase, create over an existing volume) takes it *exclusively*.
+or copies or moves the shards (repair, mv, cp, rebase, create over an existing volume) takes it *exclusively*.
 Neither waits: a process that cannot have the lock it needs raises :class:`VolumeBusyError`, so
 repair can never run under a live writer, and no writer can start during a repair.
 

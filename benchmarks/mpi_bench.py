@@ -153,7 +153,7 @@ def rank_job(blocks_path: str, volume: str, shape: tuple[int, int, int], repeats
     for _ in range(repeats):
         d = Directory(shape[2], shape[1], shape[0], DTYPE, volume, n_filenames=SHARDS, x_block_size=BLOCK,
                       y_block_size=BLOCK, z_block_size=BLOCK, durable=False).create(overwrite=True, comm=comm)
-        writer = d._pool
+        writer = d.writable.sink
         if not mine:  # the blocks whose shard the next rank owns: every block is routed
             mine = [i for i, (z, y, x) in enumerate(origins)
                     if (writer.owner(d.layout.entry_index(x, y, z)) + 1) % size == rank]

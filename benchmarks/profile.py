@@ -29,7 +29,7 @@ import numpy as np
 import psutil
 
 from blockfs import Directory, launcher, records
-from blockfs.volume import projections
+from blockfs.selection import projections
 
 from .blockfs_bench import WriteConfig, fork_pool_alone, new_volume, remove_volume, write_once
 from .data import BLOCK_SHAPE, DTYPE, Dataset, make_dataset, parse_size

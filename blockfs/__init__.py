@@ -8,19 +8,15 @@ from .directory import Directory
 from .errors import (AttachError, BlockCoordinateError, BlockfsError, BlockfsWarning, BlockShapeError, ChecksumError,
                      ClosedError, CorruptBlockError, DatasetExistsError, EntryOverflowError, ExportError,
                      ForeignShardError, FormatError, IncompleteVolumeWarning, InvalidArgumentError, LostBlocksWarning,
-                     MissingDependencyError, MissingShardError, OpenServerWarning, PlaneCountError, PlaneError,
+                     MissingDependencyError, MissingShardError, NotCreatedError, OpenServerWarning, PlaneCountError, PlaneError,
                      PlaneMismatchError, ReadOnlyError, RegionError, ShardLocationWarning, StaleVolumeError,
                      UnsupportedCompressionError, UnsupportedDTypeError, VolumeBusyError, VolumeExistsError,
                      WriterError)
 
-from .volume import BlockProjection, Volume
+from .volume import BlockProjection, Volume, open_volume
+from .writable import WritableVolume, create_volume, open_writable
 
 __version__ = "1.0.0"
-
-
-def open_volume(path: str | os.PathLike, verify: bool = True) -> Volume:
-    """A read-only, thread-safe, cheaply pickled :class:`Volume` of the volume at ``path``."""
-    return Directory.open(os.fspath(path), "r", verify=verify).volume
 
 
 def open_zarr(path: str, zarr_format: int = 3) -> Any:
@@ -40,8 +36,9 @@ __all__ = [
     "AttachError", "BlockCoordinateError", "BlockProjection", "BlockShapeError", "BlockfsError", "BlockfsWarning",
     "ChecksumError", "ClosedError", "Compression", "CorruptBlockError", "DatasetExistsError", "Directory",
     "EntryOverflowError", "ExportError", "ForeignShardError", "FormatError", "IncompleteVolumeWarning",
-    "InvalidArgumentError", "LostBlocksWarning", "MissingDependencyError", "MissingShardError", "OpenServerWarning",
+    "InvalidArgumentError", "LostBlocksWarning", "MissingDependencyError", "MissingShardError", "NotCreatedError", "OpenServerWarning",
     "PlaneCountError", "PlaneError", "PlaneMismatchError", "ReadOnlyError", "RegionError", "ShardLocationWarning",
     "StaleVolumeError", "UnsupportedCompressionError", "UnsupportedDTypeError", "Volume", "VolumeBusyError",
-    "VolumeExistsError", "WriterError", "__version__", "open_volume", "open_zarr", "write_dask",
+    "VolumeExistsError", "WritableVolume", "WriterError", "__version__", "create_volume", "open_volume", "open_writable",
+    "open_zarr", "write_dask",
 ]

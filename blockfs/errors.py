@@ -65,6 +65,10 @@ class ClosedError(BlockfsError, ValueError):
     """The volume was used after close()."""
 
 
+class NotCreatedError(BlockfsError, RuntimeError):
+    """A Directory was used before ``create()`` made its volume (and none is at its path to attach to)."""
+
+
 class AttachError(BlockfsError, RuntimeError):
     """A Directory built in a worker process cannot use the volume at its path (missing, or another
     layout), or create() ran while multiprocessing imported the main module in a new process."""

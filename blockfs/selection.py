@@ -1,12 +1,17 @@
-"""Turning a numpy-style index into a region to read and the selection to apply to it."""
+"""Grid geometry of reads and writes: a numpy-style index as a box and the selection to apply to it,
+the blocks a box touches (:class:`BlockProjection`), and the entry of a block's first voxel."""
 
 from __future__ import annotations
 
+import itertools
 import operator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
-from .errors import RegionError
+import numpy as np
+
+from .errors import BlockCoordinateError, RegionError
+from .format import Layout
 
 
 @dataclass(frozen=True)
@@ -56,3 +61,57 @@ def select(key: Any, shape: tuple[int, ...], where: str) -> Selection:
     items += [slice(None)] * (len(shape) - len(items))
     axes = [_axis(item, n, name, where) for item, n, name in zip(items, shape, "zyx")]
     return Selection(tuple(a[0] for a in axes), tuple(a[1] for a in axes), tuple(a[2] for a in axes))
+
+
+def block_entry(layout: Layout, where: str, x: Any, y: Any, z: Any) -> int:
+    """The entry of the block whose first voxel is (x, y, z), or :class:`BlockCoordinateError`."""
+    try:
+        coords = [operator.index(c) for c in (x, y, z)]
+    except TypeError:
+        raise BlockCoordinateError(f"{where}: block coordinates must be integers; "
+                                   f"got (x={x!r}, y={y!r}, z={z!r}).") from None
+    for name, c, size, extent in zip("xyz", coords, (layout.x_block_size, layout.y_block_size, layout.z_block_size),
+                                     (layout.x_extent, layout.y_extent, layout.z_extent)):
+        if c % size or not 0 <= c < extent:
+            raise BlockCoordinateError(
+                f"{where}: {name}={c} is not the first voxel of a block; {name} must be a "
+                f"multiple of the block size {size} in [0, {extent}).")
+    return layout.entry_index(*coords)
+
+
+@dataclass(frozen=True)
+class BlockProjection:
+    """One block's share of a region (all selections in (z, y, x) order)."""
+
+    #: The block's first voxel (x, y, z), as ``read_block`` and ``write_block`` take it.
+    origin: tuple[int, int, int]
+    entry: int
+    #: The block's shape (z, y, x), truncated at the volume's edges.
+    shape: tuple[int, int, int]
+    #: The part of the block inside the region.
+    block_selection: tuple[slice, slice, slice]
+    #: Where that part goes in the region's bounding box.
+    out_selection: tuple[slice, slice, slice]
+    #: Whether the whole block lies inside the region.
+    is_complete: bool
+
+
+def projections(layout: Layout, start: tuple[int, ...], stop: tuple[int, ...]) -> Iterator[BlockProjection]:
+    """The blocks that intersect the box [start, stop) (z, y, x), z-major."""
+    ranges = [range(a // b * b, e, b) for a, e, b in zip(start, stop, layout.block_shape)]
+    for z, y, x in itertools.product(*ranges):
+        shape = layout.block_shape_at(x, y, z)
+        lo = [max(a, o) for a, o in zip(start, (z, y, x))]
+        hi = [min(b, o + n) for b, o, n in zip(stop, (z, y, x), shape)]
+        yield BlockProjection(
+            (x, y, z), layout.entry_index(x, y, z), shape,
+            tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, (z, y, x))),  # type: ignore[arg-type]
+            tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, start)),  # type: ignore[arg-type]
+            all(h - l == n for l, h, n in zip(lo, hi, shape)))
+
+
+def box_entries(layout: Layout, start: tuple[int, ...], stop: tuple[int, ...]) -> np.ndarray:
+    """The entries of the blocks that intersect the box [start, stop) (z, y, x), in the order of :func:`projections`."""
+    axes = [np.arange(a // b, -(-e // b), dtype=np.int64) * s for a, e, b, s in
+            zip(start, stop, layout.block_shape, (layout.z_stride, layout.y_stride, layout.x_stride))]
+    return (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :]).ravel()

@@ -8,6 +8,7 @@ opens its own file descriptors on demand (see :mod:`blockfs.storage`).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, TypeVar
 
@@ -15,9 +16,9 @@ import numpy as np
 
 from . import marks, records
 from .codec import check_sizes, compress, decompress_into
-from .errors import ChecksumError, CorruptBlockError, MissingShardError
-from .format import Layout, pack_entries, pack_entry, unpack_entries, unpack_entry
-from .storage import VolumeFiles, pwrite_all
+from .errors import ChecksumError, CorruptBlockError, MissingShardError, ShardLocationWarning
+from .format import Layout, pack_entries, pack_entry, read_directory_file, unpack_entries, unpack_entry
+from .storage import VolumeFiles, pwrite_all, resolve_shard_path, shadowing_copy
 
 T = TypeVar("T")
 
@@ -76,6 +77,45 @@ class StoreSpec:
         return dataclasses.replace(self, writable=False)
 
 
+#: Entries this close together are read from the index in one call (bytes read past beat a second call).
+RUN_GAP = 64
+
+
+def spec_for(path: str, layout: Layout, directory_offset: int, writable: bool = False, durable: bool = True,
+             identity: tuple[int, int] | None = None, resolve: bool = True, warn_depth: int = 3) -> StoreSpec:
+    """The spec of the volume whose index at ``path`` has this layout.
+
+    With ``resolve``, each shard is looked for where its stored name says, then beside the index
+    (a moved volume), with a :class:`ShardLocationWarning` when the fallback is taken or when a
+    copy's own shard sits beside it while the stored name leads elsewhere; without, the stored
+    names are the paths (a volume being created).
+    """
+    if not resolve:
+        return StoreSpec(path, layout.block_filenames, layout, directory_offset, writable, durable,
+                         tuple((name,) for name in layout.block_filenames), identity)
+    resolved = [resolve_shard_path(path, name) for name in layout.block_filenames]
+    for name, shard in zip(layout.block_filenames, resolved):
+        if shard.fallback:
+            warnings.warn(f"{path}: shard {name!r} not found; using {shard.path} beside the directory file "
+                          "(run blockfs-rebase to record the new location)", ShardLocationWarning,
+                          stacklevel=warn_depth)
+        else:
+            copy = shadowing_copy(path, name, shard.path)
+            if copy is not None:
+                warnings.warn(f"{path}: shard {name!r} lies outside this volume's folder, though {copy} sits beside "
+                              "it; if the volume was copied (cp -r), it is using the original's shards. Run "
+                              f"blockfs-rebase {path} to use its own.", ShardLocationWarning, stacklevel=warn_depth)
+    return StoreSpec(path, tuple(s.path for s in resolved), layout, directory_offset, writable, durable,
+                     tuple(tuple(s.looked_at) for s in resolved), identity)
+
+
+def resolve_spec(path: str, writable: bool = False, durable: bool = True, warn_depth: int = 2) -> StoreSpec:
+    """The spec of the volume at ``path``, from its header, with its shards found (see :func:`spec_for`)."""
+    header = read_directory_file(path)
+    return spec_for(path, header.layout, header.directory_offset, writable, durable, header.identity,
+                    warn_depth=warn_depth + 1)
+
+
 def referenced_bytes(starts: np.ndarray, ends: np.ndarray) -> int:
     """Bytes of a shard that index entries point at: the union of their [start, end) ranges.
 
@@ -115,6 +155,27 @@ class BlockStore:
         lay = self.layout
         raw = self._files.read_index(lay.entry_position(first, self.spec.directory_offset), count * lay.entry_size)
         return unpack_entries(raw, lay)
+
+    def lookup(self, entries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets, sizes) of the given entries (any order), reading only the runs of the index they lie in.
+
+        Entries closer than :data:`RUN_GAP` entries apart are read in one call, so a region read
+        costs a few calls, and a column ``v[:, y, x]`` reads its own entries, not the whole index.
+        """
+        wanted = np.asarray(entries, np.int64).ravel()
+        offsets = np.zeros(wanted.size, np.uint64)
+        sizes = np.zeros(wanted.size, np.uint64)
+        if not wanted.size:
+            return offsets, sizes
+        order = np.argsort(wanted, kind="stable")
+        ordered = wanted[order]
+        breaks = np.flatnonzero(np.diff(ordered) > RUN_GAP) + 1
+        for run in np.split(np.arange(ordered.size), breaks):
+            first, last = int(ordered[run[0]]), int(ordered[run[-1]])
+            run_offsets, run_sizes = self.entries(first, last - first + 1)
+            offsets[order[run]] = run_offsets[ordered[run] - first]
+            sizes[order[run]] = run_sizes[ordered[run] - first]
+        return offsets, sizes
 
     def write_entries(self, first: int, offsets: np.ndarray, sizes: np.ndarray) -> None:
         """Overwrite consecutive entries from entry ``first``."""

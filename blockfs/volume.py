@@ -8,21 +8,20 @@ part of it lies inside the region and where that part goes in the output. Reads,
 
 from __future__ import annotations
 
-import itertools
 import math
-import operator
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
-from dataclasses import dataclass
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import BlockCoordinateError, BlockShapeError
+from . import marks
+from .errors import BlockShapeError, IncompleteVolumeWarning, InvalidArgumentError, LostBlocksWarning
 from .format import Layout
-from .selection import Selection, select
-from .store import BlockStore, StoreSpec
+from .selection import BlockProjection, Selection, block_entry, box_entries, projections, select
+from .store import BlockStore, StoreSpec, resolve_spec
 
 _executor: ThreadPoolExecutor | None = None
 _executor_pid = 0
@@ -44,53 +43,6 @@ def _block_scratch(shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
     if buffer is None or buffer.size < size:
         buffer = _scratch.buffer = np.empty(size, np.uint8)
     return buffer[:size].view(dtype).reshape(shape)
-
-
-def block_entry(layout: Layout, where: str, x: Any, y: Any, z: Any) -> int:
-    """The entry of the block whose first voxel is (x, y, z), or :class:`BlockCoordinateError`."""
-    try:
-        coords = [operator.index(c) for c in (x, y, z)]
-    except TypeError:
-        raise BlockCoordinateError(f"{where}: block coordinates must be integers; "
-                                   f"got (x={x!r}, y={y!r}, z={z!r}).") from None
-    for name, c, size, extent in zip("xyz", coords, (layout.x_block_size, layout.y_block_size, layout.z_block_size),
-                                     (layout.x_extent, layout.y_extent, layout.z_extent)):
-        if c % size or not 0 <= c < extent:
-            raise BlockCoordinateError(
-                f"{where}: {name}={c} is not the first voxel of a block; {name} must be a "
-                f"multiple of the block size {size} in [0, {extent}).")
-    return layout.entry_index(*coords)
-
-
-@dataclass(frozen=True)
-class BlockProjection:
-    """One block's share of a region (all selections in (z, y, x) order)."""
-
-    #: The block's first voxel (x, y, z), as ``read_block`` and ``write_block`` take it.
-    origin: tuple[int, int, int]
-    entry: int
-    #: The block's shape (z, y, x), truncated at the volume's edges.
-    shape: tuple[int, int, int]
-    #: The part of the block inside the region.
-    block_selection: tuple[slice, slice, slice]
-    #: Where that part goes in the region's bounding box.
-    out_selection: tuple[slice, slice, slice]
-    #: Whether the whole block lies inside the region.
-    is_complete: bool
-
-
-def projections(layout: Layout, start: tuple[int, ...], stop: tuple[int, ...]) -> Iterator[BlockProjection]:
-    """The blocks that intersect the box [start, stop) (z, y, x), z-major."""
-    ranges = [range(a // b * b, e, b) for a, e, b in zip(start, stop, layout.block_shape)]
-    for z, y, x in itertools.product(*ranges):
-        shape = layout.block_shape_at(x, y, z)
-        lo = [max(a, o) for a, o in zip(start, (z, y, x))]
-        hi = [min(b, o + n) for b, o, n in zip(stop, (z, y, x), shape)]
-        yield BlockProjection(
-            (x, y, z), layout.entry_index(x, y, z), shape,
-            tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, (z, y, x))),  # type: ignore[arg-type]
-            tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, start)),  # type: ignore[arg-type]
-            all(h - l == n for l, h, n in zip(lo, hi, shape)))
 
 
 class Volume:
@@ -194,7 +146,10 @@ class Volume:
 
     __getitem__ = read
 
-    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if copy is False:
+            raise InvalidArgumentError(f"{self.path}: a volume is stored compressed, so np.asarray cannot give it "
+                                       "without a copy; use copy=None or read it with v[...].")
         data = self.read()
         return data if dtype is None else data.astype(dtype, copy=False)
 
@@ -226,29 +181,27 @@ class Volume:
         if box.size == 0:
             return
         lay, start, stop = self.layout, sel.start, sel.stop
-        first = lay.entry_index(*(a // b * b for a, b in zip(reversed(start), reversed(lay.block_shape))))
-        last = lay.entry_index(*((e - 1) // b * b for e, b in zip(reversed(stop), reversed(lay.block_shape))))
-        offsets, sizes = self._store.entries(first, last - first + 1)
+        offsets, sizes = self._store.lookup(box_entries(lay, start, stop))
         store, verify, dtype = self._store, self.verify, self.dtype
-        n_blocks = math.prod(-(-e // b) - a // b for a, e, b in zip(start, stop, lay.block_shape))
-        parts = projections(lay, start, stop)
+        n_blocks = offsets.size
+        parts = enumerate(projections(lay, start, stop))  # in the order of box_entries
         taking = threading.Lock()
 
         def fill() -> None:
+            nonlocal parts
             while True:
                 with taking:
-                    part = next(parts, None)
+                    k, part = next(parts, (0, None))
                 if part is None:
                     return
                 try:
-                    place(part)
+                    place(k, part)
                 except BaseException:
                     with taking:
-                        parts.close()  # the other threads stop at their next block
+                        parts = iter(())  # the other threads stop at their next block
                     raise
 
-        def place(part: BlockProjection) -> None:
-            k = part.entry - first
+        def place(k: int, part: BlockProjection) -> None:
             target = box[part.out_selection]
             if not sizes[k]:
                 if zero:
@@ -269,7 +222,31 @@ class Volume:
         for future in futures:
             future.result()
 
+    def unsaved_blocks(self) -> list[tuple[int, int, int]]:
+        """First voxels (x, y, z) of the blocks repair recorded as lost that are still unwritten."""
+        return self._store.unsaved_blocks()
+
     def close(self) -> None:
         """Close this process's file descriptors (a later read reopens them)."""
         self._store.close()
+
+
+def warn_marks(volume: Volume, depth: int = 3) -> None:
+    """Warn when the header says the volume is incomplete, or holds blocks repair could not save."""
+    state, path = volume.layout.marks, volume.path
+    if marks.INCOMPLETE_KEY in state:
+        warnings.warn(f"{path}: incomplete: {marks.describe_incomplete(state[marks.INCOMPLETE_KEY])}.",
+                      IncompleteVolumeWarning, stacklevel=depth)
+    lost = volume.unsaved_blocks()
+    if lost:
+        warnings.warn(f"{path}: {len(lost)} blocks that repair could not save read as zeros "
+                      f"(the first at (x, y, z) = {lost[0]}); write them again, or accept the loss with "
+                      f"blockfs repair --accept-loss {path}.", LostBlocksWarning, stacklevel=depth)
+
+
+def open_volume(path: str | os.PathLike, verify: bool = True) -> Volume:
+    """A read-only, thread-safe, cheaply pickled :class:`Volume` of the volume at ``path``."""
+    volume = Volume(BlockStore(resolve_spec(os.fspath(path), warn_depth=3)), verify)
+    warn_marks(volume)
+    return volume
 

@@ -86,7 +86,7 @@ def main() -> int:
                       x_block_size=BLOCK, y_block_size=BLOCK, z_block_size=BLOCK,
                       n_offset_bits=args.offset_bits, records=not args.no_records).create(comm=comm)
     phase[0] = "write"
-    writer = d._pool
+    writer = d.writable.sink
     mine = []
     for z in range(0, SHAPE[0], BLOCK):
         for y in range(0, SHAPE[1], BLOCK):

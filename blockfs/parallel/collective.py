@@ -1,7 +1,8 @@
 """Collective volumes: every rank of an MPI communicator writes blocks of one volume.
 
-``Directory(...).create(comm=comm)`` and ``Directory.open(path, "r+", comm=comm)`` are collective
-and hand the Directory a :class:`CollectiveWriter`; then any rank may ``write_block`` any block,
+:func:`create_collective` and :func:`open_collective` (``Directory(...).create(comm=comm)`` and
+``Directory.open(path, "r+", comm=comm)``) are collective and give the volume a
+:class:`CollectiveWriter`; then any rank may ``write_block`` any block,
 and ``close()`` (collective) returns on every rank once every block written by any rank is in
 its shard and indexed.
 
@@ -40,11 +41,12 @@ import numpy as np
 
 from .. import records
 from ..errors import describe
-from ..directory import Directory
 from ..errors import BlockfsError, WriterError
-from ..format import pack_entry
+from ..format import Layout, pack_entry
 from ..storage import pwrite_all
 from ..store import BlockStore
+from ..volume import Volume, open_volume
+from ..writable import WritableVolume, create_from_layout, open_writable
 
 T = TypeVar("T")
 
@@ -87,9 +89,9 @@ def together(comm: Any, step: Callable[[], T]) -> T:
 
 
 class CollectiveWriter:
-    """The write path of a Directory shared by the ranks of ``comm`` (used through Directory)."""
+    """The write path of a volume shared by the ranks of ``comm``."""
 
-    is_owner = True  # Directory.write_block hands this rank's blocks to submit()
+    is_owner = True  # write_block hands this rank's blocks to submit()
     shards_synced_by_owners = True  # close() fsyncs each shard on its owner rank only
     writers: list = []  # no writer processes
 
@@ -246,22 +248,25 @@ class CollectiveWriter:
             os.fsync(self._store.index_fd())
 
 
-def _attach(directory: Directory, comm: Any, window: int) -> Directory:
-    """Give an r+ Directory the collective write path (the Directory's files, opened lazily)."""
-    return directory.write_through(lambda store: CollectiveWriter(comm, store, window))
+def _collective(volume: WritableVolume, comm: Any, window: int) -> WritableVolume:
+    """Give a writable volume the collective write path."""
+    return volume.write_through(lambda store: CollectiveWriter(comm, store, window))
 
 
-def create(directory: Directory, comm: Any, overwrite: bool = True, window: int = DEFAULT_WINDOW,
-           incomplete: str | None = None) -> Directory:
-    """Collective ``create``: rank 0 makes the files; every rank raises its error, if any."""
-    together(comm, lambda: Directory.create(directory, overwrite, incomplete=incomplete)
-             if comm.Get_rank() == 0 else None)
-    comm.Barrier()
-    return _attach(directory, comm, window)
+def create_collective(layout: Layout, path: str, comm: Any, overwrite: bool = True,
+                      directory_offset: int | None = None, incomplete: str | None = None, verify: bool = True,
+                      durable: bool = True, window: int = DEFAULT_WINDOW) -> WritableVolume:
+    """Collective create: rank 0 makes the files (every rank raises its error, if any); then every
+    rank writes the new volume through a :class:`CollectiveWriter`."""
+    made = together(comm, lambda: create_from_layout(path, layout, directory_offset, overwrite, incomplete, verify,
+                                                     durable) if comm.Get_rank() == 0 else None)
+    spec = comm.bcast(made.store.spec if made is not None else None)
+    return _collective(made if made is not None else WritableVolume(BlockStore(spec), verify), comm, window)
 
 
-def open_volume(path: str, mode: str, comm: Any, verify: bool = True, durable: bool = True,
-                window: int = DEFAULT_WINDOW) -> Directory:
-    """Collective ``Directory.open``: in mode "r+" every rank then writes through a :class:`CollectiveWriter`."""
-    directory = together(comm, lambda: Directory.open(path, mode, verify=verify, durable=durable))
-    return _attach(directory, comm, window) if mode == "r+" else directory
+def open_collective(path: str, mode: str, comm: Any, verify: bool = True, durable: bool = True,
+                    window: int = DEFAULT_WINDOW) -> Volume:
+    """Collective open: in mode "r+" every rank then writes through a :class:`CollectiveWriter`."""
+    if mode != "r+":
+        return together(comm, lambda: open_volume(path, verify))
+    return _collective(together(comm, lambda: open_writable(path, verify, durable)), comm, window)

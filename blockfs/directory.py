@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import multiprocessing
 import os
 import threading
@@ -12,11 +11,12 @@ import numpy as np
 
 from . import format as fmt
 from .codec import Compression
-from .errors import AttachError, ClosedError, InvalidArgumentError, NotCreatedError, ReadOnlyError, VolumeExistsError
+from .errors import ClosedError, InvalidArgumentError, NotCreatedError, ReadOnlyError, VolumeExistsError
 from .selection import block_entry
-from .store import BlockStore, resolve_spec, spec_for
+from .store import BlockStore, spec_for
 from .volume import Volume, open_volume
-from .writable import BlockSink, WritableVolume, create_from_layout, new_layout, open_writable, positive
+from .writable import (BlockSink, WritableVolume, create_from_layout, new_layout, open_matching, open_writable,
+                       positive)
 
 MODES = ("r", "r+")
 
@@ -92,17 +92,10 @@ class Directory:
     # -- creating and opening ------------------------------------------------------------------
 
     def create(self, overwrite: bool = True, comm: Any = None, incomplete: str | None = None) -> "Directory":
-        """Write a new, empty volume: the index file and empty shard files.
+        """Write a new, empty volume (index, then empty shards) and open it for writing.
 
-        As in earlier releases, a volume (or empty files) already at these paths is replaced: the
-        new index atomically replaces the old one, and only then are the shards emptied. Only the
-        volume's own files are touched: a non-empty file that is neither a blockfs index nor a
-        shard of the volume at this path is refused. ``overwrite=False`` refuses any existing file.
-        A volume open for writing in any process is never replaced (:class:`VolumeBusyError`), and
-        of two processes creating the same volume at once, one gets that error. With an MPI
-        communicator ``comm`` the call is collective and every rank may write (blockfs.parallel).
-        A tool that writes the whole volume passes ``incomplete="its name"``: the header says the
-        volume is incomplete until :func:`blockfs.storage.mark_complete` (see docs/FORMAT.md).
+        What is replaced or refused, and ``incomplete``, are as in :func:`blockfs.create_from_layout`;
+        with an MPI communicator ``comm`` the call is collective and every rank may write.
         """
         if comm is not None:
             from .parallel.collective import create_collective
@@ -139,32 +132,6 @@ class Directory:
     def unsaved_blocks(self) -> list[tuple[int, int, int]]:
         """First voxels (x, y, z) of the blocks repair recorded as lost that are still unwritten."""
         return self.store.unsaved_blocks()
-
-    def _attach(self) -> None:
-        """In a process started by multiprocessing, use the volume at this path if it has this layout.
-
-        That is the README pattern under spawn and forkserver: the worker re-imports the module and
-        builds a module-level Directory that was never create()d here, for the volume the parent made.
-        """
-        path = self.directory_filename
-        writable = os.access(path, os.W_OK)
-        try:
-            spec = resolve_spec(path, writable, self.durable)
-        except FileNotFoundError:
-            raise AttachError(f"{path}: this Directory was never create()d in this worker process, and there is "
-                              "no volume at that path to write into; call create() in the parent before starting "
-                              "the workers.") from None
-        mine = dataclasses.asdict(self._layout) | {"directory_offset": self.directory_offset, "marks": None}
-        disk = dataclasses.asdict(spec.layout) | {"directory_offset": spec.directory_offset, "marks": None}
-        differ = [f"{key} is {disk[key]!r} on disk but {mine[key]!r} here" for key in mine if mine[key] != disk[key]]
-        if differ:
-            raise AttachError(f"{path}: the volume on disk does not match this Directory(...), so this worker "
-                              f"cannot write into it: {'; '.join(differ)}. Construct it with the arguments the "
-                              "volume was created with, or pass the volume to the workers instead.")
-        view = WritableVolume(BlockStore(spec), self.verify)
-        if writable:
-            view.store.index_fd()
-        self._layout, self._view, self._mode = spec.layout, view, "r+" if writable else "r"
 
     def __reduce__(self) -> tuple:
         if self._mode is None:
@@ -259,10 +226,7 @@ class Directory:
     # -- writing -------------------------------------------------------------------------------
 
     def start_writer_processes(self, queue_depth: int = 10) -> None:
-        """Start one writer process per shard; this process's writes then go through them.
-
-        At most ``queue_depth`` blocks wait per writer, so memory stays bounded.
-        """
+        """Start one writer process per shard (at most ``queue_depth`` blocks wait per writer)."""
         self.writable.start_writers(positive("queue_depth", queue_depth))
 
     def write_through(self, make_sink: Callable[[BlockStore], BlockSink]) -> "Directory":
@@ -280,12 +244,8 @@ class Directory:
         return self
 
     def write_block(self, block: Any, x: int, y: int, z: int) -> None:
-        """Write one block (z, y, x array, cast by :mod:`blockfs.casting`) whose first voxel is (x, y, z).
-
-        From the process that started the writer processes, the block is queued to them; from any
-        other process (forked, spawned or unrelated) it is compressed and appended here, safely
-        alongside other writers.
-        """
+        """Write one block (a (z, y, x) array) whose first voxel is (x, y, z); see
+        :meth:`WritableVolume.write_block`."""
         self.writable.write_block(block, x, y, z)
 
     def __setitem__(self, key: Any, value: Any) -> None:
@@ -312,13 +272,8 @@ class Directory:
         return self.volume.read_block(x, y, z)
 
     def read_block_payload(self, x: int, y: int, z: int) -> bytes | None:
-        """The stored (blosc-compressed) bytes of the block at (x, y, z); None if never written.
-
-        On a volume with records the bytes are checked against their record's CRC32C (unless the
-        volume was opened with ``verify=False``); a block written without a record (by an earlier
-        release) is checked by its blosc header's sizes instead. A full-size block's payload is a
-        valid zarr v2 chunk with a blosc compressor.
-        """
+        """The stored (blosc-compressed) bytes of the block at (x, y, z), checked; None if never written.
+        A full-size block's payload is a valid zarr v2 chunk with a blosc compressor."""
         return self.volume.read_block_payload(x, y, z)
 
     def __getitem__(self, key: Any) -> np.ndarray:
@@ -342,8 +297,12 @@ class Directory:
     def _readable(self) -> Volume:
         if self._view is None:
             with _attach_lock:
+                # A worker started by multiprocessing (the README pattern under spawn and forkserver)
+                # re-imports a module-level Directory never create()d here: it joins the parent's volume.
                 if self._view is None and multiprocessing.parent_process() is not None and not self._closed:
-                    self._attach()
+                    self._view = open_matching(self.directory_filename, self._layout, self.directory_offset,
+                                               self.verify, self.durable)
+                    self._mode = "r+" if self._view.store.spec.writable else "r"
         if self._view is None:
             raise NotCreatedError(f"{self.directory_filename}: the volume does not exist yet; call create() first.")
         return self._view
@@ -356,11 +315,8 @@ class Directory:
                                 "to write blocks.")
 
     def close(self) -> None:
-        """Wait for the writers to store every queued block, fsync what was written, release the files.
-
-        Raises :class:`WriterError` if a writer failed or died. Reads keep working afterwards, writes
-        raise :class:`ClosedError`; calling it again does nothing.
-        """
+        """Store every queued block, fsync, release the files; see :meth:`WritableVolume.close`.
+        Reads keep working afterwards; calling it again does nothing."""
         if self._closed:
             return
         self._closed = True

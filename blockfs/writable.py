@@ -239,6 +239,33 @@ def open_writable(path: str | os.PathLike, verify: bool = True, durable: bool = 
     return volume
 
 
+def open_matching(path: str, layout: fmt.Layout, directory_offset: int, verify: bool = True,
+                  durable: bool = True) -> "WritableVolume":
+    """The volume at ``path`` if it has this layout (for writing when its files allow), else :class:`AttachError`.
+
+    That is how a process started by multiprocessing (the README pattern under spawn and
+    forkserver) joins the volume its parent created.
+    """
+    writable = os.access(path, os.W_OK)
+    try:
+        spec = resolve_spec(path, writable, durable)
+    except FileNotFoundError:
+        raise AttachError(f"{path}: this Directory was never create()d in this worker process, and there is "
+                          "no volume at that path to write into; call create() in the parent before starting "
+                          "the workers.") from None
+    mine = dataclasses.asdict(layout) | {"directory_offset": directory_offset, "marks": None}
+    disk = dataclasses.asdict(spec.layout) | {"directory_offset": spec.directory_offset, "marks": None}
+    differ = [f"{key} is {disk[key]!r} on disk but {mine[key]!r} here" for key in mine if mine[key] != disk[key]]
+    if differ:
+        raise AttachError(f"{path}: the volume on disk does not match this Directory(...), so this worker "
+                          f"cannot write into it: {'; '.join(differ)}. Construct it with the arguments the "
+                          "volume was created with, or pass the volume to the workers instead.")
+    volume = WritableVolume(BlockStore(spec), verify)
+    if writable:
+        volume.store.index_fd()  # the writers' shared lock
+    return volume
+
+
 def _reopen_writable(spec: StoreSpec, verify: bool) -> "WritableVolume":
     return WritableVolume(BlockStore(spec), verify)
 
@@ -390,7 +417,7 @@ class WritableVolume(Volume):
         try:
             if self._sink is not None:
                 self._sink.close()
-            if self.durable:
+            if self.durable and self._store.spec.writable:
                 # Blocks written by other processes (forked producers) are this close()'s promise too.
                 self._store.sync(every=self._sink is None or not self._sink.shards_synced_by_owners)
         finally:
@@ -406,5 +433,5 @@ class WritableVolume(Volume):
         self.close()
 
 
-__all__ = ["BlockSink", "WritableVolume", "create_from_layout", "create_volume", "new_layout", "open_writable",
-           "positive"]
+__all__ = ["BlockSink", "WritableVolume", "create_from_layout", "create_volume", "new_layout", "open_matching",
+           "open_writable", "positive"]

@@ -29,6 +29,8 @@ import time
 from multiprocessing import util
 from typing import Any, Callable
 
+from .errors import WriterError
+
 #: The first bytes of a child's shared memory: whether the launcher recorded its end, and its exit code.
 STATUS = struct.Struct("<qq")
 #: How long the owner waits, after a child has ended, for the launcher to record how.
@@ -125,13 +127,13 @@ class Launcher:
                 socket.send_fds(self._socket, [request], [memory_fd, *fds])
                 reply, pidfds, _, _ = socket.recv_fds(self._socket, _MESSAGE_BYTES, 1)
             except OSError as exc:
-                raise OSError(f"the blockfs launcher process ({self.process.pid}) is not answering: {exc}") from exc
+                raise WriterError(f"the blockfs launcher process ({self.process.pid}) is not answering: {exc}") from exc
         if not reply:
-            raise OSError(f"the blockfs launcher process ({self.process.pid}) has exited "
-                          f"(status {self.process.wait()}); see the error above")
+            raise WriterError(f"the blockfs launcher process ({self.process.pid}) has exited "
+                              f"(status {self.process.wait()}); see the error above")
         outcome, value = pickle.loads(reply)
         if outcome != "started":
-            raise OSError(f"the blockfs launcher process could not start a writer: {value}")
+            raise WriterError(f"the blockfs launcher process could not start a writer: {value}")
         return Child(value, pidfds[0], memory, self)
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MissingShardError, WriterError
+from .errors import InvalidArgumentError, MissingShardError, WriterError
 from .format import Layout
 from .launcher import STATUS, Child, launcher
 from .store import BlockStore, StoreSpec
@@ -380,5 +380,5 @@ def _hold(pipe: MessagePipe, messages: int) -> None:
         try:
             fcntl.fcntl(pipe.write_fd, fcntl.F_SETPIPE_SZ, needed)
         except OSError as exc:
-            raise ValueError(f"{messages} writer slots need a pipe of {needed} bytes, more than this system "
+            raise InvalidArgumentError(f"{messages} writer slots need a pipe of {needed} bytes, more than this system "
                              f"allows ({exc.strerror}); pass a smaller queue_depth") from None

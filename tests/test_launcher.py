@@ -19,6 +19,7 @@ from test_writers import new_volume
 
 from blockfs import Directory
 from blockfs.errors import WriterError
+from blockfs.launcher import Launcher
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -129,3 +130,17 @@ def test_a_writer_killed_after_its_launcher_is_reported_without_a_hang(tmp_path:
         assert time.monotonic() - started < 30
     finally:
         d.close()
+
+
+def test_a_dead_launcher_is_a_writer_error_not_a_file_error() -> None:
+    """The launcher's failures are blockfs's own (WriterError), not OSErrors naming no file."""
+    dead = Launcher()
+    dead.process.kill()
+    dead.process.wait()
+    memory_fd = os.memfd_create("status")
+    try:
+        with pytest.raises(WriterError, match="launcher process"):
+            dead.start(print, (), memory_fd, None, [])  # type: ignore[arg-type]  # never reaches the child
+    finally:
+        os.close(memory_fd)
+        dead.close()

@@ -366,3 +366,31 @@ def test_read_block_payload_checks_the_record(tmp_path: Path) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
     with pytest.raises(ChecksumError):
         d.read_block_payload(0, 0, 0)
+
+
+def test_a_column_reads_only_its_own_index_entries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``v[:, y, x]`` of a 40^3-block grid reads its 40 entries, not the 64,000-entry index between them."""
+    import blockfs
+    from blockfs.storage import VolumeFiles
+
+    with blockfs.create_volume(tmp_path / "big.blockfs", (40 * 8,) * 3, "uint16", (8, 8, 8), shards=2) as v:
+        column = np.arange(40 * 8, dtype=np.uint16).reshape(-1, 1, 1) * np.ones((1, 8, 8), np.uint16)
+        v[:, 16:24, 8:16] = column
+    read: list[int] = []
+    real = VolumeFiles.read_index
+
+    def counting(self: VolumeFiles, offset: int, size: int) -> bytes:
+        read.append(size)
+        return real(self, offset, size)
+
+    monkeypatch.setattr(VolumeFiles, "read_index", counting)
+    volume = blockfs.open_volume(tmp_path / "big.blockfs")
+    np.testing.assert_array_equal(volume[:, 20, 10], column[:, 0, 0], strict=True)
+    entry_size = volume.layout.entry_size
+    assert sum(read) == 40 * entry_size, f"{sum(read)} index bytes read for 40 entries of {entry_size} bytes"
+    assert len(read) == 40  # z-neighbours lie 1,600 entries apart: one read each
+    read.clear()
+    row = np.zeros((8, 8, 320), np.uint16)
+    row[:, :, 8:16] = column[:8]
+    np.testing.assert_array_equal(volume[0:8, 16:24, :], row, strict=True)
+    assert len(read) == 1 and sum(read) == 40 * entry_size  # a row of blocks: one run of 40 entries

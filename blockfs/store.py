@@ -244,10 +244,22 @@ class BlockStore:
                 raise
             return read(*now)
 
-    def payload(self, entry: int, nbytes: int, verify: bool) -> bytes | None:
-        """The stored bytes of block ``entry`` (``nbytes`` uncompressed); None if never written."""
-        return self.with_retry(entry, self.entry(entry),
-                               lambda offset, size: bytes(self.read_stored(entry, offset, size, nbytes, verify)[0]))
+    def payload(self, entry: int, nbytes: int, verify: bool, where: tuple[int, int] | None = None
+                ) -> tuple[tuple[int, int], bytes | None]:
+        """(the entry's (offset, size), the stored bytes of block ``entry`` (``nbytes`` uncompressed) read there).
+
+        ``where`` is the entry as the caller already read it; without, it is read here, once. The
+        pair returned is the one the bytes came from, also after :meth:`with_retry` retried at a
+        repointed entry; the bytes are None for a block never written.
+        """
+        used = self.entry(entry) if where is None else where
+
+        def read(offset: int, size: int) -> bytes:
+            nonlocal used
+            used = (offset, size)
+            return bytes(self.read_stored(entry, offset, size, nbytes, verify)[0])
+        data = self.with_retry(entry, used, read)
+        return used, data
 
     def load(self, entry: int, offset: int, size: int, out: np.ndarray, verify: bool) -> bool:
         """Decompress the block an entry (offset, size) points at into the C-contiguous ``out``.

@@ -124,9 +124,15 @@ class Volume:
         Checked against the block's record (CRC32C) when the volume has records and ``verify`` is
         on; a block written without a record is checked by its blosc header's sizes instead.
         """
-        entry = self.entry_of(x, y, z)
+        return self.read_block_payload_at(x, y, z)[1]
+
+    def read_block_payload_at(self, x: int, y: int, z: int, where: tuple[int, int] | None = None
+                              ) -> tuple[tuple[int, int], bytes | None]:
+        """(the block's index entry (offset, size), its stored bytes read at exactly that entry), as
+        :meth:`read_block_payload` checks them: one index read, none when ``where`` (the entry as
+        the caller read it) is given. A server makes a chunk's ETag and body from the same pair."""
         nbytes = math.prod(self.layout.block_shape_at(x, y, z)) * self.dtype.itemsize
-        return self._store.payload(entry, nbytes, self.verify)
+        return self._store.payload(self.entry_of(x, y, z), nbytes, self.verify, where)
 
     def iter_projections(self, region: Any = ...) -> Iterator[BlockProjection]:
         """The blocks a region (numpy basic index, (z, y, x)) touches, each with its share of the

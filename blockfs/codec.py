@@ -39,7 +39,7 @@ class Compression(enum.Enum):
     snappy = "snappy"
 
 
-def check_compression(compression: "Compression | str", level: int, where: str) -> tuple[str, int]:
+def check_compression(compression: Compression | str, level: int, where: str) -> tuple[str, int]:
     """(compressor name, level) if python-blosc (what readers of the format use) can decode them, else raise."""
     name = compression.value if isinstance(compression, Compression) else compression
     available = blosc.compressor_list()
@@ -53,8 +53,10 @@ def check_compression(compression: "Compression | str", level: int, where: str) 
 
 def compress(block: np.ndarray, compressor: str, level: int) -> bytes:
     """One blosc buffer of a C-contiguous block, byte-shuffled with the dtype's item size, on this thread."""
-    return imagecodecs.blosc_encode(block, level, compressor=compressor, typesize=block.dtype.itemsize,
-                                    shuffle=_SHUFFLE, numthreads=1)
+    # imagecodecs' stub takes only bytes-like data (the call takes any buffer) and gives bytes | bytearray (bytes
+    # when out= is not given)
+    return imagecodecs.blosc_encode(block, level, compressor=compressor,  # type: ignore[arg-type,return-value]
+                                    typesize=block.dtype.itemsize, shuffle=_SHUFFLE, numthreads=1)
 
 
 def sizes_agree(data: bytes | memoryview, nbytes: int) -> bool:
@@ -62,7 +64,7 @@ def sizes_agree(data: bytes | memoryview, nbytes: int) -> bool:
     if len(data) < BLOSC_HEADER_BYTES:
         return False
     expands, _, cbytes = _SIZES.unpack_from(data)
-    return cbytes == len(data) and expands == nbytes
+    return bool(cbytes == len(data) and expands == nbytes)
 
 
 def check_sizes(data: bytes | memoryview, nbytes: int, where: str) -> None:
@@ -77,15 +79,16 @@ def check_sizes(data: bytes | memoryview, nbytes: int, where: str) -> None:
         f"is {len(data)} bytes and should decompress to {nbytes}.")
 
 
-def decompress_into(data: bytes | memoryview, out: np.ndarray, where: str) -> None:
+def decompress_into(data: bytes | memoryview, out: np.ndarray, where: object) -> None:
     """Decompress one blosc buffer into the C-contiguous array ``out`` on this thread; raise if it does not fit.
 
     The buffer's own header must agree with its length and with ``out``, so damaged bytes raise
-    instead of being read past their end.
+    instead of being read past their end. ``where`` names the block in a message, formatted only when one is raised.
     """
     if not sizes_agree(data, out.nbytes):  # the message is formatted only when it is needed
         check_sizes(data, out.nbytes, f"{where} (shape {out.shape}, {out.dtype})")
     try:
-        imagecodecs.blosc_decode(data, numthreads=1, out=memoryview(out).cast("B"))
+        # imagecodecs' stub takes only bytes-like data; numpy's stubs give ndarray __buffer__ only on Python 3.12+
+        imagecodecs.blosc_decode(data, numthreads=1, out=memoryview(out).cast("B"))  # type: ignore[arg-type]
     except Exception as exc:
         raise CorruptBlockError(f"{where}: blosc cannot decompress the block ({exc}).") from None

@@ -17,11 +17,12 @@ import stat
 import threading
 import uuid
 import weakref
-from typing import Callable, Iterator, NamedTuple
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 from . import locking
 from .errors import BlockfsError, StaleVolumeError, VolumeExistsError
-from .format import PREAMBLE, read_directory_file
+from .format import PREAMBLE, open_regular, read_directory_file
 from .marks import INCOMPLETE_KEY, without_incomplete
 
 #: errno values with which ``os.link`` says "hard links are not possible here", not "it failed".
@@ -392,7 +393,7 @@ class VolumeFiles:
 
     def _open_index(self, path: str, flags: int) -> int:
         fd = (locking.lock_index(path, False, "writing blocks") if self.writable
-              else locking.open_regular(path, flags))
+              else open_regular(path, flags))
         if self.identity is not None and file_identity(os.fstat(fd)) != self.identity:
             os.close(fd)
             raise self._stale()
@@ -415,7 +416,7 @@ class VolumeFiles:
 
         def open_shard(path: str, flags: int) -> int:
             # read from, a shard must be a regular file; written to, it may be a device (/dev/full, say)
-            fd = locking.open_regular(path, flags, "a shard file", devices=self.writable)
+            fd = open_regular(path, flags, "a shard file", devices=self.writable)
             if not locking.same_file(index, self.index_path):
                 os.close(fd)
                 raise self._stale()

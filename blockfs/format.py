@@ -56,12 +56,13 @@ _BYTES_ALIAS = re.compile(r"(?:^|,)\s*(?:\([^)]*\))?\s*[<>=|]?a\d*\s*(?:,|$)")
 def check_dtype(dtype: Any, where: str) -> np.dtype:
     """Return ``dtype`` as a numpy dtype if blockfs can store it, else raise naming ``where``."""
     if isinstance(dtype, str) and _BYTES_ALIAS.search(dtype):
-        raise UnsupportedDTypeError(f"{where}: dtype {dtype!r} is numpy's deprecated code 'a' for bytes, which cannot be "
-                                    "stored; use a numeric dtype such as 'uint16'.")
+        raise UnsupportedDTypeError(f"{where}: dtype {dtype!r} is numpy's deprecated code 'a' for bytes, which "
+                                    "cannot be stored; use a numeric dtype such as 'uint16'.")
     try:
-        dt = np.dtype(dtype)
+        dt: np.dtype = np.dtype(dtype)
     except Exception as exc:  # numpy's parser raises TypeError, ValueError or SyntaxError
-        raise UnsupportedDTypeError(f"{where}: dtype {dtype!r} is not a numpy dtype ({exc}); use e.g. 'uint16'.") from None
+        raise UnsupportedDTypeError(f"{where}: dtype {dtype!r} is not a numpy dtype ({exc}); "
+                                    "use e.g. 'uint16'.") from None
     if dt.kind not in "biufc" or dt.fields is not None or dt.subdtype is not None:
         raise UnsupportedDTypeError(f"{where}: dtype {dt!r} cannot be stored; use a numeric dtype such as 'uint16' "
                                     "or 'float32'.")
@@ -114,6 +115,7 @@ class Layout:
     @property
     def grid(self) -> tuple[int, int, int]:
         """Number of blocks along (z, y, x)."""
+        # three axes, which mypy cannot see through zip
         return tuple(-(-n // b) for n, b in zip(self.shape, self.block_shape))  # type: ignore[return-value]
 
     @property
@@ -280,7 +282,7 @@ def _axis_sums(n_blocks: int, block: int, extent: int, stride: int, n_files: int
 def _cyclic(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cyclic convolution of two per-residue tables (object arrays: exact Python integers)."""
     full = np.convolve(a, b)
-    out = full[:len(a)].copy()
+    out: np.ndarray = full[:len(a)].copy()
     out[:len(a) - 1] += full[len(a):]
     return out
 
@@ -360,7 +362,8 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
     try:
         doc = json.loads(text.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, absurd nesting or numbers
-        raise FormatError(f"{path}: the JSON header does not parse ({str(exc)[:200]}); the header is damaged.") from None
+        raise FormatError(f"{path}: the JSON header does not parse ({str(exc)[:200]}); "
+                          "the header is damaged.") from None
     if not isinstance(doc, dict):
         raise FormatError(f"{path}: the JSON header is a {type(doc).__name__}, not an object.")
     missing = [k for k in FORMAT_KEYS if k not in doc and k != "Version"]
@@ -370,7 +373,8 @@ def decode_header(data: bytes, path: str) -> tuple[Layout, int]:
         value = doc[key]
         if (not isinstance(value, int) or isinstance(value, bool)
                 or not (0 if key == "CompressionLvl" else 1) <= value <= MAX_HEADER_INT):
-            raise FormatError(f"{path}: {key} is {value!r}; it must be a positive integer below 2**{MAX_HEADER_INT.bit_length()}.")
+            raise FormatError(f"{path}: {key} is {value!r}; it must be a positive integer "
+                              f"below 2**{MAX_HEADER_INT.bit_length()}.")
     names = doc["BlockFilenames"]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise FormatError(f"{path}: BlockFilenames is {names!r}; it must be a non-empty list of file names.")
@@ -456,7 +460,7 @@ def open_regular(path: str, flags: int = os.O_RDONLY, what: str = "a blockfs dir
     return fd
 
 
-def read_directory_file(path: str | os.PathLike) -> DirectoryFile:
+def read_directory_file(path: str | os.PathLike[str]) -> DirectoryFile:
     """The header of the directory file at ``path``: the one header reader of blockfs."""
     path = os.fspath(path)
     with os.fdopen(open_regular(path), "rb") as f:
@@ -514,5 +518,5 @@ def pack_entries(offsets: np.ndarray, sizes: np.ndarray, layout: Layout) -> byte
         raise EntryOverflowError(f"an offset or size does not fit the {layout.n_offset_bits} offset and "
                                  f"{layout.n_size_bits} size bits of the index; copy the volume into one with a "
                                  "larger n_offset_bits=")
-    values = offsets.astype(np.uint64) | (sizes.astype(np.uint64) << np.uint64(layout.n_offset_bits))
+    values: np.ndarray = offsets.astype(np.uint64) | (sizes.astype(np.uint64) << np.uint64(layout.n_offset_bits))
     return values.astype("<u8").view(np.uint8).reshape(-1, 8)[:, :layout.entry_size].tobytes()

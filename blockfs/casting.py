@@ -49,9 +49,11 @@ class Caster:
         """``array`` clipped to [lo, hi] (bounds the source dtype can hold), NaN set to 0."""
         if array.dtype.kind == "f":
             top = float(hi) if float(hi) <= hi else float(np.nextafter(float(hi), 0))  # 2**64 - 1 is no float
-            return np.clip(np.nan_to_num(array, nan=0.0), float(lo), top)
+            clipped: np.ndarray = np.clip(np.nan_to_num(array, nan=0.0), float(lo), top)
+            return clipped
         source = np.iinfo(array.dtype)
-        return np.clip(array, max(lo, int(source.min)), min(hi, int(source.max)))
+        clipped = np.clip(array, max(lo, int(source.min)), min(hi, int(source.max)))
+        return clipped
 
     def _report(self, count: int, what: str) -> None:
         with self._lock:

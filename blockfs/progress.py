@@ -8,7 +8,8 @@ escape codes. Under mpiexec, whose ranks write into a pipe that mpiexec passes o
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator, Sequence, TypeVar
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from tqdm import tqdm
 
@@ -31,7 +32,7 @@ def progress(items: Iterable[T], silent: bool, desc: str, total: int | None = No
     return iter(tqdm(items, desc=desc, total=total, unit=unit, disable=disabled(silent)))
 
 
-def byte_progress(total: int, silent: bool, desc: str) -> tqdm:
+def byte_progress(total: int, silent: bool, desc: str) -> tqdm[Any]:
     """A tqdm progress bar counting bytes (use as a context manager; ``update(n)`` per chunk)."""
     return tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, disable=disabled(silent), desc=desc)
 

@@ -19,15 +19,16 @@ def _background(origin: tuple[int, int, int], shape: tuple[int, int, int]) -> np
     """Slowly varying autofluorescence, about 60-180 counts."""
     axes = [np.cos(2 * np.pi * (o + np.arange(n, dtype=np.float32)) / period)
             for o, n, period in zip(origin, shape, (700.0, 450.0, 380.0))]
-    return 120 + 20 * (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :])
+    background: np.ndarray = 120 + 20 * (axes[0][:, None, None] + axes[1][None, :, None] + axes[2][None, None, :])
+    return background
 
 
 def _add_cells(volume: np.ndarray, origin: tuple[int, int, int], seed: int) -> None:
     """Add Gaussian blobs centred on a jittered lattice; each lattice site holds a cell or not."""
     lo = [(o - _MARGIN) // CELL_PITCH for o in origin]
     hi = [(o + n + _MARGIN) // CELL_PITCH + 1 for o, n in zip(origin, volume.shape)]
-    for site in np.ndindex(*(h - l for l, h in zip(lo, hi))):
-        cell = tuple(int(l + s) for l, s in zip(lo, site))
+    for site in np.ndindex(*(h - low for low, h in zip(lo, hi))):
+        cell = tuple(int(low + s) for low, s in zip(lo, site))
         rng = np.random.default_rng([seed, *(c + 2**20 for c in cell)])
         if rng.random() >= CELL_PROBABILITY:
             continue
@@ -50,7 +51,8 @@ def microscopy_block(origin: tuple[int, int, int], shape: tuple[int, int, int], 
     _add_cells(mean, origin, seed)
     rng = np.random.default_rng([seed, *origin])
     noisy = mean + np.sqrt(mean) * rng.standard_normal(shape, dtype=np.float32)
-    return np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)
+    block: np.ndarray = np.clip(np.rint(noisy), 0, 65535).astype(np.uint16)
+    return block
 
 
 def random_block(origin: tuple[int, int, int], shape: tuple[int, int, int], seed: int = 0) -> np.ndarray:

@@ -26,8 +26,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing import util
-from typing import Any, Callable
+from typing import Any
 
 from .errors import WriterError
 
@@ -36,13 +37,14 @@ STATUS = struct.Struct("<qq")
 #: How long the owner waits, after a child has ended, for the launcher to record how.
 RECORD_SECONDS = 2.0
 _MESSAGE_BYTES = 1 << 16
-_SERVE = "import sys; sys.path.insert(0, sys.argv[3]); from blockfs.launcher import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
+_SERVE = ("import sys; sys.path.insert(0, sys.argv[3]); from blockfs.launcher import serve; "
+          "serve(int(sys.argv[1]), int(sys.argv[2]))")
 
 
 class Child:
     """A process the launcher forked, as its owner sees it (``pid``, ``exitcode``, ``is_alive``, ``join``)."""
 
-    def __init__(self, pid: int, pidfd: int, memory: mmap.mmap, launcher: "Launcher"):
+    def __init__(self, pid: int, pidfd: int, memory: mmap.mmap, launcher: Launcher):
         self.pid = pid
         self._pidfd = pidfd
         self._memory = memory
@@ -60,7 +62,7 @@ class Child:
     def _ended(self) -> int | None:
         recorded, code = STATUS.unpack_from(self._memory)
         if recorded:
-            return code
+            return int(code)
         if self._pidfd < 0 or not _readable(self._pidfd, 0):
             return None
         deadline = time.monotonic() + RECORD_SECONDS
@@ -68,7 +70,7 @@ class Child:
             time.sleep(0.001)
             recorded, code = STATUS.unpack_from(self._memory)
             if recorded:
-                return code
+                return int(code)
         self._unrecorded = True
         return 1
 
@@ -137,7 +139,7 @@ class Launcher:
         return Child(value, pidfds[0], memory, self)
 
 
-def _end(link: socket.socket, process: subprocess.Popen) -> None:
+def _end(link: socket.socket, process: subprocess.Popen[bytes]) -> None:
     """Close the owner's end; the launcher then exits once its children have (waited for a few seconds)."""
     link.close()
     try:

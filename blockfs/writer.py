@@ -70,7 +70,7 @@ class MessagePipe:
         if fd < 0:
             return 0
         waiting = fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0")
-        return struct.unpack("i", waiting)[0] // self._message.size
+        return int(struct.unpack("i", waiting)[0]) // self._message.size
 
     def put(self, *values: int) -> None:
         os.write(self.write_fd, self._message.pack(*values))

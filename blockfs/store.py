@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
@@ -72,7 +73,7 @@ class StoreSpec:
     #: (st_dev, st_ino) of the index file the layout was read from; a replaced index is then detected.
     index_identity: tuple[int, int] | None = None
 
-    def read_only(self) -> "StoreSpec":
+    def read_only(self) -> StoreSpec:
         """This spec with ``writable`` off."""
         return dataclasses.replace(self, writable=False)
 
@@ -139,7 +140,7 @@ class BlockStore:
         self.layout = spec.layout
         self._files = VolumeFiles(spec.index_path, list(spec.shard_paths), spec.writable, spec.index_identity)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[type[BlockStore], tuple[StoreSpec]]:
         return BlockStore, (self.spec,)
 
     # -- the index -------------------------------------------------------------------------------
@@ -193,7 +194,7 @@ class BlockStore:
 
     # -- reading blocks --------------------------------------------------------------------------
 
-    def _where(self, entry: int, offset: int, size: int) -> "StoredBlock":
+    def _where(self, entry: int, offset: int, size: int) -> StoredBlock:
         return StoredBlock(self.spec.shard_paths[self.layout.shard_of(entry)], offset, size, entry,
                            self.spec.index_path, self.layout)
 

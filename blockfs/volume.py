@@ -11,9 +11,10 @@ from __future__ import annotations
 import math
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor, wait
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
+from typing import Any
 
 import numpy as np
 
@@ -53,10 +54,10 @@ class Volume:
         self.verify = verify
 
     @classmethod
-    def from_spec(cls, spec: StoreSpec, verify: bool = True) -> "Volume":
+    def from_spec(cls, spec: StoreSpec, verify: bool = True) -> Volume:
         return cls(BlockStore(spec), verify)
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         return Volume.from_spec, (self._store.spec.read_only(), self.verify)
 
     def __repr__(self) -> str:
@@ -190,7 +191,7 @@ class Volume:
         offsets, sizes = self._store.lookup(box_entries(lay, start, stop))
         store, verify, dtype = self._store, self.verify, self.dtype
         n_blocks = offsets.size
-        parts = enumerate(projections(lay, start, stop))  # in the order of box_entries
+        parts: Iterator[tuple[int, BlockProjection]] = enumerate(projections(lay, start, stop))  # box_entries' order
         taking = threading.Lock()
 
         def fill() -> None:
@@ -250,7 +251,7 @@ def warn_marks(volume: Volume, depth: int = 3) -> None:
                       f"blockfs repair --accept-loss {path}.", LostBlocksWarning, stacklevel=depth)
 
 
-def open_volume(path: str | os.PathLike, verify: bool = True) -> Volume:
+def open_volume(path: str | os.PathLike[str], verify: bool = True) -> Volume:
     """A read-only, thread-safe, cheaply pickled :class:`Volume` of the volume at ``path``."""
     volume = Volume(BlockStore(resolve_spec(os.fspath(path), warn_depth=3)), verify)
     warn_marks(volume)

@@ -9,7 +9,7 @@ import pytest
 
 from volumes import make_volume
 
-from blockfs import BlockfsError, BlockfsWarning, Directory
+from blockfs import BlockfsError, BlockfsWarning, Directory, WritableVolume, create_volume, open_volume
 from blockfs.planes import PlaneCountError, PlaneError, PlaneWriter, iter_slabs
 
 #: (z, y, x): 37 = 16 + 16 + 5 planes, so the last slab is partial; y and x do not divide either.
@@ -17,10 +17,8 @@ SHAPE = (37, 45, 51)
 BLOCK = (16, 20, 32)
 
 
-def new_volume(tmp_path: Path, dtype: str = "uint16", shape: tuple[int, int, int] = SHAPE) -> Directory:
-    d = Directory(shape[2], shape[1], shape[0], dtype, str(tmp_path / "v.blockfs"), n_filenames=2,
-                  z_block_size=BLOCK[0], y_block_size=BLOCK[1], x_block_size=BLOCK[2])
-    return d.create()
+def new_volume(tmp_path: Path, dtype: str = "uint16", shape: tuple[int, int, int] = SHAPE) -> WritableVolume:
+    return create_volume(tmp_path / "v.blockfs", shape, dtype, BLOCK, 2)
 
 
 def planes(dtype: str = "uint16", shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
@@ -28,8 +26,7 @@ def planes(dtype: str = "uint16", shape: tuple[int, int, int] = SHAPE) -> np.nda
 
 
 def read_back(tmp_path: Path) -> np.ndarray:
-    with Directory.open(str(tmp_path / "v.blockfs")) as d:
-        return d[:]
+    return open_volume(tmp_path / "v.blockfs").read()
 
 
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
@@ -49,12 +46,26 @@ def test_planes_become_the_volume(tmp_path: Path, dtype: str) -> None:
 def test_through_the_writer_processes(tmp_path: Path) -> None:
     expected = planes()
     d = new_volume(tmp_path)
-    d.start_writer_processes()
+    d.start_writers()
     with PlaneWriter(d) as writer:
         for plane in expected:
             writer.write(plane)
     d.close()
     np.testing.assert_array_equal(read_back(tmp_path), expected)
+
+
+def test_a_directory_as_in_the_readme(tmp_path: Path) -> None:
+    """A Directory is written and read through the volumes it delegates to."""
+    expected = planes()
+    d = Directory(SHAPE[2], SHAPE[1], SHAPE[0], "uint16", str(tmp_path / "v.blockfs"), n_filenames=2,
+                  z_block_size=BLOCK[0], y_block_size=BLOCK[1], x_block_size=BLOCK[2]).create()
+    d.start_writer_processes()
+    with PlaneWriter(d) as writer:
+        for plane in expected:
+            writer.write(plane)
+    d.close()
+    with Directory.open(str(tmp_path / "v.blockfs")) as r:
+        np.testing.assert_array_equal(np.concatenate([s for _, s in iter_slabs(r)]), expected)
 
 
 def test_a_slab_is_written_as_soon_as_it_is_full(tmp_path: Path) -> None:
@@ -63,7 +74,7 @@ def test_a_slab_is_written_as_soon_as_it_is_full(tmp_path: Path) -> None:
     writer = PlaneWriter(d)
     for plane in expected[:BLOCK[0]]:
         writer.write(plane)
-    np.testing.assert_array_equal(d[:BLOCK[0]], expected[:BLOCK[0]])  # no write_block waits for close()
+    np.testing.assert_array_equal(d.read(np.s_[:BLOCK[0]]), expected[:BLOCK[0]])  # no write_block waits for close()
     for plane in expected[BLOCK[0]:]:
         writer.write(plane)
     writer.close()
@@ -101,7 +112,7 @@ def test_plane_dtype_follows_the_casting_rule(tmp_path: Path) -> None:
             for _ in range(2, SHAPE[0]):
                 writer.write(np.full(SHAPE[1:], 70000, np.int64))  # counted, not warned again
         assert d.clipped_values == (SHAPE[0] - 1) * SHAPE[1] * SHAPE[2]
-    r = Directory.open(d.directory_filename)
+    r = open_volume(d.path).read()
     assert (r[0] == 1234).all() and (r[1] == 0).all() and (r[2:] == 65535).all()
 
 
@@ -168,14 +179,14 @@ def test_z_ranges_must_cover_whole_blocks(tmp_path: Path, start: int, stop: int 
 
 def test_iter_slabs_follows_the_blocks(tmp_path: Path) -> None:
     path, expected = make_volume(tmp_path, SHAPE, BLOCK, "uint16", missing=((0, 0, 16),))
-    with Directory.open(str(path)) as d:
-        slabs = list(iter_slabs(d))
-        assert [(z0, len(s)) for z0, s in slabs] == [(0, 16), (16, 16), (32, 5)]
-        np.testing.assert_array_equal(np.concatenate([s for _, s in slabs]), expected)
-        thin = list(iter_slabs(d, depth=6))
-        assert [(z0, len(s)) for z0, s in thin] == [(0, 6), (6, 6), (12, 4), (16, 6), (22, 6), (28, 4), (32, 5)]
-        np.testing.assert_array_equal(np.concatenate([s for _, s in thin]), expected)
-        ranged = list(iter_slabs(d, depth=100, z_start=16, z_stop=32))
-        assert [(z0, len(s)) for z0, s in ranged] == [(16, 16)]
-        with pytest.raises(ValueError, match="slab depth must be a positive integer"):
-            next(iter_slabs(d, depth=0))
+    d = open_volume(path)
+    slabs = list(iter_slabs(d))
+    assert [(z0, len(s)) for z0, s in slabs] == [(0, 16), (16, 16), (32, 5)]
+    np.testing.assert_array_equal(np.concatenate([s for _, s in slabs]), expected)
+    thin = list(iter_slabs(d, depth=6))
+    assert [(z0, len(s)) for z0, s in thin] == [(0, 6), (6, 6), (12, 4), (16, 6), (22, 6), (28, 4), (32, 5)]
+    np.testing.assert_array_equal(np.concatenate([s for _, s in thin]), expected)
+    ranged = list(iter_slabs(d, depth=100, z_start=16, z_stop=32))
+    assert [(z0, len(s)) for z0, s in ranged] == [(16, 16)]
+    with pytest.raises(ValueError, match="slab depth must be a positive integer"):
+        next(iter_slabs(d, depth=0))

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 
 from ..codec import Compression
-from ..convert.tiff_stack import (TOOL, check_destination, check_stack, find_planes, inspect_plane, read_in_order,
-                                  remove_volume)
-from ..directory import Directory
+from ..convert.tiff_stack import import_stack
 from ..errors import InvalidArgumentError
 from ..parallel.mpi import launcher_rank, on_ranks
-from ..planes import PlaneWriter
-from ..progress import progress
-from ..storage import mark_complete
 from ._support import add_silent, positive_int, run_tool, voxel_size
 
 EPILOG = """\
@@ -80,44 +74,19 @@ def metadata(args: argparse.Namespace) -> dict[str, list[float]]:
 def _run(args: argparse.Namespace, prog: str) -> int:
     # Absolute shard names, as earlier blockfs releases wrote them, so that every reader finds them.
     output = os.path.abspath(os.path.expanduser(args.output))
-    if launcher_rank()[1] > 1:  # started by mpiexec -n N: the ranks share the planes (blockfs.parallel.tools)
-        if args.pyramid:  # its worker processes would fork MPI ranks
-            raise InvalidArgumentError(f"{args.output}: --pyramid {args.pyramid} does not run under mpiexec; import "
-                                       "without it, then run blockfs pyramid on the volume.")
-        from ..parallel.tools import import_planes
-        return on_ranks(prog, lambda ranks: import_planes(args.input, output, args.block_size, args.n_workers,
-                                                          args.compression, args.level, args.silent, ranks,
-                                                          metadata(args)))
-    unfinished = check_destination(output) if not args.overwrite else False
-    paths = find_planes(args.input)
-    planes = [inspect_plane(p) for p in progress(paths, args.silent, f"{prog}: checking", unit="file")]
-    common = check_stack(planes)
-    (y_extent, x_extent), (bz, by, bx) = common.shape, args.block_size
-    directory = Directory(x_extent, y_extent, len(paths), common.dtype, output, n_filenames=args.n_workers,
-                          x_block_size=bx, y_block_size=by, z_block_size=bz, compression=args.compression,
-                          compression_level=args.level, metadata=metadata(args))
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    # Without --overwrite, any file of the volume there is an error, except an import that did not finish.
-    directory.create(overwrite=args.overwrite or unfinished, incomplete=TOOL)
-    try:
-        directory.start_writer_processes()
-        reader = read_in_order(paths, args.n_workers)
-        with contextlib.closing(reader), PlaneWriter(directory) as writer:
-            for plane in progress(reader, args.silent, prog, len(paths), "plane"):
-                writer.write(plane)
-        directory.close()
-    except BaseException:
-        with contextlib.suppress(Exception):
-            directory.close()
-        remove_volume(directory)  # ours and half written: a re-run starts clean
-        raise
-    mark_complete(output)
+    if args.pyramid and launcher_rank()[1] > 1:  # its worker processes would fork MPI ranks
+        raise InvalidArgumentError(f"{args.output}: --pyramid {args.pyramid} does not run under mpiexec; import "
+                                   "without it, then run blockfs pyramid on the volume.")
+    status = on_ranks(prog, lambda ranks: import_stack(
+        args.input, output, args.block_size, args.n_workers, compression=args.compression,
+        compression_level=args.level, metadata=metadata(args), overwrite=args.overwrite, silent=args.silent,
+        prog=prog, ranks=ranks))
     if args.pyramid:
         from ..pyramid.build import build_pyramid
         dest = build_pyramid(output, os.path.splitext(output)[0] + ".pyramid", args.pyramid,
                              n_workers=args.n_workers, silent=args.silent)
         print(f"{prog}: pyramid in {dest}")
-    return 0
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:

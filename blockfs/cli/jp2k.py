@@ -72,7 +72,7 @@ def _export(args: argparse.Namespace, ranks: Ranks, prog: str) -> int:
                                         "writes uint8 or uint16 planes; use blockfs2tif for other dtypes.")
         chosen = plan(directory.shape, directory.dtype, directory.z_block_size, args.n_workers, args.memory,
                       args.input)
-        export_planes(directory, args.output_pattern, functools.partial(write_jp2k, psnr=args.psnr),
+        export_planes(directory.volume, args.output_pattern, functools.partial(write_jp2k, psnr=args.psnr),
                       chosen.workers, args.silent, prog, depth=chosen.depth, ranks=ranks)
     return 0
 

@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _export(args: argparse.Namespace, ranks: Ranks, prog: str) -> int:
     check_pattern(args.output_pattern)
     with Directory.open(args.input) as directory:
-        export_planes(directory, args.output_pattern, functools.partial(write_tiff, level=args.compression),
+        export_planes(directory.volume, args.output_pattern, functools.partial(write_tiff, level=args.compression),
                       args.n_workers, args.silent, prog, ranks=ranks)
     return 0
 

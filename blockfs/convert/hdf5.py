@@ -30,11 +30,11 @@ from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from ..directory import Directory
 from ..errors import USER_ERRORS, BlockfsError, DatasetExistsError, ExportError, InvalidArgumentError, describe
 from ..parallel.mpi import Ranks, rounds, serially
 from ..progress import byte_progress
 from ..storage import full_disk_note
+from ..volume import Volume, open_volume
 
 T = TypeVar("T")
 
@@ -92,11 +92,11 @@ def chunk_shape(shape: tuple[int, int, int], block: tuple[int, int, int]) -> tup
     return tuple(min(b, s) for b, s in zip(block, shape))  # type: ignore[return-value]
 
 
-def dataset_options(volume: Directory, compression: Filter = None,
+def dataset_options(volume: Volume, compression: Filter = None,
                     compression_opts: FilterOptions = None) -> dict[str, Any]:
     """Keyword arguments of ``create_dataset`` for the volume."""
-    block = (volume.z_block_size, volume.y_block_size, volume.x_block_size)
-    options: dict[str, Any] = {"shape": volume.shape, "dtype": volume.dtype, "chunks": chunk_shape(volume.shape, block)}
+    options: dict[str, Any] = {"shape": volume.shape, "dtype": volume.dtype,
+                               "chunks": chunk_shape(volume.shape, volume.block_shape)}
     if compression is not None:
         options["compression"] = compression
         if compression_opts is not None:
@@ -185,11 +185,11 @@ def open_file(dest: str, ranks: Ranks) -> Any:
     return f
 
 
-def write_attributes(dset: Any, volume: Directory) -> None:
+def write_attributes(dset: Any, volume: Volume) -> None:
     """The volume's application metadata (each value as JSON text) and its block size."""
     for key, value in volume.metadata.items():
         dset.attrs[key] = json.dumps(value)
-    dset.attrs[BLOCK_SIZE_ATTR] = np.array([volume.z_block_size, volume.y_block_size, volume.x_block_size], np.int64)
+    dset.attrs[BLOCK_SIZE_ATTR] = np.array(volume.block_shape, np.int64)
 
 
 def h5_writing(dest: str, call: Callable[[], T]) -> T:
@@ -229,9 +229,9 @@ class RowWriter:
         self._dset.id.write(mspace, fspace, data, dxpl=self._dxpl)
 
 
-def write_rows(volume: Directory, dset: Any, ranks: Ranks, silent: bool = True) -> None:
+def write_rows(volume: Volume, dset: Any, ranks: Ranks, silent: bool = True) -> None:
     """Every row, round by round; rank 0's bar (unless ``silent``) counts the voxel bytes that all ranks wrote."""
-    work = rows(volume.shape, (volume.z_block_size, volume.y_block_size, volume.x_block_size))
+    work = rows(volume.shape, volume.block_shape)
     writer = RowWriter(dset, ranks.parallel)
     row_bytes = volume.shape[2] * volume.dtype.itemsize
     total = int(np.prod(volume.shape)) * volume.dtype.itemsize
@@ -241,7 +241,7 @@ def write_rows(volume: Directory, dset: Any, ranks: Ranks, silent: bool = True) 
             if row is not None:
                 z0, z1, y0, y1 = row
                 try:
-                    data = volume[z0:z1, y0:y1, :]
+                    data = volume.read(np.s_[z0:z1, y0:y1, :])
                 except USER_ERRORS as exc:
                     error = describe(exc)
             ranks.agree(error)
@@ -253,7 +253,7 @@ def export(src: str, dest: str, name: str, ranks: Ranks, compression: Filter = N
            compression_opts: FilterOptions = None, silent: bool = True) -> None:
     """Write the volume ``src`` as dataset ``name`` of the HDF5 file ``dest`` (created if missing), with
     an HDF5 ``compression`` filter and its options; raises :class:`ExportError` on every rank if any rank failed."""
-    volume = ranks.attempt(lambda: Directory.open(src))
+    volume = ranks.attempt(lambda: open_volume(src))
     try:
         options = dataset_options(volume, compression, compression_opts)
         skippable = ranks.attempt(lambda: skippable_filters(dest, name, options))

@@ -17,12 +17,12 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from ..directory import Directory
 from ..errors import BlockfsError, ExportError, InvalidArgumentError
 from ..parallel.mpi import SOLO, Ranks
 from ..planes import iter_slabs
 from ..progress import progress
 from ..storage import atomic_write, full_disk_note
+from ..volume import Volume
 
 #: printf-style conversion fields: ``%%``, ``%d``, ``%04d``, ``%-5i`` ... (flags, width, precision, type)
 _FIELD = re.compile(r"%(?:%|[-+ #0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?([a-zA-Z]))")
@@ -100,19 +100,19 @@ class _Folders:
             self._made.add(folder)
 
 
-def rank_slabs(directory: Directory, depth: int | None, ranks: Ranks) -> tuple[int, Iterator[tuple[int, np.ndarray]]]:
+def rank_slabs(volume: Volume, depth: int | None, ranks: Ranks) -> tuple[int, Iterator[tuple[int, np.ndarray]]]:
     """(planes, slabs) of this rank's share: block-deep z ranges dealt round-robin to the ranks."""
-    bz, nz = directory.z_block_size, directory.z_extent
+    bz, nz = volume.block_shape[0], volume.shape[0]
     if not ranks.parallel:
-        return nz, iter_slabs(directory, depth)
+        return nz, iter_slabs(volume, depth)
     starts = ranks.mine(range(0, nz, bz))
     return (sum(min(bz, nz - z) for z in starts),
-            (slab for z in starts for slab in iter_slabs(directory, depth, z, min(z + bz, nz))))
+            (slab for z in starts for slab in iter_slabs(volume, depth, z, min(z + bz, nz))))
 
 
-def export_planes(directory: Directory, pattern: str, write_plane: WritePlane, n_workers: int, silent: bool,
+def export_planes(volume: Volume, pattern: str, write_plane: WritePlane, n_workers: int, silent: bool,
                   desc: str, depth: int | None = None, ranks: Ranks = SOLO) -> None:
-    """Write every z-plane of ``directory`` to ``pattern % z`` with ``write_plane(path, plane)``.
+    """Write every z-plane of ``volume`` to ``pattern % z`` with ``write_plane(path, plane)``.
 
     The volume is read ``depth`` planes at a time (one block depth by default, see
     :func:`~blockfs.planes.iter_slabs`) and each slab's planes are written by ``n_workers``
@@ -125,7 +125,7 @@ def export_planes(directory: Directory, pattern: str, write_plane: WritePlane, n
     folders.ensure(pattern % 0)  # an unwritable destination fails now, before anything is read
     _check_writable(pattern % 0)
 
-    planes, slabs = rank_slabs(directory, depth, ranks)
+    planes, slabs = rank_slabs(volume, depth, ranks)
 
     def written() -> Iterator[int]:
         with ThreadPoolExecutor(n_workers, "blockfs-export") as pool:

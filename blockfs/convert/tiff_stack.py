@@ -1,22 +1,39 @@
-"""A z-stack of 2-D TIFF planes (one file per z): found, checked for one shape and dtype, read ahead in order."""
+"""A z-stack of 2-D TIFF planes (one file per z): found, checked for one shape and dtype, read ahead in
+order, and imported as a new volume (:func:`import_stack`), alone or on the ranks of ``mpiexec``.
+
+On several ranks the headers are read in turns and agreed on, the volume is created collectively
+(:mod:`blockfs.parallel.collective`), and each rank writes the planes of its block-deep z ranges,
+dealt round-robin; blocks go to their shard's owner compressed. The result equals a serial run's:
+the same header, and every block compressed to the same bytes.
+"""
 
 from __future__ import annotations
 
 import collections
 import contextlib
 import glob
+import itertools
 import os
 import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import numpy as np
 import tifffile
+from tqdm import tqdm
 
-from ..directory import Directory
-from ..errors import PlaneMismatchError, VolumeExistsError
-from ..storage import incomplete_by
+from ..codec import Compression
+from ..errors import USER_ERRORS, BlockfsError, PlaneMismatchError, VolumeExistsError, describe
+from ..parallel.collective import create_collective
+from ..parallel.mpi import SOLO, Ranks
+from ..planes import PlaneWriter
+from ..progress import disabled, progress
+from ..storage import incomplete_by, mark_complete
 from ..threads import ordered_map
+from ..volume import Volume
+from ..writable import WritableVolume, create_from_layout, new_layout
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,8 +134,103 @@ def check_destination(output: str) -> bool:
     return False
 
 
-def remove_volume(directory: Directory) -> None:
+def remove_volume(volume: Volume) -> None:
     """Remove a volume this import created and left half written, so that a re-run starts clean."""
-    for path in [directory.directory_filename, *directory.shard_paths]:
+    for path in [volume.path, *volume.store.spec.shard_paths]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def _together(ranks: Ranks, step: Callable[[], T]) -> T:
+    """``step()``; on several ranks, agreed on by all: if it fails on any, all raise :class:`BlockfsError`."""
+    return ranks.attempt(step, kind=BlockfsError) if ranks.parallel else step()
+
+
+def _inspect(paths: list[str], ranks: Ranks, silent: bool, prog: str) -> list[Plane]:
+    """Every file's header, each read by one rank, in the order of ``paths``; agreed on by all ranks."""
+    def mine() -> list[tuple[int, Plane]]:
+        indices = ranks.mine(range(len(paths)))
+        return [(i, inspect_plane(paths[i])) for i in progress(indices, silent, f"{prog}: checking", unit="file")]
+
+    share = _together(ranks, mine)
+    parts = ranks.comm.allgather(share) if ranks.parallel else [share]
+    return [plane for _, plane in sorted((p for part in parts for p in part), key=lambda p: p[0])]
+
+
+def _write_share(volume: WritableVolume, paths: list[str], n_threads: int, ranks: Ranks, silent: bool,
+                 prog: str) -> None:
+    """Write this rank's block-deep z ranges of planes, read ahead by ``n_threads`` threads (alone,
+    through the volume's writer processes)."""
+    if not ranks.parallel:
+        volume.start_writers()
+    depth, n = volume.block_shape[0], len(paths)
+    ranges = [(z, min(z + depth, n)) for z in ranks.mine(range(0, n, depth))]
+    reader = read_in_order([paths[z] for z0, z1 in ranges for z in range(z0, z1)], n_threads)
+    desc = f"{prog} (rank 0 of {ranks.size})" if ranks.parallel else prog
+    with (contextlib.closing(reader),
+          tqdm(total=sum(z1 - z0 for z0, z1 in ranges), unit="plane", desc=desc, disable=disabled(silent)) as bar):
+        for z0, z1 in ranges:
+            with PlaneWriter(volume, z0, z1) as writer:
+                for plane in itertools.islice(reader, z1 - z0):
+                    writer.write(plane)
+                    bar.update()
+
+
+def _write_and_close(volume: WritableVolume, write: Callable[[], None], ranks: Ranks) -> None:
+    """``write()``, then close the volume. On several ranks every rank closes (collectively) whatever
+    happened on it, then all raise :class:`BlockfsError` if any failed."""
+    if not ranks.parallel:
+        try:
+            write()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                volume.close()
+            raise
+        volume.close()
+        return
+    error = None
+    try:
+        write()
+    except USER_ERRORS as exc:
+        error = describe(exc)
+    try:
+        volume.close()
+    except USER_ERRORS as exc:
+        error = error or describe(exc)
+    ranks.agree(error, BlockfsError)
+
+
+def import_stack(patterns: list[str], dest: str, block_shape: tuple[int, int, int] = (64, 64, 64),
+                 shards: int = 1, *, compression: Compression | str = Compression.zstd, compression_level: int = 5,
+                 metadata: dict[str, Any] | None = None, overwrite: bool = False, silent: bool = True,
+                 prog: str = TOOL, ranks: Ranks = SOLO) -> None:
+    """Write the TIFF planes matching the glob ``patterns`` (z in name order) into a new volume at ``dest``.
+
+    ``block_shape`` is (z, y, x); ``shards`` is the number of shard files, of writer processes (when
+    alone) and of threads reading ahead. An existing volume is refused unless ``overwrite``, or it is
+    an import that did not finish. On several ``ranks`` each step is agreed on by all before the next
+    collective call, and all raise if any fails. A volume this call created is removed when it fails.
+    """
+    def find() -> tuple[list[str], bool]:
+        replace = overwrite or check_destination(dest)  # an import that did not finish is replaced
+        paths = find_planes(patterns)
+        os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+        return paths, replace
+
+    quiet = silent or ranks.rank != 0
+    paths, replace = _together(ranks, find)
+    planes = _inspect(paths, ranks, quiet, prog)
+    common = _together(ranks, lambda: check_stack(planes))
+    layout, _ = new_layout(dest, (len(paths), *common.shape), common.dtype, block_shape, shards,
+                           compression=compression, compression_level=compression_level, metadata=metadata)
+    if ranks.parallel:
+        volume = create_collective(layout, dest, ranks.comm, replace, incomplete=TOOL)
+    else:
+        volume = create_from_layout(dest, layout, overwrite=replace, incomplete=TOOL)
+    try:
+        _write_and_close(volume, lambda: _write_share(volume, paths, shards, ranks, quiet, prog), ranks)
+    except BaseException:
+        if ranks.rank == 0:
+            remove_volume(volume)  # ours and half written: a re-run starts clean
+        raise
+    _together(ranks, lambda: mark_complete(dest) if ranks.rank == 0 else None)

@@ -31,8 +31,9 @@ def test_to_dask_equals_the_library_read(volume, scheduler):
     array = d.to_dask()
     assert array.chunksize == BLOCK and array.numblocks == (3, 4, 3)
     assert len(pickle.dumps(array)) < 20_000
-    np.testing.assert_array_equal(array.compute(scheduler=scheduler), d[...])
-    np.testing.assert_array_equal(array[3:37, 10:20, 65:].compute(scheduler=scheduler), expected[3:37, 10:20, 65:])
+    np.testing.assert_array_equal(array.compute(scheduler=scheduler), d[...], strict=True)
+    np.testing.assert_array_equal(array[3:37, 10:20, 65:].compute(scheduler=scheduler), expected[3:37, 10:20, 65:],
+                                  strict=True)
     assert int(array.sum(dtype=np.int64).compute(scheduler=scheduler)) == int(expected.sum(dtype=np.int64))
 
 
@@ -41,10 +42,10 @@ def test_to_dask_on_pyramid_levels_and_open_zarr_with_from_zarr(tmp_path):
     require("zarr")
     root, arrays = make_pyramid(tmp_path / "p")
     for level, expected in zip(open_pyramid(root).levels, arrays):
-        np.testing.assert_array_equal(level.to_dask().compute(), expected)
+        np.testing.assert_array_equal(level.to_dask().compute(), expected, strict=True)
     group = blockfs.open_zarr(root)
     for i, expected in enumerate(arrays):
-        np.testing.assert_array_equal(da.from_zarr(group[str(i)]).compute(scheduler="processes"), expected)
+        np.testing.assert_array_equal(da.from_zarr(group[str(i)]).compute(scheduler="processes"), expected, strict=True)
 
 
 def test_to_dask_on_a_distributed_cluster(volume):
@@ -53,9 +54,9 @@ def test_to_dask_on_a_distributed_cluster(volume):
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
     with cluster, distributed.Client(cluster) as client:
         array = Directory.open(path).to_dask()
-        np.testing.assert_array_equal(client.compute(array).result(), expected)
+        np.testing.assert_array_equal(client.compute(array).result(), expected, strict=True)
         zarr_array = require("dask.array").from_zarr(blockfs.open_zarr(path))
-        np.testing.assert_array_equal(client.compute(zarr_array).result(), expected)
+        np.testing.assert_array_equal(client.compute(zarr_array).result(), expected, strict=True)
 
 
 def _input(da):
@@ -73,7 +74,7 @@ def test_write_dask_on_local_schedulers(tmp_path, scheduler):
                              z_block_size=BLOCK[0], y_block_size=BLOCK[1], x_block_size=BLOCK[2],
                              metadata={"source": "dask"})
     assert out.mode == "r" and out.metadata == {"source": "dask"}
-    np.testing.assert_array_equal(out[...], data)
+    np.testing.assert_array_equal(out[...], data, strict=True)
     again = Directory.open(path)
     assert all(again.read_block_payload(x, y, z) is not None
                for z in range(0, SHAPE[0], BLOCK[0]) for y in range(0, SHAPE[1], BLOCK[1])
@@ -97,7 +98,7 @@ def test_write_dask_on_a_distributed_cluster_with_retries(tmp_path):
         rewrite = (array + 1).rechunk(BLOCK).map_blocks(_write_chunk, str(path), dtype=bool,
                                                         chunks=((1,) * 3, (1,) * 4, (1,) * 3))
         rewrite.sum().compute()
-    np.testing.assert_array_equal(Directory.open(path)[...], data + 1)
+    np.testing.assert_array_equal(Directory.open(path)[...], data + 1, strict=True)
     assert check.main([str(path)]) == 0
 
 

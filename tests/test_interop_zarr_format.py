@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import blockfs
-from blockfs import Directory
+from blockfs import create_volume, open_volume
 from blockfs.interop.zarr_format import ZarrView, chunk_bytes, parse_chunk_key, written_chunks
 from helpers import require
 from interop_support import make_pyramid
@@ -36,8 +36,8 @@ def test_zarr_python_reads_a_volume(volume, zarr_format):
     array = open_zarr(path, zarr_format=zarr_format)
     assert array.shape == expected.shape and array.dtype == expected.dtype
     assert array.chunks == (32, 32, 32) and array.read_only
-    np.testing.assert_array_equal(array[...], expected)
-    np.testing.assert_array_equal(array[5:67, 31:33, 99], expected[5:67, 31:33, 99])
+    np.testing.assert_array_equal(array[...], expected, strict=True)
+    np.testing.assert_array_equal(array[5:67, 31:33, 99], expected[5:67, 31:33, 99], strict=True)
     with pytest.raises(ValueError):
         array[0:1, 0:1, 0:1] = 1
     assert isinstance(array.store, BlockfsStore)
@@ -45,13 +45,13 @@ def test_zarr_python_reads_a_volume(volume, zarr_format):
 
 def test_full_blocks_pass_through_and_edge_blocks_are_padded(volume):
     path, expected = volume
-    d = Directory.open(path)
+    d = open_volume(path)
     assert chunk_bytes(d, (0, 1, 0)) == d.read_block_payload(0, 32, 0)
     assert chunk_bytes(d, (0, 0, 1)) is None  # never written
     assert chunk_bytes(d, (3, 0, 0)) is None  # outside the grid
     assert chunk_bytes(d, (2, 2, 3)) is None  # a never-written edge block
     out = np.frombuffer(blosc.decompress(chunk_bytes(d, (2, 1, 3))), d.dtype).reshape(32, 32, 32)
-    np.testing.assert_array_equal(out[:6, :, :4], expected[64:, 32:64, 96:])
+    np.testing.assert_array_equal(out[:6, :, :4], expected[64:, 32:64, 96:], strict=True)
     assert not out[6:].any() and not out[:, :, 4:].any()
     assert sorted(written_chunks(d)) == sorted(
         (z // 32, y // 32, x // 32) for z in range(0, 70, 32) for y in range(0, 90, 32) for x in range(0, 100, 32)
@@ -79,7 +79,7 @@ def test_zarr_python_reads_a_pyramid_with_ome_multiscales(tmp_path, zarr_format)
     assert ms["datasets"][2]["coordinateTransformations"] == [
         {"type": "scale", "scale": [8.0, 2.0, 2.0]}, {"type": "translation", "translation": [3.0, 0.75, 0.75]}]
     for i, expected in enumerate(arrays):
-        np.testing.assert_array_equal(group[str(i)][...], expected)
+        np.testing.assert_array_equal(group[str(i)][...], expected, strict=True)
     assert sorted(group.array_keys()) == ["0", "1", "2"]
 
 
@@ -93,7 +93,7 @@ def test_store_pickles_and_reads_from_threads(volume):
     array = zarr.open_array(store, mode="r")
     with ThreadPoolExecutor(4) as pool:
         parts = list(pool.map(lambda z: array[z:z + 10], range(0, 70, 10)))
-    np.testing.assert_array_equal(np.concatenate(parts), expected)
+    np.testing.assert_array_equal(np.concatenate(parts), expected, strict=True)
 
 
 def test_view_lists_metadata_then_written_chunks(volume):
@@ -106,9 +106,8 @@ def test_view_lists_metadata_then_written_chunks(volume):
 
 def test_write_block_payload_stores_stored_bytes_and_checks_them(volume, tmp_path):
     path, expected = volume
-    source = Directory.open(path)
-    copy = Directory(100, 90, 70, "uint16", str(tmp_path / "copy.blockfs"), n_filenames=1, x_block_size=32,
-                     y_block_size=32, z_block_size=32).create()
+    source = open_volume(path)
+    copy = create_volume(tmp_path / "copy.blockfs", (70, 90, 100), "uint16", (32, 32, 32), 1)
     full, edge = source.read_block_payload(32, 32, 32), source.read_block_payload(96, 64, 0)
     copy.write_block_payload(full, 32, 32, 32)
     copy.write_block_payload(edge, 96, 64, 0)
@@ -117,9 +116,9 @@ def test_write_block_payload_stores_stored_bytes_and_checks_them(volume, tmp_pat
     with pytest.raises(blockfs.BlockShapeError, match="one blosc buffer"):
         copy.write_block_payload(b"not blosc at all, not at all", 0, 0, 0)
     copy.close()
-    reopened = Directory.open(tmp_path / "copy.blockfs")
+    reopened = open_volume(tmp_path / "copy.blockfs")
     assert reopened.read_block_payload(32, 32, 32) == full
-    np.testing.assert_array_equal(reopened[:32, 64:, 96:], expected[:32, 64:, 96:])
+    np.testing.assert_array_equal(reopened[:32, 64:, 96:], expected[:32, 64:, 96:], strict=True)
     assert reopened.read_block_payload(0, 0, 0) is None
 
 

@@ -45,7 +45,7 @@ def test_every_level_is_as_blockfs_reads_it(served) -> None:
     for level, want in enumerate(expected["pyr"]):
         path = folder / "pyr" / f"{2 ** level}_{2 ** level}_{2 ** level}" / "precomputed.blockfs"
         with Directory.open(str(path)) as d:
-            np.testing.assert_array_equal(d[...], want)
+            np.testing.assert_array_equal(d[...], want, strict=True)
 
 
 def test_zarr_python_reads_every_level(served) -> None:
@@ -60,7 +60,7 @@ def test_zarr_python_reads_every_level(served) -> None:
             for level, want in enumerate(levels):
                 array = group[str(level)]
                 assert array.shape == want.shape
-                np.testing.assert_array_equal(array[...], want, err_msg=f"{name} {route} level {level}")
+                np.testing.assert_array_equal(array[...], want, err_msg=f"{name} {route} level {level}", strict=True)
 
 
 def test_tensorstore_zarr_drivers_read_every_level(served) -> None:
@@ -72,7 +72,7 @@ def test_tensorstore_zarr_drivers_read_every_level(served) -> None:
                 store = ts.open({"driver": driver, "kvstore": f"{server.url}/{name}/{route}/{level}/"},
                                 read=True).result(timeout=60)
                 np.testing.assert_array_equal(store.read().result(timeout=60), want,
-                                              err_msg=f"{name} {driver} level {level}")
+                                              err_msg=f"{name} {driver} level {level}", strict=True)
 
 
 def test_tensorstore_precomputed_driver_reads_every_level(served) -> None:
@@ -84,7 +84,7 @@ def test_tensorstore_precomputed_driver_reads_every_level(served) -> None:
                              "scale_index": level}, read=True).result(timeout=60)
             got = store.read().result(timeout=60)  # x, y, z, channel
             np.testing.assert_array_equal(np.asarray(got)[..., 0].transpose(2, 1, 0), want,
-                                          err_msg=f"{name} precomputed level {level}")
+                                          err_msg=f"{name} precomputed level {level}", strict=True)
 
 
 @pytest.fixture
@@ -137,7 +137,7 @@ def test_edge_blocks_are_decompressed_once_then_cached(served, count_decompressi
         assert fetch(f"{server.url}/vol/zarr/0/2.2.2") == body
         assert count_decompressions[0] == before, "an edge block was re-encoded again instead of coming from the cache"
     full = np.frombuffer(blosc.decompress(body), np.uint16).reshape(BLOCK)
-    np.testing.assert_array_equal(full[:13, :22, :19], expected["vol"][0][32:, 48:, 64:])
+    np.testing.assert_array_equal(full[:13, :22, :19], expected["vol"][0][32:, 48:, 64:], strict=True)
     assert not full[13:].any() and not full[:, 22:].any() and not full[:, :, 19:].any()
 
 

@@ -14,9 +14,9 @@ import pytest
 
 from helpers import require
 
-from blockfs import Directory
+from blockfs import Volume, create_volume, open_volume
 from blockfs.pyramid.build import build_pyramid
-from blockfs.pyramid.folder import open_pyramid
+from blockfs.pyramid.folder import LEVEL_FILE, level_key
 from blockfs.sample import microscopy_block
 
 pytestmark = pytest.mark.timeout(180)
@@ -32,30 +32,27 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, np.nda
     """(volume, pyramid folder built from it, the data)."""
     folder = tmp_path_factory.mktemp("contrast")
     data = np.empty(SHAPE, np.uint16)
-    z, y, x = SHAPE
     path = folder / "sample.blockfs"
-    with Directory(x, y, z, np.uint16, str(path), x_block_size=BLOCK, y_block_size=BLOCK,
-                   z_block_size=BLOCK).create() as volume:
+    with create_volume(path, SHAPE, np.uint16, (BLOCK,) * 3) as volume:
         for origin in np.ndindex(*(n // BLOCK for n in SHAPE)):
             bz, by, bx = (i * BLOCK for i in origin)
-            block = microscopy_block((bz, by, bx), (BLOCK,) * 3)
-            data[bz:bz + BLOCK, by:by + BLOCK, bx:bx + BLOCK] = block
-            volume.write_block(block, bx, by, bz)
+            region = np.s_[bz:bz + BLOCK, by:by + BLOCK, bx:bx + BLOCK]
+            data[region] = volume[region] = microscopy_block((bz, by, bx), (BLOCK,) * 3)
     build_pyramid(path, folder / "pyramid", silent=True)
     return path, folder / "pyramid", data
 
 
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, list[tuple[int, int, int]]]]:
-    """Every block read through :meth:`Directory.read_block`: {index file: [origins]}."""
+    """Every block read through :meth:`Volume.read_block`: {index file: [origins]}."""
     seen: dict[str, list[tuple[int, int, int]]] = {}
-    original = Directory.read_block
+    original = Volume.read_block
 
-    def counting(self: Directory, x: int, y: int, z: int, *args: object, **kwargs: object) -> np.ndarray:
-        seen.setdefault(self.directory_filename, []).append((x, y, z))
+    def counting(self: Volume, x: int, y: int, z: int, *args: object, **kwargs: object) -> np.ndarray:
+        seen.setdefault(self.path, []).append((x, y, z))
         return original(self, x, y, z, *args, **kwargs)
 
-    monkeypatch.setattr(Directory, "read_block", counting)
+    monkeypatch.setattr(Volume, "read_block", counting)
     yield seen
 
 
@@ -77,7 +74,7 @@ def test_a_volume_and_its_pyramid_get_the_same_range_covering_the_bright_cells(
     lo, bright = np.percentile(data[data != 0], [0.5, 99.5])
     for low, high in ((volume_lo, volume_hi), (pyramid_lo, pyramid_hi)):
         assert low <= 1.1 * lo and low < bright < high, (low, high, lo, bright)
-    level1 = open_pyramid(pyramid).levels[0].directory_filename
+    level1 = pyramid / level_key(1) / LEVEL_FILE
     assert {os.path.realpath(p) for p in reads} == {os.path.realpath(volume), os.path.realpath(level1)}, reads
     assert all(0 < len(origins) <= MAX_READS for origins in reads.values()), reads
 
@@ -86,12 +83,10 @@ def test_the_range_costs_a_bounded_number_of_blocks_spread_over_the_volume(
         tmp_path: Path, reads: dict[str, list[tuple[int, int, int]]]) -> None:
     from blockfs.serve.viewer import contrast
     block, path = 8, str(tmp_path / "big.blockfs")
-    with Directory(256, 256, 256, np.uint16, path, x_block_size=block, y_block_size=block,
-                   z_block_size=block).create() as volume:  # 32 ** 3 block positions
-        volume.write_block(np.full((block,) * 3, 700, np.uint16), 40, 40, 40)
-        volume.write_block(np.full((block,) * 3, 900, np.uint16), 128, 128, 128)
-    with Directory.open(path) as volume:
-        assert contrast(volume) == (700, 900)
+    with create_volume(path, (256,) * 3, np.uint16, (block,) * 3) as volume:  # 32 ** 3 block positions
+        volume[40:48, 40:48, 40:48] = 700
+        volume[128:136, 128:136, 128:136] = 900
+    assert contrast(open_volume(path)) == (700, 900)
     origins = np.array(reads[path])
     assert 0 < len(origins) <= MAX_READS
     assert (origins.max(axis=0) - origins.min(axis=0) >= 256 // 2).all(), origins  # spread along every axis

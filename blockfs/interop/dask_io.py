@@ -13,10 +13,10 @@ from dask.base import tokenize
 from dask.callbacks import Callback
 from tqdm import tqdm
 
-from ..directory import Directory
 from ..errors import InvalidArgumentError
 from ..progress import disabled
-from ..volume import Volume
+from ..volume import Volume, open_volume
+from ..writable import create_volume, open_writable
 
 #: Bytes of voxels each ``write_dask`` task writes at most (unless one block is larger).
 TASK_BYTES = 32 * 2**20
@@ -27,14 +27,13 @@ def _read_chunk(volume: Volume, index: tuple[slice, ...], asarray: bool = True, 
     return volume[index]
 
 
-def to_dask(volume: Directory | Volume) -> da.Array:
+def to_dask(volume: Volume) -> da.Array:
     """A lazy dask array of a volume with one chunk per block.
 
     The read-only :class:`Volume` is one key of the graph and pickles as its store's description,
     so the graph is cheap to send to process or distributed workers, which reopen it read-only.
     """
-    view = volume.volume if isinstance(volume, Directory) else volume
-    view = Volume.from_spec(view.store.spec.read_only(), view.verify)
+    view = Volume.from_spec(volume.store.spec.read_only(), volume.verify)
     stat = os.stat(view.path)
     name = "blockfs-" + tokenize(os.path.abspath(view.path), stat.st_mtime_ns, stat.st_size)
     return da.from_array(view, chunks=view.block_shape, name=name, getitem=_read_chunk,
@@ -48,18 +47,9 @@ def _write_chunk(chunk: np.ndarray, path: str, block_info: dict | None = None) -
     the same blocks (the last write wins).
     """
     region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])  # type: ignore[index]
-    with Directory.open(path, "r+", durable=False) as volume:
+    with open_writable(path, durable=False) as volume:
         volume[region] = chunk
     return np.ones((1,) * chunk.ndim, bool)
-
-
-def _fsync(paths: list[str]) -> None:
-    for path in paths:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def task_shape(block_shape: tuple[int, int, int], shape: tuple[int, ...], itemsize: int, task_bytes: int
@@ -96,31 +86,36 @@ def _blocks_per_task(markers: da.Array, chunks: tuple[tuple[int, ...], ...], blo
 
 
 def write_dask(array: Any, path: str | os.PathLike, overwrite: bool = False, compute_kwargs: dict | None = None,
-               task_bytes: int = TASK_BYTES, silent: bool = False, **directory_kwargs: Any) -> Directory:
+               task_bytes: int = TASK_BYTES, silent: bool = False, dtype: Any = None,
+               block_shape: tuple[int, int, int] = (64, 64, 64), durable: bool = True, **create_kwargs: Any
+               ) -> Volume:
     """Write a 3D (z, y, x) dask array as a new volume at ``path``; return it opened read-only.
 
-    ``directory_kwargs`` go to :class:`Directory` (block sizes, compression, metadata, ...). The
-    array is rechunked to whole blocks of the block grid, up to ``task_bytes`` per chunk, and each
-    task writes its blocks straight into the shards (safe alongside the other tasks), on whatever
-    scheduler ``compute`` picks (``compute_kwargs``, e.g. ``{"scheduler": "processes"}``; a
-    ``dask.distributed`` client when one is active). Returns once every block is written,
-    indexed and (unless ``durable=False``) fsynced. A bar of the blocks written goes to stderr when
-    it is a terminal, unless ``silent`` (on dask's local schedulers; ``dask.distributed`` has its own
-    dashboard).
+    ``dtype`` (default the array's), ``block_shape`` (z, y, x) and ``create_kwargs`` (shards,
+    compression, metadata, ...) go to :func:`blockfs.create_volume`. The array is rechunked to
+    whole blocks of the block grid, up to ``task_bytes`` per chunk, and each task writes its blocks
+    straight into the shards (safe alongside the other tasks), on whatever scheduler ``compute``
+    picks (``compute_kwargs``, e.g. ``{"scheduler": "processes"}``; a ``dask.distributed`` client
+    when one is active). Returns once every block is written, indexed and (unless
+    ``durable=False``) fsynced. A bar of the blocks written goes to stderr when it is a terminal,
+    unless ``silent`` (on dask's local schedulers; ``dask.distributed`` has its own dashboard).
     """
     array = da.asarray(array)
     path = os.fspath(path)
     if array.ndim != 3:
         raise InvalidArgumentError(f"{path}: write_dask needs a 3D (z, y, x) array; got shape {array.shape}.")
-    z, y, x = array.shape
-    volume = Directory(x, y, z, directory_kwargs.pop("dtype", array.dtype), path, **directory_kwargs)
-    volume.create(overwrite=overwrite)
-    volume.close()
-    blocks = array.rechunk(task_shape(volume.layout.block_shape, array.shape, volume.dtype.itemsize, task_bytes))
+    # Not durable itself: its close() would fsync once more what sync() below has made durable.
+    volume = create_volume(path, array.shape, array.dtype if dtype is None else dtype, block_shape,
+                           overwrite=overwrite, durable=False, **create_kwargs)
+    lay = volume.layout
+    blocks = array.rechunk(task_shape(lay.block_shape, array.shape, lay.dtype.itemsize, task_bytes))
     markers = blocks.map_blocks(_write_chunk, path, dtype=bool, chunks=tuple((1,) * len(c) for c in blocks.chunks))
-    with tqdm(total=volume.layout.n_blocks, unit="block", desc=f"writing {path}", disable=disabled(silent)) as bar, \
-            _BlocksWritten(_blocks_per_task(markers, blocks.chunks, volume.layout.block_shape), bar):
-        markers.compute(**(compute_kwargs or {}))  # the write tasks are the outputs: their keys stay
-    if volume.durable:
-        _fsync(volume.shard_paths + [volume.directory_filename])
-    return Directory.open(path)
+    try:
+        with tqdm(total=lay.n_blocks, unit="block", desc=f"writing {path}", disable=disabled(silent)) as bar, \
+                _BlocksWritten(_blocks_per_task(markers, blocks.chunks, lay.block_shape), bar):
+            markers.compute(**(compute_kwargs or {}))  # the write tasks are the outputs: their keys stay
+        if durable:
+            volume.sync()  # the tasks' writes, from whichever processes ran them
+    finally:
+        volume.close()
+    return open_volume(path)

@@ -52,11 +52,10 @@ class BlockfsStore(Store):
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BlockfsStore) and other.view.metadata == self.view.metadata and [
-            d.directory_filename for d in other.view.source.levels] == [d.directory_filename for d in
-                                                                         self.view.source.levels]
+            v.path for v in other.view.source.levels] == [v.path for v in self.view.source.levels]
 
     def __str__(self) -> str:
-        return f"blockfs://{self.view.source.levels[0].directory_filename}"
+        return f"blockfs://{self.view.source.levels[0].path}"
 
     def __repr__(self) -> str:
         return f"BlockfsStore({str(self)!r}, zarr_format={self.view.zarr_format})"

@@ -2,13 +2,15 @@
 
 Public functions and types:
 
-- ``open_source(source) -> Source``: a volume path, pyramid folder, ``Directory`` or ``Pyramid`` as
+- ``open_source(source) -> Source``: a volume path, pyramid folder, ``Volume`` or ``Pyramid`` as
   its levels (finest first), voxel size and name;
 - ``array_metadata(volume, zarr_format, shard_blocks=None) -> dict``: ``.zarray`` (v2) or an array's
   ``zarr.json`` (v3; sharded when ``shard_blocks`` is given);
 - ``group_metadata(source, zarr_format) -> dict[str, dict]``: the group documents by key, with
   OME-Zarr ``multiscales`` (0.4 in ``.zattrs`` on v2, 0.5 in ``zarr.json`` on v3);
+- ``chunk_block(volume, (cz, cy, cx)) -> BlockProjection | None``: the block a chunk is;
 - ``chunk_bytes(volume, (cz, cy, cx)) -> bytes | None``: a chunk's bytes (see its docstring);
+- ``as_chunk(volume, block, payload) -> bytes | None``: the chunk of a block whose stored bytes were read;
 - ``written_chunks(volume)``: the (cz, cy, cx) of every written block, from the index;
 - ``parse_chunk_key(key, zarr_format) -> (cz, cy, cx) | None``: chunk coordinates from
   ``"cz.cy.cx"`` (v2) or ``"c/cz/cy/cx"`` (v3);
@@ -27,9 +29,10 @@ from typing import Any, Iterator, Union
 import numpy as np
 
 from ..codec import compress, decompress_into
-from ..directory import Directory
 from ..errors import InvalidArgumentError
 from ..pyramid import Pyramid, is_pyramid, open_pyramid
+from ..selection import BlockProjection, projections
+from ..volume import Volume, open_volume
 
 #: The blosc codec an edge block is re-encoded with: fast, and any blosc reader decodes it.
 EDGE_CNAME, EDGE_CLEVEL = "lz4", 1
@@ -37,14 +40,14 @@ EDGE_CNAME, EDGE_CLEVEL = "lz4", 1
 VOXEL_SIZE_KEY = "voxel_size_um"
 ZARR_FORMATS = (2, 3)
 
-SourceLike = Union[str, os.PathLike, Directory, Pyramid]
+SourceLike = Union[str, os.PathLike, Volume, Pyramid]
 
 
 @dataclass(frozen=True)
 class Source:
     """What a zarr hierarchy is made of: levels finest first, their voxel sizes, a name."""
 
-    levels: tuple[Directory, ...]
+    levels: tuple[Volume, ...]
     #: Each level's voxel size in micrometres, (z, y, x).
     voxel_sizes_um: tuple[tuple[float, float, float], ...]
     name: str
@@ -52,20 +55,25 @@ class Source:
     is_pyramid: bool
 
 
+def _level_volume(level: Any) -> Volume:
+    """A pyramid level as a :class:`Volume` (a level opened as a ``Directory`` carries its own)."""
+    return level if isinstance(level, Volume) else level.volume
+
+
 def open_source(source: SourceLike) -> Source:
-    """Open a volume path, a pyramid folder, a ``Directory`` or a ``Pyramid`` read as zarr."""
+    """Open a volume path, a pyramid folder, a ``Volume`` or a ``Pyramid`` read as zarr."""
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
-        source = open_pyramid(path) if is_pyramid(path) else Directory.open(path)
+        source = open_pyramid(path) if is_pyramid(path) else open_volume(path)
     if isinstance(source, Pyramid):
         sizes = tuple(tuple(r / 1000 for r in reversed(res)) for res in source.resolutions_nm)
         name = os.path.basename(os.path.normpath(source.root))
-        return Source(source.levels, sizes, name, True)  # type: ignore[arg-type]
+        return Source(tuple(map(_level_volume, source.levels)), sizes, name, True)  # type: ignore[arg-type]
     voxel = source.metadata.get(VOXEL_SIZE_KEY, [1.0, 1.0, 1.0])
     if not (isinstance(voxel, list) and len(voxel) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in voxel)):
-        raise InvalidArgumentError(f"{source.directory_filename}: metadata {VOXEL_SIZE_KEY!r} must be three positive "
+        raise InvalidArgumentError(f"{source.path}: metadata {VOXEL_SIZE_KEY!r} must be three positive "
                                    f"numbers (x, y, z) in micrometres; got {voxel!r}.")
-    name = os.path.splitext(os.path.basename(source.directory_filename))[0]
+    name = os.path.splitext(os.path.basename(source.path))[0]
     return Source((source,), (tuple(float(v) for v in reversed(voxel)),), name, False)  # type: ignore[arg-type]
 
 
@@ -77,7 +85,7 @@ def _fill_value(dtype: np.dtype) -> Any:
     return 0.0 if dtype.kind == "f" else 0
 
 
-def _v3_codecs(volume: Directory) -> list[dict[str, Any]]:
+def _v3_codecs(volume: Volume) -> list[dict[str, Any]]:
     """bytes + blosc with the volume's compressor: how a stored block is encoded."""
     dtype = volume.dtype
     endian = {"name": "bytes", "configuration": {"endian": "little"}} if dtype.itemsize > 1 else {"name": "bytes"}
@@ -87,13 +95,13 @@ def _v3_codecs(volume: Directory) -> list[dict[str, Any]]:
     return [endian, blosc]
 
 
-def array_metadata(volume: Directory, zarr_format: int, shard_blocks: int | None = None) -> dict[str, Any]:
+def array_metadata(volume: Volume, zarr_format: int, shard_blocks: int | None = None) -> dict[str, Any]:
     """The array document of a volume: chunks are its blocks, or shards of ``shard_blocks``^3 blocks (v3)."""
     check_zarr_format(zarr_format)
     lay = volume.layout
     if zarr_format == 2:
         if shard_blocks is not None:
-            raise InvalidArgumentError(f"{volume.directory_filename}: sharding needs zarr format 3; "
+            raise InvalidArgumentError(f"{volume.path}: sharding needs zarr format 3; "
                                        "drop --shard-blocks or use --zarr-format 3.")
         return {"zarr_format": 2, "shape": list(lay.shape), "chunks": list(lay.block_shape),
                 "dtype": volume.dtype.str, "compressor": {
@@ -142,58 +150,55 @@ def check_zarr_format(zarr_format: int) -> None:
         raise InvalidArgumentError(f"zarr format {zarr_format!r} is not supported; use 2 or 3.")
 
 
-def chunk_origin(volume: Directory, chunk: tuple[int, int, int]) -> tuple[int, int, int] | None:
-    """The first voxel (x, y, z) of the block at chunk (cz, cy, cx), or None outside the grid."""
-    if not all(0 <= c < n for c, n in zip(chunk, volume.layout.grid)):
+def chunk_block(volume: Volume, chunk: tuple[int, int, int]) -> BlockProjection | None:
+    """The block at chunk (cz, cy, cx) (its origin, entry and shape), or None outside the grid."""
+    if not all(0 <= c < n for c, n in zip(chunk, volume.grid)):
         return None
-    z, y, x = (c * b for c, b in zip(chunk, volume.layout.block_shape))
-    return x, y, z
+    start = tuple(c * b for c, b in zip(chunk, volume.block_shape))
+    return next(projections(volume.layout, start, tuple(a + 1 for a in start)))
 
 
-def is_edge(volume: Directory, chunk: tuple[int, int, int]) -> bool:
-    """Whether the block at chunk (cz, cy, cx) is truncated by the volume's edge."""
-    return any((c + 1) * b > n for c, b, n in zip(chunk, volume.layout.block_shape, volume.shape))
+def is_edge(volume: Volume, block: BlockProjection) -> bool:
+    """Whether ``block`` is truncated by the volume's edge."""
+    return block.shape != volume.block_shape
 
 
-def pad_edge(volume: Directory, chunk: tuple[int, int, int], payload: bytes) -> bytes:
+def pad_edge(volume: Volume, block: BlockProjection, payload: bytes) -> bytes:
     """An edge block's stored bytes decompressed, zero-padded to a full block and re-encoded (lz4, level 1)."""
-    x, y, z = chunk_origin(volume, chunk)  # type: ignore[misc]
-    shape = volume.layout.block_shape_at(x, y, z)
-    block = np.empty(shape, volume.dtype)
-    decompress_into(payload, block, f"{volume.directory_filename}: block at (x={x}, y={y}, z={z})")
-    full = np.zeros(volume.layout.block_shape, volume.dtype)
-    full[:shape[0], :shape[1], :shape[2]] = block
+    data = np.empty(block.shape, volume.dtype)
+    decompress_into(payload, data, "{}: block at (x={}, y={}, z={})".format(volume.path, *block.origin))
+    full = np.zeros(volume.block_shape, volume.dtype)
+    full[tuple(slice(0, n) for n in block.shape)] = data
     return compress(full, EDGE_CNAME, EDGE_CLEVEL)
 
 
-def chunk_bytes(volume: Directory, chunk: tuple[int, int, int]) -> bytes | None:
+def as_chunk(volume: Volume, block: BlockProjection, payload: bytes | None) -> bytes | None:
+    """The zarr chunk of a block whose stored bytes are ``payload`` (None if never written): see :func:`chunk_bytes`."""
+    if payload is None or not is_edge(volume, block):
+        return payload
+    return pad_edge(volume, block, payload)
+
+
+def chunk_bytes(volume: Volume, chunk: tuple[int, int, int]) -> bytes | None:
     """The zarr chunk (cz, cy, cx) of a volume, blosc-encoded, or None when it is a missing key.
 
     A full block's stored payload is returned unchanged (CRC-checked when the volume has records);
     an edge block is decompressed, zero-padded to the full chunk shape and re-encoded with lz4 at
     level 1; a never-written block or a chunk outside the grid is None (readers use fill value 0).
     """
-    origin = chunk_origin(volume, chunk)
-    if origin is None:
-        return None
-    payload = volume.read_block_payload(*origin)
-    if payload is None or not is_edge(volume, chunk):
-        return payload
-    return pad_edge(volume, chunk, payload)
+    block = chunk_block(volume, chunk)
+    return None if block is None else as_chunk(volume, block, volume.read_block_payload(*block.origin))
 
 
-def written_chunks(volume: Directory) -> Iterator[tuple[int, int, int]]:
-    """(cz, cy, cx) of every written block, z-major, reading the index one plane of blocks at a time."""
+def written_chunks(volume: Volume) -> Iterator[tuple[int, int, int]]:
+    """(cz, cy, cx) of every written block, z-major, looking up the index one plane of blocks at a time."""
     lay = volume.layout
     nz, ny, nx = lay.grid
     gy, gx = (a.ravel() for a in np.meshgrid(np.arange(ny), np.arange(nx), indexing="ij"))
     plane = gy * lay.y_stride + gx * lay.x_stride
-    store = volume.store
     for cz in range(nz):
-        entries = plane + cz * lay.z_stride
-        first, count = int(entries.min()), int(entries.max() - entries.min()) + 1
-        _, sizes = store.entries(first, count)
-        for i in np.flatnonzero(sizes[entries - first]):
+        _, sizes = volume.store.lookup(plane + cz * lay.z_stride)
+        for i in np.flatnonzero(sizes):
             yield cz, int(gy[i]), int(gx[i])
 
 
@@ -236,7 +241,7 @@ class ZarrView:
         else:
             self.metadata[array_name] = _dumps(array_metadata(self.source.levels[0], zarr_format))
 
-    def locate(self, key: str) -> tuple[Directory, tuple[int, int, int]] | None:
+    def locate(self, key: str) -> tuple[Volume, tuple[int, int, int]] | None:
         """(volume, chunk) that a chunk key names, or None if it names no chunk."""
         level = 0
         if self.group:
@@ -263,7 +268,7 @@ class ZarrView:
                 yield prefix + separator.join(map(str, chunk))
 
     @property
-    def arrays(self) -> dict[str, Directory]:
+    def arrays(self) -> dict[str, Volume]:
         """Each array's path in the hierarchy ("" for a root array) and its volume."""
         if not self.group:
             return {"": self.source.levels[0]}

@@ -11,8 +11,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from ..directory import Directory
 from ..errors import InvalidArgumentError
+from ..volume import Volume
 from .client import CLIENT_PATH
 from . import IDLE_TIMEOUT
 from .server import LOOPBACK, Server, start
@@ -35,7 +35,7 @@ def neuroglancer_client() -> str:
     return folder
 
 
-def sample_origins(volume: Directory) -> list[tuple[int, int, int]]:
+def sample_origins(volume: Volume) -> list[tuple[int, int, int]]:
     """First voxels (x, y, z) of the blocks :func:`contrast` reads: the centres of a lattice of
     :data:`SAMPLE_SPREAD` cells per axis over the block grid (fewer along a short axis)."""
     z, y, x = ([b * (int((i + 0.5) * n / SAMPLE_SPREAD)) for i in range(min(SAMPLE_SPREAD, n))]
@@ -43,7 +43,7 @@ def sample_origins(volume: Directory) -> list[tuple[int, int, int]]:
     return [(bx, by, bz) for bz in z for by in y for bx in x]
 
 
-def contrast(volume: Directory) -> tuple[float, float]:
+def contrast(volume: Volume) -> tuple[float, float]:
     """A display range from a bounded sample of blocks (:func:`sample_origins`) of ``volume``, the finest
     level: the :data:`PERCENTILES` of their non-zero voxels."""
     samples = [block[block != 0].ravel() for block in (volume.read_block(*o) for o in sample_origins(volume))]

@@ -1,13 +1,14 @@
 """What the server serves under one name: a volume or pyramid's levels, and their chunks by URL part.
 
-Every read goes to the files afresh (the index entry, then the block), so blocks written while the
-volume is served appear on the next request. Each answer carries a version, the index entry's
-(offset, size): a rewritten block is appended elsewhere, so its version, and the ETag made from it,
-changes. Only edge blocks, which must be re-encoded for zarr, are cached (bounded, by version).
+Every read goes to the files afresh (the index entry, then the block at it), so blocks written while
+the volume is served appear on the next request. Each answer carries a version, the index entry's
+(offset, size) its body was read at (one index read per request): a rewritten block is appended
+elsewhere, so its version, and the ETag made from it, changes. Only edge blocks, which must be
+re-encoded for zarr, are cached (bounded, by version).
 
 A served volume remembers the identity (device, inode) of the files it was opened from, its index
 files and a pyramid's ``info``, and holds its index files open, so that a volume replaced at the
-same path (``Directory.create`` renames a new index into place) is told apart from it; ETags and
+same path (``create_volume`` renames a new index into place) is told apart from it; ETags and
 cache keys carry that identity too.
 """
 
@@ -20,11 +21,15 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..directory import Directory
+import numpy as np
+
+from ..codec import decompress_into
 from ..errors import InvalidArgumentError
-from ..interop.zarr_format import ZarrView, chunk_bytes, chunk_origin, is_edge, open_source
+from ..interop.zarr_format import ZarrView, as_chunk, chunk_block, is_edge, open_source
 from ..pyramid import is_pyramid, level_key, open_pyramid
 from ..pyramid.folder import INFO_NAME, LEVEL_FILE, read_info
+from ..selection import BlockProjection
+from ..volume import Volume
 from .cache import ByteCache
 
 #: Names a volume may be served under: one URL path segment of safe characters.
@@ -82,7 +87,7 @@ class ServedVolume:
     """A volume or pyramid served under ``name``: precomputed ``info``, zarr v2 and v3 views."""
 
     name: str
-    levels: tuple[Directory, ...]
+    levels: tuple[Volume, ...]
     keys: tuple[str, ...]
     info: dict[str, Any]
     zarr: dict[int, ZarrView]
@@ -112,7 +117,7 @@ class ServedVolume:
         if route == "precomputed":
             return self._precomputed_address(*key.partition("/")[::2])
         found = self.zarr[ZARR_FORMATS[route]].locate(key)
-        if found is None or chunk_origin(*found) is None:
+        if found is None or chunk_block(*found) is None:
             return None
         volume, chunk = found
         return self.levels.index(volume), chunk
@@ -131,11 +136,16 @@ class ServedVolume:
                 return None
         return level, (z0 // lay.z_block_size, y0 // lay.y_block_size, x0 // lay.x_block_size)
 
-    def version(self, address: Address) -> Version:
-        """The index entry (offset, size) of the block at ``address``."""
+    def block(self, address: Address) -> tuple[Volume, BlockProjection]:
+        """The level and the block that ``address`` (as :meth:`locate` gave it) names."""
         level, chunk = address
         volume = self.levels[level]
-        return volume.store.entry(volume.layout.entry_index(*chunk_origin(volume, chunk)))  # type: ignore[misc]
+        return volume, chunk_block(volume, chunk)  # type: ignore[return-value]
+
+    def version(self, address: Address) -> Version:
+        """The index entry (offset, size) of the block at ``address``, as it is now."""
+        volume, block = self.block(address)
+        return volume.store.entry(block.entry)
 
     def read(self, route: str, address: Address, edges: ByteCache) -> Chunk:
         """The chunk at ``address`` as ``route`` serves it (body None for a missing zarr chunk)."""
@@ -145,26 +155,28 @@ class ServedVolume:
 
     def _precomputed_chunk(self, address: Address) -> Chunk:
         """A block as precomputed ``raw``: its voxels in C order (z, y, x), zeros if never written."""
-        version = self.version(address)
-        level, chunk = address
-        volume = self.levels[level]
-        return Chunk(volume.read_block(*chunk_origin(volume, chunk)).tobytes(), version, self.tag)  # type: ignore[misc]
+        volume, block = self.block(address)
+        version, payload = volume.read_block_payload_at(*block.origin)
+        data = np.zeros(block.shape, volume.dtype)
+        if payload is not None:
+            decompress_into(payload, data, "{}: block at (x={}, y={}, z={})".format(volume.path, *block.origin))
+        return Chunk(data.tobytes(), version, self.tag)
 
     def _zarr_chunk(self, address: Address, edges: ByteCache) -> Chunk:
-        """A zarr chunk: a full block's stored bytes, an edge block padded and re-encoded (cached)."""
-        version = self.version(address)
-        level, chunk = address
-        volume = self.levels[level]
+        """A zarr chunk: a full block's stored bytes, an edge block padded and re-encoded (cached by version)."""
+        volume, block = self.block(address)
+        if not is_edge(volume, block):
+            version, body = volume.read_block_payload_at(*block.origin)
+            return Chunk(body, version, self.tag)
+        version = volume.store.entry(block.entry)
         if not version[1]:
             return Chunk(None, version, self.tag)
-        if not is_edge(volume, chunk):
-            return Chunk(chunk_bytes(volume, chunk), version, self.tag)
-        cache_key = (self.name, self.identity, level, chunk, version)
-        body = edges.get(cache_key)
+        body = edges.get((self.name, self.identity, address, version))
         if body is None:
-            body = chunk_bytes(volume, chunk)
+            version, payload = volume.read_block_payload_at(*block.origin, where=version)
+            body = as_chunk(volume, block, payload)
             if body is not None:
-                edges.put(cache_key, body)
+                edges.put((self.name, self.identity, address, version), body)
         return Chunk(body, version, self.tag)
 
     def close(self) -> None:
@@ -185,7 +197,7 @@ def check_name(name: str, path: str) -> str:
     return name
 
 
-def _precomputed_info(levels: tuple[Directory, ...], keys: tuple[str, ...],
+def _precomputed_info(levels: tuple[Volume, ...], keys: tuple[str, ...],
                       voxel_sizes_um: tuple[tuple[float, float, float], ...]) -> dict[str, Any]:
     """A precomputed ``info`` for volumes without one: an image with one scale per level."""
     scales = [{"key": key, "size": [lay.x_extent, lay.y_extent, lay.z_extent],

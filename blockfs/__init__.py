@@ -26,10 +26,16 @@ def open_zarr(path: str, zarr_format: int = 3) -> Any:
 
 
 def write_dask(array: Any, path: str, **kwargs: Any) -> Directory:
-    """Write a 3D dask array as a new volume, in parallel on any dask scheduler (needs dask); see
-    :func:`blockfs.interop.dask_io.write_dask`."""
+    """Write a 3D dask array as a new volume, in parallel on any dask scheduler (needs dask); return it opened
+    read-only. ``kwargs`` are :class:`Directory`'s for the volume (``n_filenames``, ``x_block_size``, ...) and
+    :func:`blockfs.interop.dask_io.write_dask`'s (``overwrite``, ``compute_kwargs``, ...)."""
     from .interop.tools import load
-    return load("dask_io").write_dask(array, path, **kwargs)
+    block_shape = tuple(kwargs.pop(f"{axis}_block_size", 64) for axis in "zyx")
+    strides = tuple(kwargs.pop(f"{axis}_stride", None) for axis in "zyx")
+    count, names = kwargs.pop("n_filenames", None), kwargs.pop("block_filenames", None)
+    load("dask_io").write_dask(array, path, block_shape=block_shape, strides=strides,
+                               shards=count if names is None else names, **kwargs)
+    return Directory.open(path)
 
 
 __all__ = [

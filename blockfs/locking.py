@@ -18,7 +18,7 @@ import contextlib
 import errno
 import fcntl
 import os
-from typing import Iterator
+from collections.abc import Iterator
 
 from .errors import VolumeBusyError
 from .format import open_regular

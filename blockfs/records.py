@@ -17,8 +17,8 @@ rebuild the index from the shards alone. See docs/FORMAT.md, "Extension: block r
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import crc32c
 

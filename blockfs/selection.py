@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import itertools
 import operator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -105,9 +106,10 @@ def projections(layout: Layout, start: tuple[int, ...], stop: tuple[int, ...]) -
         hi = [min(b, o + n) for b, o, n in zip(stop, (z, y, x), shape)]
         yield BlockProjection(
             (x, y, z), layout.entry_index(x, y, z), shape,
-            tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, (z, y, x))),  # type: ignore[arg-type]
-            tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, start)),  # type: ignore[arg-type]
-            all(h - l == n for l, h, n in zip(lo, hi, shape)))
+            # the zips run over three axes, which mypy cannot see: it types each as tuple[slice, ...]
+            tuple(slice(low - o, h - o) for low, h, o in zip(lo, hi, (z, y, x))),  # type: ignore[arg-type]
+            tuple(slice(low - a, h - a) for low, h, a in zip(lo, hi, start)),  # type: ignore[arg-type]
+            all(h - low == n for low, h, n in zip(lo, hi, shape)))
 
 
 def box_entries(layout: Layout, start: tuple[int, ...], stop: tuple[int, ...]) -> np.ndarray:

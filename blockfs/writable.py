@@ -15,7 +15,8 @@ import multiprocessing
 import operator
 import os
 import weakref
-from typing import Any, Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -23,20 +24,29 @@ from . import format as fmt
 from . import locking, marks, records
 from .casting import Caster
 from .codec import Compression, check_compression, check_sizes
-from .errors import (AttachError, BlockShapeError, ClosedError, CorruptBlockError, InvalidArgumentError,
-                     ReadOnlyError, RegionError, VolumeExistsError)
+from .errors import (
+    AttachError,
+    BlockShapeError,
+    ClosedError,
+    CorruptBlockError,
+    FormatError,
+    InvalidArgumentError,
+    ReadOnlyError,
+    RegionError,
+    VolumeExistsError,
+)
 from .selection import Selection, block_entry, projections, select
 from .storage import atomic_write, publish_index, resolve_shard_path
 from .store import BlockStore, StoreSpec, resolve_spec, spec_for
 from .volume import Volume, warn_marks
-from .writer import WriterPool
+from .writer import BlockWriter, WriterPool
 
 
 class BlockSink(Protocol):
     """Where a writable volume hands this process's blocks: the writer processes, or an MPI collective writer."""
 
     #: writer processes (empty when there are none); ``Directory.writers`` shows them
-    writers: list
+    writers: list[BlockWriter]
     #: whether each shard is fsynced by the process that appended to it, so ``close()`` need not
     shards_synced_by_owners: bool
 
@@ -62,7 +72,7 @@ def positive(name: str, value: Any) -> int:
     return number
 
 
-def _check_metadata(metadata: dict | None) -> dict:
+def _check_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
     if metadata is None:
         return {}
     if not isinstance(metadata, dict):
@@ -73,16 +83,17 @@ def _check_metadata(metadata: dict | None) -> dict:
     try:
         json.dumps(metadata)
     except (TypeError, ValueError) as exc:
-        raise InvalidArgumentError(f"metadata must be JSON-serialisable ({exc}); convert arrays with .tolist().") from None
+        raise InvalidArgumentError(f"metadata must be JSON-serialisable ({exc}); "
+                                   "convert arrays with .tolist().") from None
     return dict(metadata)
 
 
 def new_layout(path: str, shape: Sequence[int], dtype: Any, block_shape: Sequence[int] = (64, 64, 64),
-               shards: int | Sequence[str | os.PathLike] | None = None, *,
+               shards: int | Sequence[str | os.PathLike[str]] | None = None, *,
                compression: Compression | str = Compression.zstd, compression_level: int = 5,
-               metadata: dict | None = None, records: bool = True, strides: Sequence[int | None] = (None,) * 3,
-               n_offset_bits: int | None = None, n_size_bits: int | None = None,
-               directory_offset: int | None = None,
+               metadata: dict[str, Any] | None = None, records: bool = True,
+               strides: Sequence[int | None] = (None,) * 3, n_offset_bits: int | None = None,
+               n_size_bits: int | None = None, directory_offset: int | None = None,
                names: tuple[str, str, str] = ("z_extent", "y_extent", "x_extent")) -> tuple[fmt.Layout, int]:
     """(the checked Layout, D) of a new volume at ``path``; every argument in (z, y, x) order.
 
@@ -103,15 +114,15 @@ def new_layout(path: str, shape: Sequence[int], dtype: Any, block_shape: Sequenc
         filenames = shards
     defaults = fmt.default_strides(x, y, bx, by)
     sz, sy, sx = strides
-    stride = tuple(d if s is None else positive(n, s) for n, s, d in
-                   zip(("x_stride", "y_stride", "z_stride"), (sx, sy, sz), defaults))
-    offset_bits, size_bits = fmt.default_bit_widths((x, y, z), (bx, by, bz), stride, dt.itemsize, len(filenames),
-                                                    bool(records))
+    x_stride, y_stride, z_stride = (d if s is None else positive(n, s) for n, s, d in
+                                    zip(("x_stride", "y_stride", "z_stride"), (sx, sy, sz), defaults))
+    offset_bits, size_bits = fmt.default_bit_widths((x, y, z), (bx, by, bz), (x_stride, y_stride, z_stride),
+                                                    dt.itemsize, len(filenames), bool(records))
     layout = fmt.Layout(
         x_extent=x, y_extent=y, z_extent=z, dtype=dt, x_block_size=bx, y_block_size=by, z_block_size=bz,
         n_offset_bits=offset_bits if n_offset_bits is None else positive("n_offset_bits", n_offset_bits),
         n_size_bits=size_bits if n_size_bits is None else positive("n_size_bits", n_size_bits),
-        x_stride=stride[0], y_stride=stride[1], z_stride=stride[2],
+        x_stride=x_stride, y_stride=y_stride, z_stride=z_stride,
         block_filenames=tuple(os.path.abspath(os.fspath(n)) for n in filenames),
         compression=compressor, compression_level=level, metadata=_check_metadata(metadata), records=bool(records))
     start = len(fmt.encode_header(layout, directory_offset))
@@ -126,7 +137,7 @@ def _own_shards(index: str) -> set[str]:
     """Real paths of the shards named by the volume at ``index``; empty if it is not a readable volume."""
     try:
         layout = fmt.read_directory_file(index).layout
-    except (OSError, fmt.FormatError):
+    except (OSError, FormatError):
         return set()
     return {os.path.realpath(resolve_shard_path(index, name).path) for name in layout.block_filenames}
 
@@ -169,7 +180,7 @@ def _replace_shards(shards: Sequence[str], index: str, existed: bool) -> None:
 
 
 def create_from_layout(path: str, layout: fmt.Layout, directory_offset: int | None = None, overwrite: bool = True,
-                       incomplete: str | None = None, verify: bool = True, durable: bool = True) -> "WritableVolume":
+                       incomplete: str | None = None, verify: bool = True, durable: bool = True) -> WritableVolume:
     """Write a new, empty volume with this layout: its index file, then empty shard files.
 
     A volume (or empty files) already at these paths is replaced: the new index atomically replaces
@@ -210,10 +221,11 @@ def create_from_layout(path: str, layout: fmt.Layout, directory_offset: int | No
     return WritableVolume(store, verify)
 
 
-def create_volume(path: str | os.PathLike, shape: Sequence[int], dtype: Any, block_shape: Sequence[int] = (64, 64, 64),
-                  shards: int | Sequence[str | os.PathLike] | None = None, *, overwrite: bool = True,
+def create_volume(path: str | os.PathLike[str], shape: Sequence[int], dtype: Any,
+                  block_shape: Sequence[int] = (64, 64, 64),
+                  shards: int | Sequence[str | os.PathLike[str]] | None = None, *, overwrite: bool = True,
                   incomplete: str | None = None, verify: bool = True, durable: bool = True,
-                  **layout: Any) -> "WritableVolume":
+                  **layout: Any) -> WritableVolume:
     """A new, empty volume of ``shape`` (z, y, x) and ``block_shape`` (z, y, x), open for writing.
 
     ``shards`` is their number (default: one per core) or their paths; ``layout`` takes
@@ -225,7 +237,7 @@ def create_volume(path: str | os.PathLike, shape: Sequence[int], dtype: Any, blo
     return create_from_layout(where, made, layout.get("directory_offset"), overwrite, incomplete, verify, durable)
 
 
-def open_writable(path: str | os.PathLike, verify: bool = True, durable: bool = True) -> "WritableVolume":
+def open_writable(path: str | os.PathLike[str], verify: bool = True, durable: bool = True) -> WritableVolume:
     """The existing volume at ``path``, open for writing (it holds the writers' shared lock, so repair,
     mv, cp and rebase are refused while it is open)."""
     spec = resolve_spec(os.fspath(path), writable=True, durable=durable, warn_depth=3)
@@ -240,7 +252,7 @@ def open_writable(path: str | os.PathLike, verify: bool = True, durable: bool = 
 
 
 def open_matching(path: str, layout: fmt.Layout, directory_offset: int, verify: bool = True,
-                  durable: bool = True) -> "WritableVolume":
+                  durable: bool = True) -> WritableVolume:
     """The volume at ``path`` if it has this layout (for writing when its files allow), else :class:`AttachError`.
 
     That is how a process started by multiprocessing (the README pattern under spawn and
@@ -266,7 +278,7 @@ def open_matching(path: str, layout: fmt.Layout, directory_offset: int, verify: 
     return volume
 
 
-def _reopen_writable(spec: StoreSpec, verify: bool) -> "WritableVolume":
+def _reopen_writable(spec: StoreSpec, verify: bool) -> WritableVolume:
     return WritableVolume(BlockStore(spec), verify)
 
 
@@ -284,7 +296,7 @@ class WritableVolume(Volume):
         self._sink: BlockSink | None = None
         self._closed = False
 
-    def __reduce__(self) -> tuple:
+    def __reduce__(self) -> tuple[Any, ...]:
         if self._closed:
             return super().__reduce__()
         return _reopen_writable, (self._store.spec, self.verify)
@@ -299,7 +311,7 @@ class WritableVolume(Volume):
         return self._closed
 
     @property
-    def writers(self) -> list:
+    def writers(self) -> list[BlockWriter]:
         """The writer processes started by :meth:`start_writers` (empty before)."""
         return self._sink.writers if self._sink is not None else []
 
@@ -330,7 +342,7 @@ class WritableVolume(Volume):
         if self._sink is None or not self._sink.is_owner:
             self._sink = WriterPool(self._store.spec, positive("queue_depth", queue_depth))
 
-    def write_through(self, make_sink: Callable[[BlockStore], BlockSink]) -> "WritableVolume":
+    def write_through(self, make_sink: Callable[[BlockStore], BlockSink]) -> WritableVolume:
         """Hand this process's writes to ``make_sink(store)`` (an MPI collective writer, say)."""
         self._check_open()
         self._sink = make_sink(self._store)
@@ -426,7 +438,7 @@ class WritableVolume(Volume):
             self._store = BlockStore(self._store.spec.read_only())
             weakref.finalize(self, self._store.close)
 
-    def __enter__(self) -> "WritableVolume":
+    def __enter__(self) -> WritableVolume:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -77,7 +77,7 @@ def test_from_tif_on_three_ranks_equals_serial(stack: Path, serial_volume: Path,
     result, _ = mpiexec(3, [tool("blockfs"), "from-tif", "--input", stack / "img_*.tif", "--output", output,
                             "--block-size", BLOCKS, "--n-workers", "3"])
     assert result.returncode == 0, result.stderr
-    assert result.stderr.count("tif2blockfs (rank 0 of 3)") >= 1  # rank 0's progress, and only rank 0's
+    assert result.stderr.count("blockfs from-tif (rank 0 of 3)") >= 1  # rank 0's progress, and only rank 0's
     assert "rank 1" not in result.stderr and "rank 2" not in result.stderr
     with Directory.open(serial_volume) as a, Directory.open(output) as b:
         _same_volume(a, b)
@@ -109,6 +109,16 @@ def test_a_failure_stops_every_rank_and_is_printed_once(stack: Path, serial_volu
     result, _ = mpiexec(3, [tool("blockfs2tif"), "--input", missing, "--output-pattern", tmp_path / "t_%03d.tif"])
     assert result.returncode == 1
     assert result.stderr.count(f"blockfs2tif: {missing}: No such file or directory") == 1, result.stderr
+
+
+def test_overwrite_replaces_a_volume_on_three_ranks(stack: Path, serial_volume: Path, tmp_path: Path) -> None:
+    output = tmp_path / "v.blockfs"
+    output.write_bytes(b"")  # an empty file where the volume goes: refused without --overwrite
+    result, _ = mpiexec(3, [tool("blockfs"), "from-tif", "--input", stack / "img_*.tif", "--output", output,
+                            "--block-size", BLOCKS, "--n-workers", "3", "--overwrite", "--silent"])
+    assert result.returncode == 0, result.stderr
+    with Directory.open(serial_volume) as a, Directory.open(output) as b:
+        _same_volume(a, b)
 
 
 def test_an_odd_plane_is_named_once_and_no_volume_is_left(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import tifffile
 from helpers import console
 from volumes import make_volume
 
-from blockfs import Directory
+from blockfs import Directory, open_volume
+from blockfs.convert.tiff_stack import import_stack
 from blockfs.tif2blockfs import Plane, PlaneMismatchError, check_stack, natural_key
 
 pytestmark = pytest.mark.timeout(120)
@@ -76,6 +77,18 @@ def test_several_globs_and_no_progress_bar_in_a_log(tmp_path: Path) -> None:
     assert "%|" not in result.stderr  # no progress bar in a log: stderr is not a terminal
     with Directory.open(str(volume)) as d:
         np.testing.assert_array_equal(d[:], stack)
+
+
+def test_import_stack_from_python(tmp_path: Path) -> None:
+    """The library function the tool calls: shapes in (z, y, x), and a complete volume when it returns."""
+    stack = write_stack(tmp_path / "in", shape=(12, 20, 30))
+    volume = tmp_path / "v.blockfs"
+    import_stack([str(tmp_path / "in" / "img_*.tif")], str(volume), (5, 16, 8), 2,
+                 metadata={"voxel_size_um": [1, 1, 2]})
+    v = open_volume(volume)  # no warning: the import is marked complete
+    assert v.block_shape == (5, 16, 8) and len(v.store.spec.shard_paths) == 2
+    assert v.metadata == {"voxel_size_um": [1, 1, 2]}
+    np.testing.assert_array_equal(v.read(), stack)
 
 
 def test_names_sort_with_numbers_as_numbers() -> None:

@@ -1,11 +1,11 @@
 # Everything a fresh machine needs: `make demo` and `make test` install what they use; `make view` (after
-# `make demo`) shows the demo's pyramid in Neuroglancer.
+# `make demo`) shows the demo's pyramid in Neuroglancer; `make lint` runs ruff and mypy.
 #
-# `make install` (run by both) sets up, each step skipped when already done:
+# `make install` (run by demo, test and lint) sets up, each step skipped when already done:
 #   1. the Debian packages below, with apt-get (through sudo when not root);
 #   2. .venv/ with pip, setuptools and what the h5py build needs;
 #   3. h5py built from source against Debian's parallel HDF5 (Open MPI), checked to have MPI;
-#   4. blockfs itself, editable, with the extras [tools,interop,serve,test].
+#   4. blockfs itself, editable, with the extras [tools,interop,serve,test,lint].
 # A stamp records completion; editing pyproject.toml, setup.py or this Makefile re-runs the steps.
 PYTHON ?= python3
 VENV ?= .venv
@@ -39,7 +39,7 @@ BENCH_VENV ?= .venv-bench
 BENCH_STAMP := $(BENCH_VENV)/.installed
 BENCH_ARGS ?=
 
-.PHONY: install system-packages demo view test bench clean
+.PHONY: install system-packages demo view lint test bench clean
 
 install: $(STAMP)
 
@@ -84,7 +84,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 	fi
 	$(PY) -c '$(H5PY_CHECK)' || { echo "h5py was built without MPI" >&2; exit 1; }
 	@# h5py is installed and satisfies [tools] now, so pip keeps the parallel build
-	$(PIP) install -q -e '.[tools,interop,serve,test]'
+	$(PIP) install -q -e '.[tools,interop,serve,test,lint]'
 	$(PY) -c '$(H5PY_CHECK)' || { echo "installing blockfs replaced the parallel h5py" >&2; exit 1; }
 	touch $@
 
@@ -96,6 +96,11 @@ demo: install
 view: install
 	@test -f $(DEMO_OUTPUT)/pyramid/info || { echo "$(DEMO_OUTPUT)/pyramid: not built yet; run make demo first" >&2; exit 1; }
 	$(VENV)/bin/blockfs view $(DEMO_OUTPUT)/pyramid
+
+# The linter and the type checker, as pyproject.toml configures them (mypy: strict on the engine modules).
+lint: install
+	$(VENV)/bin/ruff check blockfs tests
+	$(VENV)/bin/mypy
 
 test: install
 	$(PY) -m pytest

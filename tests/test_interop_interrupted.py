@@ -237,7 +237,7 @@ def test_a_damaged_source_chunk_is_named_and_a_rerun_replaces_the_incomplete_vol
     chunk.write_bytes(good)
     rerun = blockfs("from-zarr", source, dest, "--silent")  # no --overwrite
     assert rerun.returncode == 0, rerun.stderr
-    np.testing.assert_array_equal(read_volume(dest), data)
+    np.testing.assert_array_equal(read_volume(dest), data, strict=True)
 
 
 def test_a_pyramid_import_that_fails_in_a_level_is_incomplete_and_a_rerun_replaces_it(sources, tmp_path):
@@ -255,7 +255,7 @@ def test_a_pyramid_import_that_fails_in_a_level_is_incomplete_and_a_rerun_replac
     assert rerun.returncode == 0, rerun.stderr
     assert not (dest / FROM_MARKER).exists()
     for got, want in zip(read_levels(dest), read_levels(sources["pyramid"]), strict=True):
-        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(got, want, strict=True)
 
 
 def test_an_interrupted_to_zarr_output_is_replaced_by_overwrite_and_by_a_plain_rerun(tmp_path):
@@ -276,7 +276,7 @@ def test_an_interrupted_to_zarr_output_is_replaced_by_overwrite_and_by_a_plain_r
         assert rerun.returncode == 0, rerun.stderr
         assert folder_state(TO_MARKER)(dest) == "complete"
         for got, want in zip(read_zarr(dest), read_levels(root), strict=True):
-            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(got, want, strict=True)
 
 
 def test_a_folder_that_is_not_the_tools_output_is_never_touched(sources, tmp_path):
@@ -354,4 +354,4 @@ def test_a_full_disk_names_the_file_and_a_rerun_after_freeing_space_completes(ti
     assert rerun.returncode == 0, rerun.stderr
     assert state(dest) == "complete"
     got = read_zarr(dest)[0] if tool == "to-zarr" else read_volume(dest)
-    np.testing.assert_array_equal(got, data)
+    np.testing.assert_array_equal(got, data, strict=True)

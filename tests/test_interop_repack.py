@@ -54,13 +54,13 @@ def test_zarr_python_tensorstore_and_the_validator_read_every_level(pyramid, tmp
     assert [d.path for d in image.ome_attributes.multiscales[0].datasets] == ["0", "1", "2"]
     levels = open_pyramid(root).levels
     for i, (level, expected) in enumerate(zip(levels, arrays)):
-        np.testing.assert_array_equal(level[...], expected)
-        np.testing.assert_array_equal(group[str(i)][...], expected)
+        np.testing.assert_array_equal(level[...], expected, strict=True)
+        np.testing.assert_array_equal(group[str(i)][...], expected, strict=True)
         store = ts.open({"driver": "zarr3" if zarr_format == "3" else "zarr",
                          "kvstore": {"driver": "file", "path": str(dest / str(i))}}, read=True).result()
-        np.testing.assert_array_equal(store.read().result(), expected)
+        np.testing.assert_array_equal(store.read().result(), expected, strict=True)
         z = expected.shape[0]
-        np.testing.assert_array_equal(store[3:z - 1, 5:9, 1:].read().result(), expected[3:z - 1, 5:9, 1:])
+        np.testing.assert_array_equal(store[3:z - 1, 5:9, 1:].read().result(), expected[3:z - 1, 5:9, 1:], strict=True)
     if shard_blocks is None and zarr_format == "2" or shard_blocks == "0":  # one file per block
         assert (dest / "0" / ("0.0.0" if zarr_format == "2" else "c/0/0/0")).exists()
         assert not (dest / "0" / ("0.0.1" if zarr_format == "2" else "c/0/0/1")).exists()  # never written
@@ -77,7 +77,7 @@ def test_the_validator_accepts_a_single_volume(tmp_path):
     multiscale = Image.from_zarr(group).ome_attributes.multiscales[0]
     assert multiscale.datasets[0].coordinateTransformations[0].scale == [1.5, 0.4, 0.4]
     assert group.attrs["blockfs"] == {"voxel_size_um": [0.4, 0.4, 1.5], "stain": "DAPI"}
-    np.testing.assert_array_equal(group["0"][...], expected)
+    np.testing.assert_array_equal(group["0"][...], expected, strict=True)
 
 
 def test_a_shard_holds_the_blocks_stored_bytes(pyramid, tmp_path):
@@ -107,7 +107,7 @@ def test_from_zarr_round_trips_to_zarr_byte_for_byte_on_full_blocks(pyramid, tmp
         source, copy = open_pyramid(root), open_pyramid(back)
         assert copy.keys == source.keys and copy.resolutions_nm == source.resolutions_nm
         for a, b, expected in zip(source.levels, copy.levels, arrays):
-            np.testing.assert_array_equal(b[...], expected)
+            np.testing.assert_array_equal(b[...], expected, strict=True)
             assert b.layout.block_shape == a.layout.block_shape
             for x, y, z in blocks(a):
                 if b.layout.block_shape_at(x, y, z) == b.layout.block_shape:
@@ -115,7 +115,7 @@ def test_from_zarr_round_trips_to_zarr_byte_for_byte_on_full_blocks(pyramid, tmp
         one = tmp_path / f"level{zarr_format}.blockfs"
         assert blockfs_main(["from-zarr", str(dest), str(one), "--level", "1", "--silent"]) == 0
         assert Directory.open(one).metadata["voxel_size_um"] == [1.0, 1.0, 4.0]
-        np.testing.assert_array_equal(Directory.open(one)[...], arrays[1])
+        np.testing.assert_array_equal(Directory.open(one)[...], arrays[1], strict=True)
 
 
 def test_from_zarr_transcodes_other_chunkings_and_codecs(tmp_path):
@@ -131,12 +131,12 @@ def test_from_zarr_transcodes_other_chunkings_and_codecs(tmp_path):
         dest = tmp_path / f"{name}.blockfs"
         assert blockfs_main(["from-zarr", str(source), str(dest), "--silent"]) == 0
         volume = Directory.open(dest)
-        np.testing.assert_array_equal(volume[...], data)
+        np.testing.assert_array_equal(volume[...], data, strict=True)
         assert volume.layout.block_shape == tuple(kwargs["chunks"])
         assert volume.read_block_payload(0, 0, 0) is None
-        other = from_zarr(source, tmp_path / f"{name}-16.blockfs", z_block_size=16, y_block_size=16, x_block_size=16)
+        other = from_zarr(source, tmp_path / f"{name}-16.blockfs", block_shape=(16, 16, 16))
         assert other.layout.block_shape == (16, 16, 16) and other.read_block_payload(0, 0, 0) is None
-        np.testing.assert_array_equal(other[...], data)
+        np.testing.assert_array_equal(other[...], data, strict=True)
 
 
 @pytest.mark.parametrize("zarr_format", ["2", "3"])
@@ -149,7 +149,7 @@ def test_a_float_volume_with_odd_blocks_reads_the_same_in_tensorstore(tmp_path, 
     store = ts.open({"driver": "zarr3" if zarr_format == "3" else "zarr",
                      "kvstore": {"driver": "file", "path": str(dest / "0")}}, read=True).result()
     assert store.dtype.numpy_dtype == np.float32
-    np.testing.assert_array_equal(store.read().result(), expected)
+    np.testing.assert_array_equal(store.read().result(), expected, strict=True)
 
 
 def test_tools_refuse_an_existing_output_unless_overwrite(pyramid, tmp_path, capsys):
@@ -205,7 +205,7 @@ def test_from_zarr_passes_foreign_blosc_chunks_through(tmp_path):
         dest = tmp_path / f"{name}.blockfs"
         assert blockfs_main(["from-zarr", str(source), str(dest), "--silent"]) == 0
         volume = Directory.open(dest)
-        np.testing.assert_array_equal(volume[...], data)
+        np.testing.assert_array_equal(volume[...], data, strict=True)
         assert volume.compression.value == "lz4" and volume.compression_level == 3
         payload = volume.read_block_payload(16, 16, 16)
         if name == "v2":
@@ -249,7 +249,7 @@ def test_from_zarr_writes_out_a_non_zero_fill_and_checks_axes(tmp_path, capsys):
                               fill_value=7, compressors=zarr.codecs.BloscCodec(cname="zstd", clevel=3))
     array[:16, :16, :16] = 1  # one chunk stored; the others are missing and read as 7
     assert blockfs_main(["from-zarr", str(tmp_path / "fill.zarr"), str(tmp_path / "fill.blockfs"), "--silent"]) == 0
-    np.testing.assert_array_equal(Directory.open(tmp_path / "fill.blockfs")[...], array[...])
+    np.testing.assert_array_equal(Directory.open(tmp_path / "fill.blockfs")[...], array[...], strict=True)
     group = zarr.open_group(tmp_path / "xyz.zarr", mode="w", zarr_format=2)
     group.create_array("0", shape=(4, 4, 4), dtype="uint8")
     group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": n, "type": "space"} for n in "xyz"],

@@ -18,12 +18,12 @@ from typing import Any, Callable, Iterator
 
 from tqdm import tqdm
 
-from ..directory import Directory
 from ..errors import InvalidArgumentError
 from ..progress import disabled
 from ..storage import fsync_folder, naming
-from .shard import encode_shard
 from ..threads import ordered_map
+from ..volume import Volume
+from .shard import encode_shard
 from .tools import has_marker, marked_folder, replaceable
 from .zarr_format import SourceLike, array_metadata, chunk_bytes, group_metadata, open_source, written_chunks
 
@@ -58,14 +58,14 @@ def _write_json(path: str, document: dict[str, Any]) -> None:
     _write(path, [json.dumps(document, indent=2).encode("utf-8")])
 
 
-def _chunk_tasks(volume: Directory, folder: str, zarr_format: int) -> Iterator[tuple[Callable[[], int], int]]:
+def _chunk_tasks(volume: Volume, folder: str, zarr_format: int) -> Iterator[tuple[Callable[[], int], int]]:
     """(task writing one chunk file, 1) for every written block."""
     for chunk in written_chunks(volume):
         name = ".".join(map(str, chunk)) if zarr_format == 2 else os.path.join("c", *map(str, chunk))
         yield (lambda chunk=chunk, name=name: _write(os.path.join(folder, name), [chunk_bytes(volume, chunk)])), 1
 
 
-def _shard_tasks(volume: Directory, folder: str, n: int) -> Iterator[tuple[Callable[[], int], int]]:
+def _shard_tasks(volume: Volume, folder: str, n: int) -> Iterator[tuple[Callable[[], int], int]]:
     """(task writing one shard file, its written blocks) for every shard holding a written block."""
     def shard_of(chunk: tuple[int, int, int]) -> tuple[int, ...]:
         return tuple(c // n for c in chunk)

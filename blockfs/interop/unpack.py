@@ -28,15 +28,16 @@ from zarr.core.sync import sync
 
 from .. import marks
 from ..codec import decompress_into
-from ..directory import Directory
 from ..errors import CorruptBlockError, FormatError, InvalidArgumentError
 from ..format import MAGIC, read_directory_file
 from ..pyramid.folder import INFO_NAME, LEVEL_FILE, is_pyramid, level_key
 from ..storage import mark_complete, naming
-from .shard import decode_index, inner_chunk
 from ..threads import ordered_map
+from ..volume import Volume, open_volume
+from ..writable import WritableVolume, create_volume
+from .shard import decode_index, inner_chunk
 from .tools import has_marker, marked_folder, replaceable
-from .zarr_format import VOXEL_SIZE_KEY
+from .zarr_format import VOXEL_SIZE_KEY, chunk_block
 
 UNIT_TO_UM = {"nanometer": 1e-3, "micrometer": 1.0, "millimeter": 1e3, None: 1.0}
 TOOL = "blockfs from-zarr"
@@ -152,23 +153,23 @@ def _get(array: zarr.Array, key: tuple[int, ...]) -> bytes | None:
     return None if buffer is None else buffer.to_bytes()
 
 
-def _store(array: zarr.Array, volume: Directory, chunk: tuple[int, ...], data: bytes) -> None:
+def _store(array: zarr.Array, volume: WritableVolume, chunk: tuple[int, ...], data: bytes) -> None:
     """Store one full-size blosc chunk as the block at ``chunk``, once it decompresses: as it is, or cropped
     at the edge."""
-    z, y, x = (c * b for c, b in zip(chunk, volume.layout.block_shape))
-    full = np.empty(volume.layout.block_shape, volume.dtype)
+    full = np.empty(volume.block_shape, volume.dtype)
     try:
         decompress_into(data, full, f"{chunk_name(array, chunk)}: zarr chunk {chunk}")
     except CorruptBlockError as exc:
         raise CorruptBlockError(f"{exc} The source chunk is damaged. {DAMAGED_FIX}") from None
-    shape = volume.layout.block_shape_at(x, y, z)
-    if shape == volume.layout.block_shape:
-        volume.write_block_payload(data, x, y, z)
+    block = chunk_block(volume, chunk)  # type: ignore[arg-type]
+    assert block is not None  # the callers pass chunks of the grid
+    if block.shape == volume.block_shape:
+        volume.write_block_payload(data, *block.origin)
     else:
-        volume.write_block(full[:shape[0], :shape[1], :shape[2]], x, y, z)
+        volume.write_block(full[tuple(slice(0, n) for n in block.shape)], *block.origin)
 
 
-def _copy_key(array: zarr.Array, volume: Directory, plan: Passthrough, key: tuple[int, ...]) -> int:
+def _copy_key(array: zarr.Array, volume: WritableVolume, plan: Passthrough, key: tuple[int, ...]) -> int:
     """Pass through the chunk or shard at ``key``; return the blocks written."""
     data = _get(array, key)
     if data is None:
@@ -226,19 +227,17 @@ def _read_region(array: zarr.Array, region: tuple[slice, ...]) -> np.ndarray:
         raise damaged from exc
 
 
-def _transcode_region(array: zarr.Array, volume: Directory, step: tuple[int, ...], region: tuple[int, ...]) -> int:
+def _transcode_region(array: zarr.Array, volume: WritableVolume, step: tuple[int, ...], region: tuple[int, ...]
+                      ) -> int:
     """Read one region of whole blocks through zarr-python and write its blocks, leaving all-zero ones out."""
-    start = [r * s for r, s in zip(region, step)]
-    data = _read_region(array, tuple(slice(a, a + s) for a, s in zip(start, step)))
+    box = tuple(slice(r * s, min((r + 1) * s, n)) for r, s, n in zip(region, step, volume.shape))
+    data = _read_region(array, box)
     written = 0
-    bz, by, bx = volume.layout.block_shape
-    for z in range(0, data.shape[0], bz):
-        for y in range(0, data.shape[1], by):
-            for x in range(0, data.shape[2], bx):
-                block = data[z:z + bz, y:y + by, x:x + bx]
-                if block.any():
-                    volume.write_block(block, start[2] + x, start[1] + y, start[0] + z)
-                    written += 1
+    for part in volume.iter_projections(box):
+        block = data[part.out_selection]
+        if block.any():
+            volume.write_block(block, *part.origin)
+            written += 1
     return written
 
 
@@ -252,22 +251,21 @@ def _began_here(path: str) -> bool:
 
 
 def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool, label: str, replace: bool,
-                 **directory_kwargs: Any) -> Directory:
+                 **create_kwargs: Any) -> Volume:
     """Write one zarr array as a new blockfs volume at ``dest`` (block shape = chunk shape by default),
-    replacing the volume there when ``replace``; marked incomplete until every block is stored."""
+    replacing the volume there when ``replace``; marked incomplete until every block is stored.
+    ``create_kwargs`` go to :func:`blockfs.create_volume`."""
     if array.ndim != 3:
         raise InvalidArgumentError(f"{dest}: the zarr array has shape {array.shape}; only 3D (z, y, x) arrays "
                                    "can be imported.")
     meta = array.metadata.to_dict()
     compressor = meta.get("compressor") or next((c["configuration"] for c in _inner_codecs(meta)
                                                  if c["name"] == "blosc"), {})
-    kwargs: dict[str, Any] = {"z_block_size": array.chunks[0], "y_block_size": array.chunks[1],
-                              "x_block_size": array.chunks[2]}
+    kwargs: dict[str, Any] = {"block_shape": tuple(array.chunks)}
     if compressor.get("id", "blosc") == "blosc" and compressor.get("cname") in blosc.compressor_list():
         kwargs.update(compression=compressor["cname"], compression_level=int(compressor.get("clevel", 5)))
-    kwargs.update(directory_kwargs)
-    z, y, x = array.shape
-    volume = Directory(x, y, z, array.dtype, dest, **kwargs).create(overwrite=replace, incomplete=TOOL)
+    kwargs.update(create_kwargs)
+    volume = create_volume(dest, array.shape, array.dtype, overwrite=replace, incomplete=TOOL, **kwargs)
     try:
         plan = passthrough(array, volume.layout.block_shape)
         if plan is not None:
@@ -285,11 +283,11 @@ def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool
     finally:
         volume.close()
     mark_complete(dest, durable=volume.durable)
-    return Directory.open(dest)
+    return open_volume(dest)
 
 
 def is_volume(path: str) -> bool:
-    """Whether ``path`` is a blockfs directory file (which ``create(overwrite=True)`` replaces)."""
+    """Whether ``path`` is a blockfs directory file (which ``create_volume(overwrite=True)`` replaces)."""
     if not os.path.isfile(path):
         return False
     with open(path, "rb") as f:
@@ -303,13 +301,13 @@ def _inner_codecs(meta: dict[str, Any]) -> list[dict[str, Any]]:
     return codecs
 
 
-def write_info(root: str, levels: list[tuple[Level, Directory]]) -> None:
+def write_info(root: str, levels: list[tuple[Level, Volume]]) -> None:
     """The pyramid's ``info`` file (precomputed-tif layout) for its written levels."""
     volume = levels[0][1]
-    scales = [{"key": level_key(level.factor), "size": [d.x_extent, d.y_extent, d.z_extent],
-               "resolution": [v * 1000 for v in level.voxel_size_um],
-               "chunk_sizes": [[d.x_block_size, d.y_block_size, d.z_block_size]], "encoding": "raw",
-               "voxel_offset": [0, 0, 0]} for level, d in levels]
+    scales = [{"key": level_key(level.factor), "size": list(reversed(v.shape)),
+               "resolution": [s * 1000 for s in level.voxel_size_um],
+               "chunk_sizes": [list(reversed(v.block_shape))], "encoding": "raw",
+               "voxel_offset": [0, 0, 0]} for level, v in levels]
     info = {"data_type": volume.dtype.name, "num_channels": 1, "type": "image", "scales": scales}
     path = os.path.join(root, INFO_NAME)
     with naming(path), open(path, "w", encoding="utf-8") as f:
@@ -317,17 +315,17 @@ def write_info(root: str, levels: list[tuple[Level, Directory]]) -> None:
 
 
 def _single(chosen: Level, metadata: dict[str, Any], dest: str, overwrite: bool, workers: int | None,
-            silent: bool, directory_kwargs: dict[str, Any]) -> Directory:
+            silent: bool, create_kwargs: dict[str, Any]) -> Volume:
     """Import one level as the volume ``dest``; over this tool's own incomplete volume, with as many shards."""
     replace = replaceable(dest, overwrite, is_volume, _began_here)
-    if replace and _began_here(dest) and "block_filenames" not in directory_kwargs:
-        directory_kwargs.setdefault("n_filenames", len(read_directory_file(dest).layout.block_filenames))
-    meta = {**metadata, **directory_kwargs.pop("metadata", {}), VOXEL_SIZE_KEY: list(chosen.voxel_size_um)}
-    return import_array(chosen.array, dest, workers, silent, "from-zarr", replace, metadata=meta, **directory_kwargs)
+    if replace and _began_here(dest):
+        create_kwargs.setdefault("shards", len(read_directory_file(dest).layout.block_filenames))
+    meta = {**metadata, **create_kwargs.pop("metadata", {}), VOXEL_SIZE_KEY: list(chosen.voxel_size_um)}
+    return import_array(chosen.array, dest, workers, silent, "from-zarr", replace, metadata=meta, **create_kwargs)
 
 
 def _pyramid(levels: list[Level], metadata: dict[str, Any], dest: str, overwrite: bool, workers: int | None,
-             silent: bool, directory_kwargs: dict[str, Any]) -> list[Directory]:
+             silent: bool, create_kwargs: dict[str, Any]) -> list[Volume]:
     """Import every level into the pyramid folder ``dest``, written anew under this tool's marker."""
     replaceable(dest, overwrite, is_pyramid, has_marker(TOOL))
     written = []
@@ -335,10 +333,9 @@ def _pyramid(levels: list[Level], metadata: dict[str, Any], dest: str, overwrite
         for i, lv in enumerate(levels):
             path = os.path.join(os.path.abspath(dest), level_key(lv.factor), LEVEL_FILE)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            count = directory_kwargs.get("n_filenames") or os.cpu_count() or 1
-            kwargs = {**directory_kwargs, "n_filenames": count,
-                      "block_filenames": [f"{path}.{k}" for k in range(count)],
-                      "metadata": {**metadata, **directory_kwargs.get("metadata", {}),
+            shards = create_kwargs.get("shards")
+            kwargs = {**create_kwargs, "shards": shards if isinstance(shards, int) else None,  # beside each level
+                      "metadata": {**metadata, **create_kwargs.get("metadata", {}),
                                    VOXEL_SIZE_KEY: list(lv.voxel_size_um)}}
             written.append((lv, import_array(lv.array, path, workers, silent, f"level {i}", False, **kwargs)))
         write_info(dest, written)
@@ -347,9 +344,10 @@ def _pyramid(levels: list[Level], metadata: dict[str, Any], dest: str, overwrite
 
 def from_zarr(source: str | os.PathLike, dest: str | os.PathLike, level: int | None = None, pyramid: bool = False,
               overwrite: bool = False, workers: int | None = None, silent: bool = True,
-              **directory_kwargs: Any) -> Directory | list[Directory]:
+              **create_kwargs: Any) -> Volume | list[Volume]:
     """Import a zarr array or one level (default 0) of an OME-Zarr image as a volume at ``dest``, or with
-    ``pyramid=True`` every level as a pyramid folder ``dest``. ``directory_kwargs`` go to :class:`Directory`.
+    ``pyramid=True`` every level as a pyramid folder ``dest``. ``create_kwargs`` (``block_shape`` (z, y, x),
+    ``shards``, ``compression``, ...) go to :func:`blockfs.create_volume`.
 
     An existing output is replaced with ``overwrite``; this tool's own incomplete output (an
     interrupted or failed run) is replaced without it.
@@ -363,9 +361,9 @@ def from_zarr(source: str | os.PathLike, dest: str | os.PathLike, level: int | N
         if not 0 <= index < len(levels):
             raise InvalidArgumentError(f"{source}: level {index} does not exist; the image has levels 0 to "
                                        f"{len(levels) - 1}.")
-        return _single(levels[index], metadata, dest, overwrite, workers, silent, directory_kwargs)
+        return _single(levels[index], metadata, dest, overwrite, workers, silent, create_kwargs)
     bad = [lv.factor for lv in levels if lv.factor < 1 or lv.factor & (lv.factor - 1)]
     if bad:
         raise FormatError(f"{source}: level scale factors {bad} are not powers of 2; a blockfs pyramid needs "
                           "levels 2x apart. Import single levels with --level instead.")
-    return _pyramid(levels, metadata, dest, overwrite, workers, silent, directory_kwargs)
+    return _pyramid(levels, metadata, dest, overwrite, workers, silent, create_kwargs)

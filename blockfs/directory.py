@@ -331,5 +331,5 @@ class Directory:
 
     def to_dask(self) -> Any:
         """A lazy dask array of the volume, one chunk per block (needs dask); see :mod:`blockfs.interop.dask_io`."""
-        from .interop.dask_io import to_dask
-        return to_dask(self.volume)
+        from .interop.tools import load
+        return load("dask_io").to_dask(self.volume)

@@ -284,3 +284,34 @@ def test_cli_reports_bad_input(volume: Path, tmp_path: Path) -> None:
         out, err = process.communicate(timeout=60)
         assert process.returncode == 1, (args, out, err)
         assert err.startswith("blockfs serve: ") and message in err, err
+
+
+def test_each_chunk_request_reads_the_index_once_and_its_etag_names_the_body(
+        server: Server, volume: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from blockfs import open_writable
+    from blockfs.storage import VolumeFiles
+    index_reads = []
+    original = VolumeFiles.read_index
+    monkeypatch.setattr(VolumeFiles, "read_index",
+                        lambda self, *args: index_reads.append(args) or original(self, *args))
+    data = volume_data(SHAPE)
+    paths = {"/vol/1_1_1/0-32_0-24_0-16": None, "/vol/zarr/0/0.0.0": None,
+             "/vol/zarr/0/2.2.2": None, "/vol/zarr3/0/c/2/2/2": None}  # the last two: an edge block, cached
+    for path in paths:
+        index_reads.clear()
+        response, body = request(server, path)
+        assert response.status == 200 and len(index_reads) == 1, (path, index_reads)
+        paths[path] = response.headers["ETag"]
+    new = (data[:16, :24, :32] + 7).astype(np.uint16)
+    with open_writable(volume) as writing:
+        writing.write_block(new, 0, 0, 0)
+        version = writing.store.entry(writing.entry_of(0, 0, 0))
+    index_reads.clear()
+    response, body = request(server, "/vol/1_1_1/0-32_0-24_0-16")
+    assert len(index_reads) == 1 and response.headers["ETag"] != paths["/vol/1_1_1/0-32_0-24_0-16"]
+    assert response.headers["ETag"].endswith(f"-{version[0]:x}-{version[1]:x}\"")
+    np.testing.assert_array_equal(np.frombuffer(body, np.uint16).reshape(16, 24, 32), new, strict=True)
+    response, body = request(server, "/vol/zarr/0/0.0.0")
+    assert response.headers["ETag"].endswith(f"-{version[0]:x}-{version[1]:x}\"")
+    np.testing.assert_array_equal(np.frombuffer(blosc.decompress(body), np.uint16).reshape(16, 24, 32), new,
+                                  strict=True)

@@ -13,7 +13,8 @@ volume it delegates to.
 from __future__ import annotations
 
 import operator
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -114,6 +115,7 @@ class PlaneWriter:
 
     def _flush(self) -> None:
         """Write the blocks of the slab that ends just before plane ``self._z``."""
+        assert self._slab is not None  # write() filled it
         depth = self.volume.block_shape[0]
         z0 = (self._z - 1) // depth * depth
         self.volume[z0:self._z] = self._slab[:self._z - z0]
@@ -136,7 +138,7 @@ class PlaneWriter:
                 f"{self.z_stop - self.z_start} planes of z range [{self.z_start}, {self.z_stop}); planes "
                 f"{self._z} to {self.z_stop - 1} are missing and blocks from z={unwritten} on were not written.")
 
-    def __enter__(self) -> "PlaneWriter":
+    def __enter__(self) -> PlaneWriter:
         return self
 
     def __exit__(self, exc_type: Any, *exc_info: Any) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from volumes import make_volume
 
-from blockfs import BlockfsError, BlockfsWarning, Directory, WritableVolume, create_volume, open_volume
+from blockfs import BlockfsWarning, Directory, WritableVolume, create_volume, open_volume
 from blockfs.planes import PlaneCountError, PlaneError, PlaneWriter, iter_slabs
 
 #: (z, y, x): 37 = 16 + 16 + 5 planes, so the last slab is partial; y and x do not divide either.

@@ -31,7 +31,7 @@ def block_size(text: str) -> tuple[int, int, int]:
         sizes *= 3
     if len(sizes) != 3 or min(sizes) < 1:
         raise argparse.ArgumentTypeError(f"expected Z,Y,X (e.g. 64,64,64) or one size N; got {text!r}")
-    return sizes  # type: ignore[return-value]
+    return sizes
 
 
 def build_parser() -> argparse.ArgumentParser:

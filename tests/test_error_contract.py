@@ -54,7 +54,7 @@ TOOLS = {
                  "blockfs.cli.hdf5:export"),
     "from-tif": Tool(["from-tif", "--silent", "--input", "{tmp}/planes/*.tif", "--output", "{tmp}/out.blockfs"],
                      "blockfs from-tif",
-                     "blockfs.cli.from_tif:find_planes"),
+                     "blockfs.cli.from_tif:import_stack"),
     "pyramid": Tool(["pyramid", "--silent", "{missing}", "{tmp}/pyramid"], "blockfs pyramid",
                     "blockfs.pyramid.cli:build_pyramid"),
     "to-zarr": Tool(["to-zarr", "--silent", "{missing}", "{tmp}/out.zarr"], "blockfs to-zarr",

@@ -39,8 +39,8 @@ import spec_decoder
 from helpers import block_origins, mounted, unavailable
 
 from blockfs import BlockfsError, Directory, LostBlocksWarning, records
-from blockfs.check import check_volume
-from blockfs.repair import repair_volume
+from blockfs.ops.check import check_volume
+from blockfs.ops.repair import repair_volume
 
 WRITER = Path(crash_writer.__file__).resolve()
 KILL_SEED = 20240611

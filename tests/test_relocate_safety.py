@@ -35,7 +35,7 @@ from terminal import open_terminal, read_all
 from volumes import make_volume as write_volume
 
 from blockfs import Directory
-from blockfs.relocate import read_directory_file, relocate
+from blockfs.ops.relocate import read_directory_file, relocate
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -28,7 +28,7 @@ from blockfs import mv as mv_tool
 from blockfs import rebase as rebase_tool
 from blockfs.format import EXTENSION_KEYS
 from blockfs.ops import transfer as transfer_ops
-from blockfs.relocate import relocate
+from blockfs.ops.relocate import relocate
 
 pytestmark = pytest.mark.timeout(120)
 params = pytest.mark.parametrize("case", case_params(), ids=case_ids())

@@ -12,9 +12,9 @@ import numpy as np
 from .. import records
 from ..errors import ChecksumError, CorruptBlockError
 from ..progress import progress
-from ..store import referenced_bytes
 from .offline import OfflineVolume, open_offline
 from .repair import latest_records
+from .usage import referenced_bytes
 
 
 @dataclass(frozen=True)
@@ -117,7 +117,7 @@ def _check(volume: OfflineVolume, silent: bool) -> Report:
     store, layout, path = volume.store, volume.layout, volume.path
     shard_paths = [s.path for s in volume.shards]
     present = volume.header.entries_in_file  # the entries after are empty, however many the header claims
-    offsets, sizes = store.entries(0, present)
+    offsets, sizes = store.lookup(np.arange(present))
     head = records.HEADER_SIZE if layout.records else 0
     entries, origins = layout.block_entries(present)
     report = Report(path, layout.records, layout.n_blocks, int(np.count_nonzero(sizes[entries])),

@@ -1,8 +1,8 @@
 """What a volume is, how much of it is written, and what it takes on disk.
 
-The entries in the index file are scanned with numpy a chunk at a time (one positioned read and
-one :meth:`blockfs.store.BlockStore.entries` call per chunk), so a volume of millions of blocks is
-described in a moment and in bounded memory, whatever number of blocks its header claims. Shard
+The entries in the index file are scanned with numpy a page at a time (one
+:meth:`blockfs.store.BlockStore.lookup` per page), so a volume of millions of blocks is described
+in a moment and in bounded memory, whatever number of blocks its header claims. Shard
 files are located by the reading rules of docs/FORMAT.md section 9.6; a missing shard is
 reported, not an error.
 """
@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 
 from .. import records
-from ..format import DirectoryFile, Layout, field_bit_widths
-from ..store import BlockStore, StoreSpec, referenced_bytes
+from ..format import Layout, field_bit_widths
+from ..store import BlockStore
 from .offline import OfflineVolume, open_offline
+from .usage import referenced_bytes
 
 #: Entries read and decoded at once.
-SCAN_BLOCKS = 1 << 20
+SCAN_ENTRIES = 1 << 20
 
 
 @dataclass
@@ -38,39 +39,33 @@ class IndexScan:
     shard_referenced: np.ndarray | None = None
 
 
-def scan_index(header: DirectoryFile, slab_blocks: int = SCAN_BLOCKS) -> IndexScan:
+def scan_index(store: BlockStore, entries: int, page: int = SCAN_ENTRIES) -> IndexScan:
     """Count written blocks, their uncompressed and compressed bytes, in total and per shard.
 
-    Only the entries in the file are read, ``slab_blocks`` at a time: the work and memory are
-    bounded by what the index holds, not by the block positions its header claims.
+    Only the first ``entries`` entries (those in the index file) are read, ``page`` at a time: the
+    work and memory are bounded by what the index holds, not by the block positions its header claims.
     """
-    lay: Layout = header.layout
+    lay: Layout = store.layout
     n_shards = len(lay.block_filenames)
     scan = IndexScan(shard_blocks=np.zeros(n_shards, np.int64), shard_bytes=np.zeros(n_shards, np.int64))
     head = records.HEADER_SIZE if lay.records else 0
     extents = np.array([lay.x_extent, lay.y_extent, lay.z_extent], np.int64)
     block_sizes = np.array([lay.x_block_size, lay.y_block_size, lay.z_block_size], np.int64)
     ranges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-    # Only the index is read: the stored names stand in for the shard paths.
-    store = BlockStore(StoreSpec(header.path, lay.block_filenames, lay, header.directory_offset))
-    try:
-        for first in range(0, header.entries_in_file, slab_blocks):
-            offsets, sizes = store.entries(first, min(slab_blocks, header.entries_in_file - first))
-            written = np.flatnonzero(sizes)
-            is_block, origins = lay.blocks_of(first + written)  # a stray entry is no block's: not counted
-            written = written[is_block]
-            entries = first + written
-            offsets, sizes = offsets[written].astype(np.int64), sizes[written].astype(np.int64)
-            voxels = np.minimum(block_sizes, extents - origins).prod(axis=1)
-            scan.blocks_written += entries.size
-            scan.uncompressed_bytes += int(voxels.sum()) * lay.dtype.itemsize
-            scan.compressed_bytes += int(sizes.sum())
-            shard = lay.shard_of(entries)
-            scan.shard_blocks += np.bincount(shard, minlength=n_shards)
-            scan.shard_bytes += np.bincount(shard, weights=sizes, minlength=n_shards).astype(np.int64)
-            ranges.append((shard, offsets - head, offsets + sizes))
-    finally:
-        store.close()
+    for first in range(0, entries, page):
+        offsets, sizes = store.lookup(np.arange(first, min(first + page, entries)))
+        written = np.flatnonzero(sizes)
+        is_block, origins = lay.blocks_of(first + written)  # a stray entry is no block's: not counted
+        written = written[is_block]
+        shard = lay.shard_of(first + written)
+        offsets, sizes = offsets[written].astype(np.int64), sizes[written].astype(np.int64)
+        voxels = np.minimum(block_sizes, extents - origins).prod(axis=1)
+        scan.blocks_written += written.size
+        scan.uncompressed_bytes += int(voxels.sum()) * lay.dtype.itemsize
+        scan.compressed_bytes += int(sizes.sum())
+        scan.shard_blocks += np.bincount(shard, minlength=n_shards)
+        scan.shard_bytes += np.bincount(shard, weights=sizes, minlength=n_shards).astype(np.int64)
+        ranges.append((shard, offsets - head, offsets + sizes))
     shard, starts, ends = (np.concatenate(a) for a in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 3
     scan.shard_referenced = np.array([referenced_bytes(starts[shard == i], ends[shard == i])
                                       for i in range(n_shards)], np.int64)
@@ -85,7 +80,7 @@ def describe_volume(path: str) -> dict[str, Any]:
 
 def _describe(volume: OfflineVolume) -> dict[str, Any]:
     path, header, lay = volume.path, volume.header, volume.layout
-    scan = scan_index(header)
+    scan = scan_index(volume.store, header.entries_in_file)
     assert scan.shard_blocks is not None and scan.shard_bytes is not None and scan.shard_referenced is not None
     shards = []
     for i, shard in enumerate(volume.shards):

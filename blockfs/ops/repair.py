@@ -129,7 +129,7 @@ def repair_volume(path: str, silent: bool = True, drop_missing_shards: bool = Fa
                               "rebuilt from the shards; use blockfs check to find damaged blocks.")
         # Entries past the end of the index file are empty: the work is that of the entries present
         # (and of the records found), not of what the header's extents claim.
-        old_offsets, old_sizes = volume.store.entries(0, volume.header.entries_in_file)
+        old_offsets, old_sizes = volume.store.lookup(np.arange(volume.header.entries_in_file))
         result = RepairResult(path, dropped_shards=_refuse_missing_shards(volume, old_sizes, drop_missing_shards))
         old_offsets, old_sizes, offsets, sizes = _rebuild(volume, old_offsets, old_sizes, result, silent)
         changed = (old_sizes != sizes) | ((sizes > 0) & (old_offsets != offsets))

@@ -16,21 +16,18 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from .cli._support import run_tool
-from .directory import Directory
+from .cli._support import number, run_tool
 from .pyramid import open_pyramid
 from .pyramid.build import build_pyramid
 from .sample import microscopy_block
+from .volume import open_volume
+from .writable import create_volume
 
 BLOCK = 64
 
 
 def _generate(origin: tuple[int, int, int]) -> tuple[tuple[int, int, int], np.ndarray]:
     return origin, microscopy_block(origin, (BLOCK, BLOCK, BLOCK), seed=0)
-
-
-def _volume_bytes(d: Directory) -> int:
-    return sum(os.path.getsize(p) for p in [d.directory_filename, *d.shard_paths])
 
 
 def _tool() -> list[str]:
@@ -60,23 +57,23 @@ def run(output: str, shape: tuple[int, int, int], silent: bool) -> dict[str, flo
             expected[z:z + BLOCK, y:y + BLOCK, x:x + BLOCK] = block
     os.makedirs(output, exist_ok=True)
     path = os.path.join(output, "sample.blockfs")
-    volume = Directory(shape[2], shape[1], shape[0], np.uint16, path, x_block_size=BLOCK, y_block_size=BLOCK,
-                       z_block_size=BLOCK, metadata={"voxel_size_um": [1.8, 1.8, 2.0], "source": "blockfs.demo"})
-    volume.create(overwrite=True)
+    volume = create_volume(path, shape, np.uint16, (BLOCK, BLOCK, BLOCK),
+                           metadata={"voxel_size_um": [1.8, 1.8, 2.0], "source": "blockfs.demo"})
     start = time.perf_counter()
-    volume.start_writer_processes()
+    volume.start_writers()
     for z, y, x in tqdm(origins, desc="writing", unit="block", disable=silent):
         volume.write_block(expected[z:z + BLOCK, y:y + BLOCK, x:x + BLOCK], x, y, z)
     volume.close()
     write_seconds = time.perf_counter() - start
 
-    reader = Directory.open(path)
+    reader = open_volume(path)
     start = time.perf_counter()
     mismatched = 0
     for z in tqdm(range(0, shape[0], BLOCK), desc="reading", unit="slab", disable=silent):
         mismatched += int(np.count_nonzero(reader[z:z + BLOCK] != expected[z:z + BLOCK]))
     read_seconds = time.perf_counter() - start
-    on_disk = _volume_bytes(reader)
+    shards = reader.store.spec.shard_paths
+    on_disk = sum(os.path.getsize(p) for p in [path, *shards])
     reader.close()
     if mismatched:
         raise SystemExit(f"blockfs demo: {path}: {mismatched} voxels differ from what was written")
@@ -84,24 +81,31 @@ def run(output: str, shape: tuple[int, int, int], silent: bool) -> dict[str, flo
     pyramid = build_pyramid(path, os.path.join(output, "pyramid"), overwrite=True, silent=silent)
     pyramid_seconds = time.perf_counter() - start
     return {"path": path, "voxels": expected.size, "bytes": expected.nbytes, "on_disk": on_disk,
-            "write_seconds": write_seconds, "read_seconds": read_seconds, "shards": len(reader.block_filenames),
+            "write_seconds": write_seconds, "read_seconds": read_seconds, "shards": len(shards),
             "pyramid": pyramid, "pyramid_seconds": pyramid_seconds,
             "levels": [v.shape for v in open_pyramid(pyramid).levels]}
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blockfs-demo", description=__doc__.splitlines()[0],
         epilog="example: python -m blockfs.demo --output demo-output --size-gib 0.25")
     parser.add_argument("--output", default="demo-output", help="folder for the volume (default: %(default)s)")
-    parser.add_argument("--size-gib", type=float, default=1.0, help="approximate volume size (default: 1)")
+    parser.add_argument("--size-gib", type=number(float, "expected a positive number of GiB", low=0, above=True),
+                        default=1.0, help="approximate volume size (default: 1)")
     parser.add_argument("--silent", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """blockfs demo: write, read back and verify a sample volume; print the figures and what to try next."""
+    parser = build_parser()
 
     def body(args: argparse.Namespace) -> int:
         side = max(BLOCK, int(round((args.size_gib * 2**30 / 2 / 2) ** (1 / 3) / BLOCK)) * BLOCK)
         shape = (side, 2 * side, side)
         if shutil.disk_usage(os.path.dirname(os.path.abspath(args.output))).free < 2 * np.prod(shape) * 2:
-            print(f"blockfs-demo: {args.output}: not enough free disk for a {args.size_gib} GiB volume",
+            print(f"{parser.prog}: {args.output}: not enough free disk for a {args.size_gib} GiB volume",
                   file=sys.stderr)
             return 1
         r = run(args.output, shape, args.silent)

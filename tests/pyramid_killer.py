@@ -52,7 +52,7 @@ def kill_at(n: int) -> Callable[[], int]:
 
 def run(n: int, args: list[str]) -> list[int | None]:
     """``blockfs pyramid ARGS`` in a forked process killed at change ``n``: [exit status, changes made]."""
-    from blockfs.pyramid.cli import main
+    from blockfs.cli.pyramid import main
 
     read, write = os.pipe()
     pid = os.fork()
@@ -73,7 +73,7 @@ def run(n: int, args: list[str]) -> list[int | None]:
 
 
 def main() -> None:
-    import blockfs.pyramid.cli  # noqa: F401  (imported once, before the forks)
+    import blockfs.cli.pyramid  # noqa: F401  (imported once, before the forks)
 
     for line in sys.stdin:
         n, *args = json.loads(line)

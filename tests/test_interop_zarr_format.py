@@ -123,7 +123,7 @@ def test_write_block_payload_stores_stored_bytes_and_checks_them(volume, tmp_pat
 
 
 def test_import_blockfs_and_the_zarr_format_module_leave_zarr_and_dask_out():
-    code = ("import sys, blockfs, blockfs.interop.zarr_format, blockfs.interop.cli\n"
+    code = ("import sys, blockfs, blockfs.interop.zarr_format, blockfs.cli.to_zarr, blockfs.cli.from_zarr\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'zarr', 'dask', 'distributed', 'tensorstore'}))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})

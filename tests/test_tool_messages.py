@@ -4,11 +4,14 @@ from the TIFF import through every conversion, and ``blockfs --version``."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import os
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +23,8 @@ from volumes import make_volume
 
 import blockfs
 from blockfs import Directory
+from blockfs.cli import SUBCOMMANDS
+from blockfs.cli._support import number, voxel_size
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -187,6 +192,54 @@ def test_a_tool_calls_itself_what_was_typed(tmp_path: Path, command: list[str], 
     assert console(*command, "--help", cwd=tmp_path).stdout.startswith(f"usage: {prog} [-h]")
     failed = console(*command, "-x", cwd=tmp_path)
     assert failed.returncode == 2 and f"\n{prog}: error: " in failed.stderr, failed.stderr
+
+
+def console_scripts() -> dict[str, list[str]]:
+    """``module:function`` -> the console scripts of pyproject.toml that run it."""
+    table = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    scripts: dict[str, list[str]] = {}
+    for script, target in table.items():
+        scripts.setdefault(target, []).append(script)
+    return scripts
+
+
+@pytest.mark.parametrize("name", sorted(SUBCOMMANDS))
+def test_called_from_python_a_tool_calls_itself_by_its_own_script_else_blockfs_name(name: str) -> None:
+    """The rule of every tool's name (``prog``), in messages and usage: run through the blockfs command it is
+    ``blockfs NAME``, run as a console script that script's name (above); called as ``main(argv)`` or by
+    ``python -m`` its own console script's, or ``blockfs NAME`` for a tool that has none."""
+    module, function, _ = SUBCOMMANDS[name]
+    tool = importlib.import_module(module)
+    parser = tool.build_parser(function == "main") if module == "blockfs.cli.mv" else tool.build_parser()
+    assert callable(getattr(tool, function))
+    assert parser.prog in console_scripts().get(f"{module}:{function}", [f"blockfs {name}"])
+
+
+@pytest.mark.parametrize("kind, expected, low, high, above, text, value", [
+    (int, "a count", 1, None, False, "3", 3), (int, "a level", 0, 9, False, "9", 9),
+    (float, "a size", 0, None, True, "0.5", 0.5), (float, "a range", 0, None, False, "0", 0.0)])
+def test_a_number_in_its_range_is_taken(kind: type, expected: str, low: float, high: float | None, above: bool,
+                                        text: str, value: float) -> None:
+    parsed = number(kind, expected, low, high, above)(text)
+    assert parsed == value and type(parsed) is kind
+
+
+@pytest.mark.parametrize("kind, low, high, above, text", [
+    (int, 1, None, False, "0"), (int, 0, 9, False, "10"), (int, 0, None, False, "1.5"), (float, 0, None, True, "0"),
+    (float, 0, None, False, "inf"), (float, 0, None, False, "nan"), (float, 0, None, False, "x")])
+def test_a_number_out_of_its_range_says_what_is_expected_and_what_was_given(kind: type, low: float,
+                                                                             high: float | None, above: bool,
+                                                                             text: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError) as refused:
+        number(kind, "expected a thing", low, high, above)(text)
+    assert str(refused.value) == f"expected a thing; got {text!r}"
+
+
+def test_a_list_of_numbers_is_refused_whole() -> None:
+    assert voxel_size("1.8,1.8,2") == (1.8, 1.8, 2.0)
+    for text in ("1,2", "1,2,3,4", "1,0,2", "1,x,2"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"micrometres .*; got {text!r}$"):
+            voxel_size(text)
 
 
 def test_an_hdf5_error_names_the_command_typed(tmp_path: Path) -> None:

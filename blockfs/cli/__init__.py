@@ -1,4 +1,10 @@
-"""The ``blockfs`` command: one entry point for every tool, as subcommands."""
+"""The ``blockfs`` command: one entry point for every tool, as subcommands.
+
+A tool calls itself (in usage, errors, progress) by the command that started it: ``blockfs NAME`` here,
+its console script's name (blockfs2tif, blockfs-mv...) when run as one, and, called from Python
+(``main(argv)``, ``python -m``), its own console script's name, or ``blockfs NAME`` if it has none
+(the default ``prog`` of its ``build_parser()``). :func:`._support.typed_name` applies the rule.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,7 @@ import sys
 
 from ._support import INTERRUPTED, invoked_as
 
-#: subcommand -> (module, function, one-line summary)
+#: subcommand -> (module, function, one-line summary); each module is ``blockfs.cli.<tool>`` with ``build_parser()``.
 SUBCOMMANDS = {
     "info": ("blockfs.cli.info", "main", "describe a volume: shape, blocks written, bytes on disk, metadata"),
     "check": ("blockfs.cli.check", "main", "verify every block; exit status 0 only for a healthy volume"),
@@ -19,11 +25,11 @@ SUBCOMMANDS = {
     "jp2k": ("blockfs.cli.jp2k", "main", "export one JPEG 2000 plane per z"),
     "hdf5": ("blockfs.cli.hdf5", "main", "export to an HDF5 dataset (in parallel under mpiexec)"),
     "from-tif": ("blockfs.cli.from_tif", "main", "import a z-stack of TIFF planes"),
-    "pyramid": ("blockfs.pyramid.cli", "main", "build a multi-resolution pyramid folder for Neuroglancer, in one pass"),
-    "to-zarr": ("blockfs.interop.cli", "to_zarr_main", "repack a volume or pyramid as OME-Zarr without recompressing"),
-    "from-zarr": ("blockfs.interop.cli", "from_zarr_main", "import a zarr array or OME-Zarr image"),
-    "serve": ("blockfs.serve.cli", "serve_main", "serve volumes and pyramids over HTTP (precomputed, zarr)"),
-    "view": ("blockfs.serve.cli", "view_main", "look at volumes in Neuroglancer, served locally"),
+    "pyramid": ("blockfs.cli.pyramid", "main", "build a multi-resolution pyramid folder for Neuroglancer, in one pass"),
+    "to-zarr": ("blockfs.cli.to_zarr", "main", "repack a volume or pyramid as OME-Zarr without recompressing"),
+    "from-zarr": ("blockfs.cli.from_zarr", "main", "import a zarr array or OME-Zarr image"),
+    "serve": ("blockfs.cli.serve", "main", "serve volumes and pyramids over HTTP (precomputed, zarr)"),
+    "view": ("blockfs.cli.view", "main", "look at volumes in Neuroglancer, served locally"),
     "demo": ("blockfs.demo", "main", "write, read back and verify a sample volume"),
 }
 

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import contextvars
 import functools
+import math
 import multiprocessing
 import os
 import signal
@@ -14,7 +15,7 @@ import threading
 import time
 import warnings
 from types import FrameType
-from typing import Any, Callable, Iterator, NoReturn, TextIO
+from typing import Any, Callable, Iterator, NoReturn, TextIO, TypeVar
 
 from ..errors import USER_ERRORS, InvalidArgumentError, describe
 
@@ -28,6 +29,8 @@ REPEAT_SECONDS = 0.05
 EXTRAS = {"h5py": "tools", "mpi4py": "tools", "glymur": "tools", "packaging": "tools",
           "zarr": "interop", "numcodecs": "interop", "dask": "interop", "distributed": "interop",
           "toolz": "interop", "cloudpickle": "interop", "aiohttp": "serve", "neuroglancer": "serve"}
+#: A number argparse parses: int or float.
+Number = TypeVar("Number", int, float)
 #: The name a dispatcher (the ``blockfs`` command) ran the tool under, e.g. ``blockfs mv``.
 _INVOKED_AS: contextvars.ContextVar[str | None] = contextvars.ContextVar("blockfs_invoked_as", default=None)
 
@@ -230,31 +233,45 @@ def volume_argument(path: str, pyramids: bool = False) -> str:
                                f"file, e.g. {os.path.join(path, found[0])}")
 
 
-def voxel_size(text: str) -> tuple[float, float, float]:
-    """argparse type: ``X,Y,Z``, three positive voxel sizes in micrometres."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(0 < v < float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"expected three positive numbers X,Y,Z in micrometres (e.g. 1.8,1.8,2); "
-                                         f"got {text!r}")
-    return values  # type: ignore[return-value]
+def number(kind: Callable[[str], Number], expected: str, low: float | None = None, high: float | None = None,
+           above: bool = False) -> Callable[[str], Number]:
+    """argparse type: ``kind(text)``, finite, from ``low`` (``above``: more than it) to ``high``; anything
+    else is the error ``{expected}; got 'text'``, ``expected`` saying what is wanted (and how to write it)."""
+    def parse(text: str) -> Number:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{expected}; got {text!r}") from None
+        fits = math.isfinite(value) and (low is None or (value > low if above else value >= low)) and (
+            high is None or value <= high)
+        if not fits:
+            raise argparse.ArgumentTypeError(f"{expected}; got {text!r}")
+        return value
+    return parse
+
+
+def numbers(each: Callable[[str], Number], count: int, expected: str) -> Callable[[str], tuple[Number, ...]]:
+    """argparse type: ``count`` values separated by commas, each parsed by ``each`` (a :func:`number`)."""
+    def parse(text: str) -> tuple[Number, ...]:
+        parts = text.split(",")
+        try:
+            if len(parts) != count:
+                raise argparse.ArgumentTypeError(expected)
+            return tuple(each(part) for part in parts)
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"{expected}; got {text!r}") from None
+    return parse
+
+
+#: argparse type: an integer >= 1.
+positive_int = number(int, "expected a positive integer", low=1)
+#: argparse type: ``X,Y,Z``, three positive voxel sizes in micrometres.
+voxel_size = numbers(number(float, "", low=0, above=True), 3,
+                     "expected three positive numbers X,Y,Z in micrometres (e.g. 1.8,1.8,2)")
 
 
 def add_silent(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--silent", action="store_true", help="do not show a progress bar")
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
 
 
 def add_export_arguments(parser: argparse.ArgumentParser, example: str, what: str) -> None:

@@ -25,7 +25,7 @@ def print_report(report: Report) -> None:
     print(f"{report.volume}: {'healthy' if report.healthy else f'{len(report.problems)} problem(s)'}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blockfs check", description="Verify every block of a volume; exit status 0 only if it is healthy.",
         epilog="example:\n  blockfs check /data/brain.blockfs\n  blockfs check --json /data/brain.blockfs | jq .problems",
@@ -33,6 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("volume", help="the volume's directory (index) file, or a folder holding one")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_silent(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """blockfs check: verify a volume; exit status 0 only if it is healthy."""
+    parser = build_parser()
 
     def body(args: argparse.Namespace) -> int:
         report = check_volume(volume_argument(args.volume), silent=args.silent or args.json)

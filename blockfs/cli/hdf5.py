@@ -10,7 +10,7 @@ from ..parallel.mpi import find_ranks, run_ranked, serially
 from ._support import add_silent, run_tool, volume_argument
 
 
-def make_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Write a blockfs volume into a dataset of an HDF5 file, with chunks equal to the block "
@@ -35,7 +35,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = make_parser()
+    """blockfs2hdf5: export a volume to an HDF5 dataset, by MPI ranks in parallel under mpiexec."""
+    parser = build_parser()
 
     def body(args: argparse.Namespace) -> int:
         if args.compression_opts is not None and args.compression is None:

@@ -10,7 +10,7 @@ from ..convert.planes import check_pattern, export_planes
 from ..directory import Directory
 from ..errors import UnsupportedDTypeError
 from ..parallel.mpi import Ranks, on_ranks
-from ._support import add_export_arguments, run_tool, volume_argument
+from ._support import add_export_arguments, number, run_tool, volume_argument
 
 EPILOG = """\
 examples:
@@ -30,35 +30,17 @@ MEMORY_HELP = (
     "so it is slower) and, if needed, encodes fewer planes at once; one plane and its encoder must fit.")
 
 
-def _psnr(text: str) -> float | None:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"the PSNR must be a number of dB >= 0 (0: lossless); got {text!r}")
-    return value or None
-
-
-def _gigabytes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"the memory must be a positive number of GB; got {text!r}")
-    return value * GB
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blockfs2jp2k", description="Export a blockfs volume as one JPEG 2000 file per z-plane.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_export_arguments(parser, "/path/img_%%04d.jp2", "JPEG 2000")
-    parser.add_argument("--psnr", type=_psnr, default=None, metavar="DB",
+    parser.add_argument("--psnr", type=number(float, "the PSNR must be a number of dB >= 0 (0: lossless)", low=0),
+                        default=None, metavar="DB",
                         help="lossy compression at this peak signal-to-noise ratio in dB (e.g. 60); "
                              "default, or 0: lossless")
-    parser.add_argument("--memory", type=_gigabytes, default=None, metavar="GB",
+    parser.add_argument("--memory", type=number(float, "the memory must be a positive number of GB", low=0, above=True),
+                        default=None, metavar="GB",
                         help=MEMORY_HELP.replace("%", "%%"))
     return parser
 
@@ -70,9 +52,9 @@ def _export(args: argparse.Namespace, ranks: Ranks, prog: str) -> int:
         if directory.dtype not in JP2K_DTYPES:
             raise UnsupportedDTypeError(f"{args.input}: the volume is {directory.dtype.name}, but JPEG 2000 export "
                                         "writes uint8 or uint16 planes; use blockfs2tif for other dtypes.")
-        chosen = plan(directory.shape, directory.dtype, directory.z_block_size, args.n_workers, args.memory,
-                      args.input)
-        export_planes(directory.volume, args.output_pattern, functools.partial(write_jp2k, psnr=args.psnr),
+        memory = None if args.memory is None else args.memory * GB
+        chosen = plan(directory.shape, directory.dtype, directory.z_block_size, args.n_workers, memory, args.input)
+        export_planes(directory.volume, args.output_pattern, functools.partial(write_jp2k, psnr=args.psnr or None),
                       chosen.workers, args.silent, prog, depth=chosen.depth, ranks=ranks)
     return 0
 

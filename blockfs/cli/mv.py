@@ -41,7 +41,8 @@ DETAILS = {
 }
 
 
-def build_parser(move: bool) -> argparse.ArgumentParser:
+def build_parser(move: bool = True) -> argparse.ArgumentParser:
+    """blockfs-mv's arguments (with ``move`` false, blockfs-cp's)."""
     prog = "blockfs-mv" if move else "blockfs-cp"
     verb, detail = DETAILS[move]
     parser = argparse.ArgumentParser(

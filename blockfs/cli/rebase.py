@@ -6,7 +6,7 @@ import argparse
 
 from ..ops.rebase import rebase
 from ..ops.relocate import DEFAULT_BUFFER_SIZE
-from ._support import add_silent, run_tool, volume_argument
+from ._support import add_silent, number, run_tool, volume_argument
 
 EPILOG = """\
 example:
@@ -22,16 +22,6 @@ refuses, and no writer can open it until it ends.
 """
 
 
-def _positive_bytes(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive number of bytes; got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blockfs-rebase", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -39,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "names are the absolute paths of the shard files beside it.",
         epilog=EPILOG)
     parser.add_argument("index_file", help="the volume's directory (.blockfs) file, or a folder holding one")
-    parser.add_argument("--block-size", type=_positive_bytes, default=DEFAULT_BUFFER_SIZE, metavar="N",
+    parser.add_argument("--block-size", type=number(int, "must be a positive number of bytes", low=1),
+                        default=DEFAULT_BUFFER_SIZE, metavar="N",
                         help="bytes per read when copying the index into the new file "
                              f"(default {DEFAULT_BUFFER_SIZE}); affects only speed")
     add_silent(parser)

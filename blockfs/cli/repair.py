@@ -56,7 +56,7 @@ def print_result(volume: str, result: RepairResult) -> None:
               f"blockfs repair --accept-loss {volume}")
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blockfs repair", description=__doc__.split("\n\n")[0], epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--accept-loss", action="store_true",
                         help="record no block as lost, and remove the record of blocks lost before")
     add_silent(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """blockfs repair: rebuild the index; exit status 0, 1, or BLOCKS_LOST."""
+    parser = build_parser()
 
     def body(args: argparse.Namespace) -> int:
         args.volume = volume_argument(args.volume)

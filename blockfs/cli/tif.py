@@ -9,7 +9,7 @@ from ..convert.planes import check_pattern, export_planes
 from ..convert.tiff import write_tiff
 from ..directory import Directory
 from ..parallel.mpi import Ranks, on_ranks
-from ._support import add_export_arguments, run_tool, volume_argument
+from ._support import add_export_arguments, number, run_tool, volume_argument
 
 EPILOG = """\
 example:
@@ -20,22 +20,13 @@ volume's block depth at a time.
 """
 
 
-def _level(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 9:
-        raise argparse.ArgumentTypeError(f"the zlib level must be an integer from 0 (none) to 9; got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blockfs2tif", description="Export a blockfs volume as one TIFF file per z-plane.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_export_arguments(parser, "/path/img_%%04d.tiff", "TIFF")
-    parser.add_argument("--compression", type=_level, default=3, metavar="0-9",
+    parser.add_argument("--compression", type=number(int, "the zlib level must be an integer from 0 (none) to 9", 0, 9),
+                        default=3, metavar="0-9",
                         help="zlib level of each plane, 0 for none (default: %(default)s); planes over 4 GB are "
                              "written as BigTIFF")
     return parser

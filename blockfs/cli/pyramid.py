@@ -6,10 +6,10 @@ import argparse
 import os
 import sys
 
-from ..cli._support import add_silent, positive_int, run_tool, volume_argument, voxel_size
 from ..parallel.mpi import Ranks, on_ranks
-from .build import build_pyramid
-from .reduce import METHODS
+from ..pyramid.build import build_pyramid
+from ..pyramid.reduce import METHODS
+from ._support import INTERRUPTED, add_silent, positive_int, run_tool, volume_argument, voxel_size
 
 EPILOG = """\
 example:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             dest = build_pyramid(args.source, args.dest, args.levels, args.method, args.voxel_size, args.n_workers,
                                  args.overwrite, args.resume, args.silent)
         if ranks.rank == 0 and not args.silent:
-            print(f"blockfs pyramid: wrote {dest}")
+            print(f"{parser.prog}: wrote {dest}")
         return 0
 
     def body(args: argparse.Namespace) -> int:
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print(f"{parser.prog}: {os.path.abspath(args.dest)}: interrupted; continue with the same command and "
                   "--resume", file=sys.stderr)
-            return 130
+            return INTERRUPTED
 
     return run_tool(parser, body, argv)
 

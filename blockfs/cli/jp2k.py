@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 
 from ..convert.jp2k import ENCODER_BYTES_PER_VOXEL, GB, JP2K_DTYPES, check_glymur, plan, write_jp2k
 from ..convert.planes import check_pattern, export_planes
-from ..directory import Directory
 from ..errors import UnsupportedDTypeError
 from ..parallel.mpi import Ranks, on_ranks
+from ..volume import open_volume
 from ._support import add_export_arguments, number, run_tool, volume_argument
 
 EPILOG = """\
@@ -48,13 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _export(args: argparse.Namespace, ranks: Ranks, prog: str) -> int:
     check_pattern(args.output_pattern)
     check_glymur()
-    with Directory.open(args.input) as directory:
-        if directory.dtype not in JP2K_DTYPES:
-            raise UnsupportedDTypeError(f"{args.input}: the volume is {directory.dtype.name}, but JPEG 2000 export "
+    with contextlib.closing(open_volume(args.input)) as volume:
+        if volume.dtype not in JP2K_DTYPES:
+            raise UnsupportedDTypeError(f"{args.input}: the volume is {volume.dtype.name}, but JPEG 2000 export "
                                         "writes uint8 or uint16 planes; use blockfs2tif for other dtypes.")
         memory = None if args.memory is None else args.memory * GB
-        chosen = plan(directory.shape, directory.dtype, directory.z_block_size, args.n_workers, memory, args.input)
-        export_planes(directory.volume, args.output_pattern, functools.partial(write_jp2k, psnr=args.psnr or None),
+        chosen = plan(volume.shape, volume.dtype, volume.block_shape[0], args.n_workers, memory, args.input)
+        export_planes(volume, args.output_pattern, functools.partial(write_jp2k, psnr=args.psnr or None),
                       chosen.workers, args.silent, prog, depth=chosen.depth, ranks=ranks)
     return 0
 

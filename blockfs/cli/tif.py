@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 
 from ..convert.planes import check_pattern, export_planes
 from ..convert.tiff import write_tiff
-from ..directory import Directory
 from ..parallel.mpi import Ranks, on_ranks
+from ..volume import open_volume
 from ._support import add_export_arguments, number, run_tool, volume_argument
 
 EPILOG = """\
@@ -34,8 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _export(args: argparse.Namespace, ranks: Ranks, prog: str) -> int:
     check_pattern(args.output_pattern)
-    with Directory.open(args.input) as directory:
-        export_planes(directory.volume, args.output_pattern, functools.partial(write_tiff, level=args.compression),
+    with contextlib.closing(open_volume(args.input)) as volume:
+        export_planes(volume, args.output_pattern, functools.partial(write_tiff, level=args.compression),
                       args.n_workers, args.silent, prog, ranks=ranks)
     return 0
 

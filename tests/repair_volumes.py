@@ -10,8 +10,8 @@ import contextlib
 import functools
 import re
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 

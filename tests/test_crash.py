@@ -34,8 +34,8 @@ import psutil
 import pytest
 
 import crash_writer
-from crash_writer import block_content, version_of
 import spec_decoder
+from crash_writer import block_content, version_of
 from helpers import block_origins, mounted, unavailable
 
 from blockfs import BlockfsError, Directory, LostBlocksWarning, records

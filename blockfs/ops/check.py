@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import records
 from ..errors import ChecksumError, CorruptBlockError
+from ..format import Layout
 from ..progress import progress
 from .offline import OfflineVolume, open_offline
 from .repair import latest_records
@@ -31,7 +32,8 @@ class Problem:
     def __str__(self) -> str:
         where = [f"block (x={self.block[0]}, y={self.block[1]}, z={self.block[2]})" if self.block else "",
                  f"entry {self.entry}" if self.entry is not None else "",
-                 f"{self.shard} at offset {self.offset}" if self.shard and self.offset is not None else self.shard or ""]
+                 f"{self.shard} at offset {self.offset}" if self.shard and self.offset is not None
+                 else self.shard or ""]
         return ": ".join(part for part in (self.kind, ", ".join(w for w in where if w), self.detail) if part)
 
 
@@ -79,6 +81,12 @@ class Report:
                 "shards": [dict(asdict(s), unreferenced=s.unreferenced) for s in self.shards],
                 "problems": [asdict(p) for p in self.problems], "unrecognised_bytes": self.damaged,
                 "unrecorded_blocks": [list(b) for b in self.unrecorded], "notes": self.notes}
+
+
+def _xyz(origin: np.ndarray) -> tuple[int, int, int]:
+    """A block's first voxel, as reports name it."""
+    x, y, z = (int(c) for c in origin)
+    return x, y, z
 
 
 def check_volume(path: str, silent: bool = True) -> Report:
@@ -139,7 +147,7 @@ def _check(volume: OfflineVolume, silent: bool) -> Report:
 
     def flag(mask: np.ndarray, kind: str, detail: str) -> None:
         for i in np.flatnonzero(mask & ~bad):
-            report.problems.append(Problem(kind, detail, tuple(int(c) for c in origins[written[i]]),
+            report.problems.append(Problem(kind, detail, _xyz(origins[written[i]]),
                                            int(block_entry[i]), shard_paths[block_shard[i]], int(block_offset[i])))
         bad[:] |= mask
 
@@ -148,7 +156,7 @@ def _check(volume: OfflineVolume, silent: bool) -> Report:
 
     def verify(i: int) -> tuple[Problem | None, bool]:
         """(the block's problem, whether a record vouches for it)."""
-        x, y, z = (int(c) for c in origins[written[i]])
+        x, y, z = _xyz(origins[written[i]])
         try:
             recorded = store.load(int(block_entry[i]), int(block_offset[i]), int(block_size[i]),
                                   np.empty(layout.block_shape_at(x, y, z), layout.dtype), verify=True)
@@ -168,7 +176,7 @@ def _check(volume: OfflineVolume, silent: bool) -> Report:
                 bad[i] = True
             recorded[i] = has_record
     if layout.records:
-        report.unrecorded = [tuple(int(c) for c in origins[written[i]]) for i in np.flatnonzero(~recorded & ~bad)]
+        report.unrecorded = [_xyz(origins[written[i]]) for i in np.flatnonzero(~recorded & ~bad)]
 
     starts, ends = block_offset - head * recorded, block_offset + block_size
     for shard, usage in enumerate(report.shards):
@@ -185,7 +193,7 @@ def _check(volume: OfflineVolume, silent: bool) -> Report:
     return report
 
 
-def _compare_with_records(report: Report, layout: Any, shard_paths: list[str], offsets: np.ndarray,
+def _compare_with_records(report: Report, layout: Layout, shard_paths: list[str], offsets: np.ndarray,
                           sizes: np.ndarray, silent: bool) -> None:
     """Flag blocks whose shard holds a complete record newer than the block the index points at.
 
@@ -196,7 +204,7 @@ def _compare_with_records(report: Report, layout: Any, shard_paths: list[str], o
     for entry, (offset, size) in found.items():
         if entry >= sizes.size or not sizes[entry] or offset > int(offsets[entry]):
             shard = shard_paths[layout.shard_of(entry)]
-            origin = tuple(int(c) for c in layout.blocks_of(np.array([entry]))[1][0])
+            origin = _xyz(layout.blocks_of(np.array([entry]))[1][0])
             report.problems.append(Problem(
                 "unindexed-record", f"the shard's last complete copy of this block ({size} bytes) is not the one "
                 "the index points at (an interrupted write, or a damaged index or block); run blockfs repair",

@@ -26,17 +26,18 @@ from .usage import referenced_bytes
 SCAN_ENTRIES = 1 << 20
 
 
-@dataclass
+@dataclass(frozen=True)
 class IndexScan:
     """What the index says about the written blocks."""
 
-    blocks_written: int = 0
-    uncompressed_bytes: int = 0
-    compressed_bytes: int = 0
-    shard_blocks: np.ndarray | None = None
-    shard_bytes: np.ndarray | None = None
-    #: Bytes of each shard that entries point at (payloads and their records; overlaps count once).
-    shard_referenced: np.ndarray | None = None
+    blocks_written: int
+    uncompressed_bytes: int
+    compressed_bytes: int
+    #: Per shard: its written blocks, their compressed bytes, and the bytes entries point at
+    #: (payloads and their records; overlaps count once).
+    shard_blocks: np.ndarray
+    shard_bytes: np.ndarray
+    shard_referenced: np.ndarray
 
 
 def scan_index(store: BlockStore, entries: int, page: int = SCAN_ENTRIES) -> IndexScan:
@@ -46,30 +47,26 @@ def scan_index(store: BlockStore, entries: int, page: int = SCAN_ENTRIES) -> Ind
     work and memory are bounded by what the index holds, not by the block positions its header claims.
     """
     lay: Layout = store.layout
-    n_shards = len(lay.block_filenames)
-    scan = IndexScan(shard_blocks=np.zeros(n_shards, np.int64), shard_bytes=np.zeros(n_shards, np.int64))
-    head = records.HEADER_SIZE if lay.records else 0
     extents = np.array([lay.x_extent, lay.y_extent, lay.z_extent], np.int64)
     block_sizes = np.array([lay.x_block_size, lay.y_block_size, lay.z_block_size], np.int64)
-    ranges: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    voxels = 0
+    found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (shard, offset, size) of the written blocks
     for first in range(0, entries, page):
         offsets, sizes = store.lookup(np.arange(first, min(first + page, entries)))
         written = np.flatnonzero(sizes)
         is_block, origins = lay.blocks_of(first + written)  # a stray entry is no block's: not counted
         written = written[is_block]
-        shard = lay.shard_of(first + written)
-        offsets, sizes = offsets[written].astype(np.int64), sizes[written].astype(np.int64)
-        voxels = np.minimum(block_sizes, extents - origins).prod(axis=1)
-        scan.blocks_written += written.size
-        scan.uncompressed_bytes += int(voxels.sum()) * lay.dtype.itemsize
-        scan.compressed_bytes += int(sizes.sum())
-        scan.shard_blocks += np.bincount(shard, minlength=n_shards)
-        scan.shard_bytes += np.bincount(shard, weights=sizes, minlength=n_shards).astype(np.int64)
-        ranges.append((shard, offsets - head, offsets + sizes))
-    shard, starts, ends = (np.concatenate(a) for a in zip(*ranges)) if ranges else (np.zeros(0, np.int64),) * 3
-    scan.shard_referenced = np.array([referenced_bytes(starts[shard == i], ends[shard == i])
-                                      for i in range(n_shards)], np.int64)
-    return scan
+        voxels += int(np.minimum(block_sizes, extents - origins).prod(axis=1).sum())
+        found.append((lay.shard_of(first + written), offsets[written].astype(np.int64),
+                      sizes[written].astype(np.int64)))
+    shard, offsets, sizes = (np.concatenate(a) for a in zip(*found)) if found else (np.zeros(0, np.int64),) * 3
+    n_shards = len(lay.block_filenames)
+    starts = offsets - (records.HEADER_SIZE if lay.records else 0)
+    return IndexScan(shard.size, voxels * lay.dtype.itemsize, int(sizes.sum()),
+                     np.bincount(shard, minlength=n_shards),
+                     np.bincount(shard, weights=sizes, minlength=n_shards).astype(np.int64),
+                     np.array([referenced_bytes(starts[shard == i], (offsets + sizes)[shard == i])
+                               for i in range(n_shards)], np.int64))
 
 
 def describe_volume(path: str) -> dict[str, Any]:
@@ -81,8 +78,7 @@ def describe_volume(path: str) -> dict[str, Any]:
 def _describe(volume: OfflineVolume) -> dict[str, Any]:
     path, header, lay = volume.path, volume.header, volume.layout
     scan = scan_index(volume.store, header.entries_in_file)
-    assert scan.shard_blocks is not None and scan.shard_bytes is not None and scan.shard_referenced is not None
-    shards = []
+    shards: list[dict[str, Any]] = []
     for i, shard in enumerate(volume.shards):
         size = os.path.getsize(shard.path) if shard.exists else None
         shards.append({
@@ -141,12 +137,12 @@ def human(n: int | float) -> str:
     """A byte count for people: ``1.5 GiB (1610612736 bytes)``; small counts as they are."""
     if n < 1024:
         return f"{n} B"
-    value, unit = float(n), "B"
-    for unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
         value /= 1024
         if value < 1024:
-            break
-    return f"{value:.1f} {unit} ({n} bytes)"
+            return f"{value:.1f} {unit} ({n} bytes)"
+    return f"{value / 1024:.1f} PiB ({n} bytes)"
 
 
 def format_text(info: dict[str, Any]) -> str:

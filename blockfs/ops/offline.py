@@ -79,7 +79,7 @@ class OfflineVolume:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> "OfflineVolume":
+    def __enter__(self) -> OfflineVolume:
         return self
 
     def __exit__(self, *exc: object) -> None:

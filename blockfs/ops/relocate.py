@@ -20,11 +20,11 @@ import os
 import re
 import stat
 import uuid
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
 
 from .. import format as fmt
-from ..errors import BlockfsError, FormatError, InvalidArgumentError, VolumeBusyError, VolumeExistsError
+from ..errors import FormatError, InvalidArgumentError, VolumeBusyError, VolumeExistsError
 from ..format import DirectoryFile, read_directory_file
 from ..storage import fsync_folder, named, publish_file, pwrite_all, resolve_shard_path
 
@@ -77,7 +77,7 @@ def _value_span(text: str, key: str, where: str) -> tuple[int, int]:
         while text[i:i + 1] != "}":
             if text[i:i + 1] != '"':
                 raise ValueError(f"expected a key at character {i}")
-            name, i = json.decoder.scanstring(text, i + 1)
+            name, i = decoder.raw_decode(text, i)
             i = skip(i)
             if text[i:i + 1] != ":":
                 raise ValueError(f"expected ':' at character {i}")
@@ -149,7 +149,7 @@ def new_locked_file(path: str) -> int:
 
 
 def write_index(current: DirectoryFile, names: Sequence[str], fd: int, where: str,
-                buffer_size: int = DEFAULT_BUFFER_SIZE, on_bytes: Callable[[int], None] | None = None) -> None:
+                buffer_size: int = DEFAULT_BUFFER_SIZE, on_bytes: Callable[[int], object] | None = None) -> None:
     """Write the directory file ``current`` with shard names ``names`` into the empty file open as ``fd``.
 
     The file gets the permissions of ``current`` and is fsynced; an error writing it names ``where``.
@@ -174,7 +174,7 @@ def write_index(current: DirectoryFile, names: Sequence[str], fd: int, where: st
 @contextlib.contextmanager
 def relocated(source: str, names: Sequence[str], target: str | None = None, *, exclusive: bool = False,
               buffer_size: int = DEFAULT_BUFFER_SIZE,
-              on_bytes: Callable[[int], None] | None = None) -> Iterator[bool]:
+              on_bytes: Callable[[int], object] | None = None) -> Iterator[bool]:
     """:func:`relocate`, holding the new directory file locked exclusively until the block ends.
 
     An offline operation ends inside the block, so that no writer starts on the new file before it is done.
@@ -207,7 +207,7 @@ def relocated(source: str, names: Sequence[str], target: str | None = None, *, e
 
 
 def relocate(source: str, names: Sequence[str], target: str | None = None, *, exclusive: bool = False,
-             buffer_size: int = DEFAULT_BUFFER_SIZE, on_bytes: Callable[[int], None] | None = None) -> bool:
+             buffer_size: int = DEFAULT_BUFFER_SIZE, on_bytes: Callable[[int], object] | None = None) -> bool:
     """Write the directory file ``source`` to ``target`` (default: over itself) with new shard names.
 
     The index is carried over whole: every byte from the old D to the end of the file follows the

@@ -38,16 +38,30 @@ import fcntl
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .. import locking
-from ..errors import (BlockfsError, ForeignShardError, InvalidArgumentError, MissingShardError, VolumeBusyError,
-                      VolumeExistsError)
+from ..errors import (
+    BlockfsError,
+    ForeignShardError,
+    InvalidArgumentError,
+    MissingShardError,
+    VolumeBusyError,
+    VolumeExistsError,
+)
 from ..format import MAGIC, DirectoryFile
 from ..progress import PlacingProgress, same_file_system
 from ..storage import file_identity, fsync_folder, link_exclusive, named, shadowing_copy
-from .relocate import NO_LOCKS, Shard, header_with_names, locate_shards, new_locked_file, read_directory_file, write_index
+from .relocate import (
+    NO_LOCKS,
+    Shard,
+    header_with_names,
+    locate_shards,
+    new_locked_file,
+    read_directory_file,
+    write_index,
+)
 
 #: Bytes per copy call; the progress bar advances by at most this much at a time.
 COPY_CHUNK = 64 << 20

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import threading
-import tomllib
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import numpy as np
@@ -195,11 +195,10 @@ def test_a_tool_calls_itself_what_was_typed(tmp_path: Path, command: list[str], 
 
 
 def console_scripts() -> dict[str, list[str]]:
-    """``module:function`` -> the console scripts of pyproject.toml that run it."""
-    table = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    """``module:function`` -> the installed console scripts (pyproject.toml's) that run it."""
     scripts: dict[str, list[str]] = {}
-    for script, target in table.items():
-        scripts.setdefault(target, []).append(script)
+    for script in entry_points(group="console_scripts"):
+        scripts.setdefault(script.value, []).append(script.name)
     return scripts
 
 

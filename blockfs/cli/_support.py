@@ -14,8 +14,9 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any, Callable, Iterator, NoReturn, TextIO, TypeVar
+from typing import Any, NoReturn, TextIO, TypeVar
 
 from ..errors import USER_ERRORS, InvalidArgumentError, describe
 

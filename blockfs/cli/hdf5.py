@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..convert.hdf5 import (BLOCK_SIZE_ATTR, PROG, export, parallel_hdf5_missing, parse_filter,
-                            parse_filter_options)
+from ..convert.hdf5 import BLOCK_SIZE_ATTR, PROG, export, parallel_hdf5_missing, parse_filter, parse_filter_options
 from ..parallel.mpi import find_ranks, run_ranked, serially
 from ._support import add_silent, run_tool, volume_argument
 

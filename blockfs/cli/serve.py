@@ -6,7 +6,8 @@ import argparse
 import contextlib
 import signal
 import threading
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ..serve import IDLE_TIMEOUT
 from ._support import INTERRUPTED, number, positive_int, run_tool, volume_argument

@@ -39,7 +39,7 @@ import psutil
 
 from blockfs import Directory
 from blockfs.pyramid import open_pyramid
-from blockfs.pyramid.build import worker_memory_bound
+from blockfs.pyramid.octree import worker_memory_bound
 from blockfs.pyramid.reduce import Method, footprint_counts
 
 from .data import BLOCK, BLOCK_SHAPE, Dataset, size_label

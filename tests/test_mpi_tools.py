@@ -24,7 +24,7 @@ from mpi_run import TIMEOUT, environment, mpiexec, require_mpi, run, tool
 
 from blockfs import Directory
 from blockfs.pyramid import open_pyramid, state
-from blockfs.pyramid.build import build_tasks, pending, prepare
+from blockfs.pyramid.build import build_tasks
 from blockfs.pyramid.plan import Plan, make_plan
 
 SHAPE = (37, 50, 70)  # z, y, x: 37 planes in 5 slabs of 8, the last one short
@@ -187,8 +187,8 @@ def test_pyramid_on_three_ranks_resumes_an_interrupted_build(pyramid_source: tup
     """A build cut short after a few tasks, continued by the ranks, equals an uninterrupted one."""
     source, serial = pyramid_source
     dest = tmp_path / "ranked"
-    plan = prepare(make_plan(source, dest, n_workers=3), n_shards=3)
-    todo = pending(plan)
+    plan = state.prepare(make_plan(source, dest, n_workers=3), n_shards=3)
+    todo = state.pending(plan)
     assert len(list(build_tasks(plan, todo[:4], n_workers=1))) == 4 < len(todo)
     refused, _ = mpiexec(3, [tool("blockfs"), "pyramid", source, dest, "--n-workers", "3", "--silent"])
     assert refused.returncode == 1
@@ -212,8 +212,9 @@ def _subtree_blocks(plan: Plan, key: str) -> list[tuple[int, tuple[int, int, int
 #: ``blockfs pyramid SOURCE DEST --n-workers 3`` under mpiexec, with a checkpoint after every round
 RANKED_BUILD = ("import sys\n"
                 "from blockfs.parallel.mpi import tool_ranks\n"
-                "from blockfs.parallel.pyramid import build_pyramid_ranked\n"
-                "build_pyramid_ranked(sys.argv[1], sys.argv[2], tool_ranks('pyramid'), n_shards=3, checkpoint_seconds=0)")
+                "from blockfs.pyramid import build_pyramid\n"
+                "build_pyramid(sys.argv[1], sys.argv[2], n_workers=3, silent=True, checkpoint_seconds=0,\n"
+                "              ranks=tool_ranks('pyramid'))")
 
 
 def test_pyramid_rank_killed_then_resumed_on_three_ranks(pyramid_source: tuple[Path, Path], tmp_path: Path) -> None:

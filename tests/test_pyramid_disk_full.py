@@ -16,8 +16,9 @@ from helpers import console
 
 from blockfs import Directory
 from blockfs.pyramid import open_pyramid
-from blockfs.pyramid.build import build_pyramid, prepare
+from blockfs.pyramid.build import build_pyramid
 from blockfs.pyramid.plan import make_plan
+from blockfs.pyramid.state import prepare
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from blockfs import Directory
-from blockfs.pyramid.build import prepare, worker_memory_bound
+from blockfs.pyramid.octree import worker_memory_bound
+from blockfs.pyramid.state import prepare
 from blockfs.pyramid.plan import make_plan
 
 pytestmark = pytest.mark.timeout(240)

@@ -54,13 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
 
     def build(args: argparse.Namespace, ranks: Ranks) -> int:
-        if ranks.parallel:  # started by mpiexec -n N: the ranks share the subtrees
-            from ..parallel.pyramid import build_pyramid_ranked
-            dest = build_pyramid_ranked(args.source, args.dest, ranks, args.levels, args.method, args.voxel_size,
-                                        args.n_workers, args.overwrite, args.resume, args.silent)
-        else:
-            dest = build_pyramid(args.source, args.dest, args.levels, args.method, args.voxel_size, args.n_workers,
-                                 args.overwrite, args.resume, args.silent)
+        # under mpiexec -n N the ranks share the subtrees
+        dest = build_pyramid(args.source, args.dest, args.levels, args.method, args.voxel_size, args.n_workers,
+                             args.overwrite, args.resume, args.silent, ranks=ranks)
         if ranks.rank == 0 and not args.silent:
             print(f"{parser.prog}: wrote {dest}")
         return 0

@@ -7,15 +7,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
-from ..directory import Directory
-from ..errors import BlockfsError, FormatError
+from ..errors import FormatError
 from ..storage import atomic_write, naming
+from ..volume import Volume, open_volume
 
 INFO_NAME = "info"
 LEVEL_FILE = "precomputed.blockfs"
@@ -59,7 +58,7 @@ class Pyramid:
 
     root: str
     info: dict[str, Any]
-    levels: tuple[Directory, ...]
+    levels: tuple[Volume, ...]
 
     @property
     def keys(self) -> list[str]:
@@ -86,7 +85,7 @@ def open_pyramid(root: str | os.PathLike, verify: bool = True) -> Pyramid:
         if not os.path.exists(path):
             raise FormatError(f"{path}: level {scale['key']!r} named in the pyramid's info file is missing; "
                               "rebuild it with blockfs pyramid --resume.")
-        levels.append(Directory.open(path, verify=verify))
+        levels.append(open_volume(path, verify))
     return Pyramid(os.fspath(root), info, tuple(levels))
 
 

@@ -14,12 +14,13 @@ import dataclasses
 import itertools
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..directory import Directory
 from ..errors import InvalidArgumentError
+from ..volume import open_volume
 from .folder import level_path
 from .reduce import Method
 
@@ -87,6 +88,11 @@ class Plan:
         return tuple(min(b, n - o) for b, n, o in zip(self.block, self.level_shape(level),
                                                        self.origin(level, index)))  # type: ignore[return-value]
 
+    def region(self, level: int, index: Index) -> tuple[slice, slice, slice]:
+        """The voxels (z, y, x slices), in that level, of a block."""
+        return tuple(slice(o, o + n) for o, n in zip(self.origin(level, index),
+                                                     self.block_shape(level, index)))  # type: ignore[return-value]
+
     def level1_blocks_under(self, level: int, index: Index) -> int:
         """How many level-1 block positions lie under a block of ``level``."""
         span = 2 ** (level - 1)
@@ -112,6 +118,11 @@ class Plan:
 
     def make_method(self) -> Method:
         return Method(self.method, np.dtype(self.dtype))
+
+
+def largest_first(plan: Plan, tasks: Iterable[Index]) -> list[Index]:
+    """``tasks``, the largest subtrees first, so that the last ones to finish are small."""
+    return sorted(tasks, key=lambda t: -plan.level1_blocks_under(plan.task_level, t))
 
 
 def default_levels(shape: tuple[int, ...], block: tuple[int, ...]) -> int:
@@ -142,11 +153,7 @@ def make_plan(source: str | os.PathLike, dest: str | os.PathLike, levels: int | 
               task_level: int | None = None) -> Plan:
     """Plan a pyramid of the volume ``source`` (its directory file) in the folder ``dest``."""
     source = os.path.abspath(os.fspath(source))
-    volume = Directory.open(source)
-    try:
-        lay = volume.layout
-    finally:
-        volume.close()
+    lay = open_volume(source).layout
     odd = [b for b in lay.block_shape if b % 2]
     if odd:
         raise InvalidArgumentError(f"{source}: block size {lay.block_shape} (z, y, x) has an odd side; a pyramid "

@@ -25,15 +25,15 @@ import shutil
 import numpy as np
 
 from ..progress import PlacingProgress, same_file_system
-from ..directory import Directory
 from ..errors import InvalidArgumentError, VolumeExistsError
 from ..ops.transfer import Placement, place
 from ..ops.relocate import locate_shards, read_directory_file, relocate
 from ..storage import atomic_write, fsync_folder, naming
-from .folder import LEVEL_FILE, is_pyramid, level_key
+from ..writable import create_volume
+from .folder import LEVEL_FILE, is_pyramid, level_key, make_info, write_info
 from .owned import (JOURNAL, PLAN_FILE, clear, level1_is_source, named_files, protect_source, pyramid_levels,
                     remove_level)
-from .plan import Index, Plan
+from .plan import Index, Plan, make_plan
 
 READY_FILE = "ready"
 DONE = "done"
@@ -134,18 +134,15 @@ def place_level1(plan: Plan, silent: bool = True) -> None:
 def create_levels(plan: Plan, n_shards: int) -> None:
     """Create levels 2..N empty, with the source's block size, compression and records."""
     for level in range(2, plan.levels + 1):
-        z, y, x = plan.level_shape(level)
         factor = plan.factor(level)
         metadata = {**plan.metadata, "voxel_size_um": [v * factor for v in plan.voxel_size_um],
                     "pyramid": {"level": level, "factor": factor, "method": plan.method}}
         path = plan.path(level)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        bz, by, bx = plan.block
         with naming(path):
-            Directory(x, y, z, plan.dtype, path, n_filenames=max(1, min(n_shards, plan.n_blocks(level))),
-                      x_block_size=bx, y_block_size=by, z_block_size=bz, compression=plan.compression,
-                      compression_level=plan.compression_level, metadata=metadata, records=plan.records
-                      ).create(overwrite=True).close()
+            create_volume(path, plan.level_shape(level), plan.dtype, plan.block,
+                          max(1, min(n_shards, plan.n_blocks(level))), compression=plan.compression,
+                          compression_level=plan.compression_level, metadata=metadata, records=plan.records).close()
 
 
 def start(plan: Plan, n_shards: int, silent: bool = True) -> None:
@@ -167,6 +164,16 @@ def start(plan: Plan, n_shards: int, silent: bool = True) -> None:
         pass
 
 
+def prepare(plan: Plan, overwrite: bool = False, resume: bool = False, n_shards: int | None = None,
+            silent: bool = True) -> Plan:
+    """Check and set up ``plan.dest``; returns the plan to run (a resumed build keeps its task level)."""
+    if check_destination(plan, overwrite, resume):
+        plan = make_plan(plan.source, plan.dest, plan.levels, plan.method, plan.voxel_size_um,
+                         task_level=stored_task_level(plan))
+    start(plan, n_shards or os.cpu_count() or 1, silent)
+    return plan
+
+
 def record_done(plan: Plan, results: list[tuple[Index, np.ndarray | None]]) -> None:
     """Record finished tasks with their contributions to the level above (None: nothing written), at once."""
     path = journal(plan, DONE, plan.task_key(results[0][0]) + ".npz")
@@ -186,6 +193,12 @@ def finished(plan: Plan) -> dict[str, str]:
     return done
 
 
+def pending(plan: Plan) -> list[Index]:
+    """The tasks not yet done."""
+    done = finished(plan)
+    return [t for t in plan.tasks if plan.task_key(t) not in done]
+
+
 def load_done(plan: Plan, done: dict[str, str], index: Index) -> np.ndarray | None:
     """A finished task's contribution to the level above; None if nothing is written under it."""
     key = plan.task_key(index)
@@ -197,3 +210,10 @@ def load_done(plan: Plan, done: dict[str, str], index: Index) -> np.ndarray | No
 def remove_journal(plan: Plan) -> None:
     shutil.rmtree(journal(plan))
     fsync_folder(plan.dest)
+
+
+def complete(plan: Plan) -> None:
+    """Write ``info`` (the pyramid is then finished), remove the journal."""
+    kind = "segmentation" if plan.method == "mode" else "image"
+    write_info(plan.dest, make_info(plan.dtype, kind, plan.shape, plan.block, plan.voxel_size_um, plan.levels))
+    remove_journal(plan)

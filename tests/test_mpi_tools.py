@@ -26,6 +26,7 @@ from blockfs import Directory
 from blockfs.pyramid import open_pyramid, state
 from blockfs.pyramid.build import build_tasks
 from blockfs.pyramid.plan import Plan, make_plan
+from blockfs.volume import Volume
 
 SHAPE = (37, 50, 70)  # z, y, x: 37 planes in 5 slabs of 8, the last one short
 BLOCKS = "8,16,16"
@@ -55,16 +56,16 @@ def serial_volume(stack: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return output
 
 
-def _header(d: Directory) -> dict:
+def _header(v: Volume) -> dict:
     """The JSON header, shard names reduced to their base names (the folders differ)."""
-    with open(d.directory_filename, "rb") as f:
-        raw = f.read(d.directory_offset)
+    with open(v.path, "rb") as f:
+        raw = f.read(v.store.spec.directory_offset)
     meta = json.loads(raw[16:16 + int.from_bytes(raw[8:12], "little")])
     meta["BlockFilenames"] = [Path(n).name for n in meta["BlockFilenames"]]
     return meta
 
 
-def _same_volume(a: Directory, b: Directory) -> None:
+def _same_volume(a: Volume, b: Volume) -> None:
     """The same header (but the folders), voxels, and blocks: written or not, with the same bytes."""
     assert _header(a) == _header(b)
     assert np.array_equal(a[...], b[...])
@@ -80,7 +81,7 @@ def test_from_tif_on_three_ranks_equals_serial(stack: Path, serial_volume: Path,
     assert result.stderr.count("blockfs from-tif (rank 0 of 3)") >= 1  # rank 0's progress, and only rank 0's
     assert "rank 1" not in result.stderr and "rank 2" not in result.stderr
     with Directory.open(serial_volume) as a, Directory.open(output) as b:
-        _same_volume(a, b)
+        _same_volume(a.volume, b.volume)
 
 
 @pytest.mark.parametrize("exporter, suffix", [("blockfs2tif", "tif"), ("blockfs2jp2k", "jp2")])
@@ -118,7 +119,7 @@ def test_overwrite_replaces_a_volume_on_three_ranks(stack: Path, serial_volume: 
                             "--block-size", BLOCKS, "--n-workers", "3", "--overwrite", "--silent"])
     assert result.returncode == 0, result.stderr
     with Directory.open(serial_volume) as a, Directory.open(output) as b:
-        _same_volume(a, b)
+        _same_volume(a.volume, b.volume)
 
 
 def test_an_odd_plane_is_named_once_and_no_volume_is_left(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 import blockfs
 from blockfs import Directory, check
+from blockfs.interop.dask_io import to_dask
 from blockfs.pyramid import open_pyramid
 from helpers import require
 from interop_support import make_pyramid
@@ -42,7 +43,7 @@ def test_to_dask_on_pyramid_levels_and_open_zarr_with_from_zarr(tmp_path):
     require("zarr")
     root, arrays = make_pyramid(tmp_path / "p")
     for level, expected in zip(open_pyramid(root).levels, arrays):
-        np.testing.assert_array_equal(level.to_dask().compute(), expected, strict=True)
+        np.testing.assert_array_equal(to_dask(level).compute(), expected, strict=True)
     group = blockfs.open_zarr(root)
     for i, expected in enumerate(arrays):
         np.testing.assert_array_equal(da.from_zarr(group[str(i)]).compute(scheduler="processes"), expected, strict=True)

@@ -14,7 +14,7 @@ half to even for integers: what tensorstore's ``downsample`` driver computes wit
 from __future__ import annotations
 
 import itertools
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -24,15 +24,23 @@ import shutil
 
 import numpy as np
 
-from ..progress import PlacingProgress, same_file_system
 from ..errors import InvalidArgumentError, VolumeExistsError
-from ..ops.transfer import Placement, place
 from ..ops.relocate import locate_shards, read_directory_file, relocate
+from ..ops.transfer import Placement, place
+from ..progress import PlacingProgress, same_file_system
 from ..storage import atomic_write, fsync_folder, naming
 from ..writable import create_volume
 from .folder import LEVEL_FILE, is_pyramid, level_key, make_info, write_info
-from .owned import (JOURNAL, PLAN_FILE, clear, level1_is_source, named_files, protect_source, pyramid_levels,
-                    remove_level)
+from .owned import (
+    JOURNAL,
+    PLAN_FILE,
+    clear,
+    level1_is_source,
+    named_files,
+    protect_source,
+    pyramid_levels,
+    remove_level,
+)
 from .plan import Index, Plan, make_plan
 
 READY_FILE = "ready"
@@ -64,7 +72,8 @@ def stored_task_level(plan: Plan) -> int:
         raise InvalidArgumentError(f"{path}: the journal of the interrupted build is unreadable ({exc}); "
                                    "rebuild with --overwrite.") from None
     wanted = _plan_record(plan)
-    differ = [f"{key} {stored.get(key)!r} (now {wanted[key]!r})" for key in RESUME_KEYS if stored.get(key) != wanted[key]]
+    differ = [f"{key} {stored.get(key)!r} (now {wanted[key]!r})" for key in RESUME_KEYS
+              if stored.get(key) != wanted[key]]
     if differ:
         raise InvalidArgumentError(f"{plan.dest}: the interrupted build had {', '.join(differ)}; resume with the "
                                    "same source and options, or rebuild with --overwrite.")

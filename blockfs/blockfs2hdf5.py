@@ -1,4 +1,7 @@
-"""Compatibility path of blockfs2hdf5: the command is :mod:`blockfs.cli.hdf5`, the export :mod:`blockfs.convert.hdf5`."""
+"""Compatibility path of blockfs2hdf5.
+
+The command is :mod:`blockfs.cli.hdf5`, the export :mod:`blockfs.convert.hdf5`.
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""Compatibility path of blockfs2jp2k: the command is :mod:`blockfs.cli.jp2k`, the writer :mod:`blockfs.convert.jp2k`."""
+"""Compatibility path of blockfs2jp2k.
+
+The command is :mod:`blockfs.cli.jp2k`, the writer :mod:`blockfs.convert.jp2k`.
+"""
 
 import sys
 

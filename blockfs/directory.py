@@ -5,7 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -15,8 +16,7 @@ from .errors import ClosedError, InvalidArgumentError, NotCreatedError, ReadOnly
 from .selection import block_entry
 from .store import BlockStore, spec_for
 from .volume import Volume, open_volume
-from .writable import (BlockSink, WritableVolume, create_from_layout, new_layout, open_matching, open_writable,
-                       positive)
+from .writable import BlockSink, WritableVolume, create_from_layout, new_layout, open_matching, open_writable, positive
 
 MODES = ("r", "r+")
 
@@ -28,7 +28,7 @@ def _from_layout(name: str) -> property:
     return property(lambda self: getattr(self._layout, name), doc=f"The header's {name}.")
 
 
-def _reopen(path: str, mode: str, verify: bool, durable: bool) -> "Directory":
+def _reopen(path: str, mode: str, verify: bool, durable: bool) -> Directory:
     return Directory.open(path, mode, verify=verify, durable=durable)
 
 
@@ -81,7 +81,7 @@ class Directory:
         self._reads: Volume | None = None
 
     @classmethod
-    def _of(cls, view: Volume, mode: str, durable: bool) -> "Directory":
+    def _of(cls, view: Volume, mode: str, durable: bool) -> Directory:
         """A Directory over an opened volume."""
         self = cls.__new__(cls)
         self._layout, self.directory_offset = view.layout, view.store.spec.directory_offset
@@ -91,7 +91,7 @@ class Directory:
 
     # -- creating and opening ------------------------------------------------------------------
 
-    def create(self, overwrite: bool = True, comm: Any = None, incomplete: str | None = None) -> "Directory":
+    def create(self, overwrite: bool = True, comm: Any = None, incomplete: str | None = None) -> Directory:
         """Write a new, empty volume (index, then empty shards) and open it for writing.
 
         What is replaced or refused, and ``incomplete``, are as in :func:`blockfs.create_from_layout`;
@@ -107,7 +107,7 @@ class Directory:
         return self._take(create_from_layout(self.directory_filename, self._layout, self._directory_offset_arg,
                                              overwrite, incomplete, self.verify, self.durable))
 
-    def _take(self, view: WritableVolume) -> "Directory":
+    def _take(self, view: WritableVolume) -> Directory:
         """Use ``view``, a volume just created or opened for writing, from now on."""
         self._view, self._mode = view, "r+"
         self._layout, self.directory_offset = view.layout, view.store.spec.directory_offset
@@ -115,7 +115,7 @@ class Directory:
 
     @classmethod
     def open(cls, directory_filename: str, mode: str = "r", verify: bool = True, durable: bool = True,
-             comm: Any = None) -> "Directory":
+             comm: Any = None) -> Directory:
         """Open an existing volume; mode "r+" allows writing more blocks.
 
         With an MPI communicator ``comm`` the call is collective, and in mode "r+" every rank may
@@ -135,7 +135,8 @@ class Directory:
 
     def __reduce__(self) -> tuple:
         if self._mode is None:
-            raise InvalidArgumentError(f"{self.directory_filename}: create() the volume before passing it to other processes.")
+            raise InvalidArgumentError(
+                f"{self.directory_filename}: create() the volume before passing it to other processes.")
         return _reopen, (self.directory_filename, "r" if self._closed else self._mode, self.verify, self.durable)
 
     # -- attributes --------------------------------------------------------------------------
@@ -229,7 +230,7 @@ class Directory:
         """Start one writer process per shard (at most ``queue_depth`` blocks wait per writer)."""
         self.writable.start_writers(positive("queue_depth", queue_depth))
 
-    def write_through(self, make_sink: Callable[[BlockStore], BlockSink]) -> "Directory":
+    def write_through(self, make_sink: Callable[[BlockStore], BlockSink]) -> Directory:
         """Hand this process's writes to ``make_sink(store)`` (an MPI collective writer, say).
 
         A Directory neither created nor opened in this process (an MPI rank other than the one that
@@ -323,7 +324,7 @@ class Directory:
         if self._view is not None:
             self._view.close()
 
-    def __enter__(self) -> "Directory":
+    def __enter__(self) -> Directory:
         return self
 
     def __exit__(self, *exc_info: Any) -> None:

@@ -28,7 +28,8 @@ def print_report(report: Report) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="blockfs check", description="Verify every block of a volume; exit status 0 only if it is healthy.",
-        epilog="example:\n  blockfs check /data/brain.blockfs\n  blockfs check --json /data/brain.blockfs | jq .problems",
+        epilog="example:\n  blockfs check /data/brain.blockfs\n"
+               "  blockfs check --json /data/brain.blockfs | jq .problems",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("volume", help="the volume's directory (index) file, or a folder holding one")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")

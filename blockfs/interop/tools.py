@@ -11,11 +11,11 @@ import importlib
 import json
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Callable, Iterator
 
 from .. import locking
-from ..errors import BlockfsError, MissingDependencyError, VolumeBusyError, VolumeExistsError
+from ..errors import MissingDependencyError, VolumeBusyError, VolumeExistsError
 from ..marks import incomplete
 from ..storage import fsync_folder, naming, pwrite_all
 

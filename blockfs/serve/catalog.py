@@ -12,8 +12,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -88,10 +89,11 @@ class Catalog:
         opened.users += 1
         try:
             yield opened.volume
-        except StaleVolumeError:  # replaced since it was last looked at: the next request opens the new one
+        except StaleVolumeError as exc:  # replaced since it was last looked at: the next request opens the new one
             entry.due = 0.0
-            raise web.HTTPServiceUnavailable(headers={"Retry-After": "1"},
-                                             text=f"{name}: the volume was replaced while it was read; try again\n")
+            raise web.HTTPServiceUnavailable(
+                headers={"Retry-After": "1"},
+                text=f"{name}: the volume was replaced while it was read; try again\n") from exc
         finally:
             opened.release()
 

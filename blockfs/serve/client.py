@@ -40,7 +40,7 @@ class ViewerSession:
 
     def event(self) -> bytes:
         message = {"k": "s", "g": str(self.generation), "s": self.state}
-        return f"data: {json.dumps(message)}\n\n".encode("utf-8")
+        return f"data: {json.dumps(message)}\n\n".encode()
 
 
 SESSION = web.AppKey("viewer", ViewerSession)

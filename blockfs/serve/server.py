@@ -8,7 +8,7 @@ import os
 import secrets
 import threading
 import warnings
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from aiohttp import web
 
@@ -138,7 +138,7 @@ class Server:
         self._thread.join(TIMEOUT)
         self._loop.close()
 
-    def __enter__(self) -> "Server":
+    def __enter__(self) -> Server:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
 from ..errors import InvalidArgumentError
 from ..volume import Volume
-from .client import CLIENT_PATH
 from . import IDLE_TIMEOUT
+from .client import CLIENT_PATH
 from .server import LOOPBACK, Server, start
 from .volumes import ServedVolume
 

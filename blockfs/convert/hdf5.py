@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import json
 import math
 import os
 import shutil
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -89,6 +91,7 @@ def rows(shape: tuple[int, int, int], block: tuple[int, int, int]) -> list[Row]:
 
 def chunk_shape(shape: tuple[int, int, int], block: tuple[int, int, int]) -> tuple[int, int, int]:
     """The block size clipped to the volume's shape (an HDF5 chunk may not exceed a fixed dimension)."""
+    # mypy types a tuple built from a generator as tuple[int, ...]; it has three items here
     return tuple(min(b, s) for b, s in zip(block, shape))  # type: ignore[return-value]
 
 
@@ -245,7 +248,8 @@ def write_rows(volume: Volume, dset: Any, ranks: Ranks, silent: bool = True) -> 
                 except USER_ERRORS as exc:
                     error = describe(exc)
             ranks.agree(error)
-            h5_writing(dset.file.filename, lambda: writer.write(None if row is None else (row[0], row[2], 0), data))
+            place = None if row is None else (row[0], row[2], 0)
+            h5_writing(dset.file.filename, functools.partial(writer.write, place, data))
             bar.update(sum((z1 - z0) * (y1 - y0) * row_bytes for z0, z1, y0, y1 in batch))
 
 

@@ -46,6 +46,7 @@ def _write_chunk(chunk: np.ndarray, path: str, block_info: dict | None = None) -
     The volume is opened here and closed at the end, so a retried task opens it anew and rewrites
     the same blocks (the last write wins).
     """
+    # dask's block_info is an untyped dict of lists
     region = tuple(slice(a, b) for a, b in block_info[0]["array-location"])  # type: ignore[index]
     with open_writable(path, durable=False) as volume:
         volume[region] = chunk
@@ -63,7 +64,7 @@ def task_shape(block_shape: tuple[int, int, int], shape: tuple[int, ...], itemsi
             if chunk[axis] < shape[axis] and math.prod(chunk) * itemsize * 2 <= task_bytes:
                 chunk[axis] *= 2
                 grown = True
-    return tuple(chunk)  # type: ignore[return-value]
+    return tuple(chunk)  # type: ignore[return-value]  # chunk is a list of three ints
 
 
 class _BlocksWritten(Callback):

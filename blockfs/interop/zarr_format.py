@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Union
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +41,7 @@ EDGE_CNAME, EDGE_CLEVEL = "lz4", 1
 VOXEL_SIZE_KEY = "voxel_size_um"
 ZARR_FORMATS = (2, 3)
 
-SourceLike = Union[str, os.PathLike, Volume, Pyramid]
+SourceLike = str | os.PathLike | Volume | Pyramid
 
 
 @dataclass(frozen=True)
@@ -68,12 +69,14 @@ def open_source(source: SourceLike) -> Source:
     if isinstance(source, Pyramid):
         sizes = tuple(tuple(r / 1000 for r in reversed(res)) for res in source.resolutions_nm)
         name = os.path.basename(os.path.normpath(source.root))
+        # the levels' voxel sizes are (x, y, z) triples
         return Source(tuple(map(_level_volume, source.levels)), sizes, name, True)  # type: ignore[arg-type]
     voxel = source.metadata.get(VOXEL_SIZE_KEY, [1.0, 1.0, 1.0])
     if not (isinstance(voxel, list) and len(voxel) == 3 and all(isinstance(v, (int, float)) and v > 0 for v in voxel)):
         raise InvalidArgumentError(f"{source.path}: metadata {VOXEL_SIZE_KEY!r} must be three positive "
                                    f"numbers (x, y, z) in micrometres; got {voxel!r}.")
     name = os.path.splitext(os.path.basename(source.path))[0]
+    # mypy types a tuple built from a generator as tuple[int, ...]; it has three items here
     return Source((source,), (tuple(float(v) for v in reversed(voxel)),), name, False)  # type: ignore[arg-type]
 
 
@@ -212,7 +215,7 @@ def parse_chunk_key(key: str, zarr_format: int) -> tuple[int, int, int] | None:
         parts = key.split(".")
     if len(parts) != 3 or not all(p.isdigit() and p.isascii() for p in parts):
         return None
-    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+    return tuple(int(p) for p in parts)  # type: ignore[return-value]  # the key was checked to have three parts
 
 
 def _dumps(document: dict[str, Any]) -> bytes:

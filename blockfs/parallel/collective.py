@@ -34,14 +34,14 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
 from .. import records
-from ..errors import describe
-from ..errors import BlockfsError, WriterError
+from ..errors import BlockfsError, WriterError, describe
 from ..format import Layout, pack_entry
 from ..storage import pwrite_all
 from ..store import BlockStore
@@ -85,7 +85,7 @@ def together(comm: Any, step: Callable[[], T]) -> T:
     first = next((e for e in comm.allgather(error) if e is not None), None)
     if first is not None:
         raise first
-    return result  # type: ignore[return-value]
+    return result  # type: ignore[return-value]  # no rank failed, so step() returned and result is its T
 
 
 class CollectiveWriter:

@@ -140,6 +140,7 @@ class ServedVolume:
         """The level and the block that ``address`` (as :meth:`locate` gave it) names."""
         level, chunk = address
         volume = self.levels[level]
+        # a chunk of the grid always has a block
         return volume, chunk_block(volume, chunk)  # type: ignore[return-value]
 
     def version(self, address: Address) -> Version:
@@ -228,6 +229,7 @@ def _open(path: str, name: str, identity: Identity) -> ServedVolume:
             level.close()
         raise
     return ServedVolume(name, source.levels, keys, info, views,
+                        # the voxel sizes are (x, y, z) triples
                         tuple(reversed(source.voxel_sizes_um[0])), path, identity)  # type: ignore[arg-type]
 
 

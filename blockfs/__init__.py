@@ -1,19 +1,45 @@
 """blockfs: a block store for large 3D volumes, written in parallel into a few shard files."""
 
-import os
 from typing import Any
 
 from .codec import Compression
 from .directory import Directory
-from .errors import (AttachError, BlockCoordinateError, BlockfsError, BlockfsWarning, BlockShapeError, ChecksumError,
-                     ClosedError, CorruptBlockError, DatasetExistsError, EntryOverflowError, ExportError,
-                     ForeignShardError, FormatError, IncompleteVolumeWarning, InvalidArgumentError, LostBlocksWarning,
-                     MissingDependencyError, MissingShardError, NotCreatedError, OpenServerWarning, PlaneCountError, PlaneError,
-                     PlaneMismatchError, ReadOnlyError, RegionError, ShardLocationWarning, StaleVolumeError,
-                     UnsupportedCompressionError, UnsupportedDTypeError, VolumeBusyError, VolumeExistsError,
-                     WriterError)
-
-from .volume import BlockProjection, Volume, open_volume
+from .errors import (
+    AttachError,
+    BlockCoordinateError,
+    BlockfsError,
+    BlockfsWarning,
+    BlockShapeError,
+    ChecksumError,
+    ClosedError,
+    CorruptBlockError,
+    DatasetExistsError,
+    EntryOverflowError,
+    ExportError,
+    ForeignShardError,
+    FormatError,
+    IncompleteVolumeWarning,
+    InvalidArgumentError,
+    LostBlocksWarning,
+    MissingDependencyError,
+    MissingShardError,
+    NotCreatedError,
+    OpenServerWarning,
+    PlaneCountError,
+    PlaneError,
+    PlaneMismatchError,
+    ReadOnlyError,
+    RegionError,
+    ShardLocationWarning,
+    StaleVolumeError,
+    UnsupportedCompressionError,
+    UnsupportedDTypeError,
+    VolumeBusyError,
+    VolumeExistsError,
+    WriterError,
+)
+from .selection import BlockProjection
+from .volume import Volume, open_volume
 from .writable import WritableVolume, create_volume, open_writable
 
 __version__ = "1.0.0"
@@ -42,9 +68,9 @@ __all__ = [
     "AttachError", "BlockCoordinateError", "BlockProjection", "BlockShapeError", "BlockfsError", "BlockfsWarning",
     "ChecksumError", "ClosedError", "Compression", "CorruptBlockError", "DatasetExistsError", "Directory",
     "EntryOverflowError", "ExportError", "ForeignShardError", "FormatError", "IncompleteVolumeWarning",
-    "InvalidArgumentError", "LostBlocksWarning", "MissingDependencyError", "MissingShardError", "NotCreatedError", "OpenServerWarning",
-    "PlaneCountError", "PlaneError", "PlaneMismatchError", "ReadOnlyError", "RegionError", "ShardLocationWarning",
-    "StaleVolumeError", "UnsupportedCompressionError", "UnsupportedDTypeError", "Volume", "VolumeBusyError",
-    "VolumeExistsError", "WritableVolume", "WriterError", "__version__", "create_volume", "open_volume", "open_writable",
-    "open_zarr", "write_dask",
+    "InvalidArgumentError", "LostBlocksWarning", "MissingDependencyError", "MissingShardError", "NotCreatedError",
+    "OpenServerWarning", "PlaneCountError", "PlaneError", "PlaneMismatchError", "ReadOnlyError", "RegionError",
+    "ShardLocationWarning", "StaleVolumeError", "UnsupportedCompressionError", "UnsupportedDTypeError", "Volume",
+    "VolumeBusyError", "VolumeExistsError", "WritableVolume", "WriterError", "__version__", "create_volume",
+    "open_volume", "open_writable", "open_zarr", "write_dask",
 ]

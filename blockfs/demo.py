@@ -12,6 +12,7 @@ import shlex
 import shutil
 import sys
 import time
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -46,7 +47,7 @@ def next_steps(pyramid: str) -> list[tuple[str, str]]:
                                                   "a display); Ctrl-C stops it")]
 
 
-def run(output: str, shape: tuple[int, int, int], silent: bool) -> dict[str, float | str]:
+def run(output: str, shape: tuple[int, int, int], silent: bool) -> dict[str, Any]:
     """Generate, write, read back and verify a sample volume; return the figures."""
     origins = [(z, y, x) for z in range(0, shape[0], BLOCK) for y in range(0, shape[1], BLOCK)
                for x in range(0, shape[2], BLOCK)]

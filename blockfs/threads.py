@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
@@ -13,7 +13,7 @@ R = TypeVar("R")
 
 
 def ordered_map(function: Callable[[T], R], items: Iterable[T], workers: int | None = None,
-                in_flight: int | None = None, name: str = "blockfs") -> Iterator[R]:
+                in_flight: int | None = None, name: str = "blockfs") -> Generator[R, None, None]:
     """``function`` over ``items`` on ``workers`` threads (default: the CPUs), yielded in the order of
     ``items``, with at most ``in_flight`` calls submitted and not yet yielded (default: 2 x workers).
 

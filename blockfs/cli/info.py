@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 from ..ops.info import describe_volume, format_text
 from ._support import run_tool, volume_argument
@@ -29,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Describe a blockfs volume: shape, dtype, blocks, compression, shards (and which are "
                     "missing), blocks written, bytes on disk, compression ratio, application metadata.",
         epilog=EPILOG)
-    parser.add_argument("index_file", help="the volume's directory (.blockfs) file, a folder holding one, or a pyramid folder")
+    parser.add_argument("index_file",
+                        help="the volume's directory (.blockfs) file, a folder holding one, or a pyramid folder")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the report")
     return parser
 
@@ -39,10 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
 
     def body(args: argparse.Namespace) -> int:
-        describe, text = describe_volume, format_text
+        describe: Callable[[str], dict[str, Any]] = describe_volume
+        text: Callable[[dict[str, Any]], str] = format_text
         args.index_file = volume_argument(args.index_file, pyramids=True)
         if os.path.isdir(args.index_file):  # a pyramid folder
-            from ..pyramid.describe import describe_pyramid as describe, format_pyramid as text
+            from ..pyramid.describe import describe_pyramid, format_pyramid
+            describe, text = describe_pyramid, format_pyramid
         info = describe(args.index_file)
         print(json.dumps(info, indent=1) if args.json else text(info))
         return 0

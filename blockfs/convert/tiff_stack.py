@@ -15,7 +15,7 @@ import glob
 import itertools
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -114,7 +114,7 @@ def read_plane(path: str) -> np.ndarray:
         raise _tiff_error(path, exc) from None
 
 
-def read_in_order(paths: list[str], n_threads: int) -> Iterator[np.ndarray]:
+def read_in_order(paths: list[str], n_threads: int) -> Generator[np.ndarray, None, None]:
     """The planes of ``paths`` in order, read by ``n_threads`` threads at most ``n_threads`` ahead."""
     return ordered_map(read_plane, paths, n_threads, in_flight=n_threads, name="tif2blockfs-read")
 

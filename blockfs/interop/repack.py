@@ -11,10 +11,12 @@ interrupted run leaves no valid zarr hierarchy and a re-run replaces it.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Callable, Iterator
 from itertools import groupby
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from tqdm import tqdm
 
@@ -58,11 +60,18 @@ def _write_json(path: str, document: dict[str, Any]) -> None:
     _write(path, [json.dumps(document, indent=2).encode("utf-8")])
 
 
+def _write_chunk(path: str, volume: Volume, chunk: tuple[int, int, int]) -> int:
+    """Write the chunk file of a written block."""
+    data = chunk_bytes(volume, chunk)
+    assert data is not None  # only a never-written block has no bytes
+    return _write(path, [data])
+
+
 def _chunk_tasks(volume: Volume, folder: str, zarr_format: int) -> Iterator[tuple[Callable[[], int], int]]:
     """(task writing one chunk file, 1) for every written block."""
     for chunk in written_chunks(volume):
         name = ".".join(map(str, chunk)) if zarr_format == 2 else os.path.join("c", *map(str, chunk))
-        yield (lambda chunk=chunk, name=name: _write(os.path.join(folder, name), [chunk_bytes(volume, chunk)])), 1
+        yield functools.partial(_write_chunk, os.path.join(folder, name), volume, chunk), 1
 
 
 def _shard_tasks(volume: Volume, folder: str, n: int) -> Iterator[tuple[Callable[[], int], int]]:
@@ -84,7 +93,7 @@ def _shard_tasks(volume: Volume, folder: str, n: int) -> Iterator[tuple[Callable
         for chunk in plane:
             by_shard.setdefault(shard_of(chunk), []).append(chunk)
         for shard, chunks in by_shard.items():
-            yield (lambda shard=shard, chunks=chunks: write(shard, chunks)), len(chunks)
+            yield functools.partial(write, shard, chunks), len(chunks)
 
 
 def to_zarr(source: SourceLike, dest: str | os.PathLike, zarr_format: int = 3, shard_blocks: int | None = None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, Literal, cast
 
 import zarr
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
@@ -42,7 +42,7 @@ class BlockfsStore(Store):
         super().__init__(read_only=True)
         self.view = source if isinstance(source, ZarrView) else ZarrView(source, zarr_format, group)
 
-    def with_read_only(self, read_only: bool = False) -> "BlockfsStore":
+    def with_read_only(self, read_only: bool = False) -> BlockfsStore:
         if not read_only:
             raise ReadOnlyError(f"{self}: a blockfs zarr view is read-only.")
         return BlockfsStore(self.view)
@@ -106,6 +106,8 @@ class BlockfsStore(Store):
 def open_zarr(path: str | os.PathLike | Any, zarr_format: int = 3) -> zarr.Array | zarr.Group:
     """A read-only zarr array over a blockfs volume, or a group (OME-Zarr multiscales) over a pyramid folder."""
     store = BlockfsStore(path, zarr_format)
+    # passed on as given: the view has checked it is 2 or 3 (zarr checks it again against a view passed in)
+    version = cast(Literal[2, 3], zarr_format)
     if store.view.group:
-        return zarr.open_group(store, mode="r", zarr_format=zarr_format)
-    return zarr.open_array(store, mode="r", zarr_format=zarr_format)
+        return zarr.open_group(store, mode="r", zarr_format=version)
+    return zarr.open_array(store, mode="r", zarr_format=version)

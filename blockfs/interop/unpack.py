@@ -16,8 +16,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, cast
 
 import blosc
 import numpy as np
@@ -78,7 +79,7 @@ def open_levels(source: str) -> tuple[list[Level], dict[str, Any]]:
                           "or .zarray/.zgroup.") from None
     if isinstance(node, zarr.Array):
         return [Level(node, (1.0, 1.0, 1.0), 1)], {}
-    attrs = dict(node.attrs)
+    attrs: dict[str, Any] = dict(node.attrs)  # JSON from the source, checked as it is read
     multiscale = _multiscale(attrs)
     if multiscale is None:
         raise FormatError(f"{source}: a zarr group without OME-Zarr multiscales; pass the path of one of its "
@@ -96,19 +97,21 @@ def open_levels(source: str) -> tuple[list[Level], dict[str, Any]]:
         size = tuple(float(s) * u for s, u in zip(reversed(scale), reversed(units)))
         levels.append((node[dataset["path"]], size))
     finest = levels[0][1][0]
+    # node[...] is an Array here, and size has three items
     found = [Level(array, size, round(size[0] / finest)) for array, size in levels]  # type: ignore[arg-type]
     return found, attrs.get("blockfs", {})
 
 
 def passthrough(array: zarr.Array, block_shape: tuple[int, int, int]) -> Passthrough | None:
     """How to pass ``array``'s stored chunks through as blocks, or None if they must be transcoded."""
-    meta = array.metadata.to_dict()
+    meta: dict[str, Any] = array.metadata.to_dict()
     if tuple(array.chunks) != tuple(block_shape) or meta.get("fill_value") not in (0, None):
         return None  # (a missing chunk of a non-zero fill must be written out)
     if meta["zarr_format"] == 2:
         blosc_only = (meta.get("compressor") or {}).get("id") == "blosc" and not meta.get("filters") and \
             meta.get("order", "C") == "C" and str(meta["dtype"])[:1] in "<|"
         grid = tuple(-(-n // c) for n, c in zip(array.shape, array.chunks))
+        # mypy types a tuple built from a generator as tuple[int, ...]; it has three items here
         return Passthrough(grid, None, "end", False) if blosc_only else None  # type: ignore[arg-type]
     codecs = meta["codecs"]
     shard, location, checksum = None, "end", False
@@ -117,6 +120,7 @@ def passthrough(array: zarr.Array, block_shape: tuple[int, int, int]) -> Passthr
         index_names = [c["name"] for c in config.get("index_codecs", [])]
         if index_names not in (["bytes"], ["bytes", "crc32c"]):
             return None
+        assert array.shards is not None  # a sharding_indexed codec means the array has shards
         shard = tuple(s // c for s, c in zip(array.shards, array.chunks))
         codecs, location, checksum = config["codecs"], config.get("index_location", "end"), "crc32c" in index_names
     if [c["name"] for c in codecs] != ["bytes", "blosc"] or \
@@ -124,6 +128,7 @@ def passthrough(array: zarr.Array, block_shape: tuple[int, int, int]) -> Passthr
         return None
     outer = array.shards or array.chunks
     grid = tuple(-(-n // c) for n, c in zip(array.shape, outer))
+    # mypy types a tuple built from a generator as tuple[int, ...]; it has three items here
     return Passthrough(grid, shard, location, checksum)  # type: ignore[arg-type]
 
 
@@ -161,7 +166,7 @@ def _store(array: zarr.Array, volume: WritableVolume, chunk: tuple[int, ...], da
         decompress_into(data, full, f"{chunk_name(array, chunk)}: zarr chunk {chunk}")
     except CorruptBlockError as exc:
         raise CorruptBlockError(f"{exc} The source chunk is damaged. {DAMAGED_FIX}") from None
-    block = chunk_block(volume, chunk)  # type: ignore[arg-type]
+    block = chunk_block(volume, chunk)  # type: ignore[arg-type]  # a chunk key of a 3D array has three items
     assert block is not None  # the callers pass chunks of the grid
     if block.shape == volume.block_shape:
         volume.write_block_payload(data, *block.origin)
@@ -195,6 +200,7 @@ def _copy_key(array: zarr.Array, volume: WritableVolume, plan: Passthrough, key:
 def transcode_step(array: zarr.Array, block_shape: tuple[int, int, int]) -> tuple[int, int, int]:
     """The side of the regions a transcode reads: whole blocks covering at least one zarr chunk, so
     that each chunk is decoded a few times at most."""
+    # mypy types a tuple built from a generator as tuple[int, ...]; it has three items here
     return tuple(-(-c // b) * b for c, b in zip(array.chunks, block_shape))  # type: ignore[return-value]
 
 
@@ -217,7 +223,8 @@ def _damaged(array: zarr.Array, region: tuple[slice, ...]) -> CorruptBlockError 
 def _read_region(array: zarr.Array, region: tuple[slice, ...]) -> np.ndarray:
     """``array[region]``; a chunk zarr-python cannot decode raises :class:`CorruptBlockError` naming it."""
     try:
-        return array[region]
+        # zarr's stubs return "array or scalar"; a tuple of slices always reads an ndarray
+        return cast(np.ndarray, array[region])
     except OSError:
         raise
     except Exception as exc:  # a codec's own error: numcodecs and zarr raise many kinds
@@ -258,8 +265,8 @@ def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool
     if array.ndim != 3:
         raise InvalidArgumentError(f"{dest}: the zarr array has shape {array.shape}; only 3D (z, y, x) arrays "
                                    "can be imported.")
-    meta = array.metadata.to_dict()
-    compressor = meta.get("compressor") or next((c["configuration"] for c in _inner_codecs(meta)
+    meta: dict[str, Any] = array.metadata.to_dict()
+    compressor: dict[str, Any] = meta.get("compressor") or next((c["configuration"] for c in _inner_codecs(meta)
                                                  if c["name"] == "blosc"), {})
     kwargs: dict[str, Any] = {"block_shape": tuple(array.chunks)}
     if compressor.get("id", "blosc") == "blosc" and compressor.get("cname") in blosc.compressor_list():

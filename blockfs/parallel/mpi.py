@@ -12,11 +12,11 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, TypeVar
 
-from ..errors import USER_ERRORS, describe
-from ..errors import BlockfsError, ExportError
+from ..errors import USER_ERRORS, BlockfsError, ExportError, describe
 
 T = TypeVar("T")
 
@@ -42,9 +42,9 @@ class Ranks:
         errors = self.comm.allgather(error) if self.parallel else [error]
         first = next((e for e in errors if e), None)
         if first is not None:
-            error = kind(first)
-            error.agreed = True  # type: ignore[attr-defined]  # every rank raises it: see run_ranked
-            raise error
+            failure = kind(first)
+            failure.agreed = True  # type: ignore[attr-defined]  # every rank raises it: see run_ranked
+            raise failure
 
     def attempt(self, step: Callable[[], T], file: str | None = None, action: str | None = None,
                 kind: type[BlockfsError] = ExportError) -> T:
@@ -60,7 +60,7 @@ class Ranks:
             if file is not None and not error.startswith(f"{file}:"):
                 error = f"{file}: {action}: {error}"
         self.agree(error, kind)
-        return result  # type: ignore[return-value]
+        return result  # type: ignore[return-value]  # no rank failed, so step() returned and result is its T
 
     def mine(self, work: Sequence[T]) -> Sequence[T]:
         """This rank's share of ``work``: every ``size``-th item from its ``rank``-th."""

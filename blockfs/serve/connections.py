@@ -15,7 +15,8 @@ import asyncio
 import errno
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
@@ -68,6 +69,7 @@ class Refused(asyncio.Protocol):
     """
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio's BaseTransport: the transport here is a WriteTransport
         transport.write(REFUSAL)  # type: ignore[attr-defined]
         transport.write_eof()  # type: ignore[attr-defined]
         asyncio.get_running_loop().call_later(LINGER, transport.close)
@@ -76,7 +78,7 @@ class Refused(asyncio.Protocol):
 class Tracked(asyncio.Protocol):
     """aiohttp's handler of one connection, which :class:`Connections` may close, even before it is up."""
 
-    def __init__(self, handler: RequestHandler, connections: "Connections"):
+    def __init__(self, handler: RequestHandler, connections: Connections):
         self.handler = handler
         self.connections = connections
         self.connected = False
@@ -105,7 +107,9 @@ class Tracked(asyncio.Protocol):
             self.handler.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.handler.eof_received() if self.connected else None
+        if self.connected:
+            self.handler.eof_received()  # aiohttp's handler returns None: the transport closes itself
+        return None
 
     def pause_writing(self) -> None:
         self.handler.pause_writing()

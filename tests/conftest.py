@@ -9,11 +9,12 @@ instead of hard-coding counts.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from hypothesis import HealthCheck, settings
+
 from helpers import mounted, unavailable
 
 #: Examples per cheap property test (a parser call) in the quick profile; thorough runs ten times as many.

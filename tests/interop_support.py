@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from blockfs import Directory
 from volumes import make_volume
+
+from blockfs import Directory
 
 
 def make_pyramid(folder: Path, shape: tuple[int, int, int] = (45, 70, 83), block: tuple[int, int, int] = (16, 16, 16),

@@ -6,7 +6,8 @@ origin alone (:func:`block_content`), so the test regenerates them to check ever
 
 ``--opens LOG`` records, through a Python audit hook, every file this rank opens: one JSON line
 per open with its path, flags or mode, and the phase ("create" until ``create`` returns, then
-"write"). ``--kill-rank R --kill-after K`` makes rank R print "killed at <time.time()>" and SIGKILL itself after its K-th block
+"write"). ``--kill-rank R --kill-after K`` makes rank R print "killed at <time.time()>" and SIGKILL itself
+after its K-th block
 (``--slow S`` naps S seconds after each block, so the others are mid-write when it dies; with
 ``--slow-rank R`` only rank R naps, so it rarely serves the others' messages). At the
 end rank 0 prints one JSON line: each rank's writer traffic, or how its writes failed.

@@ -26,9 +26,10 @@ REPO_ROOT = TESTS_DIR.parent
 if str(REPO_ROOT) not in sys.path:  # unrelated interpreters may start with only tests/ on the path
     sys.path.insert(0, str(REPO_ROOT))
 
+from helpers import origins_of  # noqa: E402
+
 from blockfs import Directory  # noqa: E402
 from blockfs.sample import microscopy_block, random_block  # noqa: E402
-from helpers import origins_of  # noqa: E402
 
 #: The module-level Directory of the README pattern: set before a fork Pool starts, or by
 #: :func:`init` in each worker of a spawn/forkserver Pool.

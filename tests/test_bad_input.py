@@ -14,8 +14,9 @@ import struct
 import tempfile
 import traceback
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,9 +24,19 @@ import pytest
 from fixtures import copy_volume, fixture_cases, require_fixtures
 
 from blockfs import (
-    BlockCoordinateError, BlockShapeError, CorruptBlockError, Directory, EntryOverflowError,
-    FormatError, InvalidArgumentError, MissingShardError, ReadOnlyError, RegionError, UnsupportedCompressionError,
-    UnsupportedDTypeError, VolumeExistsError,
+    BlockCoordinateError,
+    BlockShapeError,
+    CorruptBlockError,
+    Directory,
+    EntryOverflowError,
+    FormatError,
+    InvalidArgumentError,
+    MissingShardError,
+    ReadOnlyError,
+    RegionError,
+    UnsupportedCompressionError,
+    UnsupportedDTypeError,
+    VolumeExistsError,
 )
 
 # -- helpers -------------------------------------------------------------------------------------
@@ -243,7 +254,7 @@ def test_create_twice_on_one_directory(tmp_path: Path) -> None:
 def test_bad_mode(tmp_path: Path) -> None:
     d, _ = make_volume(tmp_path)
     for mode in ("w", "a", "rb", ""):
-        raises_unchanged(tmp_path, ValueError, lambda: Directory.open(d.directory_filename, mode),
+        raises_unchanged(tmp_path, ValueError, lambda mode=mode: Directory.open(d.directory_filename, mode),
                          d.directory_filename, repr(mode))
 
 
@@ -351,7 +362,7 @@ def test_index_that_is_not_a_regular_file(tmp_path: Path, kind: str, make: Calla
     path = tmp_path / "special.blockfs"
     make(path)
     for mode in ("r", "r+"):
-        raises_unchanged(tmp_path, FormatError, lambda: Directory.open(str(path), mode), str(path), kind,
+        raises_unchanged(tmp_path, FormatError, lambda mode=mode: Directory.open(str(path), mode), str(path), kind,
                          "not a regular file")
 
 

@@ -31,8 +31,15 @@ import pytest
 
 import producers
 
-from blockfs import (AttachError, ChecksumError, ClosedError, CorruptBlockError, Directory,
-                     EntryOverflowError, VolumeExistsError)
+from blockfs import (
+    AttachError,
+    ChecksumError,
+    ClosedError,
+    CorruptBlockError,
+    Directory,
+    EntryOverflowError,
+    VolumeExistsError,
+)
 from blockfs.check import check_volume
 from blockfs.info import describe_volume, format_text
 from blockfs.repair import repair_volume

@@ -127,7 +127,7 @@ def test_writer_killed_with_sigkill(tmp_path: Path) -> None:
             acked[origin] = sample(d, *origin)
             d.write_block(acked[origin], *origin)
         for origin in origins[:2]:
-            wait_until(lambda: block_visible(d.directory_filename, origin, acked[origin]), 10,
+            wait_until(lambda origin=origin: block_visible(d.directory_filename, origin, acked[origin]), 10,
                        f"block {origin} is stored")
         for origin in origins[8:14]:  # keep the writers busy, then kill one mid-write
             acked[origin] = sample(d, *origin)

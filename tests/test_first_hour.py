@@ -49,7 +49,8 @@ def _serve_and_fetch(argv: list[str], cwd: Path, env: dict[str, str], interrupte
                 break
             found = URL.search(line)
             url = found.group(0) if found else None
-        assert url, f"{shlex.join(argv)} printed no URL; stderr:\n{proc.stderr.read() if proc.poll() is not None else ''}"
+        assert url, (f"{shlex.join(argv)} printed no URL; stderr:\n"
+                     f"{proc.stderr.read() if proc.poll() is not None else ''}")
         with urllib.request.urlopen(url, timeout=30) as answer:
             assert answer.status == 200
             assert answer.read()

@@ -7,13 +7,14 @@ import pickle
 import numpy as np
 import pytest
 
+from helpers import require
+from interop_support import make_pyramid
+from volumes import make_volume
+
 import blockfs
 from blockfs import Directory, check
 from blockfs.interop.dask_io import to_dask
 from blockfs.pyramid import open_pyramid
-from helpers import require
-from interop_support import make_pyramid
-from volumes import make_volume
 
 SHAPE = (40, 50, 70)
 BLOCK = (16, 16, 32)

@@ -16,16 +16,17 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
-from blockfs import Directory
-from blockfs.pyramid import open_pyramid
 from helpers import require
 from interop_support import make_pyramid
+
+from blockfs import Directory
+from blockfs.pyramid import open_pyramid
 
 zarr = require("zarr")
 
@@ -290,7 +291,8 @@ def test_a_folder_that_is_not_the_tools_output_is_never_touched(sources, tmp_pat
             result = blockfs(tool, source, notes, *extra, "--silent", *flags)
             assert result.returncode == 1
             assert ("already exists" if not flags else "is not what this tool writes") in result.stderr
-    assert sorted(p.name for p in notes.iterdir()) == ["0", "todo.txt"] and (notes / "todo.txt").read_text() == "keep me"
+    assert sorted(p.name for p in notes.iterdir()) == ["0", "todo.txt"]
+    assert (notes / "todo.txt").read_text() == "keep me"
     empty = tmp_path / "empty" / "0"
     empty.mkdir(parents=True)  # nothing but folders: written into
     assert blockfs("to-zarr", sources["pyramid"], empty.parent, "--silent").returncode == 0

@@ -12,13 +12,14 @@ import crc32c
 import numpy as np
 import pytest
 
-from blockfs import Directory
-from blockfs.cli import main as blockfs_main
-from blockfs.pyramid import open_pyramid
 from helpers import require
 from interop_support import make_pyramid
 from terminal import open_terminal, read_all
 from volumes import make_volume
+
+from blockfs import Directory
+from blockfs.cli import main as blockfs_main
+from blockfs.pyramid import open_pyramid
 
 BLOCK = 16
 FORMS = [("3", None), ("3", "0"), ("3", "1"), ("2", None)]  # (zarr format, --shard-blocks)

@@ -12,12 +12,13 @@ import blosc
 import numpy as np
 import pytest
 
-import blockfs
-from blockfs import create_volume, open_volume
-from blockfs.interop.zarr_format import ZarrView, chunk_bytes, parse_chunk_key, written_chunks
 from helpers import require
 from interop_support import make_pyramid
 from volumes import make_volume
+
+import blockfs
+from blockfs import create_volume, open_volume
+from blockfs.interop.zarr_format import ZarrView, chunk_bytes, parse_chunk_key, written_chunks
 
 MISSING = ((32, 0, 0), (96, 64, 64))
 
@@ -86,6 +87,7 @@ def test_zarr_python_reads_a_pyramid_with_ome_multiscales(tmp_path, zarr_format)
 def test_store_pickles_and_reads_from_threads(volume):
     require("zarr")
     import zarr
+
     from blockfs.interop.store import BlockfsStore
     path, expected = volume
     store = pickle.loads(pickle.dumps(BlockfsStore(path)))

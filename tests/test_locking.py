@@ -11,7 +11,6 @@ import collections
 import contextlib
 import json
 import multiprocessing
-import os
 import random
 import signal
 import subprocess
@@ -181,7 +180,8 @@ def test_writers_are_refused_while_an_offline_operation_holds_the_volume(tmp_pat
 def test_an_offline_operation_is_refused_while_a_process_writes(tmp_path: Path) -> None:
     path = str(tmp_path / "v.blockfs")
     _make(tmp_path / "v.blockfs", 3)
-    writer = subprocess.Popen([sys.executable, "-c", "import sys, blockfs; d = blockfs.Directory.open(sys.argv[1], 'r+');"
+    writer = subprocess.Popen([sys.executable, "-c",
+                               "import sys, blockfs; d = blockfs.Directory.open(sys.argv[1], 'r+');"
                                " print('open', flush=True); sys.stdin.read()", path],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:

@@ -14,9 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import require, unavailable
+
 from blockfs import Directory
 from blockfs.sample import microscopy_block
-from helpers import require, unavailable
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

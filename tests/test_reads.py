@@ -95,7 +95,7 @@ def test_fixture_reads_from_many_threads() -> None:
         expected = np.load(folder / case["expected_array"])
         with Directory.open(str(folder / case["directory_file"])) as reader:
 
-            def work(seed: int) -> None:
+            def work(seed: int, expected: np.ndarray = expected) -> None:
                 rng = np.random.default_rng(seed)
                 for _ in range(10):
                     key = random_key(rng, expected.shape)

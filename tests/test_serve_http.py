@@ -27,7 +27,6 @@ from blockfs.serve import Server, start, view
 from blockfs.serve.server import is_loopback
 
 
-
 def request(server: Server, path: str, method: str = "GET", headers: dict | None = None, token: bool = True
             ) -> tuple[http.client.HTTPResponse, bytes]:
     """One request on a fresh connection; ``path`` is sent exactly as given, after the token's prefix."""

@@ -21,16 +21,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlsplit
 
 import blosc
 import numpy as np
 import pytest
 
-from serve_support import (BLOCK, SHAPE, server, volume, volume_data, write_pyramid,  # noqa: F401 (fixtures)
-                           write_volume)
+from serve_support import BLOCK, SHAPE, server, volume, volume_data, write_pyramid, write_volume  # noqa: F401 (fixtures)
 
 from blockfs import Directory
 from blockfs.serve import Server, start, view

@@ -14,7 +14,12 @@ import numpy as np
 import pytest
 
 from fixtures import (
-    case_ids, case_params, copy_volume, drop_last_entry, pad_header, require_fixtures,
+    case_ids,
+    case_params,
+    copy_volume,
+    drop_last_entry,
+    pad_header,
+    require_fixtures,
 )
 from spec_decoder import read_volume
 

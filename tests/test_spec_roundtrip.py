@@ -202,7 +202,7 @@ def test_block_records_follow_the_spec(parallel: bool, tmp_path: Path) -> None:
     truth = sample_volume(shape, np.dtype("uint16"), 2)
     path = tmp_path / "volume.blockfs"
     write_volume(path, truth, block, 3, Compression.zstd, parallel=parallel)
-    n_blocks = len((block_origins(shape, block)))
+    n_blocks = len(block_origins(shape, block))
     assert records_by_spec(path) == n_blocks - 3  # three blocks are left unwritten
 
 

@@ -120,8 +120,9 @@ def test_the_odd_file_is_the_one_unlike_most() -> None:
     u16, u8 = np.dtype("uint16"), np.dtype("uint8")
     stack = [Plane("img_0.tif", (4, 5), u8)] + [Plane(f"img_{z}.tif", (4, 5), u16) for z in range(1, 5)]
     stack.append(Plane("img_5.tif", (4, 6), u16))
-    with pytest.raises(PlaneMismatchError, match=r"^img_0.tif: the plane is 4x5 uint8 \(y x dtype; 1 more file "
-                                                 r"differs too\), but 4 of the 6 planes, e.g. img_1.tif, are 4x5 uint16"):
+    with pytest.raises(PlaneMismatchError,
+                       match=r"^img_0.tif: the plane is 4x5 uint8 \(y x dtype; 1 more file "
+                             r"differs too\), but 4 of the 6 planes, e.g. img_1.tif, are 4x5 uint16"):
         check_stack(stack)
     assert check_stack(stack[1:5]) == stack[1]
 

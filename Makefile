@@ -102,7 +102,7 @@ lint: install
 	$(VENV)/bin/ruff check blockfs tests
 	$(VENV)/bin/mypy
 
-test: install
+test: install lint
 	$(PY) -m pytest
 
 $(BENCH_STAMP): pyproject.toml setup.py

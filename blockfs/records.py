@@ -16,6 +16,7 @@ rebuild the index from the shards alone. See docs/FORMAT.md, "Extension: block r
 
 from __future__ import annotations
 
+import mmap
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def verify(raw: bytes | memoryview, entry: int, length: int, where: object) -> m
     return payload
 
 
-def _sound_record_at(data: bytes, position: int, where: str) -> Record | None:
+def _sound_record_at(data: bytes | mmap.mmap, position: int, where: str) -> Record | None:
     """The record at ``position`` if its header and payload are both intact."""
     try:
         record = decode(data[position:position + HEADER_SIZE], where)
@@ -98,7 +99,7 @@ def _sound_record_at(data: bytes, position: int, where: str) -> Record | None:
     return record
 
 
-def scan(data: bytes, where: str) -> Iterator[tuple[int, Record | None, int]]:
+def scan(data: bytes | mmap.mmap, where: str) -> Iterator[tuple[int, Record | None, int]]:
     """Walk a shard's bytes (``bytes`` or an ``mmap``): yield (offset, record or None, length).
 
     A sound record with an intact payload yields (its offset, the record, header + payload

@@ -18,7 +18,8 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: The calls that change the file system (os.open counts when it creates a file).
 CHANGES = ("mkdir", "unlink", "remove", "rmdir", "rename", "replace", "link", "symlink", "pwrite", "ftruncate",

@@ -430,10 +430,10 @@ class Monitor:
                     x, y, z = origin
                     lo = [max(a, o) for a, o in zip(start, (z, y, x))]
                     hi = [min(b, o + n) for b, o, n in zip(stop_at, (z, y, x), (bz, by, bx))]
-                    if any(h <= l for l, h in zip(lo, hi)):
+                    if any(h <= low for low, h in zip(lo, hi)):
                         continue
-                    piece = region[tuple(slice(l - a, h - a) for l, h, a in zip(lo, hi, start))]
-                    where = tuple(slice(l - o, h - o) for l, h, o in zip(lo, hi, (z, y, x)))
+                    piece = region[tuple(slice(low - a, h - a) for low, h, a in zip(lo, hi, start))]
+                    where = tuple(slice(low - o, h - o) for low, h, o in zip(lo, hi, (z, y, x)))
                     self.check_piece(newest, origin, piece, where, how)
         except (AssertionError, BlockfsError) as exc:
             with self.lock:

@@ -19,8 +19,8 @@ import pytest
 
 from blockfs import Directory
 from blockfs.pyramid.octree import worker_memory_bound
-from blockfs.pyramid.state import prepare
 from blockfs.pyramid.plan import make_plan
+from blockfs.pyramid.state import prepare
 
 pytestmark = pytest.mark.timeout(240)
 BLOCK = 64

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="blockfs pyramid", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build a multi-resolution pyramid of a blockfs volume in one pass over its blocks, in the "
                     "folder layout that precomputed-tif serves to Neuroglancer.", epilog=EPILOG)
-    parser.add_argument("source", help="the volume's directory (.blockfs) file, or a folder holding one; it is not changed")
+    parser.add_argument("source",
+                        help="the volume's directory (.blockfs) file, or a folder holding one; it is not changed")
     parser.add_argument("dest", help="the pyramid folder to create (its parent must exist)")
     parser.add_argument("--levels", type=positive_int, metavar="N",
                         help="levels including the source (default: until the coarsest fits in one block)")

@@ -15,7 +15,7 @@ import multiprocessing
 import os
 import signal
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
@@ -65,7 +65,7 @@ def _checkpoint(plan: Plan, results: list[TaskResult]) -> list[TaskResult]:
     return results
 
 
-def _run(plan: Plan, tasks: list[Index], n_workers: int) -> Iterator[TaskResult]:
+def _run(plan: Plan, tasks: list[Index], n_workers: int) -> Generator[TaskResult, None, None]:
     """Each task's result as it finishes: in this process for one worker, else in a pool of processes."""
     if n_workers == 1:
         yield from (run_task(plan, index) for index in tasks)

@@ -108,8 +108,8 @@ def protect_source(plan: Plan, levels: Levels, named: list[str]) -> None:
     clash = [(path, by_name[os.path.realpath(path)]) for folder, files in levels.items() if folder == level1
              for path in files if os.path.realpath(path) in by_name]
     clash += [(path, by_name[os.path.realpath(path)]) for path in named if os.path.realpath(path) in by_name]
-    clash += [(path, by_inode[_identity(path)]) for folder, files in levels.items() if folder != level1
-              for path in files if _identity(path) in by_inode]
+    clash += [(path, by_inode[key]) for folder, files in levels.items() if folder != level1
+              for path in files if (key := _identity(path)) is not None and key in by_inode]
     if clash:
         path, mine = clash[0]
         same = "" if path == mine else f" (the same file as {path})"

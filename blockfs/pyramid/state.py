@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from typing import Any
 
 import numpy as np
 
@@ -187,8 +188,9 @@ def record_done(plan: Plan, results: list[tuple[Index, np.ndarray | None]]) -> N
     """Record finished tasks with their contributions to the level above (None: nothing written), at once."""
     path = journal(plan, DONE, plan.task_key(results[0][0]) + ".npz")
     with naming(path), atomic_write(path) as temporary, open(temporary, "wb") as f:
-        np.savez(f, **{plan.task_key(index): np.empty(0, plan.dtype) if reduced is None else reduced
-                       for index, reduced in results})
+        arrays: dict[str, Any] = {plan.task_key(index): np.empty(0, plan.dtype) if reduced is None else reduced
+                                  for index, reduced in results}
+        np.savez(f, **arrays)
 
 
 def finished(plan: Plan) -> dict[str, str]:

@@ -33,8 +33,8 @@ from helpers import block_origins, examples
 
 from blockfs import BlockfsError, Directory, records
 from blockfs import format as fmt
-from blockfs.check import check_volume
 from blockfs.errors import ChecksumError
+from blockfs.ops.check import check_volume
 
 pytestmark = pytest.mark.timeout(240)
 

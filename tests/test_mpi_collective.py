@@ -21,7 +21,7 @@ import spec_decoder
 from mpi_run import mpiexec, require_mpi
 
 from blockfs import Directory, records
-from blockfs.repair import repair_volume
+from blockfs.ops.repair import repair_volume
 
 SCRIPT = Path(mpi_writer.__file__)
 SHARDS = 3

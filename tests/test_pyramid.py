@@ -14,9 +14,9 @@ from helpers import console, in_process
 
 from blockfs import Directory, VolumeExistsError
 from blockfs.cli import main as blockfs_main
+from blockfs.ops.relocate import read_directory_file
 from blockfs.pyramid import open_pyramid
 from blockfs.pyramid.build import build_pyramid
-from blockfs.relocate import read_directory_file
 from blockfs.volume import Volume
 from blockfs.writable import WritableVolume
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from blockfs import Directory, MissingShardError
-from blockfs.check import check_volume
 from blockfs.format import read_directory_file
-from blockfs.info import describe_volume
-from blockfs.repair import repair_volume
+from blockfs.ops.check import check_volume
+from blockfs.ops.info import describe_volume
+from blockfs.ops.repair import repair_volume
 from blockfs.store import BlockStore, StoreSpec
 
 pytestmark = pytest.mark.timeout(120)

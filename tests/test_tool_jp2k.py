@@ -14,7 +14,7 @@ from helpers import console
 from volumes import make_volume
 
 from blockfs import Directory
-from blockfs.blockfs2jp2k import ENCODER_BYTES_PER_VOXEL, GB, plan, resolutions
+from blockfs.convert.jp2k import ENCODER_BYTES_PER_VOXEL, GB, plan, resolutions
 from blockfs.sample import microscopy_block
 
 pytestmark = pytest.mark.timeout(120)

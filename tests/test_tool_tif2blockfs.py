@@ -13,8 +13,8 @@ from helpers import console
 from volumes import make_volume
 
 from blockfs import Directory, open_volume
-from blockfs.convert.tiff_stack import import_stack
-from blockfs.tif2blockfs import Plane, PlaneMismatchError, check_stack, natural_key
+from blockfs.convert.tiff_stack import Plane, check_stack, import_stack, natural_key
+from blockfs.errors import PlaneMismatchError
 
 pytestmark = pytest.mark.timeout(120)
 

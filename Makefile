@@ -5,7 +5,7 @@
 #   1. the Debian packages below, with apt-get (through sudo when not root);
 #   2. .venv/ with pip, setuptools and what the h5py build needs;
 #   3. h5py built from source against Debian's parallel HDF5 (Open MPI), checked to have MPI;
-#   4. blockfs itself, editable, with the extras [tools,interop,serve,test,lint].
+#   4. blockfs itself, editable, with the extras [tools,interop,serve,remote,test,lint].
 # A stamp records completion; editing pyproject.toml, setup.py or this Makefile re-runs the steps.
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 APT_GET ?= apt-get
-APT_PACKAGES := openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config libopenjp2-7 chromium chromium-driver
+APT_PACKAGES := openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config libopenjp2-7 chromium chromium-driver nginx
 H5PY_CHECK := import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)
 
 # Open MPI refuses to run as root, and more ranks than cores, unless told; CI runs as root on 2 cores.
@@ -84,7 +84,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 	fi
 	$(PY) -c '$(H5PY_CHECK)' || { echo "h5py was built without MPI" >&2; exit 1; }
 	@# h5py is installed and satisfies [tools] now, so pip keeps the parallel build
-	$(PIP) install -q -e '.[tools,interop,serve,test,lint]'
+	$(PIP) install -q -e '.[tools,interop,serve,remote,test,lint]'
 	$(PY) -c '$(H5PY_CHECK)' || { echo "installing blockfs replaced the parallel h5py" >&2; exit 1; }
 	touch $@
 

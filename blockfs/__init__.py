@@ -30,6 +30,7 @@ from .errors import (
     PlaneMismatchError,
     ReadOnlyError,
     RegionError,
+    RemoteReadError,
     ShardLocationWarning,
     StaleVolumeError,
     UnsupportedCompressionError,
@@ -70,7 +71,7 @@ __all__ = [
     "EntryOverflowError", "ExportError", "ForeignShardError", "FormatError", "IncompleteVolumeWarning",
     "InvalidArgumentError", "LostBlocksWarning", "MissingDependencyError", "MissingShardError", "NotCreatedError",
     "OpenServerWarning", "PlaneCountError", "PlaneError", "PlaneMismatchError", "ReadOnlyError", "RegionError",
-    "ShardLocationWarning", "StaleVolumeError", "UnsupportedCompressionError", "UnsupportedDTypeError", "Volume",
-    "VolumeBusyError", "VolumeExistsError", "WritableVolume", "WriterError", "__version__", "create_volume",
-    "open_volume", "open_writable", "open_zarr", "write_dask",
+    "RemoteReadError", "ShardLocationWarning", "StaleVolumeError", "UnsupportedCompressionError",
+    "UnsupportedDTypeError", "Volume", "VolumeBusyError", "VolumeExistsError", "WritableVolume", "WriterError",
+    "__version__", "create_volume", "open_volume", "open_writable", "open_zarr", "write_dask",
 ]

@@ -102,6 +102,10 @@ class MissingDependencyError(BlockfsError, ImportError):
     """An optional package a feature needs (zarr, dask for blockfs.interop) is not installed."""
 
 
+class RemoteReadError(BlockfsError, OSError):
+    """A volume read by URL could not be read: the server failed, or the connection did, past the retries."""
+
+
 class VolumeBusyError(BlockfsError, BlockingIOError):
     """The volume is open for writing elsewhere, or an offline operation (repair, mv, rebase, create over
     it) holds it; the operation that needed it alone, or the write, is refused."""

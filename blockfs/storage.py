@@ -17,7 +17,7 @@ import stat
 import threading
 import uuid
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 from . import locking
@@ -427,6 +427,12 @@ class VolumeFiles:
         """Index bytes at ``offset``, zero-filled past the end of the file (unwritten entries)."""
         data = pread_exact(self.index_fd(), size, offset)
         return data + bytes(size - len(data))
+
+    def preload_index(self, spans: Sequence[tuple[int, int]]) -> None:
+        """Nothing to do: index reads from a disk cost little each (a volume read by URL fetches its pages here)."""
+
+    def revalidate(self) -> None:
+        """Nothing is cached: the next read sees the files as they are."""
 
     def read_shard(self, shard: int, offset: int, size: int) -> memoryview:
         """Shard bytes in this thread's reusable buffer; see :func:`pread_into_scratch`."""

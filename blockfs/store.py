@@ -17,8 +17,9 @@ import numpy as np
 
 from . import marks, records
 from .codec import check_sizes, compress, decompress_into
-from .errors import ChecksumError, CorruptBlockError, MissingShardError, ShardLocationWarning
+from .errors import ChecksumError, CorruptBlockError, MissingShardError, ReadOnlyError, ShardLocationWarning
 from .format import Layout, pack_entries, pack_entry, read_directory_file, unpack_entries, unpack_entry
+from .remote import Prefetch, RemoteFiles, is_url, read_header, shard_urls
 from .storage import VolumeFiles, pwrite_all, resolve_shard_path, shadowing_copy
 
 T = TypeVar("T")
@@ -72,6 +73,14 @@ class StoreSpec:
     looked_at: tuple[tuple[str, ...], ...] = ()
     #: (st_dev, st_ino) of the index file the layout was read from; a replaced index is then detected.
     index_identity: tuple[int, int] | None = None
+    #: A volume read by URL (see :mod:`blockfs.remote`): its index's ETag when opened, and the index's size.
+    index_version: str | None = None
+    index_size: int = 0
+
+    @property
+    def remote(self) -> bool:
+        """Whether the volume's files are at URLs."""
+        return is_url(self.index_path)
 
     def read_only(self) -> StoreSpec:
         """This spec with ``writable`` off."""
@@ -111,7 +120,17 @@ def spec_for(path: str, layout: Layout, directory_offset: int, writable: bool = 
 
 
 def resolve_spec(path: str, writable: bool = False, durable: bool = True, warn_depth: int = 2) -> StoreSpec:
-    """The spec of the volume at ``path``, from its header, with its shards found (see :func:`spec_for`)."""
+    """The spec of the volume at ``path``, from its header, with its shards found (see :func:`spec_for`).
+
+    A URL's shards are its stored file names beside it (see :func:`blockfs.remote.shard_urls`).
+    """
+    if is_url(path):
+        if writable:
+            raise ReadOnlyError(f"{path}: a volume read by URL is read-only; copy it to a disk to change it.")
+        remote, version = read_header(path)
+        urls = shard_urls(path, remote.names)
+        return StoreSpec(path, urls, remote.layout, remote.directory_offset, looked_at=tuple((u,) for u in urls),
+                         index_version=version, index_size=remote.file_size)
     header = read_directory_file(path)
     return spec_for(path, header.layout, header.directory_offset, writable, durable, header.identity,
                     warn_depth=warn_depth + 1)
@@ -123,7 +142,9 @@ class BlockStore:
     def __init__(self, spec: StoreSpec):
         self.spec = spec
         self.layout = spec.layout
-        self._files = VolumeFiles(spec.index_path, list(spec.shard_paths), spec.writable, spec.index_identity)
+        self._files: VolumeFiles | RemoteFiles = (
+            RemoteFiles(spec.index_path, spec.shard_paths, spec.index_version, spec.index_size) if spec.remote
+            else VolumeFiles(spec.index_path, list(spec.shard_paths), spec.writable, spec.index_identity))
 
     def __reduce__(self) -> tuple[type[BlockStore], tuple[StoreSpec]]:
         return BlockStore, (self.spec,)
@@ -156,7 +177,12 @@ class BlockStore:
         order = np.argsort(wanted, kind="stable")
         ordered = wanted[order]
         breaks = np.flatnonzero(np.diff(ordered) > RUN_GAP) + 1
-        for run in np.split(np.arange(ordered.size), breaks):
+        runs = np.split(np.arange(ordered.size), breaks)
+        lay, at = self.layout, self.spec.directory_offset
+        self._files.preload_index([(lay.entry_position(int(ordered[run[0]]), at),
+                                    (int(ordered[run[-1]]) - int(ordered[run[0]]) + 1) * lay.entry_size)
+                                   for run in runs])
+        for run in runs:
             first, last = int(ordered[run[0]]), int(ordered[run[-1]])
             run_offsets, run_sizes = self.entries(first, last - first + 1)
             offsets[order[run]] = run_offsets[ordered[run] - first]
@@ -183,7 +209,25 @@ class BlockStore:
         return StoredBlock(self.spec.shard_paths[self.layout.shard_of(entry)], offset, size, entry,
                            self.spec.index_path, self.layout)
 
-    def read_stored(self, entry: int, offset: int, size: int, nbytes: int, verify: bool) -> tuple[memoryview, bool]:
+    def _span(self, offset: int, size: int, verify: bool) -> tuple[int, int]:
+        """(where in its shard, how many bytes) :meth:`read_stored` reads for an entry (offset, size): with
+        ``verify`` on a volume with records, the record before the payload too."""
+        head = records.HEADER_SIZE if self.layout.records and verify and offset >= records.HEADER_SIZE else 0
+        return offset - head, size + head
+
+    def prefetch(self, entries: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, verify: bool
+                 ) -> Prefetch | None:
+        """For a volume read by URL, the stored bytes of these blocks (in the order they will be read), fetched
+        ahead in merged requests (see :class:`blockfs.remote.Prefetch`); None for files on a disk, read as needed."""
+        if not isinstance(self._files, RemoteFiles):
+            return None
+        lay = self.layout
+        wanted = [(lay.shard_of(int(e)), *self._span(int(o), int(s), verify))
+                  for e, o, s in zip(entries, offsets, sizes) if s]
+        return Prefetch(self._files, wanted)
+
+    def read_stored(self, entry: int, offset: int, size: int, nbytes: int, verify: bool,
+                    fetched: Prefetch | None = None) -> tuple[memoryview, bool]:
         """(the stored, compressed bytes an entry (offset, size) points at, whether a record vouched for them).
 
         The view lies in this thread's reusable buffer: use it before this thread's next read. With
@@ -191,16 +235,21 @@ class BlockStore:
         length and its CRC32C must match, else :class:`ChecksumError`. Where no record starts there
         (a block written by a writer without records, such as an earlier release), the payload's
         blosc header must instead say ``size`` bytes decompressing to ``nbytes``, else
-        :class:`CorruptBlockError`. A missing shard raises :class:`MissingShardError`.
+        :class:`CorruptBlockError`. A missing shard raises :class:`MissingShardError`. ``fetched`` may hold
+        the bytes already (see :meth:`prefetch`).
         """
         lay = self.layout
         where = self._where(entry, offset, size)
         if size > lay.max_block_bytes:
             raise CorruptBlockError(f"{where}: {size} bytes is more than a block can compress to "
                                     f"({lay.max_block_bytes}); the index is damaged.")
-        head = records.HEADER_SIZE if lay.records and verify and offset >= records.HEADER_SIZE else 0
+        start, length = self._span(offset, size, verify)
+        head = offset - start
+        shard = lay.shard_of(entry)
         try:
-            data = self._files.read_shard(lay.shard_of(entry), offset - head, size + head)
+            data = None if fetched is None else fetched.take(shard, start, length)
+            if data is None:
+                data = self._files.read_shard(shard, start, length)
         except FileNotFoundError:
             raise self.missing_shard(entry) from None
         if len(data) < size + head:
@@ -225,6 +274,7 @@ class BlockStore:
         try:
             return read(offset, size)
         except ChecksumError:
+            self._files.revalidate()
             now = self.entry(entry)
             if now == (offset, size) or not now[1]:
                 raise
@@ -247,14 +297,15 @@ class BlockStore:
         data = self.with_retry(entry, used, read)
         return used, data
 
-    def load(self, entry: int, offset: int, size: int, out: np.ndarray, verify: bool) -> bool:
+    def load(self, entry: int, offset: int, size: int, out: np.ndarray, verify: bool,
+             fetched: Prefetch | None = None) -> bool:
         """Decompress the block an entry (offset, size) points at into the C-contiguous ``out``.
 
-        Returns whether a record vouched for the block; see :meth:`read_stored` for ``verify``. The
-        entry is read again and the block retried once if its checksum fails meanwhile.
+        Returns whether a record vouched for the block; see :meth:`read_stored` for ``verify`` and
+        ``fetched``. The entry is read again and the block retried once if its checksum fails meanwhile.
         """
         def read(o: int, s: int) -> bool:
-            payload, recorded = self.read_stored(entry, o, s, out.nbytes, verify)
+            payload, recorded = self.read_stored(entry, o, s, out.nbytes, verify, fetched)
             decompress_into(payload, out, self._where(entry, o, s))
             return recorded
         return bool(self.with_retry(entry, (offset, size), read))

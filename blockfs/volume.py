@@ -188,8 +188,10 @@ class Volume:
         if box.size == 0:
             return
         lay, start, stop = self.layout, sel.start, sel.stop
-        offsets, sizes = self._store.lookup(box_entries(lay, start, stop))
+        entries = box_entries(lay, start, stop)
+        offsets, sizes = self._store.lookup(entries)
         store, verify, dtype = self._store, self.verify, self.dtype
+        fetched = store.prefetch(entries, offsets, sizes, verify)
         n_blocks = offsets.size
         parts: Iterator[tuple[int, BlockProjection]] = enumerate(projections(lay, start, stop))  # box_entries' order
         taking = threading.Lock()
@@ -214,10 +216,10 @@ class Volume:
                 if zero:
                     target[...] = 0
             elif part.is_complete and target.flags.c_contiguous:
-                store.load(part.entry, int(offsets[k]), int(sizes[k]), target, verify)
+                store.load(part.entry, int(offsets[k]), int(sizes[k]), target, verify, fetched)
             else:
                 block = _block_scratch(part.shape, dtype)
-                store.load(part.entry, int(offsets[k]), int(sizes[k]), block, verify)
+                store.load(part.entry, int(offsets[k]), int(sizes[k]), block, verify, fetched)
                 target[...] = block[part.block_selection]
 
         threads = min(n_blocks, os.cpu_count() or 1)
@@ -252,7 +254,8 @@ def warn_marks(volume: Volume, depth: int = 3) -> None:
 
 
 def open_volume(path: str | os.PathLike[str], verify: bool = True) -> Volume:
-    """A read-only, thread-safe, cheaply pickled :class:`Volume` of the volume at ``path``."""
+    """A read-only, thread-safe, cheaply pickled :class:`Volume` of the volume at ``path``: a file name, or the
+    URL of its index (``http(s)://``, ``s3://``; see :mod:`blockfs.remote`)."""
     volume = Volume(BlockStore(resolve_spec(os.fspath(path), warn_depth=3)), verify)
     warn_marks(volume)
     return volume

@@ -29,7 +29,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("parallel", ("blockfs.parallel",)),
     ("views", ("blockfs.volume", "blockfs.writable", "blockfs.planes")),
     ("store", ("blockfs.store", "blockfs.writer", "blockfs.launcher", "blockfs.casting", "blockfs.storage",
-               "blockfs.locking", "blockfs.selection", "blockfs.progress", "blockfs.sample", "blockfs.threads")),
+               "blockfs.locking", "blockfs.selection", "blockfs.progress", "blockfs.sample", "blockfs.threads",
+               "blockfs.remote")),
     ("format", ("blockfs.format", "blockfs.records", "blockfs.marks", "blockfs.codec")),
     ("errors", ("blockfs.errors",)),
 ]

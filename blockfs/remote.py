@@ -136,7 +136,7 @@ def answering(url: str) -> Iterator[None]:
                                "to read it as it is now.") from None
     except BaseError as exc:
         cause = " ".join(str(exc).split())
-        raise RemoteReadError(f"{url}: the read failed after {RETRIES} retries: {cause}") from None
+        raise RemoteReadError(f"{url}: the read failed ({cause}); is the server up and the URL right?") from None
 
 
 def get_range(url: str, start: int, end: int, if_match: str | None = None) -> tuple[memoryview, int, str | None]:
@@ -170,6 +170,28 @@ def get_ranges(url: str, starts: Sequence[int], lengths: Sequence[int]) -> list[
         found = obstore.get_ranges(where.store, where.path, starts=list(starts), lengths=list(lengths),
                                    coalesce=COALESCE)
     return [memoryview(b) for b in found]
+
+
+def exists(url: str) -> bool:
+    """Whether the server has an object at ``url``."""
+    try:
+        head(url)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def read_object(url: str) -> bytes:
+    """The whole object at ``url`` (a small one: a pyramid's ``info``)."""
+    obstore = _obstore()
+    where = locate(url)
+    with answering(url):
+        return bytes(obstore.get(where.store, where.path).bytes())
+
+
+def absolute(path: str) -> str:
+    """A file's absolute name; a URL as it is."""
+    return path if is_url(path) else os.path.abspath(path)
 
 
 # -- the header --------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 from . import marks, records
 from .codec import check_sizes, compress, decompress_into
 from .errors import ChecksumError, CorruptBlockError, MissingShardError, ReadOnlyError, ShardLocationWarning
-from .format import Layout, pack_entries, pack_entry, read_directory_file, unpack_entries, unpack_entry
+from .format import DirectoryFile, Layout, pack_entries, pack_entry, read_directory_file, unpack_entries, unpack_entry
 from .remote import Prefetch, RemoteFiles, is_url, read_header, shard_urls
 from .storage import VolumeFiles, pwrite_all, resolve_shard_path, shadowing_copy
 
@@ -127,13 +127,17 @@ def resolve_spec(path: str, writable: bool = False, durable: bool = True, warn_d
     if is_url(path):
         if writable:
             raise ReadOnlyError(f"{path}: a volume read by URL is read-only; copy it to a disk to change it.")
-        remote, version = read_header(path)
-        urls = shard_urls(path, remote.names)
-        return StoreSpec(path, urls, remote.layout, remote.directory_offset, looked_at=tuple((u,) for u in urls),
-                         index_version=version, index_size=remote.file_size)
+        return url_spec(*read_header(path))
     header = read_directory_file(path)
     return spec_for(path, header.layout, header.directory_offset, writable, durable, header.identity,
                     warn_depth=warn_depth + 1)
+
+
+def url_spec(header: DirectoryFile, version: str | None) -> StoreSpec:
+    """The read-only spec of a volume at a URL, from its header and the index's ETag (``version``)."""
+    urls = shard_urls(header.path, header.names)
+    return StoreSpec(header.path, urls, header.layout, header.directory_offset, looked_at=tuple((u,) for u in urls),
+                     index_version=version, index_size=header.file_size)
 
 
 class BlockStore:

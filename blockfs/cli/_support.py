@@ -209,10 +209,17 @@ def _is_index_file(path: str) -> bool:
 def volume_argument(path: str, pyramids: bool = False) -> str:
     """The index file a volume argument names: ``path`` itself unless it is a folder; a folder holding one
     index file names that file; a pyramid folder stays as it is for a tool that takes pyramids
-    (``pyramids``). Any other folder is an :class:`InvalidArgumentError` saying what it holds."""
+    (``pyramids``). Any other folder is an :class:`InvalidArgumentError` saying what it holds. A URL names
+    a volume's index file, or a pyramid folder if one is there."""
+    from ..pyramid.folder import is_pyramid, level_path
+    from ..remote import is_url
+    if is_url(path):
+        if not path.endswith(".blockfs") and is_pyramid(path) and not pyramids:
+            raise InvalidArgumentError(f"{path}: a pyramid, not a volume; give one level's index file, e.g. "
+                                       f"{level_path(path, 1)}")
+        return path
     if not os.path.isdir(path):
         return path
-    from ..pyramid.folder import is_pyramid, level_path
     from ..pyramid.state import is_half_built
     if is_half_built(path):
         raise InvalidArgumentError(f"{path}: holds an interrupted pyramid build, not a finished pyramid; run "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
         describe: Callable[[str], dict[str, Any]] = describe_volume
         text: Callable[[dict[str, Any]], str] = format_text
         args.index_file = volume_argument(args.index_file, pyramids=True)
-        if os.path.isdir(args.index_file):  # a pyramid folder
+        from ..pyramid.folder import is_pyramid
+        if is_pyramid(args.index_file):
             from ..pyramid.describe import describe_pyramid, format_pyramid
             describe, text = describe_pyramid, format_pyramid
         info = describe(args.index_file)

@@ -129,8 +129,7 @@ def _check(volume: OfflineVolume, silent: bool) -> Report:
     head = records.HEADER_SIZE if layout.records else 0
     entries, origins = layout.block_entries(present)
     report = Report(path, layout.records, layout.n_blocks, int(np.count_nonzero(sizes[entries])),
-                    [ShardUsage(s.name, s.path, s.exists, os.path.getsize(s.path) if s.exists else 0)
-                     for s in volume.shards], _volume_problems(volume))
+                    [ShardUsage(s.name, s.path, s.exists, s.size) for s in volume.shards], _volume_problems(volume))
     report.notes = [f"{s.path}: found by its base name beside the index; the stored name {s.name!r} is stale "
                     f"(run blockfs rebase {path})" for s in volume.shards if s.stale]
     stray = np.setdiff1d(np.flatnonzero(sizes), entries)
@@ -159,7 +158,7 @@ def _check(volume: OfflineVolume, silent: bool) -> Report:
         x, y, z = _xyz(origins[written[i]])
         try:
             recorded = store.load(int(block_entry[i]), int(block_offset[i]), int(block_size[i]),
-                                  np.empty(layout.block_shape_at(x, y, z), layout.dtype), verify=True)
+                                  np.empty(layout.block_shape_at(x, y, z), layout.dtype), True, fetched)
         except CorruptBlockError as exc:
             kind = "checksum" if isinstance(exc, ChecksumError) else "undecodable"
             return Problem(kind, str(exc), (x, y, z), int(block_entry[i]),
@@ -167,6 +166,7 @@ def _check(volume: OfflineVolume, silent: bool) -> Report:
         return None, recorded
 
     todo = np.flatnonzero(~bad)
+    fetched = store.prefetch(block_entry[todo], block_offset[todo], block_size[todo], verify=True)
     recorded = np.full(written.size, layout.records)
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         found = progress(pool.map(verify, todo), silent, "checking", total=len(todo), unit="block")
@@ -187,7 +187,10 @@ def _check(volume: OfflineVolume, silent: bool) -> Report:
         overlapping[order[1:]] = starts[order[1:]] < np.maximum.accumulate(ends[order])[:-1]
         flag(overlapping, "overlap", "the block's bytes overlap another block's")
 
-    if layout.records:
+    if layout.records and volume.remote:
+        report.notes.append("read by URL: the shards were not scanned for records newer than the index's blocks "
+                            "(that needs the whole shards; check a copy on a disk for it)")
+    elif layout.records:
         _compare_with_records(report, layout, shard_paths, offsets, sizes, silent)
     report.problems.sort(key=lambda p: (p.entry if p.entry is not None else -1, p.kind))
     return report

@@ -10,13 +10,12 @@ reported, not an error.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .. import records
+from .. import records, remote
 from ..format import Layout, field_bit_widths
 from ..store import BlockStore
 from .offline import OfflineVolume, open_offline
@@ -80,9 +79,9 @@ def _describe(volume: OfflineVolume) -> dict[str, Any]:
     scan = scan_index(volume.store, header.entries_in_file)
     shards: list[dict[str, Any]] = []
     for i, shard in enumerate(volume.shards):
-        size = os.path.getsize(shard.path) if shard.exists else None
+        size = shard.size if shard.exists else None
         shards.append({
-            "index": i, "name": shard.name, "path": os.path.abspath(shard.path) if shard.exists else None,
+            "index": i, "name": shard.name, "path": remote.absolute(shard.path) if shard.exists else None,
             "exists": shard.exists, "stale_name": shard.stale, "size": size,
             "blocks": int(scan.shard_blocks[i]), "block_bytes": int(scan.shard_bytes[i]),
             "referenced_bytes": int(scan.shard_referenced[i]),
@@ -97,7 +96,7 @@ def _describe(volume: OfflineVolume) -> dict[str, Any]:
                             (lay.x_block_size, lay.y_block_size, lay.z_block_size),
                             (lay.x_stride, lay.y_stride, lay.z_stride), lay.dtype.itemsize, len(lay.block_filenames))
     return {
-        "path": os.path.abspath(path),
+        "path": remote.absolute(path),
         "shape_zyx": list(lay.shape),
         "dtype": lay.dtype.name,
         "block_size_zyx": list(lay.block_shape),

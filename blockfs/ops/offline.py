@@ -11,10 +11,10 @@ import os
 import stat
 from dataclasses import dataclass
 
-from .. import marks
+from .. import marks, remote
 from ..format import DirectoryFile, Layout, read_directory_file
 from ..storage import resolve_shard_path, shadowing_copy
-from ..store import BlockStore, StoreSpec
+from ..store import BlockStore, StoreSpec, url_spec
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class ShardFile:
     #: this volume's own copy of the shard beside the index, when the stored (absolute) name reaches
     #: another file: a volume copied with ``cp -r`` that still uses the original's shards
     copy_beside: str | None
+    #: bytes in the file (0 when missing)
+    size: int
 
 
 def _is_shard_file(path: str) -> bool:
@@ -46,7 +48,17 @@ def locate(index: str, name: str) -> ShardFile:
     found = resolve_shard_path(index, name)
     exists = _is_shard_file(found.path)
     return ShardFile(name, found.path, tuple(found.looked_at), exists, exists and found.fallback,
-                     shadowing_copy(index, name, found.path) if exists else None)
+                     shadowing_copy(index, name, found.path) if exists else None,
+                     os.path.getsize(found.path) if exists else 0)
+
+
+def locate_url(url: str, name: str) -> ShardFile:
+    """The shard at ``url`` (the stored ``name`` beside a remote index), as its server answers for it."""
+    try:
+        size = remote.head(url)[0]
+    except FileNotFoundError:
+        return ShardFile(name, url, (url,), False, False, None, 0)
+    return ShardFile(name, url, (url,), True, False, None, size)
 
 
 @dataclass
@@ -61,6 +73,11 @@ class OfflineVolume:
     @property
     def layout(self) -> Layout:
         return self.header.layout
+
+    @property
+    def remote(self) -> bool:
+        """Whether the volume is read by URL."""
+        return remote.is_url(self.path)
 
     @property
     def missing(self) -> list[int]:
@@ -87,7 +104,13 @@ class OfflineVolume:
 
 
 def open_offline(path: str) -> OfflineVolume:
-    """Read the header of the volume at ``path`` and locate its shards; blocks are read on demand."""
+    """Read the header of the volume at ``path`` (a file name or a URL) and locate its shards; blocks are read
+    on demand."""
+    if remote.is_url(path):
+        header, version = remote.read_header(path)
+        spec = url_spec(header, version)
+        shards = [locate_url(url, name) for url, name in zip(spec.shard_paths, header.names)]
+        return OfflineVolume(path, header, shards, BlockStore(spec))
     header = read_directory_file(path)
     lay = header.layout
     shards = [locate(path, name) for name in lay.block_filenames]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from .. import remote
 from ..errors import FormatError
 from ..ops.info import describe_volume, human
 from .folder import LEVEL_FILE, is_pyramid, read_info
@@ -13,7 +14,7 @@ from .owned import JOURNAL
 
 def describe_pyramid(root: str) -> dict[str, Any]:
     """The pyramid's ``info`` and, per level, what ``blockfs info`` reports of its volume."""
-    root = os.path.abspath(root)
+    root = remote.absolute(root)
     if not is_pyramid(root):
         if os.path.isdir(os.path.join(root, JOURNAL)):
             raise FormatError(f"{root}: an interrupted pyramid build, not a finished pyramid; continue it with "

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from .. import remote
 from ..errors import FormatError
 from ..storage import atomic_write, naming
 from ..volume import Volume, open_volume
@@ -31,16 +32,23 @@ def level_path(root: str | os.PathLike, factor: int) -> str:
 
 
 def is_pyramid(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder with a pyramid ``info`` file."""
-    return os.path.isfile(os.path.join(os.fspath(path), INFO_NAME))
+    """Whether ``path`` is a folder (or the URL of one) with a pyramid ``info`` file."""
+    info = os.path.join(os.fspath(path), INFO_NAME)
+    return remote.exists(info) if remote.is_url(info) else os.path.isfile(info)
+
+
+def _read(path: str) -> bytes:
+    if remote.is_url(path):
+        return remote.read_object(path)
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def read_info(root: str | os.PathLike) -> dict[str, Any]:
-    """The ``info`` JSON of a pyramid folder, checked for the keys a reader needs."""
+    """The ``info`` JSON of a pyramid folder (or the URL of one), checked for the keys a reader needs."""
     path = os.path.join(os.fspath(root), INFO_NAME)
     try:
-        with open(path, "rb") as f:
-            info = json.loads(f.read().decode("utf-8"))
+        info = json.loads(_read(path).decode("utf-8"))
     except ValueError as exc:
         raise FormatError(f"{path}: not a JSON pyramid info file ({exc}); rebuild it with blockfs pyramid.") from None
     scales = info.get("scales") if isinstance(info, dict) else None
@@ -77,12 +85,12 @@ class Pyramid:
 
 
 def open_pyramid(root: str | os.PathLike, verify: bool = True) -> Pyramid:
-    """Open every level of the pyramid folder ``root`` read-only."""
+    """Open every level of the pyramid folder ``root`` (or at the URL ``root``) read-only."""
     info = read_info(root)
     levels = []
     for scale in info["scales"]:
         path = os.path.join(os.fspath(root), scale["key"], LEVEL_FILE)
-        if not os.path.exists(path):
+        if not (remote.exists(path) if remote.is_url(path) else os.path.exists(path)):
             raise FormatError(f"{path}: level {scale['key']!r} named in the pyramid's info file is missing; "
                               "rebuild it with blockfs pyramid --resume.")
         levels.append(open_volume(path, verify))

@@ -6,8 +6,8 @@ the volume is served appear on the next request. Each answer carries a version, 
 elsewhere, so its version, and the ETag made from it, changes. Only edge blocks, which must be
 re-encoded for zarr, are cached (bounded, by version).
 
-A served volume remembers the identity (device, inode) of the files it was opened from, its index
-files and a pyramid's ``info``, and holds its index files open, so that a volume replaced at the
+A served volume remembers the identity (device, inode; for a URL, size and ETag) of the files it was
+opened from, its index files and a pyramid's ``info``, and holds its index files open, so that a volume replaced at the
 same path (``create_volume`` renames a new index into place) is told apart from it; ETags and
 cache keys carry that identity too.
 """
@@ -20,9 +20,11 @@ import os
 import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
+from .. import remote
 from ..codec import decompress_into
 from ..errors import InvalidArgumentError
 from ..interop.zarr_format import ZarrView, as_chunk, chunk_block, is_edge, open_source
@@ -73,11 +75,19 @@ def volume_files(path: str) -> list[str]:
                                               for scale in read_info(path)["scales"]]
 
 
+def file_identity(name: str) -> tuple[str, int, int]:
+    """(name, device, inode) of a file; for a URL, (url, size, a digest of its ETag), as its server answers."""
+    if remote.is_url(name):
+        size, etag = remote.head(name)
+        return name, size, int.from_bytes(hashlib.blake2b((etag or "").encode("utf-8"), digest_size=7).digest(), "big")
+    info = os.stat(name)
+    return name, info.st_dev, info.st_ino
+
+
 def volume_identity(path: str) -> Identity | None:
-    """(path, device, inode) of each file of the volume at ``path``; None when one of them is missing."""
+    """:func:`file_identity` of each file of the volume at ``path``; None when one of them is missing."""
     try:
-        return tuple((name, info.st_dev, info.st_ino) for name, info in
-                     ((name, os.stat(name)) for name in volume_files(path)))
+        return tuple(file_identity(name) for name in volume_files(path))
     except (FileNotFoundError, NotADirectoryError):
         return None
 
@@ -187,6 +197,9 @@ class ServedVolume:
 
 def default_name(path: str) -> str:
     """A pyramid folder's name, or a volume's index file name without its extension."""
+    if remote.is_url(path):
+        last = urlsplit(path).path.rstrip("/").rsplit("/", 1)[-1]
+        return os.path.splitext(last)[0] if last.endswith(".blockfs") else last
     path = os.path.normpath(os.path.abspath(path))
     return os.path.basename(path) if os.path.isdir(path) else os.path.splitext(os.path.basename(path))[0]
 
@@ -222,7 +235,8 @@ def _open(path: str, name: str, identity: Identity) -> ServedVolume:
         info = _precomputed_info(source.levels, keys, source.voxel_sizes_um)
     try:
         for level in source.levels:
-            level.store.index_fd()  # held: the inode cannot be reused while it is served
+            if not level.store.spec.remote:
+                level.store.index_fd()  # held: the inode cannot be reused while it is served
         views = {fmt: ZarrView(source, fmt, group=True) for fmt in (2, 3)}
     except BaseException:
         for level in source.levels:
@@ -240,7 +254,7 @@ def open_served(path: str, name: str | None = None) -> ServedVolume:
     replaced), it is opened again, so :attr:`ServedVolume.identity` is always that of what it read.
     """
     name = check_name(default_name(path) if name is None else name, path)
-    path = os.path.abspath(path)
+    path = remote.absolute(path)
     for _ in range(OPEN_ATTEMPTS):
         before = volume_identity(path)
         served = _open(path, name, before or ())

@@ -33,9 +33,13 @@ def to_dask(volume: Volume) -> da.Array:
     The read-only :class:`Volume` is one key of the graph and pickles as its store's description,
     so the graph is cheap to send to process or distributed workers, which reopen it read-only.
     """
-    view = Volume.from_spec(volume.store.spec.read_only(), volume.verify)
-    stat = os.stat(view.path)
-    name = "blockfs-" + tokenize(os.path.abspath(view.path), stat.st_mtime_ns, stat.st_size)
+    spec = volume.store.spec.read_only()
+    view = Volume.from_spec(spec, volume.verify)
+    if spec.remote:  # the index's ETag when opened tells its versions apart
+        name = "blockfs-" + tokenize(spec.index_path, spec.index_version, spec.index_size)
+    else:
+        stat = os.stat(view.path)
+        name = "blockfs-" + tokenize(os.path.abspath(view.path), stat.st_mtime_ns, stat.st_size)
     return da.from_array(view, chunks=view.block_shape, name=name, getitem=_read_chunk,
                          meta=np.empty((0, 0, 0), view.dtype))
 

@@ -302,15 +302,20 @@ class BlockStore:
         return used, data
 
     def load(self, entry: int, offset: int, size: int, out: np.ndarray, verify: bool,
-             fetched: Prefetch | None = None) -> bool:
+             fetched: Prefetch | None = None, decode: bool = True) -> bool:
         """Decompress the block an entry (offset, size) points at into the C-contiguous ``out``.
 
         Returns whether a record vouched for the block; see :meth:`read_stored` for ``verify`` and
         ``fetched``. The entry is read again and the block retried once if its checksum fails meanwhile.
+        Without ``decode``, a block its record vouches for is only checked (its CRC32C, and its blosc
+        header's sizes against the entry and ``out``), not decompressed: what ``blockfs check`` does.
         """
         def read(o: int, s: int) -> bool:
             payload, recorded = self.read_stored(entry, o, s, out.nbytes, verify, fetched)
-            decompress_into(payload, out, self._where(entry, o, s))
+            if recorded and not decode:
+                check_sizes(payload, out.nbytes, f"{self._where(entry, o, s)} (shape {out.shape}, {out.dtype})")
+            else:
+                decompress_into(payload, out, self._where(entry, o, s))
             return recorded
         return bool(self.with_retry(entry, (offset, size), read))
 

@@ -9,7 +9,15 @@ from ..ops.check import Report, check_volume
 from ._support import add_silent, run_tool, volume_argument
 
 
-def print_report(report: Report) -> None:
+def _how(report: Report, deep: bool) -> str:
+    """How the blocks were checked."""
+    if not report.records:
+        return "no block records (checked by decompressing)"
+    return "block records with CRC32C" + (", every block decompressed too" if deep else
+                                          " (checksums and sizes checked; --deep decompresses too)")
+
+
+def print_report(report: Report, deep: bool = False) -> None:
     for problem in report.problems:
         print(f"{report.volume}: {problem}")
     for line in report.notes + report.damaged:
@@ -20,7 +28,7 @@ def print_report(report: Report) -> None:
     lost = sum(s.unreferenced for s in report.shards)
     total = sum(s.size for s in report.shards)
     print(f"{report.volume}: {report.blocks_written} of {report.blocks_total} blocks written; "
-          f"{'block records with CRC32C' if report.records else 'no block records (checked by decompressing)'}; "
+          f"{_how(report, deep)}; "
           f"{lost:,} of {total:,} shard bytes unreferenced (old copies of rewritten blocks or interrupted writes)")
     print(f"{report.volume}: {'healthy' if report.healthy else f'{len(report.problems)} problem(s)'}")
 
@@ -33,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("volume", help="the volume's directory (index) file, or a folder holding one")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.add_argument("--deep", action="store_true",
+                        help="also decompress every block a record vouches for (by default its CRC32C and its "
+                             "compressed header's sizes are checked, at the speed of reading the shards)")
     add_silent(parser)
     return parser
 
@@ -42,11 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
 
     def body(args: argparse.Namespace) -> int:
-        report = check_volume(volume_argument(args.volume), silent=args.silent or args.json)
+        report = check_volume(volume_argument(args.volume), silent=args.silent or args.json, deep=args.deep)
         if args.json:
             print(json.dumps(report.to_json(), indent=1))
         else:
-            print_report(report)
+            print_report(report, args.deep)
         return 0 if report.healthy else 1
 
     return run_tool(parser, body, argv)

@@ -89,10 +89,14 @@ def _xyz(origin: np.ndarray) -> tuple[int, int, int]:
     return x, y, z
 
 
-def check_volume(path: str, silent: bool = True) -> Report:
-    """Check a volume's header, index, shards and every written block."""
+def check_volume(path: str, silent: bool = True, deep: bool = False) -> Report:
+    """Check a volume's header, index, shards and every written block.
+
+    A block with a record is checked by its CRC32C and its blosc header's sizes; with ``deep``, it
+    is decompressed too. A block without a record (an earlier release's) is always decompressed.
+    """
     with open_offline(path) as volume:
-        return _check(volume, silent)
+        return _check(volume, silent, deep)
 
 
 def _volume_problems(volume: OfflineVolume) -> list[Problem]:
@@ -121,7 +125,7 @@ def _volume_problems(volume: OfflineVolume) -> list[Problem]:
     return problems
 
 
-def _check(volume: OfflineVolume, silent: bool) -> Report:
+def _check(volume: OfflineVolume, silent: bool, deep: bool) -> Report:
     store, layout, path = volume.store, volume.layout, volume.path
     shard_paths = [s.path for s in volume.shards]
     present = volume.header.entries_in_file  # the entries after are empty, however many the header claims
@@ -158,7 +162,7 @@ def _check(volume: OfflineVolume, silent: bool) -> Report:
         x, y, z = _xyz(origins[written[i]])
         try:
             recorded = store.load(int(block_entry[i]), int(block_offset[i]), int(block_size[i]),
-                                  np.empty(layout.block_shape_at(x, y, z), layout.dtype), True, fetched)
+                                  np.empty(layout.block_shape_at(x, y, z), layout.dtype), True, fetched, deep)
         except CorruptBlockError as exc:
             kind = "checksum" if isinstance(exc, ChecksumError) else "undecodable"
             return Problem(kind, str(exc), (x, y, z), int(block_entry[i]),

@@ -375,14 +375,21 @@ def moto_endpoint() -> Iterator[str]:
         yield endpoint
 
 
-@pytest.fixture
-def s3(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3]:
-    """A fresh bucket on the moto server, with the environment set for obstore to reach it."""
-    for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    with moto_s3(moto_endpoint) as bucket:
+@contextlib.contextmanager
+def s3_environment(bucket: S3) -> Iterator[None]:
+    """The environment set for obstore to reach ``bucket`` (other AWS settings unset), restored on exit."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
+            patch.delenv(name, raising=False)
         for name, value in bucket.env.items():
-            monkeypatch.setenv(name, value)
+            patch.setenv(name, value)
+        yield
+
+
+@pytest.fixture
+def s3(moto_endpoint: str) -> Iterator[S3]:
+    """A fresh bucket on the moto server, with the environment set for obstore to reach it."""
+    with moto_s3(moto_endpoint) as bucket, s3_environment(bucket):
         yield bucket
 
 

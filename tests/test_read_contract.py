@@ -1,5 +1,8 @@
 """One read contract, run over every read surface of a volume (ARCHITECTURE-REVIEW section 4 item 7).
 
+The surfaces include a :class:`blockfs.Volume` opened by URL: the same files served by nginx and by
+moto's S3 (issue 25).
+
 In the manner of zarr-python's ``StoreTests``, every case runs through each reader of
 ``READERS`` and must give exactly what numpy gives for the same key on the array that was written
 (never-written blocks zeroed): the same values, dtype and shape (``strict=True``). What a reader
@@ -17,6 +20,7 @@ import numpy as np
 import pytest
 
 from helpers import require
+from remote_servers import moto_endpoint, moto_s3, nginx, s3_environment  # noqa: F401 (fixtures)
 from serve_support import BLOCK, MISSING, SHAPE, write_volume
 
 import blockfs
@@ -27,7 +31,7 @@ Read = Callable[[Any], Any]
 
 DTYPES = ("uint8", "uint16", "uint32", "float32", "int16")
 READERS = ("directory", "directory-read_into", "volume", "volume-read_into", "zarr-v3", "zarr-v2",
-           "http-zarr-v3", "http-zarr-v2")
+           "http-zarr-v3", "http-zarr-v2", "http-volume", "http-volume-read_into", "s3-volume")
 ZARR_READERS = tuple(r for r in READERS if "zarr" in r)
 #: What a key naming a single voxel reads as: blockfs gives numpy's scalar, zarr-python (local or
 #: over HTTP) a 0-d array, and read_into the 0-d ``out`` it was given.
@@ -69,6 +73,23 @@ def server(volumes: dict[str, tuple[Path, np.ndarray]]) -> Iterator[Server]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def nginx_volumes(volumes: dict[str, tuple[Path, np.ndarray]], tmp_path_factory: pytest.TempPathFactory
+                  ) -> Iterator[str]:
+    """nginx serving the volumes' folder: the URL of that folder."""
+    folder = next(iter(volumes.values()))[0].parent
+    with nginx(folder, tmp_path_factory.mktemp("nginx")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def s3_volumes(volumes: dict[str, tuple[Path, np.ndarray]], moto_endpoint: str) -> Iterator[str]:
+    """The volumes' folder uploaded to a bucket of moto's S3: the bucket's URL (the environment set to reach it)."""
+    with moto_s3(moto_endpoint) as bucket, s3_environment(bucket):
+        bucket.upload(next(iter(volumes.values()))[0].parent)
+        yield bucket.url
+
+
 @pytest.fixture
 def dtype() -> str:
     """The dtype of the volume a test reads; tests parametrize it to read the others."""
@@ -107,8 +128,9 @@ def read(request: pytest.FixtureRequest, volumes: dict[str, tuple[Path, np.ndarr
         if name.startswith("directory"):
             d = stack.enter_context(blockfs.Directory.open(str(path), "r"))
             yield into(d) if name.endswith("read_into") else d.__getitem__
-        elif name.startswith("volume"):
-            v = blockfs.open_volume(path)
+        elif "volume" in name:
+            folder = {"http": "nginx_volumes", "s3": "s3_volumes"}.get(name.split("-")[0])
+            v = blockfs.open_volume(path if folder is None else f"{request.getfixturevalue(folder)}/{path.name}")
             stack.callback(v.close)
             yield into(v) if name.endswith("read_into") else v.__getitem__
         elif name.startswith("zarr"):

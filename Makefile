@@ -108,7 +108,7 @@ test: install lint
 $(BENCH_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q -U pip
-	$(BENCH_VENV)/bin/python -m pip install -q -e '.[interop,serve]' zarr zarrs tensorstore h5py hdf5plugin psutil mpi4py
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[interop,serve,remote]' zarr zarrs tensorstore h5py hdf5plugin psutil mpi4py
 	touch $@
 
 # Speed and memory side by side with the machine's limits and the peers, on demand (5 interleaved rounds;

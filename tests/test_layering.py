@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                "blockfs.repair", "blockfs.info", "blockfs.relocate", "blockfs.mv", "blockfs.rebase",
                "blockfs.blockfs2tif", "blockfs.blockfs2jp2k", "blockfs.blockfs2hdf5", "blockfs.tif2blockfs")),
     ("serve", ("blockfs.serve",)),
+    ("napari", ("blockfs.napari",)),
     ("interop", ("blockfs.interop",)),
     ("pyramid", ("blockfs.pyramid",)),
     ("convert", ("blockfs.convert",)),

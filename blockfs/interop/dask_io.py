@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import dask.array as da
@@ -13,7 +15,7 @@ from dask.base import tokenize
 from dask.callbacks import Callback
 from tqdm import tqdm
 
-from ..errors import InvalidArgumentError
+from ..errors import CorruptBlockError, InvalidArgumentError
 from ..progress import disabled
 from ..volume import Volume, open_volume
 from ..writable import create_volume, open_writable
@@ -22,16 +24,26 @@ from ..writable import create_volume, open_writable
 TASK_BYTES = 32 * 2**20
 
 
-def _read_chunk(volume: Volume, index: tuple[slice, ...], asarray: bool = True, lock: Any = None) -> np.ndarray:
-    """One chunk of ``to_dask``; a whole block is decompressed straight into the chunk (see ``Volume.read``)."""
-    return volume[index]
+def _read_chunk(volume: Volume, index: tuple[slice, ...], asarray: bool = True, lock: Any = None,
+                damaged: Callable[[CorruptBlockError], None] | None = None) -> np.ndarray:
+    """One chunk of ``to_dask``; a whole block is decompressed straight into the chunk (see ``Volume.read``).
+    With ``damaged``, a block that does not decode is passed to it and reads as zeros."""
+    try:
+        return volume[index]
+    except CorruptBlockError as exc:
+        if damaged is None:
+            raise
+        damaged(exc)
+        return np.zeros(np.broadcast_to(np.zeros((), volume.dtype), volume.shape)[index].shape, volume.dtype)
 
 
-def to_dask(volume: Volume) -> da.Array:
+def to_dask(volume: Volume, damaged: Callable[[CorruptBlockError], None] | None = None) -> da.Array:
     """A lazy dask array of a volume with one chunk per block.
 
     The read-only :class:`Volume` is one key of the graph and pickles as its store's description,
     so the graph is cheap to send to process or distributed workers, which reopen it read-only.
+    A damaged block raises :class:`CorruptBlockError` when computed, unless ``damaged`` is given:
+    then the error goes to ``damaged`` (a viewer shows it) and the block reads as zeros.
     """
     spec = volume.store.spec.read_only()
     view = Volume.from_spec(spec, volume.verify)
@@ -40,7 +52,9 @@ def to_dask(volume: Volume) -> da.Array:
     else:
         stat = os.stat(view.path)
         name = "blockfs-" + tokenize(os.path.abspath(view.path), stat.st_mtime_ns, stat.st_size)
-    return da.from_array(view, chunks=view.block_shape, name=name, getitem=_read_chunk,
+    if damaged is not None:
+        name += "-" + tokenize(damaged)
+    return da.from_array(view, chunks=view.block_shape, name=name, getitem=partial(_read_chunk, damaged=damaged),
                          meta=np.empty((0, 0, 0), view.dtype))
 
 

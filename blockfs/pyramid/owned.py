@@ -19,6 +19,7 @@ import shutil
 
 from ..errors import FormatError, InvalidArgumentError, VolumeExistsError
 from ..ops.relocate import locate_shards, read_directory_file
+from ..remote import is_url
 from ..storage import fsync_folder
 from .folder import INFO_NAME, LEVEL_FILE, level_key
 from .plan import Plan
@@ -100,6 +101,8 @@ def protect_source(plan: Plan, levels: Levels, named: list[str]) -> None:
     source's names (by real path); the coarser levels' files are written in place (on a resumed
     build), so they must not be one of the source's files under any name (by inode).
     """
+    if is_url(plan.source):
+        return  # a source read by URL has no files here
     header = read_directory_file(plan.source)
     source = [plan.source] + [s.path for s in locate_shards(plan.source, header.names) if s.exists]
     by_name = {os.path.realpath(p): p for p in source}

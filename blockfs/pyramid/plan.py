@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..remote import absolute
 from ..volume import open_volume
 from .folder import level_path
 from .reduce import Method
@@ -152,7 +153,7 @@ def make_plan(source: str | os.PathLike, dest: str | os.PathLike, levels: int | 
               voxel_size_um: tuple[float, float, float] | None = None, n_workers: int | None = None,
               task_level: int | None = None) -> Plan:
     """Plan a pyramid of the volume ``source`` (its directory file) in the folder ``dest``."""
-    source = os.path.abspath(os.fspath(source))
+    source = absolute(os.fspath(source))
     lay = open_volume(source).layout
     odd = [b for b in lay.block_shape if b % 2]
     if odd:

@@ -3,10 +3,10 @@
 Order of work, so that nothing looks finished before it is:
 
 1. ``DEST/.pyramid-build/plan.json`` (the journal: the build's parameters) marks DEST half-built;
-2. level 1 is placed (hard links of the source's shards, else copies; its directory file rewritten
-   to name them absolutely), assembled in the journal and moved into ``1_1_1`` at once, unless the
-   source is DEST's own level 1, which is kept as it is; the coarser levels are created empty;
-   ``ready`` records that;
+2. level 1 is placed (hard links of the source's shards, else copies, downloaded first for a source
+   read by URL; its directory file rewritten to name them absolutely), assembled in the journal and
+   moved into ``1_1_1`` at once, unless the source is DEST's own level 1, which is kept as it is; the
+   coarser levels are created empty; ``ready`` records that;
 3. finished tasks are recorded in batches, each after one fsync of the levels' files: one
    ``done/<first task>.npz`` per batch holds each task's contribution to the level above;
 4. the levels above the task level are built, ``info`` is written (atomically), the journal removed.
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import remote
 from ..errors import InvalidArgumentError, VolumeExistsError
 from ..ops.relocate import locate_shards, read_directory_file, relocate
 from ..ops.transfer import Placement, place
@@ -46,6 +47,10 @@ from .plan import Index, Plan, make_plan
 
 READY_FILE = "ready"
 DONE = "done"
+#: Where a source read by URL is downloaded, in the journal, before it becomes level 1.
+DOWNLOAD = "source"
+#: Bytes of a remote source fetched per request when it is downloaded.
+DOWNLOAD_PIECE = 16 * 1024 * 1024
 #: Plan values that a resumed build must share with the interrupted one.
 RESUME_KEYS = ("source", "shape", "block", "dtype", "method", "levels", "voxel_size_um")
 
@@ -111,16 +116,53 @@ def check_destination(plan: Plan, overwrite: bool, resume: bool) -> bool:
     return False
 
 
+def download(plan: Plan, silent: bool = True) -> tuple[str, list[str]]:
+    """Copy the source read by URL, its directory file and then its shards (under their stored base names), into
+    the journal: (the directory file's copy, the shards' copies in the order of the names)."""
+    folder = journal(plan, DOWNLOAD)
+    shutil.rmtree(folder, ignore_errors=True)  # a download cut short by an interruption
+    os.makedirs(folder)
+    header, version = remote.read_header(plan.source)
+    urls = remote.shard_urls(plan.source, header.names)
+    copies = [os.path.join(folder, os.path.basename(url)) for url in urls]
+    if len(set(copies)) != len(copies):
+        raise InvalidArgumentError(f"{plan.source}: its shard files must have distinct base names to become level 1.")
+    sizes = [remote.head(url)[0] for url in urls]
+    index = os.path.join(folder, os.path.basename(plan.source))
+    with PlacingProgress([header.file_size, *sizes], False, silent, "blockfs pyramid: level 1, downloading") as bar:
+        _download_file(plan.source, header.file_size, index, bar, version)  # as it was when read_header read it
+        for url, size, copy in zip(urls, sizes, copies):
+            _download_file(url, size, copy, bar)
+    return index, copies
+
+
+def _download_file(url: str, size: int, path: str, bar: PlacingProgress, version: str | None = None) -> None:
+    """Write the first ``size`` bytes of the object at ``url`` into the new file ``path``, fsynced; with
+    ``version``, only while the object has that ETag."""
+    with naming(path), open(path, "xb") as f:
+        for start in range(0, size, DOWNLOAD_PIECE):
+            data = remote.get_range(url, start, min(start + DOWNLOAD_PIECE, size), version)[0]
+            f.write(data)
+            bar.copied(len(data))
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def place_level1(plan: Plan, silent: bool = True) -> None:
-    """Put the source at level 1: its shards hard-linked (else copied) and its directory file rewritten
-    to name them, in the journal, then moved into ``1_1_1`` at once."""
+    """Put the source at level 1: its shards hard-linked (else copied; downloaded first from a URL) and its
+    directory file rewritten to name them, in the journal, then moved into ``1_1_1`` at once."""
     folder = os.path.dirname(plan.path(1))
     staging = journal(plan, level_key(1))
     shutil.rmtree(staging, ignore_errors=True)  # a placement cut short by an interruption
     os.makedirs(staging)
-    header = read_directory_file(plan.source)
-    placements = [Placement(s.path, os.path.join(staging, os.path.basename(s.path)), os.path.getsize(s.path))
-                  for s in locate_shards(plan.source, header.names) if s.exists]
+    if remote.is_url(plan.source):
+        source, shards = download(plan, silent)
+    else:
+        source = plan.source
+        shards = [s.path for s in locate_shards(source, read_directory_file(source).names) if s.exists]
+    header = read_directory_file(source)
+    placements = [Placement(path, os.path.join(staging, os.path.basename(path)), os.path.getsize(path))
+                  for path in shards]
     if len(placements) != len(header.names) or len({p.target for p in placements}) != len(placements):
         raise InvalidArgumentError(f"{plan.source}: its shard files must all exist and have distinct base names "
                                    "to become level 1 (run blockfs check on it).")
@@ -135,10 +177,11 @@ def place_level1(plan: Plan, silent: bool = True) -> None:
     fsync_folder(staging)
     index = os.path.join(staging, LEVEL_FILE)
     with naming(index):
-        relocate(plan.source, [os.path.join(folder, os.path.basename(p.target)) for p in placements], index,
+        relocate(source, [os.path.join(folder, os.path.basename(p.target)) for p in placements], index,
                  exclusive=True)
     os.rename(staging, folder)
     fsync_folder(plan.dest)
+    shutil.rmtree(journal(plan, DOWNLOAD), ignore_errors=True)
 
 
 def create_levels(plan: Plan, n_shards: int) -> None:

@@ -6,7 +6,6 @@ import itertools
 import math
 import os
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import dask.array as da
@@ -24,17 +23,19 @@ from ..writable import create_volume, open_writable
 TASK_BYTES = 32 * 2**20
 
 
-def _read_chunk(volume: Volume, index: tuple[slice, ...], asarray: bool = True, lock: Any = None,
-                damaged: Callable[[CorruptBlockError], None] | None = None) -> np.ndarray:
-    """One chunk of ``to_dask``; a whole block is decompressed straight into the chunk (see ``Volume.read``).
-    With ``damaged``, a block that does not decode is passed to it and reads as zeros."""
-    try:
-        return volume[index]
-    except CorruptBlockError as exc:
-        if damaged is None:
-            raise
-        damaged(exc)
-        return np.zeros(np.broadcast_to(np.zeros((), volume.dtype), volume.shape)[index].shape, volume.dtype)
+class Guarded:
+    """An array over a volume whose damaged blocks read as zeros, each error passed to ``damaged`` first."""
+
+    def __init__(self, volume: Volume, damaged: Callable[[CorruptBlockError], None]):
+        self.volume, self.damaged = volume, damaged
+        self.shape, self.dtype, self.ndim = volume.shape, volume.dtype, len(volume.shape)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        try:
+            return self.volume[index]
+        except CorruptBlockError as exc:
+            self.damaged(exc)
+            return np.zeros(np.broadcast_to(np.zeros((), self.dtype), self.shape)[index].shape, self.dtype)
 
 
 def to_dask(volume: Volume, damaged: Callable[[CorruptBlockError], None] | None = None) -> da.Array:
@@ -54,7 +55,8 @@ def to_dask(volume: Volume, damaged: Callable[[CorruptBlockError], None] | None 
         name = "blockfs-" + tokenize(os.path.abspath(view.path), stat.st_mtime_ns, stat.st_size)
     if damaged is not None:
         name += "-" + tokenize(damaged)
-    return da.from_array(view, chunks=view.block_shape, name=name, getitem=partial(_read_chunk, damaged=damaged),
+    # dask's own getter: a slice of the array is fused into each block's read, which then reads only that part
+    return da.from_array(view if damaged is None else Guarded(view, damaged), chunks=view.block_shape, name=name,
                          meta=np.empty((0, 0, 0), view.dtype))
 
 

@@ -3,8 +3,8 @@
 The layer's data is :func:`~blockfs.interop.dask_io.to_dask` of each level (one chunk per block, read only
 when napari shows it): a pyramid is a multiscale layer, finest level first. Its scale is the voxel size
 (z, y, x) in micrometres, its name the file's or folder's, its contrast that of ``blockfs view``
-(:func:`~blockfs.ops.contrast.contrast`). uint32 and uint64 volumes, and segmentation pyramids, open as labels.
-A block that does not decode reads as zeros and is reported in napari's notification area.
+(:func:`~blockfs.ops.contrast.contrast`). uint32 and uint64 volumes, and segmentation pyramids, open as
+labels. A block that does not decode reads as zeros and is reported in napari's notification area.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..interop.unpack import is_volume
 from ..interop.zarr_format import open_source
 from ..ops.contrast import contrast
 from ..pyramid.folder import is_pyramid, read_info
+from ..volume import Volume
 
 #: Layer data as napari takes it from a reader: (data, layer keyword arguments, layer type).
 LayerData = tuple[Any, dict[str, Any], str]
@@ -44,6 +45,16 @@ def report_damage(error: CorruptBlockError) -> None:
     show_error(f"{error} (shown as zeros)")
 
 
+def display_range(volume: Volume) -> tuple[float, float]:
+    """:func:`contrast` of the finest level; if a block it samples is damaged, that is reported and the range is
+    the dtype's (0 to its largest integer, or 0 to 1)."""
+    try:
+        return contrast(volume)
+    except CorruptBlockError as error:
+        report_damage(error)
+        return 0.0, float(np.iinfo(volume.dtype).max) if volume.dtype.kind in "ui" else 1.0
+
+
 def is_labels(path: str, dtype: np.dtype) -> bool:
     """Whether the volume or pyramid at ``path`` opens as labels: a segmentation pyramid, or a label dtype."""
     if is_pyramid(path):
@@ -60,4 +71,4 @@ def layer_data(path: str) -> LayerData:
                                "multiscale": source.is_pyramid}
     if is_labels(path, source.levels[0].dtype):
         return data, options, "labels"
-    return data, {**options, "contrast_limits": contrast(source.levels[0])}, "image"
+    return data, {**options, "contrast_limits": display_range(source.levels[0])}, "image"

@@ -166,6 +166,7 @@ TOOLS: dict[str, Tool] = {
     "from-zarr": Tool(lambda v, o: sub("from-zarr", v, o / "in.blockfs", "--silent"), "blockfs from-zarr"),
     "serve": Tool(lambda v, o: sub("serve", v, "--port", 0), "blockfs serve"),
     "view": Tool(lambda v, o: sub("view", v, "--port", 0, "--no-browser"), "blockfs view"),
+    "napari": Tool(lambda v, o: sub("napari", v), "blockfs napari"),
     "demo": Tool(lambda v, o: sub("demo", "--output", v, "--size-gib", 0.0001, "--silent"), "blockfs demo",
                  NOT_FOLDERS),
     "blockfs-mv": Tool(lambda v, o: script("blockfs-mv", v, o / "moved", "--silent"), "blockfs-mv", CLASSIC),

@@ -63,6 +63,7 @@ TOOLS = {
                       "blockfs.cli.from_zarr:load"),
     "serve": Tool(["serve", "--port", "0", "{missing}"], "blockfs serve", "blockfs.serve.server:start"),
     "view": Tool(["view", "--no-browser", "--port", "0", "{missing}"], "blockfs view", "blockfs.serve.viewer:view"),
+    "napari": Tool(["napari", "{missing}"], "blockfs napari", "blockfs.cli.napari:volume_argument"),
     "demo": Tool(["demo", "--silent", "--size-gib", "0.01", "--output", "{missing}/demo"], "blockfs demo",
                  "blockfs.demo:run", ["demo", "--silent", "--size-gib", "0.01", "--output", "{tmp}/demo"]),
 }

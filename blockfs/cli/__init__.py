@@ -30,6 +30,7 @@ SUBCOMMANDS = {
     "from-zarr": ("blockfs.cli.from_zarr", "main", "import a zarr array or OME-Zarr image"),
     "serve": ("blockfs.cli.serve", "main", "serve volumes and pyramids over HTTP (precomputed, zarr)"),
     "view": ("blockfs.cli.view", "main", "look at volumes in Neuroglancer, served locally"),
+    "napari": ("blockfs.cli.napari", "main", "look at volumes in napari, read lazily"),
     "demo": ("blockfs.demo", "main", "write, read back and verify a sample volume"),
 }
 

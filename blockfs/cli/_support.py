@@ -29,7 +29,8 @@ REPEAT_SECONDS = 0.05
 #: The optional packages (top-level module names), each with the extra of pyproject.toml that installs it.
 EXTRAS = {"h5py": "tools", "mpi4py": "tools", "glymur": "tools", "packaging": "tools",
           "zarr": "interop", "numcodecs": "interop", "dask": "interop", "distributed": "interop",
-          "toolz": "interop", "cloudpickle": "interop", "aiohttp": "serve", "neuroglancer": "serve"}
+          "toolz": "interop", "cloudpickle": "interop", "aiohttp": "serve", "neuroglancer": "serve",
+          "napari": "napari", "npe2": "napari"}
 #: A number argparse parses: int or float.
 Number = TypeVar("Number", int, float)
 #: The name a dispatcher (the ``blockfs`` command) ran the tool under, e.g. ``blockfs mv``.

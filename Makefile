@@ -5,7 +5,7 @@
 #   1. the Debian packages below, with apt-get (through sudo when not root);
 #   2. .venv/ with pip, setuptools and what the h5py build needs;
 #   3. h5py built from source against Debian's parallel HDF5 (Open MPI), checked to have MPI;
-#   4. blockfs itself, editable, with the extras [tools,interop,serve,remote,test,lint].
+#   4. blockfs itself, editable, with the extras [tools,interop,serve,remote,napari,test,lint].
 # A stamp records completion; editing pyproject.toml, setup.py or this Makefile re-runs the steps.
 PYTHON ?= python3
 VENV ?= .venv
@@ -14,6 +14,10 @@ PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 APT_GET ?= apt-get
 APT_PACKAGES := openmpi-bin libopenmpi-dev libhdf5-openmpi-dev pkg-config libopenjp2-7 chromium chromium-driver nginx
+# napari's tests: a headless X server, Mesa's software OpenGL, and the X libraries that the Qt 6 of PyQt6 loads.
+APT_PACKAGES += xvfb libgl1-mesa-dri libglx-mesa0 libegl1 libfontconfig1 libdbus-1-3 libglib2.0-0 libxkbcommon-x11-0 \
+  libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 \
+  libxcb-xfixes0 libxcb-xkb1
 H5PY_CHECK := import h5py, sys; sys.exit(0 if h5py.get_config().mpi else 1)
 
 # Open MPI refuses to run as root, and more ranks than cores, unless told; CI runs as root on 2 cores.
@@ -84,7 +88,7 @@ $(STAMP): pyproject.toml setup.py Makefile
 	fi
 	$(PY) -c '$(H5PY_CHECK)' || { echo "h5py was built without MPI" >&2; exit 1; }
 	@# h5py is installed and satisfies [tools] now, so pip keeps the parallel build
-	$(PIP) install -q -e '.[tools,interop,serve,remote,test,lint]'
+	$(PIP) install -q -e '.[tools,interop,serve,remote,napari,test,lint]'
 	$(PY) -c '$(H5PY_CHECK)' || { echo "installing blockfs replaced the parallel h5py" >&2; exit 1; }
 	touch $@
 

@@ -269,15 +269,16 @@ class BlockStore:
     def with_retry(self, entry: int, where: tuple[int, int], read: Callable[[int, int], T]) -> T | None:
         """``read(offset, size)`` of an entry's block; None if it was never written.
 
-        A writer may repoint the entry between reading it and reading the block: a checksum error
-        is retried once with the entry as it is now.
+        A writer may repoint the entry between reading it and reading the block: a block that fails
+        its checks is retried once with the entry as it is now. A volume read by URL fetches its index
+        page anew for that, so one rewritten on the server raises :class:`StaleVolumeError`.
         """
         offset, size = where
         if not size:
             return None
         try:
             return read(offset, size)
-        except ChecksumError:
+        except CorruptBlockError:
             self._files.revalidate()
             now = self.entry(entry)
             if now == (offset, size) or not now[1]:

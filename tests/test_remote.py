@@ -219,11 +219,6 @@ def test_a_volume_rewritten_before_its_first_read_raises_stale(served: Path, ngi
     np.testing.assert_array_equal(blockfs.open_volume(f"{nginx_url}/{INDEX}")[...], volume_data(SHAPE, 1))
 
 
-@pytest.mark.xfail(strict=True, raises=blockfs.CorruptBlockError, reason=(
-    "store.BlockStore.read_stored: at a cached entry's offset in a rewritten shard no record starts, so the bytes "
-    "are checked as a block written without a record and CorruptBlockError ('written without a block record: "
-    "the blosc header says ...') is raised; with_retry revalidates the index only on a ChecksumError (the block "
-    "at offset 0, where the new shard has a record too, does raise StaleVolumeError)"))
 def test_a_volume_rewritten_after_a_read_raises_stale(served: Path, nginx_url: str) -> None:
     """With index pages cached, a rewritten volume's blocks no longer match them; the index asked again says why."""
     published(served)

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import marks, records
 from .codec import check_sizes, compress, decompress_into
-from .errors import ChecksumError, CorruptBlockError, MissingShardError, ReadOnlyError, ShardLocationWarning
+from .errors import CorruptBlockError, MissingShardError, ReadOnlyError, ShardLocationWarning
 from .format import DirectoryFile, Layout, pack_entries, pack_entry, read_directory_file, unpack_entries, unpack_entry
 from .remote import Prefetch, RemoteFiles, is_url, read_header, shard_urls
 from .storage import VolumeFiles, pwrite_all, resolve_shard_path, shadowing_copy

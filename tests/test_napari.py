@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from helpers import require
+from helpers import console, require
 from napari_support import NAPARI_IMPORT_WARNINGS, display, screenshot, viewer  # noqa: F401
 
 import blockfs
@@ -166,3 +166,12 @@ def test_a_sparse_volume_of_ten_thousand_voxels_a_side_reads_only_the_blocks_on_
     assert len(layer.data) == len(centres) and viewer.dims.current_step[0] in range(4992, 5056)
     assert corners and loads and not corners & set(loads), loads  # no block away from the plane shown is read
     assert set(loads) <= centres and len(loads) <= 4 * len(centres), loads
+
+
+def test_npe2_validates_the_manifest_and_reads_a_pyramid_without_a_viewer(pyramid: Path) -> None:
+    npe2 = require("npe2")
+    checked = console("npe2", "validate", "blockfs")
+    assert checked.returncode == 0 and "valid" in checked.stdout, checked.stdout + checked.stderr
+    npe2.PluginManager.instance().discover()
+    [(data, options, kind)] = npe2.read([str(pyramid)], plugin_name="blockfs", stack=False)
+    assert kind == "image" and len(data) == 2 and options["scale"] == (2.0, 0.5, 0.5)

@@ -14,11 +14,22 @@ import time
 import blosc
 import psutil
 
-from . import blockfs_bench, compare, interop_bench, limits, mpi_bench, peers, pyramid_bench, report, serve_bench
+from . import (
+    blockfs_bench,
+    compare,
+    interop_bench,
+    limits,
+    mpi_bench,
+    peers,
+    pyramid_bench,
+    remote_bench,
+    report,
+    serve_bench,
+)
 from .data import KINDS, make_dataset, parse_size, size_label
 from .measure import back_memory
 
-CATEGORIES = ("compare", "write", "read", "interop", "serve", "mpi", "pyramid")
+CATEGORIES = ("compare", "write", "read", "interop", "serve", "mpi", "pyramid", "remote")
 #: Data kinds whose throughput across sizes is measured (the goals' microscopy-like sets).
 SCALE_KINDS = ("microscopy", "poisson")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -46,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                "  python -m benchmarks --sizes 128M --only compare,read\n"
                "  python -m benchmarks --sizes 256M,1G,4G --repeats 5\n"
                "  python -m benchmarks --only write,read --sizes 1G --data microscopy\n"
-               "  python -m benchmarks --sizes 1G --only compare,write,read --scale-sizes 256M,4G")
+               "  python -m benchmarks --sizes 1G --only compare,write,read --scale-sizes 256M,4G\n"
+               "  python -m benchmarks --only remote --remote-size 1G --output ''")
     parser.add_argument("--sizes", help="data sizes, e.g. 128M,1G,4G (default: 128M,1G; 64M with --quick)")
     parser.add_argument("--repeats", type=int, help="interleaved rounds, at least 5 for figures worth quoting; min "
                                                     "and median are reported (default: 5; 2 with --quick)")
@@ -61,6 +73,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale-sizes", default="",
                         help="more sizes at which only blockfs's main-process write and full read run (of the "
                              "microscopy-like data kinds in --data), for throughput across sizes, e.g. 256M,4G")
+    parser.add_argument("--remote-size", default="256M",
+                        help="the one size of the remote reads (microscopy data, read over HTTP from nginx on "
+                             "127.0.0.1), e.g. 1G (default: %(default)s); --only remote runs nothing else, "
+                             "not even the limits")
     parser.add_argument("--back-memory", type=parse_size, default=None,
                         help="memory touched and freed once before measuring (default: 3 x the largest size, "
                              "at least 4G, at most half the free memory)")
@@ -73,6 +89,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.sizes = [parse_size(s) for s in (args.sizes or ("64M" if args.quick else "128M,1G")).split(",")]
         args.scale_sizes = [parse_size(s) for s in args.scale_sizes.split(",") if s.strip()]
+        args.remote_size = parse_size(args.remote_size)
     except ValueError as exc:
         parser.error(str(exc))
     args.repeats = args.repeats or (2 if args.quick else 5)
@@ -95,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
              "'.[interop]')")
     if "serve" in args.only and serve_bench.missing():
         _log(f"benchmarks: serve skipped, not installed: {', '.join(serve_bench.missing())} (pip install '.[serve]')")
+    if "remote" in args.only and remote_bench.missing():
+        _log(f"benchmarks: remote reads skipped, not installed: {', '.join(remote_bench.missing())} (pip install "
+             "'.[remote]'; apt-get install nginx)")
     no_mpi = mpi_bench.missing() if "mpi" in args.only else None
     if no_mpi:
         _log(f"benchmarks: the MPI write is skipped: {no_mpi}")
@@ -103,15 +123,23 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     n_random, n_regions = 1000, 30 if args.quick else 100
     try:
-        _log(f"benchmarks: sizes {', '.join(size_label(n) for n in args.sizes)}, {args.repeats} rounds, "
+        sizes = (args.sizes if set(args.only) - {"remote"} else []) + ([args.remote_size] if "remote" in args.only
+                                                                      else [])
+        _log(f"benchmarks: sizes {', '.join(size_label(n) for n in sizes)}, {args.repeats} rounds, "
              f"scratch {folder}")
-        largest = max(args.sizes + args.scale_sizes)
+        largest = max(sizes + args.scale_sizes)
         backing = args.back_memory or min(max(4 * 2**30, 3 * largest), psutil.virtual_memory().available // 2)
         blosc.set_nthreads(os.cpu_count() or 1)  # process-wide, as a user or another library may set it
         run.backed = (backing, back_memory(backing))
         _log(f"benchmarks: touched and freed {size_label(backing)} in {run.backed[1]:.1f} s")
         run.memcpy = limits.memcpy_mbps(args.repeats)
-        for nbytes in args.sizes:
+        if "remote" in args.only and not remote_bench.missing():
+            _log(f"{size_label(args.remote_size)} microscopy: making blocks (remote reads)")
+            ds = make_dataset("microscopy", args.remote_size)
+            run.remote.append(remote_bench.run(ds, folder, args.repeats, _log))
+            del ds
+            gc.collect()
+        for nbytes in args.sizes if set(args.only) - {"remote"} else []:
             for kind in args.data:
                 _log(f"{size_label(nbytes)} {kind}: making blocks")
                 ds = make_dataset(kind, nbytes)

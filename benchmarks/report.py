@@ -14,7 +14,7 @@ import blosc
 import imagecodecs
 import psutil
 
-from . import goals, interop_bench, pyramid_bench, serve_bench
+from . import goals, interop_bench, pyramid_bench, remote_bench, serve_bench
 from .blockfs_bench import MODES, QUEUE_DEPTH, ReadResult, ScaleResult, WriteResult
 from .compare import Comparison
 from .data import BLOCK_BYTES, PHOTON_BACKGROUND, PHOTON_SCALE, size_label
@@ -25,7 +25,7 @@ from .mpi_bench import MpiResult
 #: Everything below this line in the output file is kept when the file is rewritten.
 KEEP_MARKER = "<!-- Written by hand below this line; `python -m benchmarks` keeps it. -->"
 PACKAGES = ("numpy", "blosc", "imagecodecs", "crc32c", "blockfs", "zarr", "zarrs", "numcodecs", "tensorstore", "h5py",
-            "hdf5plugin", "psutil", "dask", "aiohttp", "neuroglancer")
+            "hdf5plugin", "psutil", "dask", "aiohttp", "neuroglancer", "obstore", "fsspec")
 
 
 @dataclass
@@ -45,6 +45,7 @@ class Run:
     pyramids: list[pyramid_bench.PyramidResult] = field(default_factory=list)
     interop: list[dict] = field(default_factory=list)
     serve: list[dict] = field(default_factory=list)
+    remote: list[remote_bench.RemoteResult] = field(default_factory=list)
     mpi: list[tuple[MpiResult, Limits]] = field(default_factory=list)
     scale: list[ScaleResult] = field(default_factory=list)
     backed: tuple[int, float] = (0, 0.0)
@@ -358,6 +359,7 @@ def render(run: Run) -> str:
     out += pyramid_bench.render(run.pyramids)
     out += interop_bench.render(run.interop)
     out += serve_bench.render(run.serve)
+    out += remote_bench.render(run.remote)
     if run.mpi:
         out += ["## Collective writes over MPI", "",
                 "`mpiexec -n 2`, 2 shards, every block produced on the rank that does not own its shard "

@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import shutil
 import socket
-import subprocess
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -30,6 +26,7 @@ from typing import Any, Literal, NamedTuple
 import pytest
 from aiohttp import web
 
+from benchmarks import http_server
 from helpers import require, unavailable
 
 #: How long a server may take to accept connections before the fixture gives up.
@@ -38,55 +35,11 @@ START_TIMEOUT = 10.0
 S3_KEYS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_listening(port: int, process: subprocess.Popen[bytes] | None = None) -> None:
-    """Return once 127.0.0.1:``port`` accepts a connection; raise if ``process`` exits first or time runs out."""
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the server exited with status {process.returncode} before listening on {port}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.01)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {START_TIMEOUT} s")
-
-
 # --- nginx ---------------------------------------------------------------------------------------------------
-
-NGINX_CONF = """\
-daemon off;
-master_process off;
-worker_processes 1;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log {work}/access.log;
-    client_body_temp_path {work}/client_body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root};
-        etag on;
-        location / {{ limit_except GET {{ deny all; }} }}
-    }}
-}}
-"""
-
 
 def nginx_binary() -> str:
     """The nginx program (on PATH, or in /usr/sbin where Debian puts it), or skip (under CI, fail) without it."""
-    found = shutil.which("nginx", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    found = http_server.binary()
     if found is None:
         unavailable("nginx is not installed (no nginx binary on PATH or in /usr/sbin); make install sets it up")
     return found
@@ -94,34 +47,12 @@ def nginx_binary() -> str:
 
 @contextlib.contextmanager
 def nginx(root: Path, work: Path) -> Iterator[str]:
-    """Serve the folder ``root`` read-only (GET and HEAD, ranges, ETags, If-Match) with nginx in the
-    foreground, its configuration, logs and temporary files in the folder ``work``; yields the base URL
-    (``http://127.0.0.1:PORT``, no trailing slash). The process is stopped on exit.
-
-    Without a master process nginx never changes user, so it reads what the test's user can (as root too)."""
-    binary = nginx_binary()
-    work.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    conf = work / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(work=work, root=root.resolve(), port=port))
-    process = subprocess.Popen([binary, "-p", str(work), "-c", str(conf), "-e", str(work / "error.log")],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        try:
-            _wait_listening(port, process)
-        except RuntimeError as exc:
-            log = (work / "error.log").read_text() if (work / "error.log").exists() else ""
-            raise RuntimeError(f"{binary}: {exc}\n{log}") from None
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        assert process.stderr is not None
-        process.stderr.close()
+    """Serve the folder ``root`` read-only (GET and HEAD, ranges, ETags, If-Match) with nginx in the foreground,
+    as the benchmark does (:func:`benchmarks.http_server.serve`), its configuration, logs and temporary files in
+    the folder ``work``; yields the base URL (``http://127.0.0.1:PORT``, no trailing slash)."""
+    nginx_binary()
+    with http_server.serve(str(root), str(work)) as server:
+        yield server.url
 
 
 # --- moto S3 -------------------------------------------------------------------------------------------------

@@ -272,6 +272,26 @@ def test_cli_serves_until_terminated(volume: Path, command: str) -> None:
         process.stderr.close()
 
 
+TERM_TO_ANOTHER_THREAD = """
+import signal, sys, threading, time
+from blockfs.cli.serve import until_stopped
+idle = threading.Event()
+other = threading.Thread(target=idle.wait)
+other.start()
+with until_stopped() as wait:
+    threading.Timer(0.5, signal.pthread_kill, (other.ident, signal.SIGTERM)).start()
+    status = wait()
+idle.set()
+sys.exit(status)
+"""
+
+
+def test_a_stop_signal_taken_by_another_thread_still_stops_the_server() -> None:
+    """The kernel may hand a SIGTERM sent to the process to any thread; the serving main thread still stops."""
+    finished = subprocess.run([sys.executable, "-c", TERM_TO_ANOTHER_THREAD], timeout=30, capture_output=True)
+    assert finished.returncode == 0, finished.stderr
+
+
 def test_cli_reports_bad_input(volume: Path, tmp_path: Path) -> None:
     cases = [
         ([str(tmp_path / "missing.blockfs")], "missing.blockfs"),

@@ -28,6 +28,10 @@ pages cannot read the volumes. --no-token serves them at /<name>/ to anyone (pub
 Full blocks go out exactly as stored; only edge blocks are re-encoded. Needs: pip install 'blockfs[serve]'.
 """
 
+#: Seconds between the main thread's looks for a stop signal. A signal the kernel hands to another thread
+#: (the server's, or a codec's) does not wake a main thread blocked on a lock; Python runs its handler
+#: at the next look.
+SIGNAL_POLL_SECONDS = 0.25
 #: argparse type: a number of seconds > 0.
 positive_seconds = number(float, "expected a number of seconds > 0", low=0, above=True)
 
@@ -69,7 +73,7 @@ def until_stopped() -> Iterator[Callable[[], int]]:
 
     def wait() -> int:
         try:
-            while not stopped.wait(3600):
+            while not stopped.wait(SIGNAL_POLL_SECONDS):
                 pass
         except KeyboardInterrupt:
             return INTERRUPTED

@@ -460,6 +460,14 @@ def open_regular(path: str, flags: int = os.O_RDONLY, what: str = "a blockfs dir
     return fd
 
 
+def is_volume(path: str) -> bool:
+    """Whether ``path`` is a blockfs directory file (which ``create_volume(overwrite=True)`` replaces)."""
+    if not os.path.isfile(path):
+        return False
+    with open(path, "rb") as f:
+        return f.read(len(MAGIC)) == MAGIC
+
+
 def read_directory_file(path: str | os.PathLike[str]) -> DirectoryFile:
     """The header of the directory file at ``path``: the one header reader of blockfs."""
     path = os.fspath(path)

@@ -9,10 +9,12 @@ import pytest
 
 from helpers import require
 from interop_support import make_pyramid
+from repair_volumes import damage
 from volumes import make_volume
 
 import blockfs
-from blockfs import Directory, check
+from blockfs import Directory, check, open_volume
+from blockfs.errors import CorruptBlockError
 from blockfs.interop.dask_io import to_dask
 from blockfs.pyramid import open_pyramid
 
@@ -37,6 +39,22 @@ def test_to_dask_equals_the_library_read(volume, scheduler):
     np.testing.assert_array_equal(array[3:37, 10:20, 65:].compute(scheduler=scheduler), expected[3:37, 10:20, 65:],
                                   strict=True)
     assert int(array.sum(dtype=np.int64).compute(scheduler=scheduler)) == int(expected.sum(dtype=np.int64))
+
+
+def test_max_chunks_gives_chunks_of_whole_blocks_and_a_damaged_block_reads_as_zeros_alone(volume):
+    path, expected = volume
+    array = to_dask(open_volume(path), max_chunks=8)  # 36 blocks
+    assert array.npartitions <= 8 and all(c % b == 0 for c, b in zip(array.chunksize, BLOCK))
+    np.testing.assert_array_equal(array.compute(), expected, strict=True)
+    np.testing.assert_array_equal(array[5, 3:40, 7:66].compute(), expected[5, 3:40, 7:66], strict=True)
+
+    damage(path, (32, 16, 0))
+    reported: list[CorruptBlockError] = []
+    guarded = to_dask(open_volume(path), damaged=reported.append, max_chunks=8)
+    data = guarded.compute(scheduler="synchronous")
+    assert not data[0:16, 16:32, 32:64].any() and len(reported) == 1 and str(path) in str(reported[0])
+    expected[0:16, 16:32, 32:64] = 0
+    np.testing.assert_array_equal(data, expected, strict=True)  # the rest of its chunk reads as written
 
 
 def test_to_dask_on_pyramid_levels_and_open_zarr_with_from_zarr(tmp_path):

@@ -13,6 +13,7 @@ from helpers import console, require
 from napari_support import NAPARI_IMPORT_WARNINGS, display, screenshot, viewer  # noqa: F401
 
 import blockfs
+from blockfs.napari.reader import MAX_CHUNKS
 from blockfs.pyramid import build_pyramid, open_pyramid
 from blockfs.pyramid.folder import level_path, make_info, write_info
 from blockfs.store import BlockStore
@@ -164,6 +165,7 @@ def test_a_sparse_volume_of_ten_thousand_voxels_a_side_reads_only_the_blocks_on_
     layer = open_one(viewer, tmp_path / "sparse")
     screenshot(viewer)
     assert len(layer.data) == len(centres) and viewer.dims.current_step[0] in range(4992, 5056)
+    assert layer.data[0].npartitions <= 2 * MAX_CHUNKS  # not 157^3: dask's cost per slice grows with them
     assert corners and loads and not corners & set(loads), loads  # no block away from the plane shown is read
     assert set(loads) <= centres and len(loads) <= 4 * len(centres), loads
 

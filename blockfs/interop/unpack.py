@@ -30,7 +30,7 @@ from zarr.core.sync import sync
 from .. import marks
 from ..codec import decompress_into
 from ..errors import CorruptBlockError, FormatError, InvalidArgumentError
-from ..format import MAGIC, read_directory_file
+from ..format import is_volume, read_directory_file
 from ..pyramid.folder import INFO_NAME, LEVEL_FILE, is_pyramid, level_key
 from ..storage import mark_complete, naming
 from ..threads import ordered_map
@@ -291,14 +291,6 @@ def import_array(array: zarr.Array, dest: str, workers: int | None, silent: bool
         volume.close()
     mark_complete(dest, durable=volume.durable)
     return open_volume(dest)
-
-
-def is_volume(path: str) -> bool:
-    """Whether ``path`` is a blockfs directory file (which ``create_volume(overwrite=True)`` replaces)."""
-    if not os.path.isfile(path):
-        return False
-    with open(path, "rb") as f:
-        return f.read(len(MAGIC)) == MAGIC
 
 
 def _inner_codecs(meta: dict[str, Any]) -> list[dict[str, Any]]:

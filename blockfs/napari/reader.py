@@ -1,10 +1,11 @@
 """The npe2 reader: a blockfs volume or pyramid folder as one lazy napari layer.
 
-The layer's data is :func:`~blockfs.interop.dask_io.to_dask` of each level (one chunk per block, read only
-when napari shows it): a pyramid is a multiscale layer, finest level first. Its scale is the voxel size
-(z, y, x) in micrometres, its name the file's or folder's, its contrast that of ``blockfs view``
-(:func:`~blockfs.ops.contrast.contrast`). uint32 and uint64 volumes, and segmentation pyramids, open as
-labels. A block that does not decode reads as zeros and is reported in napari's notification area.
+The layer's data is :func:`~blockfs.interop.dask_io.to_dask` of each level (one chunk per block, or per
+few blocks on a level of more than :data:`MAX_CHUNKS` blocks; read only when napari shows it): a pyramid
+is a multiscale layer, finest level first. Its scale is the voxel size (z, y, x) in micrometres, its name
+the file's or folder's, its contrast that of ``blockfs view`` (:func:`~blockfs.ops.contrast.contrast`).
+uint32 and uint64 volumes, and segmentation pyramids, open as labels. A block that does not decode reads as
+zeros and is reported in napari's notification area.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptBlockError
+from ..format import is_volume
 from ..interop.dask_io import to_dask
-from ..interop.unpack import is_volume
 from ..interop.zarr_format import open_source
 from ..ops.contrast import contrast
 from ..pyramid.folder import is_pyramid, read_info
@@ -24,6 +25,9 @@ from ..volume import Volume
 
 #: Layer data as napari takes it from a reader: (data, layer keyword arguments, layer type).
 LayerData = tuple[Any, dict[str, Any], str]
+#: Chunks of a level's dask array at most (about): napari computes a slice several times while it opens a
+#: layer, and dask's cost of each grows with the chunks of the array (see to_dask).
+MAX_CHUNKS = 2**14
 #: The dtypes that open as a labels layer (and that the labels writer writes).
 LABEL_DTYPES = (np.dtype(np.uint32), np.dtype(np.uint64))
 
@@ -65,7 +69,7 @@ def is_labels(path: str, dtype: np.dtype) -> bool:
 def layer_data(path: str) -> LayerData:
     """The layer of the volume or pyramid folder at ``path``."""
     source = open_source(path)
-    levels = [to_dask(level, damaged=report_damage) for level in source.levels]
+    levels = [to_dask(level, damaged=report_damage, max_chunks=MAX_CHUNKS) for level in source.levels]
     data = levels if source.is_pyramid else levels[0]
     options: dict[str, Any] = {"name": source.name, "scale": source.voxel_sizes_um[0], "units": "micrometer",
                                "multiscale": source.is_pyramid}

@@ -39,9 +39,11 @@ INDEX_PAGE = 64 * 1024
 INDEX_PAGES_KEPT = 256
 #: Byte ranges of one shard closer than this travel in one request.
 COALESCE = 256 * 1024
-#: A region read fetches its blocks in waves of about this many stored bytes, the next one in
+#: A region read fetches its blocks in waves of about this many stored bytes, the next ones in
 #: flight while the threads decompress this one.
 WAVE_BYTES = 16 * 1024 * 1024
+#: Waves fetched ahead of the one being read.
+WAVES_AHEAD = 2
 #: Requests in flight at once per process.
 CONCURRENCY = 8
 #: Retries of a request that timed out, lost its connection or got a 5xx answer.
@@ -352,27 +354,31 @@ class RemoteFiles:
 class Prefetch:
     """The stored bytes of a region's blocks, fetched ahead in waves while the reading threads take them.
 
-    ``wanted`` lists (shard, offset, size) in the order the threads take the blocks; a wave of about
-    :data:`WAVE_BYTES` is fetched (each shard's ranges in merged requests) while the one before is read,
-    and dropped once every one of its blocks was taken, so memory stays at a few waves.
+    ``wanted`` lists (shard, offset, size) in the order the threads take the blocks. The blocks are cut
+    into waves of about :data:`WAVE_BYTES`; each wave's blocks of one shard travel in one request of
+    merged ranges, every shard's at once, the next :data:`WAVES_AHEAD` waves in flight while one is read.
+    A wave is dropped once every one of its blocks was taken, so memory stays at a few waves.
     """
 
     def __init__(self, files: RemoteFiles, wanted: Sequence[tuple[int, int, int]]):
         self._files = files
         self._wanted = list(wanted)
         self._at = {(shard, offset): k for k, (shard, offset, _) in enumerate(self._wanted)}
-        self._waves: list[range] = []
-        begin, total = 0, 0
-        for k, (_, _, size) in enumerate(self._wanted):
+        #: Each wave's blocks by shard, and where each block is in its wave's list for its shard.
+        self._parts: list[dict[int, list[int]]] = []
+        self._slot = [0] * len(self._wanted)
+        self._wave_of = [0] * len(self._wanted)
+        total = 0
+        for k, (shard, _, size) in enumerate(self._wanted):
+            if not self._parts or total >= WAVE_BYTES:
+                self._parts.append({})
+                total = 0
+            part = self._parts[-1].setdefault(shard, [])
+            self._slot[k], self._wave_of[k] = len(part), len(self._parts) - 1
+            part.append(k)
             total += size
-            if total >= WAVE_BYTES:
-                self._waves.append(range(begin, k + 1))
-                begin, total = k + 1, 0
-        if begin < len(self._wanted):
-            self._waves.append(range(begin, len(self._wanted)))
-        self._wave_of = [w for w, wave in enumerate(self._waves) for _ in wave]
-        self._left = [len(wave) for wave in self._waves]
-        self._fetched: dict[int, Future[list[memoryview]]] = {}
+        self._left = [sum(map(len, parts.values())) for parts in self._parts]
+        self._fetched: dict[int, dict[int, Future[list[memoryview]]]] = {}
         self._lock = threading.Lock()
 
     def take(self, shard: int, offset: int, size: int) -> memoryview | None:
@@ -382,25 +388,18 @@ class Prefetch:
             return None
         w = self._wave_of[k]
         with self._lock:
-            for ahead in (w, w + 1):
-                if ahead < len(self._waves) and ahead not in self._fetched and self._left[ahead]:
-                    self._fetched[ahead] = fetch_pool().submit(self._fetch, self._waves[ahead])
-            future = self._fetched[w]
+            for ahead in range(w, min(w + 1 + WAVES_AHEAD, len(self._parts))):
+                if ahead not in self._fetched and self._left[ahead]:
+                    self._fetched[ahead] = {s: fetch_pool().submit(self._fetch, s, ks)
+                                            for s, ks in self._parts[ahead].items()}
+            future = self._fetched[w][shard]
         try:
-            return future.result()[k - self._waves[w].start]
+            return future.result()[self._slot[k]]
         finally:
             with self._lock:
                 self._left[w] -= 1
                 if not self._left[w]:
                     del self._fetched[w]
 
-    def _fetch(self, wave: range) -> list[memoryview]:
-        by_shard: dict[int, list[int]] = {}
-        for k in wave:
-            by_shard.setdefault(self._wanted[k][0], []).append(k)
-        out: list[memoryview] = [memoryview(b"")] * len(wave)
-        for shard, ks in by_shard.items():
-            found = self._files.read_ranges(shard, [self._wanted[k][1:] for k in ks])
-            for k, data in zip(ks, found):
-                out[k - wave.start] = data
-        return out
+    def _fetch(self, shard: int, ks: list[int]) -> list[memoryview]:
+        return self._files.read_ranges(shard, [self._wanted[k][1:] for k in ks])

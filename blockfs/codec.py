@@ -59,12 +59,18 @@ def compress(block: np.ndarray, compressor: str, level: int) -> bytes:
                                     typesize=block.dtype.itemsize, shuffle=_SHUFFLE, numthreads=1)
 
 
+def blosc_sizes(data: bytes | memoryview) -> tuple[int, int]:
+    """(the bytes a blosc buffer's header says it decompresses to, its compressed bytes); (-1, -1) for a
+    buffer shorter than the header."""
+    if len(data) < BLOSC_HEADER_BYTES:
+        return -1, -1
+    expands, _, cbytes = _SIZES.unpack_from(data)
+    return expands, cbytes
+
+
 def sizes_agree(data: bytes | memoryview, nbytes: int) -> bool:
     """Whether ``data`` is one blosc buffer of exactly its length that decompresses to ``nbytes``."""
-    if len(data) < BLOSC_HEADER_BYTES:
-        return False
-    expands, _, cbytes = _SIZES.unpack_from(data)
-    return bool(cbytes == len(data) and expands == nbytes)
+    return blosc_sizes(data) == (nbytes, len(data))
 
 
 def check_sizes(data: bytes | memoryview, nbytes: int, where: str) -> None:

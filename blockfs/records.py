@@ -35,10 +35,11 @@ METADATA_KEY = "BlockfsRecords"
 METADATA_VALUE = {"version": VERSION, "header_size": HEADER_SIZE, "checksum": "crc32c"}
 
 
-def checksum(data: bytes | memoryview) -> int:
-    """CRC32C of ``data``, keeping the GIL: hashing a block takes microseconds, less than handing
-    the GIL to another thread and waiting to get it back (which stalls parallel reads)."""
-    return crc32c.crc32c(data, gil_release_mode=0)
+def checksum(data: bytes | memoryview, release_gil: bool = False) -> int:
+    """CRC32C of ``data``, keeping the GIL unless told: hashing a block takes microseconds, less than
+    handing the GIL to another thread and waiting to get it back (which stalls parallel reads); threads
+    that do little else, such as scans of whole shards, hash in parallel with ``release_gil``."""
+    return crc32c.crc32c(data, gil_release_mode=1 if release_gil else 0)
 
 
 @dataclass(frozen=True)
@@ -87,14 +88,14 @@ def verify(raw: bytes | memoryview, entry: int, length: int, where: object) -> m
     return payload
 
 
-def _sound_record_at(data: bytes | mmap.mmap, position: int, where: str) -> Record | None:
+def _sound_record_at(data: memoryview, position: int, where: str) -> Record | None:
     """The record at ``position`` if its header and payload are both intact."""
     try:
         record = decode(data[position:position + HEADER_SIZE], where)
     except ChecksumError:
         return None
     end = position + HEADER_SIZE + record.length
-    if end > len(data) or checksum(data[position + HEADER_SIZE:end]) != record.crc:
+    if end > len(data) or checksum(data[position + HEADER_SIZE:end], release_gil=True) != record.crc:
         return None
     return record
 
@@ -106,14 +107,15 @@ def scan(data: bytes | mmap.mmap, where: str) -> Iterator[tuple[int, Record | No
     length). Bytes that are not one (a torn tail, damage, data written without records) yield
     (offset, None, length up to the next record magic or the end).
     """
-    position = 0
-    while position < len(data):
-        record = _sound_record_at(data, position, where)
-        if record is None:
-            following = data.find(MAGIC, position + 1)
-            stop = len(data) if following < 0 else following
-            yield position, None, stop - position
-            position = stop
-        else:
-            yield position, record, HEADER_SIZE + record.length
-            position += HEADER_SIZE + record.length
+    with memoryview(data) as view:  # slices of a view copy nothing; the view is let go when the walk ends
+        position = 0
+        while position < len(view):
+            record = _sound_record_at(view, position, where)
+            if record is None:
+                following = data.find(MAGIC, position + 1)
+                stop = len(view) if following < 0 else following
+                yield position, None, stop - position
+                position = stop
+            else:
+                yield position, record, HEADER_SIZE + record.length
+                position += HEADER_SIZE + record.length

@@ -59,3 +59,32 @@ def test_the_report_says_how_the_blocks_were_checked(tmp_path: Path, capsys: pyt
     assert "checksums and sizes checked; --deep decompresses too" in capsys.readouterr().out
     check_main([str(path), "--silent", "--deep"])
     assert "every block decompressed too" in capsys.readouterr().out
+
+
+def test_the_walk_of_the_shards_vouches_for_sound_blocks_and_sizes_that_disagree_are_still_found(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A recorded block is read once, by the walk over its shard that also looks for newer records; only a
+    block the walk does not vouch for is read again, here one whose record is sound over a blosc header
+    that says one compressed byte more than the block has."""
+    data = np.arange(32 ** 3, dtype=np.uint16).reshape(32, 32, 32)
+    path = tmp_path / "v.blockfs"
+    with create_volume(path, data.shape, data.dtype, (16, 16, 16), 1) as volume:
+        volume[...] = data
+    store = open_volume(path).store
+    entry = store.layout.entry_index(0, 16, 0)
+    offset, size = store.entry(entry)
+    with open(store.spec.shard_paths[0], "r+b") as f:
+        f.seek(offset)
+        payload = bytearray(f.read(size))
+        payload[12:16] = (size + 1).to_bytes(4, "little")  # the header's compressed bytes
+        f.seek(offset - records.HEADER_SIZE)
+        f.write(records.encode(entry, bytes(payload)) + bytes(payload))
+    loaded: list[int] = []
+    load = blockfs.store.BlockStore.load
+    monkeypatch.setattr(blockfs.store.BlockStore, "load",
+                        lambda self, e, *args, **kwargs: (loaded.append(e), load(self, e, *args, **kwargs))[1])
+
+    assert check_main([str(path), "--json"]) == 1
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    assert [(p["kind"], tuple(p["block"])) for p in problems] == [("undecodable", (0, 16, 0))], problems
+    assert "compressed bytes" in problems[0]["detail"] and loaded == [entry]

@@ -14,7 +14,7 @@ from ..errors import ChecksumError, CorruptBlockError
 from ..format import Layout
 from ..progress import progress
 from .offline import OfflineVolume, open_offline
-from .repair import latest_records
+from .repair import ShardRecords, newest_records, scan_shards
 from .usage import referenced_bytes
 
 
@@ -169,7 +169,14 @@ def _check(volume: OfflineVolume, silent: bool, deep: bool) -> Report:
                            shard_paths[block_shard[i]], int(block_offset[i])), True
         return None, recorded
 
-    todo = np.flatnonzero(~bad)
+    scanned, scan_damage = (scan_shards(layout, shard_paths, silent) if layout.records and not volume.remote
+                            else (None, []))
+    vouched = np.zeros(written.size, bool)
+    if scanned is not None and not deep:  # a block whose sound record the walk found needs no second read
+        nbytes = np.prod(np.minimum(layout.block_shape, np.array(layout.shape) - origins[written][:, ::-1]),
+                         axis=1) * layout.dtype.itemsize
+        vouched = vouched_by_records(scanned, block_shard, block_offset - head, block_entry, block_size, nbytes)
+    todo = np.flatnonzero(~bad & ~vouched)
     fetched = store.prefetch(block_entry[todo], block_offset[todo], block_size[todo], verify=True)
     recorded = np.full(written.size, layout.records)
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
@@ -194,20 +201,36 @@ def _check(volume: OfflineVolume, silent: bool, deep: bool) -> Report:
     if layout.records and volume.remote:
         report.notes.append("read by URL: the shards were not scanned for records newer than the index's blocks "
                             "(that needs the whole shards; check a copy on a disk for it)")
-    elif layout.records:
-        _compare_with_records(report, layout, shard_paths, offsets, sizes, silent)
+    elif scanned is not None:
+        report.damaged = scan_damage
+        _compare_with_records(report, layout, shard_paths, offsets, sizes, newest_records(scanned))
     report.problems.sort(key=lambda p: (p.entry if p.entry is not None else -1, p.kind))
     return report
 
 
+def vouched_by_records(scanned: list[ShardRecords], shard: np.ndarray, start: np.ndarray, entry: np.ndarray,
+                       size: np.ndarray, nbytes: np.ndarray) -> np.ndarray:
+    """Which blocks (their shard, record start, entry, payload size and decompressed bytes) have a sound record
+    of theirs at that place, whose payload's blosc header says that size and those bytes."""
+    vouched = np.zeros(shard.size, bool)
+    for s, found in enumerate(scanned):
+        mine = np.flatnonzero(shard == s)
+        if not found.offsets.size:
+            continue
+        at = np.minimum(np.searchsorted(found.offsets, start[mine]), found.offsets.size - 1)
+        vouched[mine] = ((found.offsets[at] == start[mine]) & (found.entries[at] == entry[mine])
+                         & (found.lengths[at] == size[mine]) & (found.cbytes[at] == size[mine])
+                         & (found.expands[at] == nbytes[mine]))
+    return vouched
+
+
 def _compare_with_records(report: Report, layout: Layout, shard_paths: list[str], offsets: np.ndarray,
-                          sizes: np.ndarray, silent: bool) -> None:
+                          sizes: np.ndarray, found: dict[int, tuple[int, int]]) -> None:
     """Flag blocks whose shard holds a complete record newer than the block the index points at.
 
     A block written later without a record (by an earlier release) lies after its older recorded
     copies: the index rightly points at it.
     """
-    found, report.damaged = latest_records(layout, shard_paths, silent)
     for entry, (offset, size) in found.items():
         if entry >= sizes.size or not sizes[entry] or offset > int(offsets[entry]):
             shard = shard_paths[layout.shard_of(entry)]

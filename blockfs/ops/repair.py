@@ -25,6 +25,7 @@ import os
 import shutil
 import stat
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from .. import format as fmt
 from .. import locking, marks, records
+from ..codec import BLOSC_HEADER_BYTES, blosc_sizes
 from ..errors import CorruptBlockError, FormatError, MissingShardError, StaleVolumeError
 from ..progress import progress
 from ..storage import file_identity, fsync_folder, link_exclusive, naming, pwrite_all
@@ -70,20 +72,35 @@ class RepairResult:
         return bool(self.entries_changed or self.marks_changed)
 
 
-def latest_records(layout: fmt.Layout, shard_paths: list[str], silent: bool = True
-                   ) -> tuple[dict[int, tuple[int, int]], list[str]]:
-    """The last sound record of each entry, as {entry: (payload offset, length)}, and the damage seen."""
-    found: dict[int, tuple[int, int]] = {}
-    damaged: list[str] = []
-    for shard, path in progress(list(enumerate(shard_paths)), silent, "scanning shards", unit="shard"):
+@dataclass
+class ShardRecords:
+    """The sound records of one shard that name a block of it, in shard order (numpy arrays)."""
+
+    #: Where each record starts (its header).
+    offsets: np.ndarray
+    entries: np.ndarray
+    #: Each record's payload length.
+    lengths: np.ndarray
+    #: What each payload's blosc header says: the bytes it decompresses to, and its compressed bytes.
+    expands: np.ndarray
+    cbytes: np.ndarray
+
+
+def scan_shards(layout: fmt.Layout, shard_paths: list[str], silent: bool = True
+                ) -> tuple[list[ShardRecords], list[str]]:
+    """Every shard's sound records (walked in parallel, one thread per shard), and the damage seen."""
+    def scan_one(shard: int) -> tuple[ShardRecords, list[str]]:
+        path = shard_paths[shard]
         if not os.path.exists(path) or os.path.getsize(path) == 0:
-            continue
+            return ShardRecords(*(np.zeros(0, np.int64) for _ in range(5))), []
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
-            scanned = list(records.scan(data, path))
-        named = np.array([r.entry if r is not None and r.entry < layout.n_entries else -1 for _, r, _ in scanned],
+            scanned = [(offset, record, length, _payload_sizes(data, offset, length) if record else (-1, -1))
+                       for offset, record, length in records.scan(data, path)]
+        named = np.array([r.entry if r is not None and r.entry < layout.n_entries else -1 for _, r, _, _ in scanned],
                          np.int64)
         belongs = layout.blocks_of(named)[0] & (layout.shard_of(named) == shard)
-        for (offset, record, length), ok in zip(scanned, belongs.tolist()):
+        damaged, sound = [], []
+        for (offset, record, length, header), ok in zip(scanned, belongs.tolist()):
             if record is None:
                 damaged.append(f"{path}: {length} bytes at offset {offset} are not a complete block record "
                                "(an interrupted write, damage, or blocks written without records)")
@@ -91,8 +108,37 @@ def latest_records(layout: fmt.Layout, shard_paths: list[str], silent: bool = Tr
                 damaged.append(f"{path}: the record at offset {offset} names entry {record.entry}, which does "
                                "not belong in this shard")
             else:
-                found[record.entry] = (offset + records.HEADER_SIZE, record.length)
-    return found, damaged
+                sound.append((offset, record.entry, record.length, *header))
+        found = np.array(sound, np.int64).reshape(-1, 5)
+        return ShardRecords(*found.T), damaged
+
+    with ThreadPoolExecutor(max(1, min(len(shard_paths), os.cpu_count() or 1))) as pool:
+        scanned = list(progress(pool.map(scan_one, range(len(shard_paths))), silent, "scanning shards",
+                                total=len(shard_paths), unit="shard"))
+    return [found for found, _ in scanned], [line for _, damaged in scanned for line in damaged]
+
+
+def _payload_sizes(data: mmap.mmap, offset: int, length: int) -> tuple[int, int]:
+    """:func:`blosc_sizes` of the payload of the record at ``offset`` (``length`` bytes with its header)."""
+    start = offset + records.HEADER_SIZE
+    return blosc_sizes(data[start:min(start + BLOSC_HEADER_BYTES, offset + length)])
+
+
+def latest_records(layout: fmt.Layout, shard_paths: list[str], silent: bool = True
+                   ) -> tuple[dict[int, tuple[int, int]], list[str]]:
+    """The last sound record of each entry, as {entry: (payload offset, length)}, and the damage seen."""
+    scanned, damaged = scan_shards(layout, shard_paths, silent)
+    return newest_records(scanned), damaged
+
+
+def newest_records(scanned: list[ShardRecords]) -> dict[int, tuple[int, int]]:
+    """{entry: (payload offset, length)} of each entry's last record in :func:`scan_shards`' result."""
+    found: dict[int, tuple[int, int]] = {}
+    for shard in scanned:
+        for entry, offset, length in zip(shard.entries.tolist(), (shard.offsets + records.HEADER_SIZE).tolist(),
+                                         shard.lengths.tolist()):
+            found[entry] = (offset, length)
+    return found
 
 
 def _decodes_unrecorded(store: BlockStore, entry: int, offset: int, size: int, origin: list[int]) -> bool:

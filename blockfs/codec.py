@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import struct
 
-import blosc
 import imagecodecs
 import numpy as np
 
@@ -41,6 +40,7 @@ class Compression(enum.Enum):
 
 def check_compression(compression: Compression | str, level: int, where: str) -> tuple[str, int]:
     """(compressor name, level) if python-blosc (what readers of the format use) can decode them, else raise."""
+    import blosc  # here, not at the top: python-blosc imports its own tests, a tenth of a second at every start
     name = compression.value if isinstance(compression, Compression) else compression
     available = blosc.compressor_list()
     if name not in available:

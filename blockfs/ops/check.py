@@ -180,7 +180,7 @@ def _check(volume: OfflineVolume, silent: bool, deep: bool) -> Report:
     fetched = store.prefetch(block_entry[todo], block_offset[todo], block_size[todo], verify=True)
     recorded = np.full(written.size, layout.records)
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        found = progress(pool.map(verify, todo), silent, "checking", total=len(todo), unit="block")
+        found = progress(pool.map(verify, todo), silent or not todo.size, "checking", total=len(todo), unit="block")
         for (problem, has_record), i in zip(found, todo):  # the bar first, so that it reaches its end
             if problem is not None:
                 report.problems.append(problem)

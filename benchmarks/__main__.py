@@ -26,7 +26,8 @@ from . import (
     report,
     serve_bench,
 )
-from .data import KINDS, make_dataset, parse_size, size_label
+from .codec import DEFAULT, Codec, parse_codecs
+from .data import KINDS, Dataset, make_dataset, parse_size, size_label
 from .measure import back_memory
 
 CATEGORIES = ("compare", "write", "read", "interop", "serve", "mpi", "pyramid", "remote")
@@ -48,6 +49,13 @@ def _list(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
+def _codecs(text: str) -> list[Codec]:
+    try:
+        return parse_codecs(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
@@ -55,6 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  python -m benchmarks --quick --output ''\n"
                "  python -m benchmarks --sizes 128M --only compare,read\n"
+               "  python -m benchmarks --sizes 128M --only compare --codecs lz4:5,zstd:5\n"
                "  python -m benchmarks --sizes 256M,1G,4G --repeats 5\n"
                "  python -m benchmarks --only write,read --sizes 1G --data microscopy\n"
                "  python -m benchmarks --sizes 1G --only compare,write,read --scale-sizes 256M,4G\n"
@@ -70,6 +79,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="data kinds (default: microscopy,poisson,random)")
     parser.add_argument("--peers", type=lambda t: _list(t, peers.PEERS, "--peers"), default=list(peers.PEERS),
                         help="peers to run (default: those installed of tensorstore,zarrs,zarr,h5py)")
+    parser.add_argument("--codecs", type=_codecs, default=list(DEFAULT),
+                        help="blosc codecs of the side-by-side comparison, each cname:level (byte shuffle), one "
+                             "comparison each; the other benchmarks write zstd:5, blockfs's default (default: "
+                             f"{','.join(c.spec for c in DEFAULT)})")
     parser.add_argument("--scale-sizes", default="",
                         help="more sizes at which only blockfs's main-process write and full read run (of the "
                              "microscopy-like data kinds in --data), for throughput across sizes, e.g. 256M,4G")
@@ -96,6 +109,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1; got {args.repeats}.")
     return args
+
+
+def _compare(ds: Dataset, meter: limits.LimitMeter, codec: Codec, folder: str, repeats: int,
+             peer_names: list[str]) -> compare.Comparison:
+    """The side-by-side comparison with ``codec``: sampled into ``meter`` if it has that codec, else
+    into a meter of its own (its disk limits measured too, its files removed after)."""
+    _log(f"  side by side, blosc {codec.label}")
+    if codec == meter.codec:
+        return compare.run(ds, meter, folder, repeats, peer_names, _log)
+    own = limits.LimitMeter(ds, folder, codec=codec)
+    try:
+        own.measure_disk()
+        return compare.run(ds, own, folder, repeats, peer_names, _log)
+    finally:
+        own.remove_files()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                 meter.measure_disk()
                 lim = run.limits[(kind, ds.nbytes)] = meter.limits
                 if "compare" in args.only:
-                    run.comparisons.append(compare.run(ds, meter, folder, args.repeats, peer_names, _log))
+                    run.comparisons += [_compare(ds, meter, codec, folder, args.repeats, peer_names)
+                                        for codec in args.codecs]
                 if "write" in args.only:
                     run.writes += blockfs_bench.write_matrix(ds, folder, blockfs_bench.matrix(args.quick, kind),
                                                              args.repeats, meter.sample_compress, _log)
@@ -173,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 _log(f"  limits: compress {lim.rate(lim.compress.min):,.0f} MB/s, decompress + place "
                      f"{lim.rate(lim.place.min):,.0f} MB/s (best of {lim.compress.samples} / {lim.place.samples}), "
                      f"ratio {lim.ratio:.2f}")
+                meter.remove_files()
                 del ds, meter
                 gc.collect()
         for nbytes in args.scale_sizes:

@@ -35,6 +35,7 @@ import numpy as np
 
 from blockfs import Directory
 
+from .codec import ZSTD_5, Codec
 from .data import BLOCK, BLOCK_BYTES, DTYPE, Dataset
 from .measure import MB, Figure, PeakRss, median, percentile, settle
 
@@ -56,6 +57,7 @@ class WriteConfig:
     producers: int
     shards: int
     durable: bool = False
+    codec: Codec = ZSTD_5
 
     @property
     def label(self) -> str:
@@ -97,9 +99,10 @@ def matrix(quick: bool, kind: str) -> list[WriteConfig]:
         [WriteConfig(mode, cores, cores) for mode in ("forkserver", "processes")]
 
 
-def new_volume(ds: Dataset, path: str, shards: int, durable: bool) -> Directory:
+def new_volume(ds: Dataset, path: str, shards: int, durable: bool, codec: Codec = ZSTD_5) -> Directory:
     z, y, x = ds.shape
-    d = Directory(x, y, z, DTYPE, path, n_filenames=shards, durable=durable)
+    d = Directory(x, y, z, DTYPE, path, n_filenames=shards, compression=codec.cname, compression_level=codec.clevel,
+                  durable=durable)
     d.create(overwrite=True)
     return d
 
@@ -243,7 +246,7 @@ def write_once(ds: Dataset, path: str, config: WriteConfig, folder: str | None =
     and open the volume before the clock starts. ``folder`` holds the ``.npy`` file of the blocks
     they read (default: the volume's folder)."""
     folder = folder or os.path.dirname(os.path.abspath(path))
-    d = new_volume(ds, path, config.shards, config.durable)
+    d = new_volume(ds, path, config.shards, config.durable, config.codec)
     sampler = PeakRss(0.02)
     sampler.watch("owner", os.getpid())
     bound = 0

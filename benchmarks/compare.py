@@ -1,12 +1,14 @@
 """blockfs side by side with the limits and the peers: same process, same data, interleaved rounds.
 
-Each round writes the same in-memory volume once with every contender — the compress limit, the
-blockfs write paths (fork Pool producers and a main-process producer with writer processes, each
-with ``durable=False`` and ``durable=True``; forkserver Pool producers; independent processes),
-tensorstore (``file_io_sync`` off and on), zarr-python with zarrs, zarr-python, h5py — then reads
-each store back whole once (blockfs also into a caller's buffer), beside the decompress limits,
-and times forking the fork Pool rows' Pool alone (no blocks), the part of those rows this
-process's memory decides.
+One comparison runs one blosc codec (``codec.Codec``), the same for every contender. Each round
+writes the same in-memory volume once with every contender — the compress and the compress +
+append limits, the blockfs write paths (fork Pool producers and a main-process producer with
+writer processes, each with ``durable=False`` and ``durable=True``; forkserver Pool producers;
+independent processes), tensorstore (``file_io_sync`` off and on), zarr-python with zarrs,
+zarr-python, h5py — then reads each store back whole once (blockfs also into a caller's buffer),
+beside the decompress limits (the pread one reading the files of that round's compress +
+append), and times forking the fork Pool rows' Pool alone (no blocks), the part of those rows
+this process's memory decides.
 The order of the contenders rotates from round to round; before every timed step come
 ``os.sync()``, a garbage collection and a touch of as much memory as the volume (see
 ``measure.back_memory``). The first round's reads are compared with the data.
@@ -23,8 +25,8 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -32,11 +34,24 @@ from blockfs import Directory
 
 from . import peers as peer_module
 from .blockfs_bench import WriteConfig, fork_pool_alone, remove_volume, volume_files, write_once
+from .codec import Codec
 from .data import Dataset
 from .limits import LimitMeter, Limits
 from .measure import Figure, settle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Names of the rows the report and the goals look up.
+COMPRESS = "limit: compress, one block per thread, all cores"
+COMPRESS_APPEND = "limit: compress + append to one file per core (page cache, no fsync)"
+PLACE = "limit: decompress + place into a new array"
+PREAD_PLACE = "limit: pread from the page cache + decompress + place"
+DECOMPRESS = "limit: decompress only (into preallocated blocks)"
+MAIN_WRITE = "blockfs, main-process producer, writer processes"
+FULL_READ = "blockfs `d[:, :, :]` (verified)"
+READ_INTO = "blockfs `read_into` a caller's buffer (verified)"
+#: How the report and the goals name each limit a store is measured against.
+LIMIT_LABELS = {COMPRESS: "compress", COMPRESS_APPEND: "compress + append", PLACE: "decompress + place",
+                PREAD_PLACE: "pread + decompress + place"}
 
 
 @dataclass
@@ -67,6 +82,10 @@ class Comparison:
     #: forking the fork Pool rows' Pool from this process and ending it, no blocks written
     fork_pool: Figure = field(default_factory=Figure)
     load: tuple[tuple[float, ...], tuple[float, ...]] = ((), ())
+
+    @property
+    def codec(self) -> Codec:
+        return self.limits.codec
 
     def row(self, name: str) -> Row | None:
         return next((r for r in self.rows if r.name == name), None)
@@ -104,14 +123,14 @@ class _BlockfsWriter:
         return write_once(ds, self.path, self.config, os.path.dirname(self.path))[0]
 
 
-def _blockfs_rows(folder: str, workers: int) -> list[_BlockfsWriter]:
+def _blockfs_rows(folder: str, workers: int, codec: Codec) -> list[_BlockfsWriter]:
     made = []
     for mode, label, durabilities in (("pool", f"blockfs, fork Pool of {workers} producers", (False, True)),
-                                      ("main", "blockfs, main-process producer, writer processes", (False, True)),
+                                      ("main", MAIN_WRITE, (False, True)),
                                       ("forkserver", f"blockfs, forkserver Pool of {workers} producers", (False,)),
                                       ("processes", f"blockfs, {workers} independent processes", (False,))):
         for durable in durabilities:
-            config = WriteConfig(mode, 1 if mode == "main" else workers, workers, durable)
+            config = WriteConfig(mode, 1 if mode == "main" else workers, workers, durable, codec)
             how = f"{workers} shards, queue_depth 10, durable={durable}"
             row = Row(f"{label}{', durable' if durable else ''}", "blockfs", how,
                       "sync at end" if durable else "no sync", Figure())
@@ -138,40 +157,55 @@ def fresh_process_reads(path: str, repeats: int, nbytes: int) -> tuple[list[floa
     return times, faults
 
 
+Sampling = list[tuple[Row, Callable[[], float]]]
+
+
+def _limit_rows(meter: LimitMeter) -> tuple[Sampling, Sampling]:
+    """The limits' rows with the calls that sample them: (write limits, read limits)."""
+    how = f"{meter.workers} threads, c-blosc context calls, 1 blosc thread each, GIL released"
+    files = f"{how}; os.pwrite to / os.preadv from one file per thread in the benchmark's folder"
+    writes = [(Row(COMPRESS, "limit", how, "-", Figure()), meter.sample_compress),
+              (Row(COMPRESS_APPEND, "limit", files, "no sync", Figure()), meter.sample_compress_append)]
+    reads = [(Row(PLACE, "limit", how, "-", None, Figure()), meter.sample_place),
+             (Row(PREAD_PLACE, "limit", files, "-", None, Figure()), meter.sample_pread_place),
+             (Row(DECOMPRESS, "limit", how, "-", None, Figure()), meter.sample_decompress)]
+    return writes, reads
+
+
+def _settled(sample: Callable[[], float], nbytes: int) -> Callable[[], float]:
+    """``sample`` preceded by the settling that comes before every timed step."""
+    def action() -> float:
+        settle(nbytes)
+        return sample()
+    return action
+
+
 def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: list[str],
         log: Callable[[str], None]) -> Comparison:
-    """Every contender, ``repeats`` interleaved rounds, on one data set (the limits sampled into ``meter``)."""
-    workers = meter.workers
+    """Every contender with the meter's codec, ``repeats`` interleaved rounds, on one data set (the
+    limits sampled into ``meter``)."""
+    workers, codec = meter.workers, meter.codec
     result = Comparison(ds.kind, ds.nbytes, ds.shape, meter.limits, load=(os.getloadavg(), ()))
-    limit_write = Row("limit: compress, one block per thread, all cores", "limit",
-                      f"{workers} threads, c-blosc context calls, 1 blosc thread each, GIL released", "-", Figure())
-    limit_place = Row("limit: decompress + place into a new array", "limit", limit_write.how, "-", None, Figure())
-    limit_decompress = Row("limit: decompress only (into preallocated blocks)", "limit", limit_write.how, "-", None,
-                           Figure())
-    blockfs_writers = _blockfs_rows(folder, workers)
+    limit_writes, limit_reads = _limit_rows(meter)
+    blockfs_writers = _blockfs_rows(folder, workers, codec)
     reader = blockfs_writers[2]  # main-process producer, no sync: one shard per core
-    blockfs_read = Row("blockfs `d[:, :, :]` (verified)", "blockfs", "Directory.open(path)[:, :, :], "
-                       "CRC32C of every block checked", "-", None, Figure())
-    blockfs_read_into = Row("blockfs `read_into` a caller's buffer (verified)", "blockfs",
+    blockfs_read = Row(FULL_READ, "blockfs", "Directory.open(path)[:, :, :], CRC32C of every block checked", "-",
+                       None, Figure())
+    blockfs_read_into = Row(READ_INTO, "blockfs",
                             "Directory.open(path).read_into(out), `out` allocated and touched once before the rounds",
                             "-", None, Figure())
-    stores = peer_module.make(peer_names)
+    stores = peer_module.make(peer_names, codec)
     peer_rows = {id(p): Row(p.name, "peer", p.how, "sync at end" if p.sync else "no sync", Figure(),
                             None if p.sync else Figure()) for p in stores}
     paths = {id(p): os.path.join(folder, f"cmp-peer-{k}") for k, p in enumerate(stores)}
     volume = ds.volume()
-    result.rows = [limit_write, limit_place, limit_decompress] + [w.row for w in blockfs_writers] + \
+    result.rows = [row for row, _ in limit_writes + limit_reads] + [w.row for w in blockfs_writers] + \
         [blockfs_read, blockfs_read_into] + [peer_rows[id(p)] for p in stores]
-
-    def compress_limit() -> float:
-        settle(ds.nbytes)
-        return meter.sample_compress()
-
-    writes: list[tuple[Row, Callable[[], float]]] = [(limit_write, compress_limit)]
+    writes = [(row, _settled(sample, ds.nbytes)) for row, sample in limit_writes]
     writes += [(w.row, (lambda w=w: w.write(ds))) for w in blockfs_writers]
     writes += [(peer_rows[id(p)], (lambda p=p: _timed(lambda: (peer_module.remove(paths[id(p)]),
                                                                p.write(paths[id(p)], volume)), ds.nbytes)[0]))
-                for p in stores]
+               for p in stores]
 
     def read_blockfs() -> object:
         with Directory.open(reader.path) as d:
@@ -183,8 +217,10 @@ def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: l
         with Directory.open(reader.path) as d:
             return d.read_into(buffer)
 
-    reads: list[tuple[Row, Callable[[], object]]] = [(blockfs_read, read_blockfs), (blockfs_read_into, read_into_blockfs)]
+    reads: list[tuple[Row, Callable[[], object]]] = [(blockfs_read, read_blockfs),
+                                                     (blockfs_read_into, read_into_blockfs)]
     reads += [(peer_rows[id(p)], (lambda p=p: p.read(paths[id(p)]))) for p in stores if not p.sync]
+    reads = [(row, _settled(sample, ds.nbytes)) for row, sample in limit_reads] + reads
     try:
         for r in range(repeats):
             shift = r % len(writes)
@@ -193,24 +229,18 @@ def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: l
                     if w.row is row:
                         remove_volume(w.path, w.config.shards)
                 row.write.add(action())
-            order = [("place", None), ("decompress", None)] + reads
-            shift = r % len(order)
-            for what, action in order[shift:] + order[:shift]:
-                if what == "place":
-                    settle(ds.nbytes)
-                    limit_place.read.add(meter.sample_place())
-                elif what == "decompress":
-                    settle(ds.nbytes)
-                    limit_decompress.read.add(meter.sample_decompress())
-                else:
-                    row = what
-                    faults = _faults()
-                    seconds, data = _timed(action, ds.nbytes)
-                    row.faults.append(_faults() - faults)
-                    row.read.add(seconds)
-                    if r == 0:
-                        row.correct = ds.matches(data)
-                    del data
+            shift = r % len(reads)
+            for row, action in reads[shift:] + reads[:shift]:
+                if row.role == "limit":
+                    row.read.add(action())
+                    continue
+                faults = _faults()
+                seconds, data = _timed(action, ds.nbytes)
+                row.faults.append(_faults() - faults)
+                row.read.add(seconds)
+                if r == 0:
+                    row.correct = ds.matches(data)
+                del data
             settle(ds.nbytes)
             result.fork_pool.add(fork_pool_alone(workers))
             meter.sample_block_decompress()
@@ -218,6 +248,8 @@ def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: l
                                                                     for row, _ in writes)
                 + "; read ms " + " / ".join(f"{row.read.seconds[-1] * 1000:.0f}" for row in result.rows if row.read)
                 + f"; fork Pool alone {result.fork_pool.seconds[-1] * 1000:.0f} ms")
+        append = result.row(COMPRESS_APPEND)
+        append.on_disk, append.files = meter.limits.compressed_bytes, workers
         for w in blockfs_writers:
             w.row.on_disk = sum(os.path.getsize(p) for p in volume_files(w.path, w.config.shards))
             w.row.files = len(volume_files(w.path, w.config.shards))
@@ -234,6 +266,6 @@ def run(ds: Dataset, meter: LimitMeter, folder: str, repeats: int, peer_names: l
             peer_module.remove(paths[id(p)])
     result.load = (result.load[0], os.getloadavg())
     reader.row.correct = blockfs_read.correct
-    log(f"  blockfs full read: {blockfs_read.read.min * 1000:.0f} ms min in this process, "
+    log(f"  {codec.label}: blockfs full read: {blockfs_read.read.min * 1000:.0f} ms min in this process, "
         f"{result.fresh_read.min * 1000:.0f} ms min in a fresh one")
     return result

@@ -1,8 +1,9 @@
 """The stores a user would pick instead, on the same voxels, codec and shard geometry.
 
-Every peer stores 64^3 uint16 chunks compressed with blosc zstd level 5, byte shuffle, typesize 2,
-in shards of 4x4x4 chunks (256^3 voxels, clipped to the volume) where the format has shards, and
-writes the whole in-memory volume in one call:
+Every peer stores 64^3 uint16 chunks compressed with the comparison's blosc codec (``codec.Codec``:
+a compressor and level), byte shuffle, typesize 2, in shards of 4x4x4 chunks (256^3 voxels,
+clipped to the volume) where the format has shards, and writes the whole in-memory volume in one
+call:
 
 - tensorstore: the ``zarr3`` driver with ``sharding_indexed``, one ``write`` inside a transaction;
   without and with ``file_io_sync`` (fsync as each file is committed);
@@ -20,10 +21,12 @@ import contextlib
 import importlib.metadata
 import os
 import shutil
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
+from .codec import Codec
 from .data import BLOCK
 
 PEERS = ("tensorstore", "zarrs", "zarr", "h5py")
@@ -78,10 +81,11 @@ class Peer:
 
 
 class TensorStore(Peer):
-    def __init__(self, sync: bool):
+    def __init__(self, codec: Codec, sync: bool):
         import tensorstore
 
         self.ts = tensorstore
+        self.codec = codec
         self.sync = sync
         self.name = f"tensorstore{', file_io_sync' if sync else ''}"
         self.how = f"zarr3, sharded {SHARD}^3, write(volume) in one transaction, file_io_sync {'on' if sync else 'off'}"
@@ -93,8 +97,8 @@ class TensorStore(Peer):
 
     def write(self, path: str, volume: np.ndarray) -> None:
         inner = [{"name": "bytes", "configuration": {"endian": "little"}},
-                 {"name": "blosc", "configuration": {"cname": "zstd", "clevel": 5, "shuffle": "shuffle",
-                                                     "typesize": 2, "blocksize": 0}}]
+                 {"name": "blosc", "configuration": {"cname": self.codec.cname, "clevel": self.codec.clevel,
+                                                     "shuffle": "shuffle", "typesize": 2, "blocksize": 0}}]
         index = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
         metadata = {"shape": list(volume.shape), "data_type": "uint16", "fill_value": 0,
                     "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": _shard_shape(volume.shape)}},
@@ -112,12 +116,12 @@ class TensorStore(Peer):
 class Zarr(Peer):
     pipeline = ""
 
-    def __init__(self) -> None:
+    def __init__(self, codec: Codec) -> None:
         import zarr
         from zarr.codecs import BloscCodec
 
         self.zarr = zarr
-        self.codec = BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=2)
+        self.codec = BloscCodec(cname=codec.cname, clevel=codec.clevel, shuffle="shuffle", typesize=2)
         self.name = "zarr-python"
         self.how = f"zarr v3, sharded {SHARD}^3, arr[:] = volume, default codec pipeline"
         self.library = f"zarr {zarr.__version__}"
@@ -145,19 +149,20 @@ class Zarr(Peer):
 class Zarrs(Zarr):
     pipeline = "zarrs.ZarrsCodecPipeline"
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, codec: Codec) -> None:
+        super().__init__(codec)
         self.name = "zarr-python + zarrs"
         self.how = f"zarr v3, sharded {SHARD}^3, arr[:] = volume, zarrs (Rust) codec pipeline"
         self.library += f", zarrs {importlib.metadata.version('zarrs')}"
 
 
 class H5py(Peer):
-    def __init__(self) -> None:
+    def __init__(self, codec: Codec) -> None:
         import h5py
         import hdf5plugin
 
         self.h5py, self.plugin = h5py, hdf5plugin
+        self.codec = codec
         self.name = "h5py"
         self.how = "chunked dataset, Blosc filter, ds[...] = volume, BLOSC_NTHREADS = cores"
         self.library = f"h5py {h5py.__version__}, HDF5 {h5py.version.hdf5_version}, hdf5plugin {hdf5plugin.version}"
@@ -178,7 +183,8 @@ class H5py(Peer):
     def write(self, path: str, volume: np.ndarray) -> None:
         with self._threads(), self.h5py.File(path, "w") as f:
             ds = f.create_dataset("data", shape=volume.shape, dtype=volume.dtype, chunks=(BLOCK,) * 3,
-                                  **self.plugin.Blosc(cname="zstd", clevel=5, shuffle=self.plugin.Blosc.SHUFFLE))
+                                  **self.plugin.Blosc(cname=self.codec.cname, clevel=self.codec.clevel,
+                                                     shuffle=self.plugin.Blosc.SHUFFLE))
             ds[...] = volume
 
     def read(self, path: str) -> np.ndarray:
@@ -186,14 +192,14 @@ class H5py(Peer):
             return f["data"][...]
 
 
-def make(names: list[str]) -> list[Peer]:
-    """The peers to run, in the order of ``PEERS``; tensorstore twice (without and with sync)."""
+def make(names: list[str], codec: Codec) -> list[Peer]:
+    """The peers to run with ``codec``, in the order of ``PEERS``; tensorstore twice (without and with sync)."""
     made: list[Peer] = []
     for name in PEERS:
         if name not in names:
             continue
         if name == "tensorstore":
-            made += [TensorStore(False), TensorStore(True)]
+            made += [TensorStore(codec, False), TensorStore(codec, True)]
         else:
-            made.append({"zarrs": Zarrs, "zarr": Zarr, "h5py": H5py}[name]())
+            made.append({"zarrs": Zarrs, "zarr": Zarr, "h5py": H5py}[name](codec))
     return made

@@ -16,7 +16,8 @@ import psutil
 
 from . import goals, interop_bench, pyramid_bench, remote_bench, serve_bench
 from .blockfs_bench import MODES, QUEUE_DEPTH, ReadResult, ScaleResult, WriteResult
-from .compare import Comparison
+from .codec import ZSTD_5, Codec
+from .compare import COMPRESS, COMPRESS_APPEND, FULL_READ, LIMIT_LABELS, MAIN_WRITE, PLACE, PREAD_PLACE, Comparison
 from .data import BLOCK_BYTES, PHOTON_BACKGROUND, PHOTON_SCALE, size_label
 from .limits import Limits
 from .measure import MAX_SPREAD, MIB, Figure, median, percentile, shown
@@ -83,7 +84,7 @@ def _disk(folder: str) -> str:
     return text
 
 
-def machine(run: "Run") -> list[tuple[str, str]]:
+def machine(run: Run) -> list[tuple[str, str]]:
     folder = run.scratch
     return [
         ("CPU", f"{_cpu_model()}, {os.cpu_count()} cores"),
@@ -157,31 +158,43 @@ def _versus(figure: Figure | None, other: Figure, label: str, limit: bool = True
     return _r(ratio) + (f" **beats the {label} limit: the limit is wrong**" if limit and ratio > 1.0 else "")
 
 
+def _codec_name(codec: Codec) -> str:
+    return f"blosc {codec.cname} level {codec.clevel}, byte shuffle, typesize 2"
+
+
+def _all_limits(run: Run) -> list[Limits]:
+    """Every limits measured: each data set's zstd 5 ones and each comparison's, by size, data and codec."""
+    found = {id(lim): lim for lim in [*run.limits.values(), *(c.limits for c in run.comparisons)]}
+    return sorted(found.values(), key=lambda lim: (lim.nbytes, lim.kind, lim.codec.label))
+
+
 def _side_by_side(c: Comparison) -> list[str]:
     lim = c.limits
-    write_limit = c.row("limit: compress, one block per thread, all cores").write
-    read_limit = c.row("limit: decompress + place into a new array").read
+    write_limits = [(LIMIT_LABELS[name], c.row(name).write) for name in (COMPRESS, COMPRESS_APPEND)]
+    read_limits = [(LIMIT_LABELS[name], c.row(name).read) for name in (PLACE, PREAD_PLACE)]
     ts = c.row("tensorstore")
     ts_sync = c.row("tensorstore, file_io_sync")
     rows = []
     for row in c.rows:
         same = ts_sync if row.sync == "sync at end" else ts
         store = row.role != "limit"
-        rows.append([
-            row.name, row.sync, _ms(row.write),
-            _versus(row.write, write_limit, "compress") if store else "-",
-            _versus(row.write, same.write, "", False) if row.role == "blockfs" and same else "-",
-            _ms(row.read),
-            _versus(row.read, read_limit, "decompress + place") if store else "-",
-            _versus(row.read, ts.read, "", False) if row.role == "blockfs" and ts else "-",
-            _mib(row.on_disk) if row.on_disk else "-", str(row.files) if row.files else "-",
-            {None: "-", True: "yes", False: "**NO**"}[row.correct]])
-    out = [f"### {size_label(c.nbytes)} {c.kind} ({' x '.join(map(str, c.shape))} uint16, compression ratio "
-           f"{lim.ratio:.2f}; load average {c.load[0][0]:.1f} at start, {c.load[1][0]:.1f} at end)", ""]
-    out += _table(["what", "durability", "write ms min / median (spread)", "x compress limit", "x tensorstore",
-                   "full read ms min / median (spread)", "x decompress + place limit", "x tensorstore", "on disk MiB",
-                   "files", "read back equal"], rows)
-    read = c.row("blockfs `d[:, :, :]` (verified)")
+        rows.append(
+            [row.name, row.sync, _ms(row.write)]
+            + [_versus(row.write, limit, label) if store else "-" for label, limit in write_limits]
+            + [_versus(row.write, same.write, "", False) if row.role == "blockfs" and same else "-", _ms(row.read)]
+            + [_versus(row.read, limit, label) if store else "-" for label, limit in read_limits]
+            + [_versus(row.read, ts.read, "", False) if row.role == "blockfs" and ts else "-",
+               _mib(row.on_disk) if row.on_disk else "-", str(row.files) if row.files else "-",
+               {None: "-", True: "yes", False: "**NO**"}[row.correct]])
+    out = [f"### {c.codec.label}: {size_label(c.nbytes)} {c.kind} ({' x '.join(map(str, c.shape))} uint16, "
+           f"{_codec_name(c.codec)}, compression ratio {lim.ratio:.2f}; load average {c.load[0][0]:.1f} at start, "
+           f"{c.load[1][0]:.1f} at end)", ""]
+    out += _table(["what", "durability", "write ms min / median (spread)"]
+                  + [f"x {label} limit" for label, _ in write_limits]
+                  + ["x tensorstore", "full read ms min / median (spread)"]
+                  + [f"x {label} limit" for label, _ in read_limits]
+                  + ["x tensorstore", "on disk MiB", "files", "read back equal"], rows)
+    read = c.row(FULL_READ)
     if read is not None and read.read is not None and c.fresh_read.samples:
         out += [f"blockfs full read in this process (after the other stores ran in it): {_ms(read.read)} ms, "
                 f"{median(read.faults):,.0f} minor page faults per read; in a fresh interpreter that imports only "
@@ -199,12 +212,11 @@ def _side_by_side(c: Comparison) -> list[str]:
 
 
 def scale_figures(run: Run) -> dict[tuple[str, int], tuple[Figure, Figure, bool | None]]:
-    """(main-process write, full read, read back equal) of blockfs by (kind, size), from the
+    """(main-process write, full read, read back equal) of blockfs by (kind, size), from the zstd 5
     side-by-side comparisons and the runs across sizes."""
     found = {(s.kind, s.nbytes): (s.write, s.read, s.correct) for s in run.scale}
-    for c in run.comparisons:
-        write = c.row("blockfs, main-process producer, writer processes")
-        read = c.row("blockfs `d[:, :, :]` (verified)")
+    for c in (c for c in run.comparisons if c.codec == ZSTD_5):  # the codec of run.limits
+        write, read = c.row(MAIN_WRITE), c.row(FULL_READ)
         if write is not None and read is not None:
             found[(c.kind, c.nbytes)] = (write.write, read.read, read.correct)
     return found
@@ -219,7 +231,8 @@ def _across_sizes(run: Run) -> list[str]:
         lim = run.limits[(kind, nbytes)]
         rows.append([kind, size_label(nbytes), f"{_mb(lim.rate(write.min))} ({_ms(write)})",
                      _versus(write, lim.compress, "compress"), f"{_mb(lim.rate(read.min))} ({_ms(read)})",
-                     _versus(read, lim.place, "decompress + place"), {None: "-", True: "yes", False: "**NO**"}[correct]])
+                     _versus(read, lim.place, "decompress + place"),
+                     {None: "-", True: "yes", False: "**NO**"}[correct]])
     return ["## Throughput across sizes", "",
             "blockfs's main-process write (one shard per core) and `d[:, :, :]`, each size interleaved with its "
             "own limits; the size of the side-by-side comparison comes from that table.", ""] + \
@@ -245,7 +258,9 @@ def render(run: Run) -> str:
         f"60-180 counts, bright cells, shot noise), photon counts at low background (*poisson*: Poisson noise over "
         f"the same blurred cells dimmed {PHOTON_SCALE}x, on {PHOTON_BACKGROUND:.0f} photons of background) and "
         "uniform random uint16 (the incompressible worst case), as 64^3 blocks made before any clock starts. "
-        "Codec everywhere: blosc zstd level 5, byte shuffle, typesize 2.",
+        "Codec: the side-by-side comparison runs once per codec of `--codecs` (blosc, byte shuffle, typesize 2, "
+        "the same for every store and limit of one comparison); everything else uses blosc zstd level 5, byte "
+        "shuffle, typesize 2 (blockfs's default).",
         f"- {run.repeats} interleaved rounds: each round runs every contender once, in an order that rotates "
         "from round to round, with `os.sync()`, a garbage collection and that touch before every timed step. "
         "Every figure gives the minimum and the median of its rounds, and the spread (max - min) / min; a figure whose "
@@ -253,8 +268,11 @@ def render(run: Run) -> str:
         "times.",
         "- Limits, measured the way the fastest peer works: one thread per core pulls the next block (one "
         "block per task) and calls c-blosc's context API (one blosc thread, GIL released) on every block: "
-        "*compress*; *decompress + place into a new array* (the full-read limit: each block decompressed into "
-        "the thread's scratch block and copied into a new (z, y, x) array); *decompress only*, into "
+        "*compress*; *compress + append* (each thread appends its compressed blocks with `os.pwrite` to its own "
+        "file in the scratch folder: page cache, no fsync; the write limit without sync); *decompress + place "
+        "into a new array* (each block decompressed into the thread's scratch block and copied into a new "
+        "(z, y, x) array); *pread + decompress + place* (the same, each block first read by `os.preadv` at its "
+        "known offset in those files, from the page cache: the full-read limit); *decompress only*, into "
         "preallocated blocks, for reference. A store that beats a limit is marked: the limit is then wrong.",
         "- Side by side: every store in this same process, writing the same in-memory volume and reading it "
         "back whole (open included), without sync and with sync at the end (blockfs `durable=True`: fsync of "
@@ -284,26 +302,28 @@ def render(run: Run) -> str:
     ]
 
     out += ["## Data", ""]
-    rows = []
-    for (kind, nbytes), lim in sorted(run.limits.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        rows.append([size_label(nbytes), kind, f"{nbytes // BLOCK_BYTES:,}", _mib(lim.compressed_bytes),
-                     f"{lim.ratio:.2f}"])
-    out += _table(["size", "data", "64^3 blocks", "compressed MiB", "compression ratio"], rows)
+    rows = [[size_label(lim.nbytes), lim.kind, lim.codec.label, f"{lim.nbytes // BLOCK_BYTES:,}",
+             _mib(lim.compressed_bytes), f"{lim.ratio:.2f}"] for lim in _all_limits(run)]
+    out += _table(["size", "data", "codec", "64^3 blocks", "compressed MiB", "compression ratio"], rows)
 
-    if run.comparisons:
-        out += ["## Side by side", ""]
+    for codec in dict.fromkeys(c.codec for c in run.comparisons):
+        out += [f"## Side by side, {codec.label}", "",
+                f"Every store, limit and blockfs volume in these tables: {_codec_name(codec)}.", ""]
         for c in run.comparisons:
-            out += _side_by_side(c)
+            if c.codec == codec:
+                out += _side_by_side(c)
 
     out += ["## Limits", "", f"memcpy (numpy copy of 1 GiB, one thread, best of {run.repeats}): "
             f"**{_mb(run.memcpy)} MB/s**.", ""]
     rows = []
-    for (kind, nbytes), lim in sorted(run.limits.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        figures = (lim.compress, lim.place, lim.decompress)
-        rows.append([size_label(nbytes), kind] + [f"{_mb(lim.rate(f.min))} ({_ms(f)})" if f.samples else "-"
-                                                  for f in figures]
-            + [f"{lim.block_decompress_us:.0f}" if lim.block_decompress else "-", _mb(lim.disk), _mb(lim.disk_fsync)])
-    out += _table(["size", "data", "compress MB/s (ms min / median)", "decompress + place MB/s (ms)",
+    for lim in _all_limits(run):
+        figures = (lim.compress, lim.compress_append, lim.place, lim.pread_place, lim.decompress)
+        rows.append([size_label(lim.nbytes), lim.kind, lim.codec.label]
+                    + [f"{_mb(lim.rate(f.min))} ({_ms(f)})" if f.samples else "-" for f in figures]
+                    + [f"{lim.block_decompress_us:.0f}" if lim.block_decompress else "-", _mb(lim.disk),
+                       _mb(lim.disk_fsync)])
+    out += _table(["size", "data", "codec", "compress MB/s (ms min / median)", "compress + append MB/s (ms)",
+                   "decompress + place MB/s (ms)", "pread + decompress + place MB/s (ms)",
                    "decompress only MB/s (ms)", "one block decompress, 1 core, us", "disk write MB/s, no fsync",
                    "disk write + fsync"], rows)
 
@@ -319,8 +339,8 @@ def render(run: Run) -> str:
                          _mib(w.producer_growth) if w.config.mode != "main" else "-"])
         out += _table(["size", "data", "from", "producers", "shards", "ms min / median (spread)", "x compress limit",
                        "owner growth MiB", "owner bound MiB", "writer growth MiB", "producer growth MiB"], rows)
-        out += [f"Owner bound: ((queue_depth + threads + 1) x shards + producers) x block bytes, `queue_depth` = {QUEUE_DEPTH}, "
-                f"threads = ceil(cores / shards) per writer "
+        out += [f"Owner bound: ((queue_depth + threads + 1) x shards + producers) x block bytes, `queue_depth` = "
+                f"{QUEUE_DEPTH}, threads = ceil(cores / shards) per writer "
                 f"(the writers' shared-memory slots of one {BLOCK_BYTES // 1024} KiB block each, plus one block being "
                 "copied by each producer thread).", ""]
 
@@ -374,7 +394,9 @@ def render(run: Run) -> str:
     where, judged = goals.evaluate(run)
     if not judged:
         return "\n".join(out + ["## Goals", "", f"Not judged: {where}.", ""])
-    out += ["## Goals", "", f"Judged on the {where}, 64^3 blocks, zstd 5, minimum times.", ""]
+    out += ["## Goals", "", f"Judged on the {where}, 64^3 blocks, minimum times; side-by-side goals on "
+            f"{' and '.join(c.label for c in goals.TARGETS)} (other codecs are only reported), the rest on zstd 5.",
+            ""]
     out += _table(["goal", "target", "measured", "status"],
                   [[g.name, g.target, g.measured, f"**{g.status}**"] for g in judged])
     return "\n".join(out)

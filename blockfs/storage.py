@@ -9,11 +9,14 @@ unrelated processes safe.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
+import functools
 import os
 import shutil
 import stat
+import sys
 import threading
 import uuid
 import weakref
@@ -272,6 +275,30 @@ def pread_into_scratch(fd: int, size: int, offset: int) -> memoryview:
     return view[:done]
 
 
+#: A durable volume's shard bytes are handed to the disk in runs of about this many as they are appended.
+WRITE_BACK_BYTES = 8 * 1024 * 1024
+#: sync_file_range(2)'s flag: start writing the range's dirty pages out, and return.
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range, which os does not offer; None where there is none (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    return call
+
+
+def start_write_back(fd: int, start: int, end: int) -> bool:
+    """Start writing the bytes [start, end) of ``fd`` to the disk without waiting for them, so that the fsync
+    of a durable close finds most of them written; whether the kernel took the request (best effort: a
+    platform without the call, or a file that is not a regular one, says no and nothing else changes)."""
+    call = _sync_file_range()
+    return call is not None and call(fd, start, end - start, _SYNC_FILE_RANGE_WRITE) == 0
+
+
 def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     """Write all of ``data`` at ``offset`` (a short write is continued, a failing one raises)."""
     view = memoryview(data)
@@ -383,13 +410,15 @@ class VolumeFiles:
     """
 
     def __init__(self, index_path: str, shard_paths: list[str], writable: bool,
-                 identity: tuple[int, int] | None = None):
+                 identity: tuple[int, int] | None = None, write_back: bool = False):
         self.index_path = index_path
         self.shard_paths = shard_paths
         self.writable = writable
         self.identity = identity
         self._fds = _PerProcessFds(os.O_RDWR if writable else os.O_RDONLY)
         self._append_locks = [threading.Lock() for _ in shard_paths]
+        #: With ``write_back``: where each shard's bytes not yet handed to the disk begin (:func:`start_write_back`).
+        self._written_back: list[int] | None = [0] * len(shard_paths) if write_back else None
 
     def _open_index(self, path: str, flags: int) -> int:
         fd = (locking.lock_index(path, False, "writing blocks") if self.writable
@@ -467,6 +496,10 @@ class VolumeFiles:
                     raise OSError(exc.errno, exc.strerror, self.index_path) from None
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
+            end = offset + len(data)
+            if self._written_back is not None and end - self._written_back[shard] >= WRITE_BACK_BYTES:
+                start_write_back(fd, self._written_back[shard], end)
+                self._written_back[shard] = end
         return offset
 
     @staticmethod

@@ -148,7 +148,8 @@ class BlockStore:
         self.layout = spec.layout
         self._files: VolumeFiles | RemoteFiles = (
             RemoteFiles(spec.index_path, spec.shard_paths, spec.index_version, spec.index_size) if spec.remote
-            else VolumeFiles(spec.index_path, list(spec.shard_paths), spec.writable, spec.index_identity))
+            else VolumeFiles(spec.index_path, list(spec.shard_paths), spec.writable, spec.index_identity,
+                             write_back=spec.writable and spec.durable))
 
     def __reduce__(self) -> tuple[type[BlockStore], tuple[StoreSpec]]:
         return BlockStore, (self.spec,)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,22 +16,31 @@ from blockfs.cli.check import main as check_main
 from blockfs.volume import open_volume
 
 
-def recorded_over_undecodable_bytes(path: Path) -> tuple[int, int, int]:
-    """A volume of 8 blocks whose block at (x, y, z) = (16, 0, 0) is recorded, checksum and sizes right, over a
-    blosc header that names no compressor; returns that block's first voxel."""
+def recorded_over_changed_bytes(path: Path, origin: tuple[int, int, int], change: Callable[[bytearray, int], None]
+                                ) -> int:
+    """A volume of 8 blocks whose block at ``origin`` (x, y, z) has its payload changed by ``change(payload,
+    size)`` and recorded again over the change, with a sound checksum; returns that block's entry."""
     data = np.arange(32 ** 3, dtype=np.uint16).reshape(32, 32, 32)
-    volume = create_volume(path, data.shape, data.dtype, (16, 16, 16), 1)
-    volume[...] = data
-    volume.close()
+    with create_volume(path, data.shape, data.dtype, (16, 16, 16), 1) as volume:
+        volume[...] = data
     store = open_volume(path).store
-    entry = store.layout.entry_index(16, 0, 0)
+    entry = store.layout.entry_index(*origin)
     offset, size = store.entry(entry)
     with open(store.spec.shard_paths[0], "r+b") as f:
         f.seek(offset)
         payload = bytearray(f.read(size))
-        payload[2] = (payload[2] & 0x1F) | (7 << 5)  # the flags' compressor code: 7, which blosc does not have
+        change(payload, size)
         f.seek(offset - records.HEADER_SIZE)
         f.write(records.encode(entry, bytes(payload)) + bytes(payload))
+    return entry
+
+
+def recorded_over_undecodable_bytes(path: Path) -> tuple[int, int, int]:
+    """A volume of 8 blocks whose block at (x, y, z) = (16, 0, 0) is recorded, checksum and sizes right, over a
+    blosc header that names no compressor; returns that block's first voxel."""
+    def no_compressor(payload: bytearray, size: int) -> None:
+        payload[2] = (payload[2] & 0x1F) | (7 << 5)  # the flags' compressor code: 7, which blosc does not have
+    recorded_over_changed_bytes(path, (16, 0, 0), no_compressor)
     return 16, 0, 0
 
 
@@ -66,19 +76,10 @@ def test_the_walk_of_the_shards_vouches_for_sound_blocks_and_sizes_that_disagree
     """A recorded block is read once, by the walk over its shard that also looks for newer records; only a
     block the walk does not vouch for is read again, here one whose record is sound over a blosc header
     that says one compressed byte more than the block has."""
-    data = np.arange(32 ** 3, dtype=np.uint16).reshape(32, 32, 32)
-    path = tmp_path / "v.blockfs"
-    with create_volume(path, data.shape, data.dtype, (16, 16, 16), 1) as volume:
-        volume[...] = data
-    store = open_volume(path).store
-    entry = store.layout.entry_index(0, 16, 0)
-    offset, size = store.entry(entry)
-    with open(store.spec.shard_paths[0], "r+b") as f:
-        f.seek(offset)
-        payload = bytearray(f.read(size))
+    def one_byte_more(payload: bytearray, size: int) -> None:
         payload[12:16] = (size + 1).to_bytes(4, "little")  # the header's compressed bytes
-        f.seek(offset - records.HEADER_SIZE)
-        f.write(records.encode(entry, bytes(payload)) + bytes(payload))
+    path = tmp_path / "v.blockfs"
+    entry = recorded_over_changed_bytes(path, (0, 16, 0), one_byte_more)
     loaded: list[int] = []
     load = blockfs.store.BlockStore.load
     monkeypatch.setattr(blockfs.store.BlockStore, "load",

@@ -59,6 +59,19 @@ def compress(block: np.ndarray, compressor: str, level: int) -> bytes:
                                     typesize=block.dtype.itemsize, shuffle=_SHUFFLE, numthreads=1)
 
 
+def compress_into(block: np.ndarray, compressor: str, level: int, out: memoryview) -> memoryview:
+    """:func:`compress` into ``out`` (room for the block and blosc's 16 bytes of overhead); the part of it filled.
+
+    blosc is given exactly that room: given more, it may keep a compressed buffer larger than the copy it
+    would otherwise fall back to, beyond what the index allows a block."""
+    room = out[:block.nbytes + BLOSC_HEADER_BYTES]
+    # imagecodecs' stub takes only bytes-like data and a bytearray as out= (the call takes any writable buffer)
+    filled = imagecodecs.blosc_encode(block, level, compressor=compressor,  # type: ignore[arg-type]
+                                      typesize=block.dtype.itemsize, shuffle=_SHUFFLE, numthreads=1,
+                                      out=room)  # type: ignore[arg-type]
+    return memoryview(filled)
+
+
 def blosc_sizes(data: bytes | memoryview) -> tuple[int, int]:
     """(the bytes a blosc buffer's header says it decompresses to, its compressed bytes); (-1, -1) for a
     buffer shorter than the header."""

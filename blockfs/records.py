@@ -51,7 +51,7 @@ class Record:
     crc: int
 
 
-def encode(entry: int, payload: bytes) -> bytes:
+def encode(entry: int, payload: bytes | memoryview) -> bytes:
     """The record header for ``payload`` of block ``entry``."""
     head = HEADER.pack(MAGIC, VERSION, HEADER_SIZE, entry, len(payload), checksum(payload), 0)[:_CHECKED]
     return head + struct.pack("<I", checksum(head))

@@ -338,7 +338,7 @@ class RemoteFiles:
     def adopt_index(self, fd: int) -> None:
         raise self._read_only()
 
-    def append(self, shard: int, data: bytes, entry_at: int, make_entry: Callable[[int], bytes]) -> int:
+    def append(self, shard: int, data: bytes | memoryview, entry_at: int, make_entry: Callable[[int], bytes]) -> int:
         raise self._read_only()
 
     def sync(self, every: bool = False) -> None:

@@ -467,7 +467,7 @@ class VolumeFiles:
         """Shard bytes in this thread's reusable buffer; see :func:`pread_into_scratch`."""
         return pread_into_scratch(self.shard_fd(shard), size, offset)
 
-    def append(self, shard: int, data: bytes, entry_at: int, make_entry: Callable[[int], bytes]) -> int:
+    def append(self, shard: int, data: bytes | memoryview, entry_at: int, make_entry: Callable[[int], bytes]) -> int:
         """Append ``data`` to a shard, then point the index entry at ``entry_at`` to it.
 
         Both happen under the shard's lock, so the last writer of a block wins everywhere.

@@ -8,6 +8,7 @@ opens its own file descriptors on demand (see :mod:`blockfs.storage`).
 from __future__ import annotations
 
 import dataclasses
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,13 +17,15 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 
 from . import marks, records
-from .codec import check_sizes, compress, decompress_into
+from .codec import check_sizes, compress_into, decompress_into
 from .errors import CorruptBlockError, MissingShardError, ReadOnlyError, ShardLocationWarning
 from .format import DirectoryFile, Layout, pack_entries, pack_entry, read_directory_file, unpack_entries, unpack_entry
 from .remote import Prefetch, RemoteFiles, is_url, read_header, shard_urls
 from .storage import VolumeFiles, pwrite_all, resolve_shard_path, shadowing_copy
 
 T = TypeVar("T")
+#: Each thread's buffer for encoding the blocks it stores.
+_encoding = threading.local()
 
 
 class StoredBlock(NamedTuple):
@@ -325,13 +328,23 @@ class BlockStore:
 
     def encode(self, entry: int, block: np.ndarray) -> tuple[bytes, int]:
         """(the bytes to append for a C-contiguous block, the payload's offset within them)."""
-        lay = self.layout
-        payload = compress(block, lay.compression, lay.compression_level)
-        if not lay.records:
-            return payload, 0
-        return records.encode(entry, payload) + payload, records.HEADER_SIZE
+        data, payload_at = self._encode_into(entry, block, bytearray(self._encoded_bytes()))
+        return bytes(data), payload_at
 
-    def append(self, entry: int, data: bytes, payload_at: int) -> None:
+    def _encoded_bytes(self) -> int:
+        """Room for the largest encoded block: its record and its compressed bytes."""
+        return (records.HEADER_SIZE if self.layout.records else 0) + self.layout.max_block_bytes
+
+    def _encode_into(self, entry: int, block: np.ndarray, buffer: bytearray) -> tuple[memoryview, int]:
+        """:meth:`encode` into ``buffer`` (of :meth:`_encoded_bytes`): a view of it, and the payload's offset."""
+        lay = self.layout
+        payload_at = records.HEADER_SIZE if lay.records else 0
+        payload = compress_into(block, lay.compression, lay.compression_level, memoryview(buffer)[payload_at:])
+        if payload_at:
+            buffer[:payload_at] = records.encode(entry, payload)
+        return memoryview(buffer)[:payload_at + len(payload)], payload_at
+
+    def append(self, entry: int, data: bytes | memoryview, payload_at: int) -> None:
         """Append encoded block bytes to the block's shard under its lock, then point the entry at the payload.
 
         A write that fails part way is rolled back: the shard cut back, the old entry restored.
@@ -348,8 +361,13 @@ class BlockStore:
             raise self.missing_shard(entry) from None
 
     def store(self, entry: int, block: np.ndarray) -> None:
-        """Compress a C-contiguous block and append it (after its record) to its shard, then index it."""
-        self.append(entry, *self.encode(entry, block))
+        """Compress a C-contiguous block and append it (after its record) to its shard, then index it.
+
+        The block is encoded in this thread's buffer, used again for every block: no allocation, no copy."""
+        buffer = getattr(_encoding, "buffer", None)
+        if buffer is None or len(buffer) < self._encoded_bytes():
+            buffer = _encoding.buffer = bytearray(self._encoded_bytes())
+        self.append(entry, *self._encode_into(entry, block, buffer))
 
     def missing_shard(self, entry: int) -> MissingShardError:
         """The error for a shard of ``entry`` that cannot be found, naming where it was looked for."""

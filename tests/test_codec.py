@@ -15,7 +15,7 @@ import sys
 import blosc
 import numpy as np
 
-from blockfs.codec import compress, decompress_into
+from blockfs.codec import compress, compress_into, decompress_into
 from blockfs.sample import microscopy_block
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,7 +50,7 @@ COUNT_THREADS = """
 import json, os, threading
 import blosc
 import numpy as np
-from blockfs.codec import compress, decompress_into
+from blockfs.codec import compress, compress_into, decompress_into
 blosc.set_nthreads(4)
 blosc.set_releasegil(True)
 data = (np.arange(256 ** 3, dtype=np.uint64) * 2654435761 % 4099).astype(np.uint16).reshape(256, 256, 256)
@@ -123,3 +123,13 @@ def test_frames_are_blosc1_frames_that_python_blosc_reads() -> None:
     out = np.empty_like(block)
     decompress_into(reference, out, "python-blosc frame")
     assert np.array_equal(out, block)
+
+
+def test_compressing_into_a_larger_buffer_gives_the_same_bytes() -> None:
+    """A thread's encoding buffer is sized for the largest block it has stored: an incompressible small block
+    compressed into it still falls back to blosc's copy (its bytes plus 16), as compress() makes it."""
+    block = np.random.default_rng(3).integers(0, 256, (16, 16, 16), dtype=np.uint8)
+    buffer = bytearray(1 << 20)
+    filled = compress_into(block, "zstd", 5, memoryview(buffer)[32:])
+    assert bytes(filled) == compress(block, "zstd", 5)
+    assert len(filled) <= block.nbytes + 16

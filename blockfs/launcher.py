@@ -82,6 +82,10 @@ class Child:
     def is_alive(self) -> bool:
         return self.exitcode is None
 
+    def watch(self, poller: select.poll) -> None:
+        """Register this child with ``poller``, which then reports it readable once the child has ended."""
+        poller.register(self._pidfd, select.POLLIN)
+
     def join(self, timeout: float | None = None) -> None:
         """Wait until the child has ended, at most ``timeout`` seconds."""
         if self._pidfd >= 0:

@@ -2,15 +2,17 @@
 
 The process that starts the pool owns it. Its ``write_block`` takes a free slot number from the
 pool's ``free`` pipe, copies the block into that slot of memory shared with the writers (a memfd),
-and writes (slot, entry, shape) to the ``q_in`` pipe that every writer reads. Whichever writer
-thread is idle takes the next block, compresses it straight from the slot (the GIL released),
-appends it to the block's shard (under the shard's lock, so any writer may append to any shard) and
-hands the slot back: a writer that lags never holds up the others. The owner queues a block only
-once any earlier block of the same entry has been appended, so the last write of a block wins. A
-block crosses between processes as one memory copy, with no queue thread and no pickling, and the
-slots (``queue_depth + threads + 1`` per writer) bound the blocks in flight. Writers are forked by
-this process's launcher (:mod:`blockfs.launcher`), never from the owner itself, so starting and
-ending them costs the same in an owner of any size.
+and writes (slot, entry, shape) to the ``q_in`` pipe of the writer of the block's shard. An idle
+writer thread takes the next block of its own shard, compresses it straight from the slot (the GIL
+released), appends it to the shard (under the shard's lock) and hands the slot back. So the writers
+of a pool never wait for each other's lock. A writer whose own queue is empty takes blocks queued
+for the next :data:`NEIGHBOURS` shards too (any writer may append to any shard), so a writer that
+lags never holds up the others. The owner queues a block only once any earlier block of the same
+entry has been appended, so the last write of a block wins. A block crosses between processes as
+one memory copy, with no queue thread and no pickling, and the slots (``queue_depth + threads + 1``
+per writer) bound the blocks in flight. Writers are forked by this process's launcher
+(:mod:`blockfs.launcher`), never from the owner itself, so starting and ending them costs the same
+in an owner of any size.
 
 A block a writer cannot store (disk full, no permission) is recorded in the writer's own page of
 shared memory (the first such cause), and the writer goes on storing the others. A writer that is
@@ -43,16 +45,20 @@ from .store import BlockStore, StoreSpec
 
 #: How long one blocking step waits before checking the writers' health again, in seconds.
 POLL_SECONDS = 0.2
+#: How many other shards' queues a writer takes blocks from when its own is empty (the next ones, in a ring).
+NEIGHBOURS = 3
+#: How long an idle writer thread first waits on its own queue before it looks at its neighbours'; each
+#: idle wait doubles it, up to POLL_SECONDS, and a block taken starts it again.
+STEAL_SECONDS = 0.001
 #: A writer's own page of shared memory: the launcher's record of how it ended, then why it failed
 #: (UTF-8, NUL ended).
 _ERROR_AT = STATUS.size
 _STATUS_BYTES = mmap.PAGESIZE
 _MISSING = f"{MissingShardError.__name__}: "
-#: A queued block: its slot (-1: stop), its entry and its shape (z, y, x). Far below PIPE_BUF, so
-#: every write and read of one message is whole, from any number of threads and processes.
+#: A queued block: its slot, its entry and its shape (z, y, x). Far below PIPE_BUF, so every write and
+#: read of one message is whole, from any number of threads and processes.
 _BLOCK = struct.Struct("<qqiii")
 _SLOT = struct.Struct("<q")
-_STOP = -1
 
 
 class MessagePipe:
@@ -80,6 +86,12 @@ class MessagePipe:
         when the reading end is non-blocking and the pipe is empty."""
         data = os.read(self.read_fd, self._message.size)
         return self._message.unpack(data) if data else None
+
+    def get_waiting(self, most: int) -> list[tuple[int, ...]] | None:
+        """Every message waiting, up to ``most``, in one read; None at the end. Raises BlockingIOError
+        when the reading end is non-blocking and the pipe is empty."""
+        data = os.read(self.read_fd, most * self._message.size)
+        return list(self._message.iter_unpack(data)) if data else None
 
     def wait_readable(self, seconds: float | None, unless: int = -1) -> bool:
         """Whether a message (or the end) can be read within ``seconds`` (None: however long it takes),
@@ -127,27 +139,31 @@ def _recorded_failure(status: np.ndarray) -> bytes:
 
 
 def run_writer(status: mmap.mmap, fds: list[int], owner: int, spec: StoreSpec, threads: int) -> None:
-    """A writer process (forked by the launcher): store the blocks queued on ``q_in`` (``fds[0]``) from
-    the slots (``fds[2]``), handing slots back on ``free`` (``fds[1]``), until told to stop or the owner
+    """A writer process (forked by the launcher): store the blocks queued for its shard (``fds[3]``), and for
+    its neighbours' (``fds[4:]``) when it has none, from the slots (``fds[0]``), handing slots back on
+    ``free`` (``fds[1]``), until the stop pipe (``fds[2]``) says stop and its queue is empty, or the owner
     (pidfd) has gone."""
-    q_in, free, slots_fd = fds
+    slots_fd, free, stop, *queues = fds
     slots = mmap.mmap(slots_fd, 0)
     os.close(slots_fd)
-    os.set_blocking(q_in, False)  # the other writers read the same pipe: a message seen may be taken
+    for fd in queues:
+        os.set_blocking(fd, False)  # other threads and writers read the same pipes: a message seen may be taken
     _WriterProcess(np.frombuffer(status, np.uint8), np.frombuffer(slots, np.uint8),
-                   MessagePipe(_BLOCK, read_fd=q_in), MessagePipe(_SLOT, write_fd=free), owner, threads).run(spec)
+                   [MessagePipe(_BLOCK, read_fd=fd) for fd in queues], MessagePipe(_SLOT, write_fd=free), stop,
+                   owner, threads).run(spec)
     STATUS.pack_into(status, 0, 1, 0)  # a clean end, known to the owner even if the launcher has gone
 
 
 class _WriterProcess:
     """What runs in a writer process: threads that each take a queued block, compress and append it."""
 
-    def __init__(self, status: np.ndarray, slots: np.ndarray, q_in: MessagePipe, free: MessagePipe, owner: int,
-                 threads: int):
+    def __init__(self, status: np.ndarray, slots: np.ndarray, queues: list[MessagePipe], free: MessagePipe, stop: int,
+                 owner: int, threads: int):
         self.status = status
         self.slots = slots
-        self.q_in = q_in
+        self.queues = queues  # this writer's own first, then its neighbours'
         self.free = free
+        self.stop = stop
         self.owner = owner
         self.threads = threads
         self._failing = threading.Lock()
@@ -168,18 +184,38 @@ class _WriterProcess:
     def _open(self, spec: StoreSpec) -> None:
         self.store = BlockStore(spec)
 
-    def _next(self) -> tuple[int, ...] | None:
-        """The next queued block, or None: stop, or the owner is gone."""
-        while self.q_in.wait_readable(None, unless=self.owner):
+    def _waiting_block(self) -> tuple[int, ...] | None:
+        """A block waiting in this writer's queue, else in a neighbour's; None when they are empty."""
+        for queue in self.queues:
             try:
-                message = self.q_in.get()
+                message = queue.get()
             except BlockingIOError:
-                continue  # another thread or writer took it
-            return None if message is None or message[0] == _STOP else message
+                continue  # empty, or another thread or writer took it
+            if message is not None:  # None: the owner's end is closed, which its pidfd tells
+                return message
         return None
 
+    def _next(self, waiting: select.poll) -> tuple[int, ...] | None:
+        """The next block to store; None once the owner has said stop and the queues are empty, or has gone.
+
+        ``waiting`` polls this writer's own queue, the stop pipe and the owner's pidfd; the neighbours'
+        queues are looked at after each wait, which grows while nothing comes.
+        """
+        stopping, seconds = False, STEAL_SECONDS
+        while (message := self._waiting_block()) is None:
+            if stopping:
+                return None
+            ready = dict(waiting.poll(seconds * 1000))
+            if self.owner in ready:
+                return None
+            stopping, seconds = self.stop in ready, min(2 * seconds, POLL_SECONDS)
+        return message
+
     def _serve(self) -> None:
-        while (message := self._next()) is not None:
+        waiting = select.poll()  # one per thread: a poll object is not shared between threads
+        for fd in (self.queues[0].read_fd, self.stop, self.owner):
+            waiting.register(fd, select.POLLIN)
+        while (message := self._next(waiting)) is not None:
             slot, entry, *shape = message
             try:
                 self.store.store(entry, _slot_view(self.slots, self.store.layout, slot, tuple(shape)))
@@ -203,8 +239,8 @@ class _WriterProcess:
 
 
 class BlockWriter:
-    """One writer process of a pool, as its owner sees it: its ``process``, its health, and the pool's
-    ``q_in`` pipe (shared by every writer of the pool)."""
+    """One writer process of a pool, as its owner sees it: its ``process``, its health, and the ``q_in`` pipe
+    of its shard's blocks."""
 
     def __init__(self, spec: StoreSpec, number: int, count: int, threads: int, q_in: MessagePipe, fds: list[int],
                  slot_bytes: int):
@@ -268,29 +304,37 @@ class WriterPool:
         self.writers: list[BlockWriter] = []
         self._closed = False
         self._lock = threading.Lock()
+        self._n_slots = n_slots
+        self._ended = select.poll()  # every writer's pidfd: readable once it has ended
         self._spare: list[int] = []  # free slots read from the pipe and not used yet
         self._queued: dict[int, int] = {}  # slot -> entry of the block queued in it, until it comes back
         self._slot_of: dict[int, int] = {}  # entry -> its slot, while a block of it is queued
-        self.q_in = MessagePipe(_BLOCK)
+        self.queues = [MessagePipe(_BLOCK) for _ in range(count)]  # each shard's, read first by its writer
         self.free = MessagePipe(_SLOT)
+        stop_read, self._stop = os.pipe()  # written once by close(); never read, so it stays readable
         self._finalizer = util.Finalize(None, self.close, kwargs={"quiet": True}, exitpriority=100)
         slots_fd = os.memfd_create("blockfs-slots", os.MFD_CLOEXEC)
         try:
             os.ftruncate(slots_fd, n_slots * spec.layout.max_block_bytes)
             self.slots = np.frombuffer(mmap.mmap(slots_fd, n_slots * spec.layout.max_block_bytes), np.uint8)
-            _hold(self.free, n_slots)
+            for pipe in (self.free, *self.queues):
+                _hold(pipe, n_slots)
             for slot in range(n_slots):
                 self.free.put(slot)
             for number in range(count):
-                self.writers.append(BlockWriter(spec, number, count, threads, self.q_in,
-                                                [self.q_in.read_fd, self.free.write_fd, slots_fd],
+                taken = [self.queues[(number + k) % count].read_fd for k in range(min(count, NEIGHBOURS + 1))]
+                self.writers.append(BlockWriter(spec, number, count, threads, self.queues[number],
+                                                [slots_fd, self.free.write_fd, stop_read, *taken],
                                                 per_writer * spec.layout.max_block_bytes))
+                self.writers[-1].process.watch(self._ended)
         except BaseException:
             self.close(quiet=True)  # the writers already started
             raise
         finally:
             os.close(slots_fd)
-        self.q_in.keep_only("write")
+            os.close(stop_read)
+        for queue in self.queues:
+            queue.keep_only("write")
         self.free.keep_only("read")
         os.set_blocking(self.free.read_fd, False)
 
@@ -305,8 +349,8 @@ class WriterPool:
             slot = self._slot_for(entry)
         _slot_view(self.slots, self._layout, slot, block.shape)[...] = block
         try:
-            self.q_in.put(slot, entry, *block.shape)
-        except BrokenPipeError:  # every writer has exited
+            self.queues[self._layout.shard_of(entry)].put(slot, entry, *block.shape)
+        except BrokenPipeError:  # every writer that takes this shard's blocks has exited
             raise self._stopped() from None
 
     def _slot_for(self, entry: int) -> int:
@@ -314,33 +358,38 @@ class WriterPool:
         writers store blocks in any order, so this is what makes the last write win). Raises once a
         writer has failed, so no block is taken after that."""
         self._raise_if_failed()
-        while entry in self._slot_of:
-            self._spare.append(self._returned_slot())
-        slot = self._spare.pop() if self._spare else self._returned_slot()
+        while entry in self._slot_of or not self._spare:
+            self._take_returned_slots()
+        slot = self._spare.pop()
         self._queued[slot] = entry
         self._slot_of[entry] = slot
         return slot
 
-    def _returned_slot(self) -> int:
-        """The next slot a writer handed back (waiting while they are busy, never on a failed one)."""
+    def _take_returned_slots(self) -> None:
+        """Take every slot the writers have handed back, in one read; wait while they are busy, never
+        on a failed one."""
         while True:
             try:
-                message = self.free.get()
+                messages = self.free.get_waiting(self._n_slots)
             except BlockingIOError:
                 self.free.wait_readable(POLL_SECONDS)
                 self._raise_if_failed()
                 continue
-            if message is None:  # every writer's end is closed: they have exited
+            if messages is None:  # every writer's end is closed: they have exited
                 raise self._stopped()
-            slot = message[0]
-            entry = self._queued.pop(slot, None)
-            if entry is not None:
-                del self._slot_of[entry]
-            return slot
+            for (slot,) in messages:
+                entry = self._queued.pop(slot, None)
+                if entry is not None:
+                    del self._slot_of[entry]
+                self._spare.append(slot)
+            return
 
     def _raise_if_failed(self) -> None:
-        for writer in self.writers:
-            writer.raise_if_failed()
+        """Raise if a writer has failed or ended: its own page records a failure, or its pidfd says it
+        has ended (one poll of every writer, so checking before each block costs one system call)."""
+        if self._ended.poll(0) or any(writer.memory[_ERROR_AT] for writer in self.writers):
+            for writer in self.writers:
+                writer.raise_if_failed()
 
     def _stopped(self) -> WriterError:
         """The error for writers that have all exited: a writer's own failure if one failed."""
@@ -354,8 +403,7 @@ class WriterPool:
         self._closed = True
         self._finalizer.cancel()
         try:
-            for _ in range(sum(writer.threads for writer in self.writers)):
-                self.q_in.put(_STOP, 0, 0, 0, 0)  # one for each thread: it takes one and ends
+            os.write(self._stop, b"\0")  # every writer thread ends once no block is left for it
         except BrokenPipeError:
             pass  # every writer has exited; each says why below
         failures, classes = [], set()
@@ -367,8 +415,9 @@ class WriterPool:
                 classes.add(writer.error_class())
                 failures.append(reason)
             writer.process.release()
-        self.q_in.close()
-        self.free.close()
+        for pipe in (*self.queues, self.free):
+            pipe.close()
+        os.close(self._stop)
         if failures and not quiet:
             raise (MissingShardError if classes == {MissingShardError} else WriterError)("; ".join(failures))
 

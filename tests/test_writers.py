@@ -206,7 +206,8 @@ def test_a_stalled_writer_does_not_hold_up_the_others(tmp_path: Path) -> None:
 
 
 def test_callers_poll_the_queue_size(tmp_path: Path) -> None:
-    """``writers[i].q_in.qsize()`` (as pipelines poll it) counts the blocks queued and not yet taken."""
+    """``writers[i].q_in.qsize()`` (as pipelines poll it) counts the blocks queued for writer i's shard and not
+    yet taken."""
     d = new_volume(tmp_path)
     origins = origins_of(d)
     try:
@@ -216,7 +217,9 @@ def test_callers_poll_the_queue_size(tmp_path: Path) -> None:
         try:
             for x, y, z in origins[:5]:
                 d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
-            assert [w.q_in.qsize() for w in d.writers] == [5, 5]
+            queued = [sum(d.layout.shard_of(d.layout.entry_index(*o)) == k for o in origins[:5]) for k in range(2)]
+            assert queued == [3, 2]
+            assert [w.q_in.qsize() for w in d.writers] == queued
         finally:
             for writer in d.writers:
                 os.kill(writer.process.pid, signal.SIGCONT)

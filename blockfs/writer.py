@@ -93,15 +93,11 @@ class MessagePipe:
         data = os.read(self.read_fd, most * self._message.size)
         return list(self._message.iter_unpack(data)) if data else None
 
-    def wait_readable(self, seconds: float | None, unless: int = -1) -> bool:
-        """Whether a message (or the end) can be read within ``seconds`` (None: however long it takes),
-        and before descriptor ``unless`` (if given) becomes readable. poll(): any descriptor number."""
+    def wait_readable(self, seconds: float) -> None:
+        """Return once a message (or the end) can be read, or after ``seconds``. poll(): any descriptor number."""
         poller = select.poll()
         poller.register(self.read_fd, select.POLLIN)
-        if unless >= 0:
-            poller.register(unless, select.POLLIN)
-        ready = dict(poller.poll(None if seconds is None else seconds * 1000))
-        return self.read_fd in ready
+        poller.poll(seconds * 1000)
 
     def keep_only(self, end: str) -> None:
         """Close the other end in this process ("read" keeps the reading end)."""

@@ -181,8 +181,8 @@ def test_one_shard_compresses_on_every_core_and_the_last_write_wins(tmp_path: Pa
 
 
 def test_a_stalled_writer_does_not_hold_up_the_others(tmp_path: Path) -> None:
-    """Blocks go to whichever writer is free and any writer appends to any shard: with one writer
-    stopped (SIGSTOP), the owner queues every block of both shards through the other one."""
+    """A writer with nothing of its own to do takes its neighbours' blocks, and any writer appends to any
+    shard: with one writer stopped (SIGSTOP), the owner queues every block of both shards through the other one."""
     d = new_volume(tmp_path, extents=(256, 256, 256))  # 64 blocks, 8 slots in all
     origins = origins_of(d)
     try:

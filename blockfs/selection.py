@@ -67,17 +67,20 @@ def select(key: Any, shape: tuple[int, ...], where: str) -> Selection:
 def block_entry(layout: Layout, where: str, x: Any, y: Any, z: Any) -> int:
     """The entry of the block whose first voxel is (x, y, z), or :class:`BlockCoordinateError`."""
     try:
-        coords = [operator.index(c) for c in (x, y, z)]
+        x, y, z = operator.index(x), operator.index(y), operator.index(z)
     except TypeError:
         raise BlockCoordinateError(f"{where}: block coordinates must be integers; "
                                    f"got (x={x!r}, y={y!r}, z={z!r}).") from None
-    for name, c, size, extent in zip("xyz", coords, (layout.x_block_size, layout.y_block_size, layout.z_block_size),
-                                     (layout.x_extent, layout.y_extent, layout.z_extent)):
-        if c % size or not 0 <= c < extent:
-            raise BlockCoordinateError(
-                f"{where}: {name}={c} is not the first voxel of a block; {name} must be a "
-                f"multiple of the block size {size} in [0, {extent}).")
-    return layout.entry_index(*coords)
+    bx, by, bz = layout.x_block_size, layout.y_block_size, layout.z_block_size
+    if x % bx or y % by or z % bz or not (0 <= x < layout.x_extent and 0 <= y < layout.y_extent
+                                          and 0 <= z < layout.z_extent):  # once per block written: kept short
+        for name, c, size, extent in zip("xyz", (x, y, z), (bx, by, bz),
+                                         (layout.x_extent, layout.y_extent, layout.z_extent)):
+            if c % size or not 0 <= c < extent:
+                raise BlockCoordinateError(
+                    f"{where}: {name}={c} is not the first voxel of a block; {name} must be a "
+                    f"multiple of the block size {size} in [0, {extent}).")
+    return layout.entry_index(x, y, z)
 
 
 @dataclass(frozen=True)

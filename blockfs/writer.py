@@ -293,6 +293,7 @@ class WriterPool:
         self.owner_pid = os.getpid()
         self.index_path = spec.index_path
         self._layout = spec.layout
+        self._block_shape = spec.layout.block_shape
         count = len(spec.shard_paths)
         threads = max(1, -(-(os.cpu_count() or 1) // count))
         per_writer = queue_depth + threads + 1
@@ -313,6 +314,8 @@ class WriterPool:
         try:
             os.ftruncate(slots_fd, n_slots * spec.layout.max_block_bytes)
             self.slots = np.frombuffer(mmap.mmap(slots_fd, n_slots * spec.layout.max_block_bytes), np.uint8)
+            self._full_slots = [_slot_view(self.slots, spec.layout, slot, spec.layout.block_shape)
+                                for slot in range(n_slots)]  # each slot as a whole block, made once
             for pipe in (self.free, *self.queues):
                 _hold(pipe, n_slots)
             for slot in range(n_slots):
@@ -343,7 +346,9 @@ class WriterPool:
         """Copy ``block`` (cast to the volume's dtype) into a free slot and queue it for the writers."""
         with self._lock:
             slot = self._slot_for(entry)
-        _slot_view(self.slots, self._layout, slot, block.shape)[...] = block
+        view = self._full_slots[slot] if block.shape == self._block_shape else \
+            _slot_view(self.slots, self._layout, slot, block.shape)
+        view[...] = block
         try:
             self.queues[self._layout.shard_of(entry)].put(slot, entry, *block.shape)
         except BrokenPipeError:  # every writer that takes this shard's blocks has exited

@@ -8,14 +8,16 @@ Measured on the microscopy sample (64^3 uint16 blocks), each the minimum of ``--
 - *main path, codec taken out*: the main-process write path (producer threads calling ``write_block``,
   one writer process per shard) on a volume whose codec is blosc level 0 (a copy): CPU per block of the
   owner process (the producers' hand-off: the copy into a slot and the message) and of the writer
-  processes (the copy, CRC32C, the append);
+  processes (the copy, CRC32C, the append). The owner's hand-off without its copy is measured on the
+  same number of 16^3 blocks (8 KiB, so the copy is next to nothing), from one producer thread and from
+  two (which adds the GIL's hand-over between them);
 - *append*: processes appending blocks encoded beforehand (``BlockStore.append``: the shard's lock, the
   pwrite of the block and of its index entry), N at once on one shard and on one shard each.
 
 From these, the cores each resource can feed before it saturates: the owner (one process, so
-``compress / owner``), one shard's lock when every producer appends to it (``compress / append``),
-and the page cache (the append rate of N processes on N shards, against the stored bytes each core
-compresses per second).
+``compress / hand-off``, its copies made by the producer threads in parallel), one shard's lock when
+every producer appends to it (``compress / append``), and the page cache (the append rate of N
+processes on N shards, against the stored bytes each core compresses per second).
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ from blockfs import Directory
 from blockfs.codec import compress
 from blockfs.writable import open_writable
 
-from .data import DTYPE, Dataset, make_dataset, parse_size
+from .data import BLOCK, DTYPE, Dataset, make_dataset, parse_size
 
 #: (label, blosc compressor, level) of the codecs modelled.
 CODECS = (("zstd 5", "zstd", 5), ("lz4 5", "lz4", 5), ("lz4 1", "lz4", 1))
 QUEUE_DEPTH = 10
+#: The edge of the blocks whose hand-off is measured without a copy worth the name (16^3 uint16: 8 KiB).
+HAND_OFF_EDGE = 16
 #: The codec of the blocks the append figures write (their stored size decides the page cache's bytes).
 APPENDED = "lz4 1"
 
@@ -53,7 +57,8 @@ class Costs:
     compress: dict[str, float]
     stored: dict[str, float]
     copy: float  # one thread's CPU to copy a block into a reused buffer
-    owner: float
+    owner: float  # the owner's CPU per 64^3 block, one producer thread
+    hand_off: dict[int, float]  # producer threads -> the owner's CPU per 8 KiB block: its work besides the copy
     writers: float
     append_alone: float  # wall time of one process's append
     one_shard: dict[int, float]  # N processes on one shard: wall seconds per block
@@ -90,9 +95,9 @@ def compress_costs(ds: Dataset, repeats: int) -> tuple[dict[str, float], dict[st
     return seconds, stored
 
 
-def _produce(d: Directory, ds: Dataset, first: int, step: int) -> None:
-    for i in range(first, len(ds.blocks), step):
-        d.write_block(ds.blocks[i], *reversed(ds.origins[i]))
+def _produce(d: Directory, blocks: list[np.ndarray], origins: list[tuple[int, ...]], first: int, step: int) -> None:
+    for i in range(first, len(blocks), step):
+        d.write_block(blocks[i], *reversed(origins[i]))
 
 
 def copy_cost(ds: Dataset, repeats: int) -> float:
@@ -108,19 +113,25 @@ def copy_cost(ds: Dataset, repeats: int) -> float:
     return best / len(ds.blocks)
 
 
-def main_path_costs(ds: Dataset, folder: str, repeats: int) -> tuple[float, float]:
-    """(owner CPU, writers' CPU) per block of the main-process path on a level-0 (copying) codec, 2 producers."""
+def main_path_costs(ds: Dataset, folder: str, repeats: int, producers: int = 1, edge: int = BLOCK
+                    ) -> tuple[float, float]:
+    """(owner CPU, writers' CPU) per block of the main-process path on a level-0 (copying) codec, from
+    ``producers`` threads, on as many blocks as ``ds`` has of ``edge``^3 voxels."""
     owner, writers = float("inf"), float("inf")
-    z, y, x = ds.shape
+    blocks = ds.blocks if edge == BLOCK else [block[:edge, :edge, :edge].copy() for block in ds.blocks]
+    z, y, x = (n // BLOCK * edge for n in ds.shape)
+    origins = [tuple(o // BLOCK * edge for o in origin) for origin in ds.origins]
     for _ in range(repeats):
         d = Directory(x, y, z, DTYPE, os.path.join(folder, "main.blockfs"), n_filenames=os.cpu_count() or 1,
+                      x_block_size=edge, y_block_size=edge, z_block_size=edge,
                       compression="lz4", compression_level=0, durable=False)
         d.create(overwrite=True)
         d.start_writer_processes(queue_depth=QUEUE_DEPTH)
         pool = [psutil.Process(writer.process.pid) for writer in d.writers]
         children, mine = _settled_cpu(pool), _cpu(resource.RUSAGE_SELF)
 
-        threads = [threading.Thread(target=_produce, args=(d, ds, k, 2)) for k in range(2)]
+        threads = [threading.Thread(target=_produce, args=(d, blocks, origins, k, producers))
+                   for k in range(producers)]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -128,8 +139,8 @@ def main_path_costs(ds: Dataset, folder: str, repeats: int) -> tuple[float, floa
         spent = _cpu(resource.RUSAGE_SELF) - mine
         written = _settled_cpu(pool) - children  # once the writers have taken every block
         d.close()
-        owner = min(owner, spent / len(ds.blocks))
-        writers = min(writers, written / len(ds.blocks))
+        owner = min(owner, spent / len(blocks))
+        writers = min(writers, written / len(blocks))
     return owner, writers
 
 
@@ -173,11 +184,12 @@ def measure(ds: Dataset, folder: str, repeats: int) -> Costs:
     compressing, stored = compress_costs(ds, repeats)
     copying = copy_cost(ds, repeats)
     owner, writers = main_path_costs(ds, folder, repeats)
+    hand_off = {n: main_path_costs(ds, folder, repeats, n, HAND_OFF_EDGE)[0] for n in (1, 2)}
     cores = os.cpu_count() or 1
     counts = sorted({1, cores, 2 * cores})
     one_shard = {n: min(append_seconds(ds, folder, n, 1) for _ in range(repeats)) for n in counts}
     own_shards = {n: min(append_seconds(ds, folder, n, n) for _ in range(repeats)) for n in counts if n > 1}
-    return Costs(compressing, stored, copying, owner, writers, one_shard[1], one_shard, own_shards)
+    return Costs(compressing, stored, copying, owner, hand_off, writers, one_shard[1], one_shard, own_shards)
 
 
 def report(costs: Costs, ds: Dataset) -> str:
@@ -186,25 +198,29 @@ def report(costs: Costs, ds: Dataset) -> str:
              "| per block | us |", "|---|---|"]
     lines += [f"| compress, {label}, one thread (CPU) | {s * us:,.0f} |" for label, s in costs.compress.items()]
     lines += [f"| copy into a reused buffer, one thread (CPU) | {costs.copy * us:,.1f} |",
-              f"| main path owner, codec taken out (CPU) | {costs.owner * us:,.1f} |",
-              f"| main path writers, codec taken out (CPU) | {costs.writers * us:,.1f} |",
+              f"| main path owner, codec taken out, one producer thread (CPU) | {costs.owner * us:,.1f} |"]
+    lines += [f"| main path owner's hand-off of an 8 KiB block, {n} producer thread{'s' * (n > 1)} (CPU) | "
+              f"{seconds * us:,.1f} |" for n, seconds in costs.hand_off.items()]
+    lines += [f"| main path writers, codec taken out (CPU) | {costs.writers * us:,.1f} |",
               f"| append, one process alone (wall) | {costs.append_alone * us:,.1f} |"]
     lines += [f"| append, {n} processes on one shard (wall per block) | {s * us:,.1f} |"
               for n, s in costs.one_shard.items() if n > 1]
     lines += [f"| append, {n} processes on a shard each (wall per block) | {s * us:,.1f} |"
               for n, s in costs.own_shards.items()]
     page_cache = costs.stored[APPENDED] / min(costs.own_shards.values())  # bytes/s at the best rate seen
-    serial = max(costs.owner - costs.copy, 1e-9)  # the owner's share that holds the GIL (its copies run in parallel)
-    lines += ["", f"Owner: {serial * us:,.1f} us per block besides the copy, which holds the GIL, and the copy, "
-              "which producer threads do in parallel.", "",
-              "| codec | stored KiB per block | cores the owner feeds (all its CPU serial) | "
-              "cores the owner feeds (the copies in parallel) | cores one shared shard takes | "
-              "cores the page cache takes (at the append rate seen) |", "|---|---|---|---|---|---|"]
+    serial = costs.hand_off[1]  # the owner's work besides the copy, which producer threads make in parallel
+    lines += ["", f"Owner: {serial * us:,.1f} us per block besides its copy of the block "
+              f"({(costs.owner - serial) * us:,.1f} us, which producer threads make in parallel); "
+              f"{costs.hand_off[2] * us:,.1f} us from two producer threads.", "",
+              "| codec | stored KiB per block | cores the owner feeds (one producer thread) | "
+              "cores the owner feeds (producers copying in parallel) | the same, hand-off as from two threads | "
+              "cores one shared shard takes | cores the page cache takes (at the append rate seen) |",
+              "|---|---|---|---|---|---|---|"]
     for label, seconds in costs.compress.items():
         bytes_per_core = costs.stored[label] / seconds
         lines.append(f"| {label} | {costs.stored[label] / 1024:,.0f} | {seconds / costs.owner:,.0f} | "
-                     f"{seconds / serial:,.0f} | {seconds / costs.append_alone:,.0f} | "
-                     f"{page_cache / bytes_per_core:,.0f} |")
+                     f"{seconds / serial:,.0f} | {seconds / costs.hand_off[2]:,.0f} | "
+                     f"{seconds / costs.append_alone:,.0f} | {page_cache / bytes_per_core:,.0f} |")
     return "\n".join(lines)
 
 

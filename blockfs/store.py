@@ -28,6 +28,26 @@ T = TypeVar("T")
 _encoding = threading.local()
 
 
+def record_bytes(layout: Layout) -> int:
+    """The bytes of the record before each block's payload (0 for a volume without records)."""
+    return records.HEADER_SIZE if layout.records else 0
+
+
+def encoded_bytes(layout: Layout) -> int:
+    """Room for the largest encoded block: its record and its compressed bytes."""
+    return record_bytes(layout) + layout.max_block_bytes
+
+
+def encode_into(layout: Layout, entry: int, block: np.ndarray, buffer: memoryview) -> tuple[memoryview, int]:
+    """Compress a C-contiguous block into ``buffer`` (of :func:`encoded_bytes`) behind room for its record,
+    and write the record: (the part of ``buffer`` to append, the payload's offset within it)."""
+    payload_at = record_bytes(layout)
+    payload = compress_into(block, layout.compression, layout.compression_level, buffer[payload_at:])
+    if payload_at:
+        buffer[:payload_at] = records.encode(entry, payload)
+    return buffer[:payload_at + len(payload)], payload_at
+
+
 class StoredBlock(NamedTuple):
     """Where a stored block is, as error messages name it (the volume, the block's first voxel, the
     shard and offset); formatted only when one is raised."""
@@ -328,21 +348,8 @@ class BlockStore:
 
     def encode(self, entry: int, block: np.ndarray) -> tuple[bytes, int]:
         """(the bytes to append for a C-contiguous block, the payload's offset within them)."""
-        data, payload_at = self._encode_into(entry, block, bytearray(self._encoded_bytes()))
+        data, payload_at = encode_into(self.layout, entry, block, memoryview(bytearray(encoded_bytes(self.layout))))
         return bytes(data), payload_at
-
-    def _encoded_bytes(self) -> int:
-        """Room for the largest encoded block: its record and its compressed bytes."""
-        return (records.HEADER_SIZE if self.layout.records else 0) + self.layout.max_block_bytes
-
-    def _encode_into(self, entry: int, block: np.ndarray, buffer: bytearray) -> tuple[memoryview, int]:
-        """:meth:`encode` into ``buffer`` (of :meth:`_encoded_bytes`): a view of it, and the payload's offset."""
-        lay = self.layout
-        payload_at = records.HEADER_SIZE if lay.records else 0
-        payload = compress_into(block, lay.compression, lay.compression_level, memoryview(buffer)[payload_at:])
-        if payload_at:
-            buffer[:payload_at] = records.encode(entry, payload)
-        return memoryview(buffer)[:payload_at + len(payload)], payload_at
 
     def append(self, entry: int, data: bytes | memoryview, payload_at: int) -> None:
         """Append encoded block bytes to the block's shard under its lock, then point the entry at the payload.
@@ -365,9 +372,9 @@ class BlockStore:
 
         The block is encoded in this thread's buffer, used again for every block: no allocation, no copy."""
         buffer = getattr(_encoding, "buffer", None)
-        if buffer is None or len(buffer) < self._encoded_bytes():
-            buffer = _encoding.buffer = bytearray(self._encoded_bytes())
-        self.append(entry, *self._encode_into(entry, block, buffer))
+        if buffer is None or len(buffer) < encoded_bytes(self.layout):
+            buffer = _encoding.buffer = memoryview(bytearray(encoded_bytes(self.layout)))
+        self.append(entry, *encode_into(self.layout, entry, block, buffer))
 
     def missing_shard(self, entry: int) -> MissingShardError:
         """The error for a shard of ``entry`` that cannot be found, naming where it was looked for."""

@@ -5,7 +5,9 @@ pool's ``free`` pipe, copies the block into that slot of memory shared with the 
 and writes (slot, entry, shape) to the ``q_in`` pipe of the writer of the block's shard. An idle
 writer thread takes the next block of its own shard, compresses it straight from the slot (the GIL
 released), appends it to the shard (under the shard's lock) and hands the slot back. So the writers
-of a pool never wait for each other's lock. A writer whose own queue is empty takes blocks queued
+of a pool never wait for each other's lock. When a writer is behind, ``write_block`` compresses
+the block into the slot itself instead of copying it (in parallel with the writers, and with no
+copy), and the writer only appends it. A writer whose own queue is empty takes blocks queued
 for the next :data:`NEIGHBOURS` shards too (any writer may append to any shard), so a writer that
 lags never holds up the others. The owner queues a block only once any earlier block of the same
 entry has been appended, so the last write of a block wins. A block crosses between processes as
@@ -41,7 +43,7 @@ import numpy as np
 from .errors import InvalidArgumentError, MissingShardError, WriterError
 from .format import Layout
 from .launcher import STATUS, Child, launcher
-from .store import BlockStore, StoreSpec
+from .store import BlockStore, StoreSpec, encode_into, encoded_bytes, record_bytes
 
 #: How long one blocking step waits before checking the writers' health again, in seconds.
 POLL_SECONDS = 0.2
@@ -55,9 +57,10 @@ STEAL_SECONDS = 0.001
 _ERROR_AT = STATUS.size
 _STATUS_BYTES = mmap.PAGESIZE
 _MISSING = f"{MissingShardError.__name__}: "
-#: A queued block: its slot, its entry and its shape (z, y, x). Far below PIPE_BUF, so every write and
-#: read of one message is whole, from any number of threads and processes.
-_BLOCK = struct.Struct("<qqiii")
+#: A queued block: its slot, its entry, its shape (z, y, x) and the bytes of it encoded in the slot (0: the slot
+#: holds its voxels). Far below PIPE_BUF, so every write and read of one message is whole, from any number of
+#: threads and processes.
+_BLOCK = struct.Struct("<qqiiii")
 _SLOT = struct.Struct("<q")
 
 
@@ -113,9 +116,15 @@ class MessagePipe:
                 setattr(self, name, -1)
 
 
+def _slot_bytes(slots: np.ndarray, layout: Layout, slot: int) -> memoryview:
+    """One slot of the shared slot memory: room for a block's voxels, or for it encoded."""
+    size = encoded_bytes(layout)
+    return slots[slot * size:(slot + 1) * size].data
+
+
 def _slot_view(slots: np.ndarray, layout: Layout, slot: int, shape: tuple[int, ...]) -> np.ndarray:
-    """The block-shaped array in one slot (room for one full block) of the shared slot memory."""
-    start = slot * layout.max_block_bytes
+    """The block-shaped array in one slot of the shared slot memory."""
+    start = slot * encoded_bytes(layout)
     return slots[start:start + math.prod(shape) * layout.dtype.itemsize].view(layout.dtype).reshape(shape)
 
 
@@ -212,9 +221,13 @@ class _WriterProcess:
         for fd in (self.queues[0].read_fd, self.stop, self.owner):
             waiting.register(fd, select.POLLIN)
         while (message := self._next(waiting)) is not None:
-            slot, entry, *shape = message
+            slot, entry, z, y, x, encoded = message
+            layout = self.store.layout
             try:
-                self.store.store(entry, _slot_view(self.slots, self.store.layout, slot, tuple(shape)))
+                if encoded:  # compressed by the producer: only to be appended
+                    self.store.append(entry, _slot_bytes(self.slots, layout, slot)[:encoded], record_bytes(layout))
+                else:
+                    self.store.store(entry, _slot_view(self.slots, layout, slot, (z, y, x)))
             except Exception as exc:  # the owner stops taking blocks; the ones queued are still stored
                 self._record_first(exc)
             finally:
@@ -294,6 +307,7 @@ class WriterPool:
         self.index_path = spec.index_path
         self._layout = spec.layout
         self._block_shape = spec.layout.block_shape
+        self._encode_from = max(1, queue_depth // 2)
         count = len(spec.shard_paths)
         threads = max(1, -(-(os.cpu_count() or 1) // count))
         per_writer = queue_depth + threads + 1
@@ -312,10 +326,12 @@ class WriterPool:
         self._finalizer = util.Finalize(None, self.close, kwargs={"quiet": True}, exitpriority=100)
         slots_fd = os.memfd_create("blockfs-slots", os.MFD_CLOEXEC)
         try:
-            os.ftruncate(slots_fd, n_slots * spec.layout.max_block_bytes)
-            self.slots = np.frombuffer(mmap.mmap(slots_fd, n_slots * spec.layout.max_block_bytes), np.uint8)
+            os.ftruncate(slots_fd, n_slots * encoded_bytes(spec.layout))
+            self.slots = np.frombuffer(mmap.mmap(slots_fd, n_slots * encoded_bytes(spec.layout)), np.uint8)
+            # each slot as a whole block and as bytes, made once
             self._full_slots = [_slot_view(self.slots, spec.layout, slot, spec.layout.block_shape)
-                                for slot in range(n_slots)]  # each slot as a whole block, made once
+                                for slot in range(n_slots)]
+            self._slot_memory = [_slot_bytes(self.slots, spec.layout, slot) for slot in range(n_slots)]
             for pipe in (self.free, *self.queues):
                 _hold(pipe, n_slots)
             for slot in range(n_slots):
@@ -324,7 +340,7 @@ class WriterPool:
                 taken = [self.queues[(number + k) % count].read_fd for k in range(min(count, NEIGHBOURS + 1))]
                 self.writers.append(BlockWriter(spec, number, count, threads, self.queues[number],
                                                 [slots_fd, self.free.write_fd, stop_read, *taken],
-                                                per_writer * spec.layout.max_block_bytes))
+                                                per_writer * encoded_bytes(spec.layout)))
                 self.writers[-1].process.watch(self._ended)
         except BaseException:
             self.close(quiet=True)  # the writers already started
@@ -343,14 +359,29 @@ class WriterPool:
         return os.getpid() == self.owner_pid and not self._closed
 
     def submit(self, block: np.ndarray, entry: int) -> None:
-        """Copy ``block`` (cast to the volume's dtype) into a free slot and queue it for the writers."""
+        """Put ``block`` (cast to the volume's dtype) into a free slot and queue it for the writers.
+
+        The block is copied into the slot, for a writer to compress; but when its writer is behind (half
+        of ``queue_depth`` blocks wait for it), this thread compresses it into the slot itself, alongside
+        the writers, and the writer only appends it."""
         with self._lock:
             slot = self._slot_for(entry)
-        view = self._full_slots[slot] if block.shape == self._block_shape else \
-            _slot_view(self.slots, self._layout, slot, block.shape)
-        view[...] = block
+        queue = self.queues[self._layout.shard_of(entry)]
         try:
-            self.queues[self._layout.shard_of(entry)].put(slot, entry, *block.shape)
+            if queue.qsize() >= self._encode_from and block.flags.c_contiguous:
+                encoded = len(encode_into(self._layout, entry, block, self._slot_memory[slot])[0])
+            else:
+                view = self._full_slots[slot] if block.shape == self._block_shape else \
+                    _slot_view(self.slots, self._layout, slot, block.shape)
+                view[...] = block
+                encoded = 0
+        except BaseException:  # nothing was queued: the slot is free again (Ctrl-C in a copy, say)
+            with self._lock:
+                del self._slot_of[self._queued.pop(slot)]
+                self._spare.append(slot)
+            raise
+        try:
+            queue.put(slot, entry, *block.shape, encoded)
         except BrokenPipeError:  # every writer that takes this shard's blocks has exited
             raise self._stopped() from None
 

@@ -26,6 +26,7 @@ import spec_decoder
 from helpers import origins_of
 
 from blockfs import Directory
+from blockfs.ops.check import check_volume
 from blockfs.sample import microscopy_block
 
 pytestmark = pytest.mark.timeout(120)
@@ -405,3 +406,33 @@ def test_writer_memory_is_bounded(tmp_path: Path) -> None:
                     expected[:, y:y + 64, x:x + 64] = block(k)
             mismatched = int(np.count_nonzero(slab != expected))
             assert mismatched == 0, f"slab z={z}: {mismatched} voxels differ"
+
+
+@pytest.mark.parametrize("records", [True, False])
+def test_blocks_compressed_by_the_producer_when_the_writers_are_behind(tmp_path: Path, records: bool) -> None:
+    """With the writers stopped, their queues fill and ``write_block`` compresses the blocks into their slots
+    itself (edge blocks too); the writers then only append them, and every block reads back and checks sound."""
+    d = new_volume(tmp_path, records=records)
+    origins = origins_of(d)  # 4 x 3 x 3 blocks of 64^3, the last of each axis cut short
+    try:
+        d.start_writer_processes(queue_depth=4)  # compressed by the producer from 2 blocks waiting per writer on
+        for writer in d.writers:
+            os.kill(writer.process.pid, signal.SIGSTOP)
+        try:
+            for x, y, z in origins[:12]:
+                d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
+            pool = d.writable.sink
+            encoded = [bytes(pool._slot_memory[slot][:4]) == b"BFRC" for slot in pool._queued]
+            if records:
+                assert sum(encoded) == 12 - 2 * 2, "the blocks past the first two per writer were not compressed"
+        finally:
+            for writer in d.writers:
+                os.kill(writer.process.pid, signal.SIGCONT)
+        for x, y, z in origins[12:]:
+            d.write_block(producers.sample_block(x, y, z, d.get_block_size(x, y, z), SEED), x, y, z)
+        d.close()
+    finally:
+        d.close()
+    assert_volume_equals(d.directory_filename, producers.expected_volume(d, SEED))
+    report = check_volume(d.directory_filename, deep=True)
+    assert not report.problems and not report.damaged, report

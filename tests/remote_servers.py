@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import socket
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -43,6 +45,13 @@ def nginx_binary() -> str:
     if found is None:
         unavailable("nginx is not installed (no nginx binary on PATH or in /usr/sbin); make install sets it up")
     return found
+
+
+def date_back(path: Path) -> None:
+    """Date ``path`` an hour back. nginx's ETag is a file's size and mtime in whole seconds, so a file written again
+    within the second keeps its ETag; once dated back, the next write changes it."""
+    an_hour_ago = time.time() - 3600
+    os.utime(path, (an_hour_ago, an_hour_ago))
 
 
 @contextlib.contextmanager

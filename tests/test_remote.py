@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import operator
-import os
 import pickle
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ import pytest
 import tifffile
 
 from helpers import require
-from remote_servers import S3, Faulty, faulty_server, moto_endpoint, nginx_url, s3, served  # noqa: F401 (fixtures)
+from remote_servers import S3, Faulty, date_back, faulty_server, moto_endpoint, nginx_url, s3, served  # noqa: F401 (fixtures)
 from serve_support import BLOCK, MISSING, SHAPE, volume_data, write_pyramid, write_volume
 
 import blockfs
@@ -201,11 +200,9 @@ def test_a_missing_shard_or_index_is_not_found_naming_its_url(served: Path, faul
 # --- a volume that changes on the server ------------------------------------------------------------------
 
 def published(served: Path) -> np.ndarray:
-    """``write(served)``, its index dated an hour back: nginx's ETag (size and mtime in seconds) then changes when
-    the volume is written again."""
+    """``write(served)``, its index dated back so that its ETag changes when the volume is written again."""
     expected = write(served)
-    an_hour_ago = time.time() - 3600
-    os.utime(served / INDEX, (an_hour_ago, an_hour_ago))
+    date_back(served / INDEX)
     return expected
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from remote_servers import nginx_url, served  # noqa: F401 (fixtures)
+from remote_servers import date_back, nginx_url, served  # noqa: F401 (fixtures)
 from serve_support import BLOCK, SHAPE, volume_data, write_pyramid, write_volume
 
 import blockfs
@@ -21,6 +21,7 @@ def test_to_dask_of_a_url_reads_what_the_disk_holds_and_is_named_by_its_etag(ser
                                   expected[3:37, 5:50, 7])
     again = to_dask(blockfs.open_volume(f"{nginx_url}/vol.blockfs"))
     assert again.name == array.name
+    date_back(served / "vol.blockfs")
     write_volume(served / "vol.blockfs", volume_data(SHAPE, seed=1), BLOCK, records=True)  # a new ETag
     assert to_dask(blockfs.open_volume(f"{nginx_url}/vol.blockfs")).name != array.name
 

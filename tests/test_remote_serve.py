@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from remote_servers import nginx_url, served  # noqa: F401 (fixtures)
+from remote_servers import date_back, nginx_url, served  # noqa: F401 (fixtures)
 from serve_support import BLOCK, SHAPE, volume_data, write_pyramid, write_volume
 
 from blockfs.serve import Server, start, view
@@ -55,6 +55,7 @@ def test_a_volume_rewritten_on_the_server_is_served_anew(served: Path, nginx_url
     """The server looks at the remote index's ETag: once the volume is replaced there, its chunks are the new ones."""
     data = volume_data(SHAPE)
     write_volume(served / "vol.blockfs", data, BLOCK, missing=set(), records=True)
+    date_back(served / "vol.blockfs")
     with start(f"{nginx_url}/vol.blockfs") as server:
         status, before = get(server, "vol/1_1_1/0-32_0-24_0-16")
         assert status == 200 and np.array_equal(np.frombuffer(before, np.uint16).reshape(BLOCK), data[:16, :24, :32])

@@ -110,14 +110,24 @@ class Volume:
 
     def read_block(self, x: int, y: int, z: int) -> np.ndarray:
         """The block whose first voxel is (x, y, z), as a (z, y, x) array; zeros if never written."""
-        entry = self.entry_of(x, y, z)
-        offset, size = self._store.entry(entry)
-        shape = self.layout.block_shape_at(x, y, z)
-        if not size:
-            return np.zeros(shape, self.dtype)
-        out = np.empty(shape, self.dtype)
-        self._store.load(entry, offset, size, out, self.verify)
+        out = np.empty(self.layout.block_shape_at(x, y, z), self.dtype)
+        if not self.read_block_into(out, x, y, z):
+            out[...] = 0
         return out
+
+    def read_block_into(self, out: np.ndarray, x: int, y: int, z: int) -> bool:
+        """Decompress the block whose first voxel is (x, y, z) into ``out`` (C-contiguous, of the block's
+        (z, y, x) shape and the volume's dtype); False, with ``out`` untouched, if it was never written."""
+        entry = self.entry_of(x, y, z)
+        shape = self.layout.block_shape_at(x, y, z)
+        if out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise BlockShapeError(f"{self.path}: read_block_into needs a C-contiguous array of shape {shape} and "
+                                  f"dtype {self.dtype} for the block at (x={x}, y={y}, z={z}); got {out.shape} "
+                                  f"{out.dtype}{'' if out.flags.c_contiguous else ', not C-contiguous'}.")
+        offset, size = self._store.entry(entry)
+        if size:
+            self._store.load(entry, offset, size, out, self.verify)
+        return bool(size)
 
     def read_block_payload(self, x: int, y: int, z: int) -> bytes | None:
         """The stored (blosc-compressed) bytes of the block at (x, y, z); None if never written.

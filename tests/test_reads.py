@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from fixtures import copy_volume, fixture_cases, require_fixtures, rewrite_names
-from helpers import origins_of
+from helpers import block_origins, origins_of
 
 from blockfs import Directory
 
@@ -321,6 +321,24 @@ def test_create_with_relative_path_in_a_folder(tmp_path: Path, monkeypatch: pyte
     assert all((tmp_path / "sub" / f"vol.blockfs.{i}").is_file() for i in range(3))
     with Directory.open(os.path.join("sub", "vol.blockfs")) as again:
         np.testing.assert_array_equal(again[...], data, strict=True)
+
+
+def test_read_block_into_fills_a_block_and_leaves_an_unwritten_one_untouched(tmp_path: Path) -> None:
+    from blockfs import BlockShapeError, open_volume
+
+    _, data = make_volume(tmp_path / "v.blockfs", missing_every=5)
+    v = open_volume(str(tmp_path / "v.blockfs"))
+    for i, (x, y, z) in enumerate(block_origins(v.shape, v.block_shape)):
+        shape = v.layout.block_shape_at(x, y, z)
+        out = np.full(shape, 7, np.uint16)
+        assert v.read_block_into(out, x, y, z) is (i % 5 != 0)
+        expected = data[z:z + shape[0], y:y + shape[1], x:x + shape[2]] if i % 5 else np.full(shape, 7, np.uint16)
+        np.testing.assert_array_equal(out, expected, strict=True)
+    for wrong in [np.empty((12, 16, 31), np.uint16), np.empty((12, 16, 32), np.int16),
+                  np.empty((12, 16, 64), np.uint16)[:, :, ::2]]:
+        with pytest.raises(BlockShapeError, match=r"v\.blockfs: read_block_into needs a C-contiguous array of shape "
+                                                  r"\(12, 16, 32\)"):
+            v.read_block_into(wrong, 32, 16, 12)
 
 
 # -- stored bytes ----------------------------------------------------------------------------------

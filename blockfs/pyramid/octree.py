@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..selection import box_entries
 from ..volume import Volume
 from ..writable import WritableVolume
 from . import state
@@ -68,9 +67,9 @@ class _Builder:
             acc[z:z + part.shape[0], y:y + part.shape[1], x:x + part.shape[2]] = part
         if acc is None:
             return None
-        origin = plan.origin(level, index)
+        z, y, x = origin = plan.origin(level, index)
         block = self.method.finish(acc, lambda: footprint_counts(origin, acc.shape, plan.factor(level), plan.shape))
-        self.volumes[level][plan.region(level, index)] = block
+        self.volumes[level].write_block(block, x, y, z)
         del block
         return self.method.reduce(acc) if level < plan.levels else acc[:0, :0, :0]
 
@@ -80,11 +79,9 @@ def _level1_leaf(plan: Plan, volume: Volume, method: Method) -> Leaf:
     buffer = np.empty(math.prod(plan.block), plan.dtype)
 
     def leaf(index: Index) -> np.ndarray | None:
-        start, shape = plan.origin(1, index), plan.block_shape(1, index)
-        _, sizes = volume.store.lookup(box_entries(volume.layout, start, tuple(o + n for o, n in zip(start, shape))))
-        if not sizes[0]:
-            return None
-        return method.reduce(volume.read_into(buffer[:math.prod(shape)].reshape(shape), plan.region(1, index)))
+        (z, y, x), shape = plan.origin(1, index), plan.block_shape(1, index)
+        block = buffer[:math.prod(shape)].reshape(shape)
+        return method.reduce(block) if volume.read_block_into(block, x, y, z) else None
 
     return leaf
 

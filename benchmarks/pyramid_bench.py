@@ -225,6 +225,16 @@ def tensorstore_equal(folder: str, ours: str) -> bool:
                               levels[level - 1][...]) for level in range(2, LEVELS + 1))
 
 
+def write_source(ds: Dataset, path: str) -> None:
+    """The data set as the pyramid's source volume (64^3 blocks, blockfs's defaults)."""
+    volume = Directory(ds.shape[2], ds.shape[1], ds.shape[0], np.uint16, path, x_block_size=BLOCK,
+                       y_block_size=BLOCK, z_block_size=BLOCK).create()
+    volume.start_writer_processes()
+    for (z, y, x), block in zip(ds.origins, ds.blocks):
+        volume.write_block(block, x, y, z)
+    volume.close()
+
+
 def run(ds: Dataset, folder: str, repeats: int, log) -> PyramidResult:
     """All pyramid figures for one data set."""
     threads = os.cpu_count() or 1
@@ -232,12 +242,7 @@ def run(ds: Dataset, folder: str, repeats: int, log) -> PyramidResult:
     shutil.rmtree(work, ignore_errors=True)
     os.makedirs(work)
     source, dest = os.path.join(work, "source.blockfs"), os.path.join(work, "pyramid")
-    volume = Directory(ds.shape[2], ds.shape[1], ds.shape[0], np.uint16, source, x_block_size=BLOCK,
-                       y_block_size=BLOCK, z_block_size=BLOCK).create()
-    volume.start_writer_processes()
-    for (z, y, x), block in zip(ds.origins, ds.blocks):
-        volume.write_block(block, x, y, z)
-    volume.close()
+    write_source(ds, source)
     result = PyramidResult(ds.nbytes, ds.shape, worker_bound=worker_memory_bound(BLOCK_SHAPE, LEVELS))
     theirs = os.path.join(work, "tensorstore")
     level1 = None

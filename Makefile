@@ -103,7 +103,7 @@ view: install
 
 # The linter and the type checker, as pyproject.toml configures them (mypy: strict on the engine modules).
 lint: install
-	$(VENV)/bin/ruff check blockfs tests
+	$(VENV)/bin/ruff check blockfs tests benchmarks
 	$(VENV)/bin/mypy
 
 test: install lint

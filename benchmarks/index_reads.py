@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         volume = open_volume(path)
         print(f"{args.side}^3 uint16 in {args.block}^3 blocks: grid {volume.grid}, "
               f"{volume.layout.entry_size} bytes per index entry")
+        near = slice(middle, middle + args.block)
         for what, region in [("column v[:, y, x]", np.s_[:, middle, middle]),
-                             ("row of blocks v[0:b, y:y+b, :]", np.s_[0:args.block, middle:middle + args.block, :]),
-                             ("one block", np.s_[0:args.block, middle:middle + args.block, middle:middle + args.block])]:
+                             ("row of blocks v[0:b, y:y+b, :]", np.s_[0:args.block, near, :]),
+                             ("one block", np.s_[0:args.block, near, near])]:
             size, reads, seconds = counted(lambda region=region: volume[region])
             print(f"  {what:32} {size:>12,} index bytes in {reads:>4} reads, {seconds * 1e3:8.1f} ms")
     return 0

@@ -17,8 +17,8 @@ import importlib.util
 import os
 import shutil
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import numpy as np
 
@@ -114,7 +114,7 @@ def run(ds: Dataset, folder: str, repeats: int, log: Callable[[str], None]) -> d
         times["zarr"].append(timed(lambda: _zarr_copy(path, fresh())))
         times["full"].append(timed(lambda: d[:, :, :]))
         total: list[int] = []
-        times["dask"].append(timed(lambda: total.append(int(d.to_dask().sum(dtype=np.uint64).compute(
+        times["dask"].append(timed(lambda total=total: total.append(int(d.to_dask().sum(dtype=np.uint64).compute(
             scheduler="threads")))))
         correct = correct and total == [expected]
     import zarr

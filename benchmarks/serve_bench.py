@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 import zlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import psutil
@@ -245,7 +245,7 @@ def render(results: list[dict]) -> list[str]:
     for r in results:
         rate = r["rate"]
 
-        def goal(other: str, target: float) -> str:
+        def goal(other: str, target: float, rate: dict = rate) -> str:
             ratio = rate["zarr"] / rate[other]
             return f"**{ratio:.2f}x** {'met' if ratio >= target else 'missed'}"
 

@@ -31,8 +31,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from blockfs import Directory  # noqa: E402
-from blockfs.sample import microscopy_block  # noqa: E402
+from blockfs import Directory
+from blockfs.sample import microscopy_block
 
 BLOCK = 64
 MIB = 2**20

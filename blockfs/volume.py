@@ -110,10 +110,11 @@ class Volume:
 
     def read_block(self, x: int, y: int, z: int) -> np.ndarray:
         """The block whose first voxel is (x, y, z), as a (z, y, x) array; zeros if never written."""
-        out = np.empty(self.layout.block_shape_at(x, y, z), self.dtype)
-        if not self.read_block_into(out, x, y, z):
-            out[...] = 0
-        return out
+        entry = self.entry_of(x, y, z)
+        shape = self.layout.block_shape_at(x, y, z)
+        out = np.empty(shape, self.dtype)
+        # np.zeros leaves the pages of a block never written untouched, so a huge one costs no memory
+        return out if self._load_block(entry, out) else np.zeros(shape, self.dtype)
 
     def read_block_into(self, out: np.ndarray, x: int, y: int, z: int) -> bool:
         """Decompress the block whose first voxel is (x, y, z) into ``out`` (C-contiguous, of the block's
@@ -124,6 +125,10 @@ class Volume:
             raise BlockShapeError(f"{self.path}: read_block_into needs a C-contiguous array of shape {shape} and "
                                   f"dtype {self.dtype} for the block at (x={x}, y={y}, z={z}); got {out.shape} "
                                   f"{out.dtype}{'' if out.flags.c_contiguous else ', not C-contiguous'}.")
+        return self._load_block(entry, out)
+
+    def _load_block(self, entry: int, out: np.ndarray) -> bool:
+        """Decompress block ``entry`` into ``out``; False, with ``out`` untouched, if it was never written."""
         offset, size = self._store.entry(entry)
         if size:
             self._store.load(entry, offset, size, out, self.verify)

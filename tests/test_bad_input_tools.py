@@ -39,6 +39,7 @@ from blockfs.cli import SUBCOMMANDS
 pytestmark = pytest.mark.timeout(300)
 
 BIN = Path(sys.executable).parent
+PEAK_MEMORY = Path(__file__).resolve().parent / "peak_memory.py"
 #: Seconds a tool may take to refuse an input; a tool that blocks on a FIFO or works on a header's claims runs past it.
 TIMEOUT = 20.0
 #: Address space each tool runs in (prlimit --as): a tool that tries to allocate what a header claims fails in it.
@@ -205,31 +206,29 @@ def prlimit() -> str:
 
 
 def run_bounded(argv: list[Any], folder: Path, timeout: float = TIMEOUT) -> Outcome:
-    """Run ``argv`` in ``folder`` under :data:`ADDRESS_SPACE`, killed (with its process group) after ``timeout``."""
+    """Run ``argv`` in ``folder`` under :data:`ADDRESS_SPACE`, killed (with its process group) after ``timeout``.
+
+    The tool is forked from the small interpreter of tests/peak_memory.py, so that its peak memory is its own."""
     folder.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    result = folder / ".peak-memory.json"
+    result.unlink(missing_ok=True)
     with open(folder / ".stdout", "w+") as out, open(folder / ".stderr", "w+") as err:
         start = time.monotonic()
-        process = subprocess.Popen([prlimit(), f"--as={ADDRESS_SPACE}", *map(str, argv)], cwd=folder, env=env,
-                                   stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
-        status, usage = _wait(process.pid, start + timeout)
+        process = subprocess.Popen([sys.executable, PEAK_MEMORY, result, prlimit(), f"--as={ADDRESS_SPACE}",
+                                    *map(str, argv)], cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                   stderr=err, start_new_session=True)
+        try:
+            process.wait(start + timeout - time.monotonic())
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()
         seconds = time.monotonic() - start
-        process.returncode = -9 if status is None else os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        return Outcome(None if status is None else process.returncode, out.read(), err.read(), seconds,
-                       usage.ru_maxrss * 1024)
-
-
-def _wait(pid: int, deadline: float) -> tuple[int | None, Any]:
-    """(wait status, resource usage) of the child ``pid``; the status is None if it ran past ``deadline``."""
-    while time.monotonic() < deadline:
-        done, status, usage = os.wait4(pid, os.WNOHANG)
-        if done:
-            return status, usage
-        time.sleep(0.01)
-    os.killpg(pid, 9)
-    return None, os.wait4(pid, 0)[2]
+        ended = json.loads(result.read_text()) if result.exists() else None
+        return Outcome(None if ended is None else os.waitstatus_to_exitcode(ended["status"]), out.read(), err.read(),
+                       seconds, 0 if ended is None else ended["max_rss_bytes"])
 
 
 def snapshot(path: Path) -> Any:
@@ -319,3 +318,13 @@ def test_a_huge_sparse_volume_costs_what_its_index_holds(tmp_path: Path, name: s
     assert (report["blocks_written"], report["blocks_total"], report["healthy"]) == (written, total, True)
     source, copy = volume.read_bytes(), (tmp_path / "copy" / "huge.blockfs").read_bytes()
     assert copy[struct.unpack_from("<I", copy, 12)[0]:] == source[struct.unpack_from("<I", source, 12)[0]:]
+
+
+def test_a_tools_peak_memory_is_its_own_not_the_test_process(tmp_path: Path) -> None:
+    """run_bounded's peak memory counts what the tool touched, not what the process that runs the tests holds."""
+    held = np.ones(MAX_RSS_BYTES * 2, np.uint8)  # this process now holds twice the bound
+    small = run_bounded([sys.executable, "-c", "pass"], tmp_path / "small")
+    large = run_bounded([sys.executable, "-c", f"data = b'x' * {MAX_RSS_BYTES}"], tmp_path / "large")
+    del held
+    assert small.returncode == 0 and small.max_rss_bytes < MAX_RSS_BYTES // 4, small
+    assert large.returncode == 0 and large.max_rss_bytes > MAX_RSS_BYTES, large

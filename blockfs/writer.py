@@ -377,8 +377,7 @@ class WriterPool:
                 encoded = 0
         except BaseException:  # nothing was queued: the slot is free again (Ctrl-C in a copy, say)
             with self._lock:
-                del self._slot_of[self._queued.pop(slot)]
-                self._spare.append(slot)
+                self._release(slot)
             raise
         try:
             queue.put(slot, entry, *block.shape, encoded)
@@ -410,11 +409,15 @@ class WriterPool:
             if messages is None:  # every writer's end is closed: they have exited
                 raise self._stopped()
             for (slot,) in messages:
-                entry = self._queued.pop(slot, None)
-                if entry is not None:
-                    del self._slot_of[entry]
-                self._spare.append(slot)
+                self._release(slot)
             return
+
+    def _release(self, slot: int) -> None:
+        """Make ``slot`` free again, and the entry it held free to be queued anew."""
+        entry = self._queued.pop(slot, None)
+        if entry is not None:
+            del self._slot_of[entry]
+        self._spare.append(slot)
 
     def _raise_if_failed(self) -> None:
         """Raise if a writer has failed or ended: its own page records a failure, or its pidfd says it
